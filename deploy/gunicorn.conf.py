@@ -1,0 +1,47 @@
+"""gunicorn settings for wallet-proxy: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`.
+
+Every value can be overridden by an environment variable (named beside it) or
+on the command line; see docs/benchmarks.md for the measurements behind the
+worker model.
+"""
+
+import os
+import sys
+
+# Where to listen. Braze only calls ports 80/443: put a TLS-terminating load
+# balancer or ingress in front and bind the service to an internal port.
+bind = os.environ.get("WALLET_PROXY_BIND", "0.0.0.0:8000")
+
+# gthread: each worker process runs a pool of threads. A request waiting on
+# SessionM holds a thread, not a process, so a slow upstream can't starve the
+# service the way sync workers would; CPU-bound cache hits still spread over
+# one process per core.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
+threads = int(os.environ.get("WALLET_PROXY_THREADS", "32"))
+
+# Braze drops answers after 2 s and we answer within WALLET_PROXY_DEADLINE, so a
+# worker silent for 30 s is truly stuck. Graceful shutdown lets in-flight
+# requests finish when Kubernetes or systemd stops us.
+timeout = 30
+graceful_timeout = 10
+# Keep connections from the load balancer open between requests.
+keepalive = 5
+
+# Logs to stdout/stderr, for the container runtime or journald to collect.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("WALLET_PROXY_LOG_LEVEL", "info")
+# No query strings (%(U)s is the path only) and no Authorization header in access logs.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
+
+
+def on_starting(server):
+    """Refuse to start on bad settings with one line, before any worker boots."""
+    from wallet_proxy.config import ConfigError, Settings
+
+    try:
+        Settings.from_env(os.environ)
+    except ConfigError as error:
+        print(f"wallet-proxy: configuration error: {error}", file=sys.stderr)
+        sys.exit(2)
