@@ -1,0 +1,95 @@
+"""Shared fixtures: a controllable clock, the real sandbox over HTTP, the app and its client."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from werkzeug.serving import make_server
+
+from wallet_proxy import create_app
+from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
+
+API_KEY = "test-api-key-1"
+OTHER_KEY = "test-api-key-2"
+
+
+class Clock:
+    """Time that tests move by hand: no sleeping to see a TTL pass or an offer expire."""
+
+    def __init__(self, now: datetime | None = None):
+        self.now = now or datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server():
+    with SandboxServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server):
+    sandbox_server.reset()
+    yield sandbox_server
+    sandbox_server.reset()
+
+
+@pytest.fixture
+def env(sandbox) -> dict:
+    """The settings a real deployment would have, pointed at the running sandbox."""
+    return {
+        "SESSIONM_CONNECT_URL": sandbox.url,
+        "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
+        "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
+        "WALLET_PROXY_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+    }
+
+
+@pytest.fixture
+def app(env, clock):
+    return create_app({**env, "TESTING": True, "CLOCK": clock})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+class LiveServer:
+    """The app served over real HTTP on a free port, in a thread."""
+
+    def __init__(self, app):
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def live_server(app):
+    with LiveServer(app) as server:
+        yield server

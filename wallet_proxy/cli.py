@@ -1,0 +1,172 @@
+"""The `wallet-proxy` command: serve, sandbox, check-config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import click
+
+from .config import ConfigError, Settings
+
+DEMO_API_KEY = "demo-api-key-not-secret"
+
+
+@click.group()
+@click.version_option(package_name="wallet-proxy")
+def main() -> None:
+    """wallet-proxy: SessionM offer wallets for Braze Connected Content."""
+
+
+@main.command("check-config")
+def check_config() -> None:
+    """Validate the environment's settings; exit non-zero naming the first problem."""
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as error:
+        raise click.ClickException(f"configuration error: {error}") from None
+    click.echo("configuration OK")
+    click.echo(f"  SessionM Connect: {settings.sessionm_connect_url}")
+    click.echo(
+        f"  API keys: {len(settings.api_keys)}; cache: "
+        f"{'Redis' if settings.redis_url else 'in-process'}, TTL {settings.cache_ttl:g}s; "
+        f"deadline {settings.deadline:g}s"
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8001, show_default=True, type=int)
+def sandbox(host: str, port: int) -> None:
+    """Run the SessionM stand-in (demo customers, knobs under /_sandbox/)."""
+    from . import sandbox as sandbox_module
+
+    click.echo(f"SessionM sandbox on http://{host}:{port}")
+    click.echo(f"  Connect auth (Basic): {sandbox_module.DEMO_CONNECT_AUTH}")
+    click.echo(f"  retailer id: {sandbox_module.DEMO_RETAILER_ID}")
+    for user_id, about in sandbox_module.SEEDED_USERS.items():
+        click.echo(f"  {user_id:14} {about}")
+    sandbox_module.serve(host, port)
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    default="deploy/gunicorn.conf.py",
+    show_default=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="gunicorn configuration file.",
+)
+@click.option(
+    "--sandbox",
+    "with_sandbox",
+    is_flag=True,
+    help="Also start the SessionM sandbox and point the service at it (demo).",
+)
+@click.option("--sandbox-port", default=8001, show_default=True, type=int)
+def serve(bind: str, config_path: str, with_sandbox: bool, sandbox_port: int) -> None:
+    """Run the service under gunicorn."""
+    env = dict(os.environ)
+    children: list[subprocess.Popen] = []
+    if with_sandbox:
+        children.append(_start_sandbox(sandbox_port, env))
+    try:
+        Settings.from_env(env)
+    except ConfigError as error:
+        _stop(children)
+        raise click.ClickException(f"configuration error: {error}") from None
+    if with_sandbox:
+        _print_demo(bind, env)
+    gunicorn = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            config_path,
+            "--bind",
+            bind,
+            "wallet_proxy:create_app()",
+        ],
+        env=env,
+    )
+    children.insert(0, gunicorn)
+    try:
+        code = gunicorn.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        _stop(children)
+    sys.exit(code)
+
+
+def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
+    from . import sandbox as sandbox_module
+
+    if _listening("127.0.0.1", port):
+        raise click.ClickException(f"port {port} is taken; pick another with --sandbox-port")
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        [sys.executable, "-m", "wallet_proxy.cli", "sandbox", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while not _listening("127.0.0.1", port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop([process])
+            raise click.ClickException("the SessionM sandbox did not start")
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    env.update(
+        SESSIONM_CONNECT_URL=url,
+        SESSIONM_CONNECT_AUTH=sandbox_module.DEMO_CONNECT_AUTH,
+        SESSIONM_RETAILER_ID=sandbox_module.DEMO_RETAILER_ID,
+        SESSIONM_CORE_URL=url,
+        SESSIONM_CORE_API_KEY=sandbox_module.DEMO_CORE_API_KEY,
+        SESSIONM_CORE_API_SECRET=sandbox_module.DEMO_CORE_API_SECRET,
+    )
+    env.setdefault("WALLET_PROXY_API_KEYS", DEMO_API_KEY)
+    return process
+
+
+def _print_demo(bind: str, env: dict) -> None:
+    base = f"http://{bind}"
+    key = env["WALLET_PROXY_API_KEYS"].split(",")[0]
+    click.echo(
+        "\nwallet-proxy demo: the SessionM sandbox stands in for SessionM at "
+        f"{env['SESSIONM_CONNECT_URL']}\n"
+        f"  API key: {key}\n\n"
+        "Try:\n"
+        f"  curl -s -H 'Authorization: Bearer {key}' {base}/v1/wallets/demo-alice\n"
+        f"  curl -s -H 'Authorization: Bearer {key}' "
+        f"'{base}/v1/wallets/demo-alice?culture=es-ES&limit=2'\n"
+        f"  curl -s -u braze:{key} {base}/v1/wallets/demo-bob\n"
+        f"  curl -s -H 'Authorization: Bearer {key}' {base}/v1/wallets/nobody   # 404\n"
+        f"  curl -s {base}/readyz\n"
+    )
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""One error tree for the whole service, and the one place it becomes HTTP.
+
+Modules raise the precise subclass; `register_error_handlers` turns any of them
+(and Werkzeug's own HTTP errors) into a JSON body for the API or a page for
+people, so no view decides statuses and no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class WalletProxyError(Exception):
+    """Root of every error this service raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+    message = "Something went wrong on our side."
+    retry_after: int | None = None
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class InvalidRequest(WalletProxyError):
+    status = 400
+    code = "invalid_request"
+    message = "The request is not valid."
+
+
+class Unauthorized(WalletProxyError):
+    status = 401
+    code = "unauthorized"
+    message = "A valid API key is required."
+
+
+class NotConfigured(WalletProxyError):
+    status = 503
+    code = "not_configured"
+    message = "This feature is not configured on this service."
+
+
+class UpstreamError(WalletProxyError):
+    """SessionM answered, but not with anything we can use."""
+
+    status = 502
+    code = "upstream_error"
+    message = "SessionM returned an unusable answer."
+
+
+class InvalidUpstreamPayload(UpstreamError):
+    message = "SessionM returned a payload of an unexpected shape."
+
+
+class UserNotFound(UpstreamError):
+    status = 404
+    code = "user_not_found"
+    message = "SessionM does not know this user."
+
+
+class UpstreamUnavailable(UpstreamError):
+    """SessionM could not be reached, is shedding load, or we are protecting it."""
+
+    status = 503
+    code = "upstream_unavailable"
+    message = "SessionM is unavailable; try again shortly."
+    retry_after = 5
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    message = "SessionM did not answer in time."
+
+
+def error_body(error: WalletProxyError) -> dict:
+    return {"error": {"code": error.code, "message": error.message}}
+
+
+def _wants_page() -> bool:
+    """People get pages (the support blueprint); everything else gets JSON."""
+    return request.blueprint == "support"
+
+
+def _respond(error: WalletProxyError, headers: dict | None = None):
+    if _wants_page():
+        response = current_app.make_response(
+            (render_template("support/error.html", error=error), error.status)
+        )
+    else:
+        response = jsonify(error_body(error))
+        response.status_code = error.status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _http_code(exc: HTTPException) -> str:
+    return (exc.name or "error").lower().replace(" ", "_")
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(WalletProxyError)
+    def handle_ours(error: WalletProxyError):
+        headers = {}
+        if isinstance(error, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="wallet-proxy", Basic realm="wallet-proxy"'
+        return _respond(error, headers)
+
+    @app.errorhandler(HTTPException)
+    def handle_http(exc: HTTPException):
+        error = WalletProxyError(exc.description)
+        error.status = exc.code or 500
+        error.code = _http_code(exc)
+        response = _respond(error)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _respond(WalletProxyError())

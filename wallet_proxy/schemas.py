@@ -1,0 +1,169 @@
+"""The SessionM boundary: marshmallow schemas that turn Connect JSON into a Wallet.
+
+Liberal in what they accept (SessionM's fields vary by tenant and version, see
+docs in shared/reference): unknown fields are excluded, alternative spellings
+are folded together, empty values become "" or 0. An offer that can't be read
+is dropped by the caller rather than spoiling the whole wallet; an offer whose
+expiry can't be read is one of those, since we could not prove it live.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
+
+from .wallet import Offer
+
+
+class _NullTolerant(fields.Field):
+    """Null is a value SessionM sends for "nothing"; each field says what it becomes."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_none", True)
+        super().__init__(**kwargs)
+
+    def deserialize(self, value, attr=None, data=None, **kwargs):
+        if value is None:
+            return self._deserialize(None, attr, data, **kwargs)
+        return super().deserialize(value, attr, data, **kwargs)
+
+
+class Text(_NullTolerant):
+    """A string that is never None: ids may arrive as numbers, missing texts as null."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value is None:
+            return ""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValidationError("Not a text value.")
+        return str(value)
+
+
+class WholeNumber(_NullTolerant):
+    """Points as an int whether SessionM sends 100, 100.0 or "100"."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value is None or value == "":
+            return 0
+        if isinstance(value, bool):
+            raise ValidationError("Not a number.")
+        try:
+            return int(float(value))
+        except (TypeError, ValueError, OverflowError):
+            raise ValidationError("Not a number.") from None
+
+
+class UtcDateTime(_NullTolerant):
+    """ISO 8601 as SessionM writes it (.NET style, 0 to 7 fractional digits), as aware UTC.
+
+    A value without an offset is taken as UTC, which is what SessionM means.
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValidationError("Not a date.")
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValidationError("Not an ISO 8601 date.") from None
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+
+
+class MediaSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    uri = Text(load_default="")
+    category_name = Text(load_default="")
+
+
+class OfferSchema(Schema):
+    """One issued offer of `user_offers`."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    user_offer_id = Text(load_default="")
+    offer_id = Text(load_default="")
+    offer_type = Text(load_default="")
+    title = Text(load_default="")
+    description = Text(load_default="")
+    terms = Text(load_default="")
+    pos_discount_id = Text(load_default="")
+    points = WholeNumber(load_default=0)
+    is_redeemable = fields.Boolean(load_default=True, allow_none=True)
+    expires_at = UtcDateTime(load_default=None, allow_none=True)
+    media = fields.List(fields.Nested(MediaSchema), load_default=list, allow_none=True)
+
+    @pre_load
+    def fold_spellings(self, data, **kwargs):
+        if not isinstance(data, dict):
+            raise ValidationError("An offer must be an object.")
+        data = dict(data)
+        # Older tenants and sibling endpoints use other names for the same facts.
+        for wanted, fallbacks in (
+            ("user_offer_id", ("id",)),
+            ("title", ("name",)),
+            ("expires_at", ("expiration_date", "redemption_end_date")),
+        ):
+            if data.get(wanted) in (None, ""):
+                data[wanted] = next(
+                    (data[name] for name in fallbacks if data.get(name) not in (None, "")), None
+                )
+        for name in ("id", "name", "expiration_date", "redemption_end_date"):
+            data.pop(name, None)
+        if not isinstance(data.get("media"), list):
+            data.pop("media", None)
+        return data
+
+    @post_load
+    def make_offer(self, data, **kwargs) -> Offer:
+        return Offer(
+            user_offer_id=data["user_offer_id"],
+            offer_id=data["offer_id"],
+            offer_type=data["offer_type"],
+            title=data["title"],
+            description=data["description"],
+            terms=data["terms"],
+            logo_url=_logo_url(data["media"] or []),
+            pos_discount_id=data["pos_discount_id"],
+            points=data["points"],
+            is_redeemable=data["is_redeemable"] is not False,
+            expires_at=data["expires_at"],
+        )
+
+
+def _logo_url(media: list[dict]) -> str:
+    """Prefer the image SessionM labels as a logo; else the first image there is."""
+    uris = [m for m in media if m.get("uri")]
+    for item in uris:
+        if "logo" in item.get("category_name", "").lower():
+            return item["uri"]
+    return uris[0]["uri"] if uris else ""
+
+
+class PageSchema(Schema):
+    """One page of `get_user_offers`' payload; offers are read one by one afterwards."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    user_id = Text(load_default="")
+    user_offers = fields.List(fields.Raw(), load_default=list, allow_none=True)
+    total_records = WholeNumber(load_default=None, allow_none=True)
+    total_points = WholeNumber(load_default=0)
+    available_points = WholeNumber(load_default=0)
+
+    @post_load
+    def no_none_lists(self, data, **kwargs):
+        data["user_offers"] = data["user_offers"] or []
+        return data
+
+
+PAGE_SCHEMA = PageSchema()
+OFFER_SCHEMA = OfferSchema()

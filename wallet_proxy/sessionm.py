@@ -1,0 +1,223 @@
+"""HTTP to SessionM Connect: one pooled session, timeouts from the deadline, paging.
+
+This module knows SessionM's wire format and error envelope and nothing of
+caching or Flask. It turns every way a call can go wrong into one of the
+`UpstreamError` subclasses, so callers only ever see our error tree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import requests
+from marshmallow import ValidationError
+from requests.adapters import HTTPAdapter
+
+from . import __version__
+from .errors import (
+    InvalidUpstreamPayload,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UserNotFound,
+)
+from .schemas import OFFER_SCHEMA, PAGE_SCHEMA
+from .wallet import Wallet
+
+log = logging.getLogger(__name__)
+
+GET_USER_OFFERS = "/offers/api/2.0/offers/get_user_offers"
+PAGE_SIZE = 1000
+MAX_PAGES = 50  # 50,000 offers: past that the upstream is paging wrong, not generous.
+MAX_BODY_BYTES = 5 * 1024 * 1024
+NOT_FOUND_CODES = {"user_not_found", "not_found"}
+CHUNK = 64 * 1024
+
+
+def pooled_session(pool_size: int) -> requests.Session:
+    """One keep-alive pool per process; no urllib3 retries (Braze's :retry is enough)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = f"wallet-proxy/{__version__}"
+    return session
+
+
+class ConnectClient:
+    """`get_user_offers` for one retailer, with every page merged into one Wallet."""
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: str,
+        retailer_id: str,
+        *,
+        session: requests.Session,
+        connect_timeout: float,
+        read_timeout: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.url = base_url.rstrip("/") + GET_USER_OFFERS
+        self.retailer_id = retailer_id
+        self.session = session
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.clock = clock
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Authorization": f"Basic {auth}",
+        }
+
+    def fetch_wallet(self, user_id: str, culture: str, *, deadline: float) -> Wallet:
+        """Every page of the user's offers; `deadline` is a `time.monotonic()` instant."""
+        offers, first, skip = [], None, 0
+        for _ in range(MAX_PAGES):
+            page = self._page(user_id, culture, skip, deadline)
+            first = first or page
+            offers.extend(page["user_offers"])
+            skip += len(page["user_offers"])
+            total = page["total_records"]
+            if not page["user_offers"] or total is None or skip >= total:
+                break
+        else:
+            raise InvalidUpstreamPayload("SessionM kept paging past the page limit.")
+        return Wallet(
+            user_id=user_id,
+            culture=culture,
+            available_points=first["available_points"],
+            total_points=first["total_points"],
+            offers=tuple(_readable_offers(offers, user_id)),
+            fetched_at=self.clock(),
+        )
+
+    def _page(self, user_id: str, culture: str, skip: int, deadline: float) -> dict:
+        body = {
+            "retailer_id": self.retailer_id,
+            "user_id": user_id,
+            "skip": skip,
+            "take": PAGE_SIZE,
+            "include_pending_extended_data": False,
+            "culture": culture,
+        }
+        status, headers, raw = self._post(body, deadline)
+        payload = _payload(status, headers, raw)
+        try:
+            return PAGE_SCHEMA.load(payload)
+        except ValidationError as exc:
+            raise InvalidUpstreamPayload(
+                f"SessionM's payload has unexpected fields: {sorted(exc.messages)}"
+            ) from None
+
+    def _post(self, body: dict, deadline: float) -> tuple[int, dict, bytes]:
+        """POST and read the body, giving up at `deadline`; one retry of a refused connect."""
+        for attempt in (1, 2):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeout()
+            timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
+            try:
+                with self.session.post(
+                    self.url, json=body, headers=self._headers, timeout=timeout, stream=True
+                ) as response:
+                    return response.status_code, response.headers, _read_capped(response, deadline)
+            except requests.Timeout:
+                raise UpstreamTimeout() from None
+            except requests.ConnectionError as exc:
+                # A refused or reset connection is cheap to try once more; a second
+                # failure means SessionM (or the path to it) is really down.
+                if attempt == 1 and deadline - time.monotonic() > self.connect_timeout:
+                    log.info("retrying SessionM after connection error: %s", type(exc).__name__)
+                    continue
+                raise UpstreamUnavailable() from None
+            except requests.RequestException as exc:
+                log.warning("SessionM request failed: %s", type(exc).__name__)
+                raise UpstreamUnavailable() from None
+        raise AssertionError("unreachable")
+
+
+def _read_capped(response: requests.Response, deadline: float) -> bytes:
+    """The body, refused past MAX_BODY_BYTES and abandoned at the deadline.
+
+    `read1` returns whatever one socket read brings, so a peer trickling bytes
+    can't hold us past the deadline the way a fill-the-buffer read would.
+    """
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise UpstreamError("SessionM's answer is larger than 5 MB; refused.")
+    chunks, size = [], 0
+    while True:
+        if time.monotonic() > deadline:
+            raise UpstreamTimeout()
+        chunk = response.raw.read1(CHUNK, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise UpstreamError("SessionM's answer is larger than 5 MB; refused.")
+        chunks.append(chunk)
+
+
+def _error_code(document: object) -> str:
+    errors = document.get("errors") if isinstance(document, dict) else None
+    if isinstance(errors, list) and errors:
+        errors = errors[0]
+    if isinstance(errors, dict):
+        return str(errors.get("code") or "").lower()
+    return str(errors or "").lower()
+
+
+def _payload(status: int, headers, raw: bytes) -> dict:
+    """SessionM's envelope to its payload, or the matching error from our tree."""
+    try:
+        document = json.loads(raw) if raw.strip() else None
+        parsed = True
+    except ValueError:
+        document, parsed = None, False
+    if status == 404:
+        if not parsed:
+            # Not SessionM's envelope: most likely SESSIONM_CONNECT_URL points wrong.
+            raise UpstreamError("SessionM answered 404 without its error envelope.")
+        raise UserNotFound()
+    if status == 429:
+        raise UpstreamUnavailable(
+            "SessionM is rate limiting us; try again shortly.",
+            retry_after=_retry_after(headers.get("Retry-After")),
+        )
+    if status in (401, 403):
+        log.error("SessionM refused our credentials (HTTP %s)", status)
+        raise UpstreamError("SessionM refused this service's credentials.")
+    if status != 200:
+        raise UpstreamError(f"SessionM answered HTTP {status}.")
+    if not parsed or not isinstance(document, dict):
+        raise InvalidUpstreamPayload("SessionM's answer is not a JSON object.")
+    outcome = str(document.get("status") or "").lower()
+    if outcome != "ok":
+        code = _error_code(document)
+        if code in NOT_FOUND_CODES:
+            raise UserNotFound()
+        raise UpstreamError(f"SessionM answered with error {code.upper() or 'without a code'}.")
+    payload = document.get("payload")
+    if not isinstance(payload, dict):
+        raise InvalidUpstreamPayload("SessionM's answer has no payload object.")
+    return payload
+
+
+def _retry_after(value: str | None) -> int:
+    try:
+        return max(1, min(int(value or 5), 60))
+    except ValueError:
+        return 5
+
+
+def _readable_offers(raw_offers: list, user_id: str):
+    for raw in raw_offers:
+        try:
+            yield OFFER_SCHEMA.load(raw)
+        except ValidationError as exc:
+            log.warning("dropped an unreadable offer for %s: %s", user_id, exc.messages)

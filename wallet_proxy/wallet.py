@@ -1,0 +1,145 @@
+"""What a wallet is, and what a customer may see of it at a given moment.
+
+The cache keeps the Wallet exactly as SessionM described it; everything that
+depends on time (expiry, days left, order) is decided here, at answer time, as
+pure functions of (wallet, now). That is how a cached wallet never shows an
+offer that expired after it was fetched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+EXPIRED = "expired"
+NOT_REDEEMABLE = "not_redeemable"
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    user_offer_id: str
+    offer_id: str
+    offer_type: str
+    title: str
+    description: str
+    terms: str
+    logo_url: str
+    pos_discount_id: str
+    points: int
+    is_redeemable: bool
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wallet:
+    user_id: str
+    culture: str
+    available_points: int
+    total_points: int
+    offers: tuple[Offer, ...]
+    fetched_at: datetime
+
+    def to_dict(self) -> dict:
+        """A JSON-ready form, for caches shared between processes."""
+        data = asdict(self)
+        data["fetched_at"] = iso_z(self.fetched_at)
+        for offer in data["offers"]:
+            offer["expires_at"] = iso_z(offer["expires_at"]) if offer["expires_at"] else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Wallet:
+        offers = tuple(
+            Offer(**{**offer, "expires_at": parse_iso(offer["expires_at"])})
+            for offer in data["offers"]
+        )
+        return cls(**{**data, "offers": offers, "fetched_at": parse_iso(data["fetched_at"])})
+
+
+@dataclass(frozen=True, slots=True)
+class LiveView:
+    """The offers a customer sees now, and the ones left out with the reason."""
+
+    live: tuple[Offer, ...]
+    left_out: tuple[tuple[Offer, str], ...]
+
+
+def iso_z(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _expiry_order(offer: Offer) -> tuple:
+    # Soonest first, never-expiring last; ids keep equal expiries in a stable order.
+    return (
+        offer.expires_at is None,
+        offer.expires_at or datetime.max.replace(tzinfo=UTC),
+        offer.user_offer_id,
+        offer.offer_id,
+    )
+
+
+def live_view(wallet: Wallet, now: datetime) -> LiveView:
+    live, left_out = [], []
+    for offer in wallet.offers:
+        if offer.expires_at is not None and offer.expires_at <= now:
+            left_out.append((offer, EXPIRED))
+        elif not offer.is_redeemable:
+            left_out.append((offer, NOT_REDEEMABLE))
+        else:
+            live.append(offer)
+    live.sort(key=_expiry_order)
+    left_out.sort(key=lambda pair: _expiry_order(pair[0]))
+    return LiveView(tuple(live), tuple(left_out))
+
+
+def days_left(expires_at: datetime | None, now: datetime) -> int:
+    """Whole UTC calendar days until expiry: 0 means "expires today", -1 "never"."""
+    if expires_at is None:
+        return -1
+    return (expires_at.astimezone(UTC).date() - now.astimezone(UTC).date()).days
+
+
+def offer_answer(offer: Offer, now: datetime) -> dict:
+    return {
+        "user_offer_id": offer.user_offer_id,
+        "offer_id": offer.offer_id,
+        "offer_type": offer.offer_type,
+        "title": offer.title,
+        "description": offer.description,
+        "terms": offer.terms,
+        "logo_url": offer.logo_url,
+        "pos_discount_id": offer.pos_discount_id,
+        "points": offer.points,
+        "expires_at": iso_z(offer.expires_at) if offer.expires_at else "",
+        "expires_in_days": days_left(offer.expires_at, now),
+    }
+
+
+def wallet_answer(wallet: Wallet, now: datetime, *, limit: int | None, stale: bool) -> dict:
+    """The flat, Liquid-friendly object Braze receives: every key, stable types."""
+    live = live_view(wallet, now).live
+    shown = live if limit is None else live[:limit]
+    return {
+        "user_id": wallet.user_id,
+        "culture": wallet.culture,
+        "available_points": wallet.available_points,
+        "total_points": wallet.total_points,
+        "offer_count": len(live),
+        "has_offers": bool(live),
+        "offers": [offer_answer(offer, now) for offer in shown],
+        "fetched_at": iso_z(wallet.fetched_at),
+        "stale": stale,
+    }
+
+
+def answer_changes_at(wallet: Wallet, now: datetime) -> datetime:
+    """The next moment `wallet_answer` can differ: an offer expires or the UTC day turns."""
+    tomorrow = datetime.combine(
+        now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC
+    )
+    upcoming = [o.expires_at for o in wallet.offers if o.expires_at and o.expires_at > now]
+    return min([tomorrow, *upcoming])
