@@ -11,6 +11,8 @@ import requests
 from wallet_proxy.errors import (
     InvalidUpstreamPayload,
     UpstreamError,
+    UpstreamRateLimited,
+    UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
     UserNotFound,
@@ -211,9 +213,9 @@ def test_unreadable_offers_are_dropped_not_fatal(client, requests_mock):
         ({"json": {"status": "error"}}, UpstreamError),
         ({"status_code": 404, "text": "<html>nope</html>"}, UpstreamError),
         ({"status_code": 401, "json": {"status": "error"}}, UpstreamError),
-        ({"status_code": 500, "json": {"status": "error"}}, UpstreamError),
-        ({"status_code": 503, "text": "down"}, UpstreamError),
-        ({"status_code": 429, "headers": {"Retry-After": "7"}, "text": ""}, UpstreamUnavailable),
+        ({"status_code": 500, "json": {"status": "error"}}, UpstreamServerError),
+        ({"status_code": 503, "text": "down"}, UpstreamServerError),
+        ({"status_code": 429, "headers": {"Retry-After": "7"}, "text": ""}, UpstreamRateLimited),
         ({"text": "<html>maintenance</html>"}, InvalidUpstreamPayload),
         ({"json": ["not", "an", "object"]}, InvalidUpstreamPayload),
         ({"json": {"status": "ok"}}, InvalidUpstreamPayload),
@@ -234,9 +236,10 @@ def test_error_mapping(client, requests_mock, response, error):
 
 def test_rate_limit_carries_retry_after(client, requests_mock):
     requests_mock.post(URL, status_code=429, headers={"Retry-After": "7"}, text="")
-    with pytest.raises(UpstreamUnavailable) as caught:
+    with pytest.raises(UpstreamRateLimited) as caught:
         fetch(client)
     assert caught.value.retry_after == 7
+    assert caught.value.status == 503
 
 
 def test_one_retry_after_a_refused_connection(client, requests_mock):

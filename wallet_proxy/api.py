@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
@@ -10,6 +11,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from .auth import key_matches, presented_key
 from .config import CULTURE_RE
 from .errors import InvalidRequest, Unauthorized
+from .service import Lookup
 from .wallet import wallet_answer
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -55,8 +57,10 @@ def parse_query(user_id: str, args) -> dict:
     return query
 
 
-def dumps(document: dict) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+def render(lookup: Lookup, now: datetime, limit: int | None) -> bytes:
+    """The exact bytes Braze gets for this lookup (the support pages show the same)."""
+    body = wallet_answer(lookup.wallet, now, limit=limit, stale=lookup.stale)
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 @bp.before_request
@@ -73,8 +77,7 @@ def get_wallet(user_id: str):
     culture = query["culture"] or current_app.config["SETTINGS"].default_culture
     lookup = service.lookup(user_id, culture)
     now = service.clock()
-    body = wallet_answer(lookup.wallet, now, limit=query["limit"], stale=False)
-    response = Response(dumps(body), mimetype="application/json")
+    response = Response(render(lookup, now, query["limit"]), mimetype="application/json")
     response.headers["X-Cache"] = lookup.cache
     response.headers["Age"] = str(lookup.age(now))
     return response

@@ -75,6 +75,23 @@ class UpstreamUnavailable(UpstreamError):
     retry_after = 5
 
 
+class UpstreamServerError(UpstreamError):
+    """SessionM answered 5xx: it is failing, which the circuit breaker counts."""
+
+    message = "SessionM failed to answer."
+
+
+class UpstreamRateLimited(UpstreamUnavailable):
+    message = "SessionM is rate limiting us; try again shortly."
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """We refused to call SessionM (too many calls in flight, or the breaker is open)."""
+
+    message = "SessionM is busy; try again shortly."
+    retry_after = 2
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"

@@ -15,13 +15,19 @@ from .cache import MemoryCache
 from .sessionm import ConnectClient
 from .wallet import Wallet
 
-HIT, MISS = "HIT", "MISS"
+HIT, MISS, STALE = "HIT", "MISS", "STALE"
 
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
+    """A wallet and how it was obtained (the X-Cache value)."""
+
     wallet: Wallet
-    cache: str  # HIT or MISS, as sent in X-Cache
+    cache: str  # HIT, MISS or STALE
+
+    @property
+    def stale(self) -> bool:
+        return self.cache == STALE
 
     def age(self, now: datetime) -> int:
         return max(0, int((now - self.wallet.fetched_at).total_seconds()))

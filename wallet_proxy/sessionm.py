@@ -21,6 +21,8 @@ from . import __version__
 from .errors import (
     InvalidUpstreamPayload,
     UpstreamError,
+    UpstreamRateLimited,
+    UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
     UserNotFound,
@@ -48,6 +50,48 @@ def pooled_session(pool_size: int) -> requests.Session:
     return session
 
 
+class Transport:
+    """POST JSON to SessionM and read the answer, all within a deadline.
+
+    Shared by every SessionM client (Connect offers, Core tags): timeouts cut to
+    what is left of the deadline, the 5 MB cap, one retry of a refused connect,
+    and requests' exceptions turned into our error tree.
+    """
+
+    def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float):
+        self.session = session
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    def post(
+        self, url: str, body: dict, headers: dict, deadline: float, *, auth=None
+    ) -> tuple[int, dict, bytes]:
+        """(status, headers, body bytes); `deadline` is a `time.monotonic()` instant."""
+        for attempt in (1, 2):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeout()
+            timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
+            try:
+                with self.session.post(
+                    url, json=body, headers=headers, auth=auth, timeout=timeout, stream=True
+                ) as response:
+                    return response.status_code, response.headers, read_capped(response, deadline)
+            except requests.Timeout:
+                raise UpstreamTimeout() from None
+            except requests.ConnectionError as exc:
+                # A refused or reset connection is cheap to try once more; a second
+                # failure means SessionM (or the path to it) is really down.
+                if attempt == 1 and deadline - time.monotonic() > self.connect_timeout:
+                    log.info("retrying SessionM after connection error: %s", type(exc).__name__)
+                    continue
+                raise UpstreamUnavailable() from None
+            except requests.RequestException as exc:
+                log.warning("SessionM request failed: %s", type(exc).__name__)
+                raise UpstreamUnavailable() from None
+        raise AssertionError("unreachable")
+
+
 class ConnectClient:
     """`get_user_offers` for one retailer, with every page merged into one Wallet."""
 
@@ -64,9 +108,7 @@ class ConnectClient:
     ):
         self.url = base_url.rstrip("/") + GET_USER_OFFERS
         self.retailer_id = retailer_id
-        self.session = session
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        self.transport = Transport(session, connect_timeout, read_timeout)
         self.clock = clock
         self._headers = {
             "Content-Type": "application/json",
@@ -105,8 +147,8 @@ class ConnectClient:
             "include_pending_extended_data": False,
             "culture": culture,
         }
-        status, headers, raw = self._post(body, deadline)
-        payload = _payload(status, headers, raw)
+        status, headers, raw = self.transport.post(self.url, body, self._headers, deadline)
+        payload = parse_envelope(status, headers, raw)
         try:
             return PAGE_SCHEMA.load(payload)
         except ValidationError as exc:
@@ -114,34 +156,8 @@ class ConnectClient:
                 f"SessionM's payload has unexpected fields: {sorted(exc.messages)}"
             ) from None
 
-    def _post(self, body: dict, deadline: float) -> tuple[int, dict, bytes]:
-        """POST and read the body, giving up at `deadline`; one retry of a refused connect."""
-        for attempt in (1, 2):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise UpstreamTimeout()
-            timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-            try:
-                with self.session.post(
-                    self.url, json=body, headers=self._headers, timeout=timeout, stream=True
-                ) as response:
-                    return response.status_code, response.headers, _read_capped(response, deadline)
-            except requests.Timeout:
-                raise UpstreamTimeout() from None
-            except requests.ConnectionError as exc:
-                # A refused or reset connection is cheap to try once more; a second
-                # failure means SessionM (or the path to it) is really down.
-                if attempt == 1 and deadline - time.monotonic() > self.connect_timeout:
-                    log.info("retrying SessionM after connection error: %s", type(exc).__name__)
-                    continue
-                raise UpstreamUnavailable() from None
-            except requests.RequestException as exc:
-                log.warning("SessionM request failed: %s", type(exc).__name__)
-                raise UpstreamUnavailable() from None
-        raise AssertionError("unreachable")
 
-
-def _read_capped(response: requests.Response, deadline: float) -> bytes:
+def read_capped(response: requests.Response, deadline: float) -> bytes:
     """The body, refused past MAX_BODY_BYTES and abandoned at the deadline.
 
     `read1` returns whatever one socket read brings, so a peer trickling bytes
@@ -172,8 +188,8 @@ def _error_code(document: object) -> str:
     return str(errors or "").lower()
 
 
-def _payload(status: int, headers, raw: bytes) -> dict:
-    """SessionM's envelope to its payload, or the matching error from our tree."""
+def parse_envelope(status: int, headers, raw: bytes) -> dict:
+    """SessionM's envelope (`status`, `payload`, `errors`) to its payload, or our error."""
     try:
         document = json.loads(raw) if raw.strip() else None
         parsed = True
@@ -185,14 +201,13 @@ def _payload(status: int, headers, raw: bytes) -> dict:
             raise UpstreamError("SessionM answered 404 without its error envelope.")
         raise UserNotFound()
     if status == 429:
-        raise UpstreamUnavailable(
-            "SessionM is rate limiting us; try again shortly.",
-            retry_after=_retry_after(headers.get("Retry-After")),
-        )
+        raise UpstreamRateLimited(retry_after=_retry_after(headers.get("Retry-After")))
     if status in (401, 403):
         log.error("SessionM refused our credentials (HTTP %s)", status)
         raise UpstreamError("SessionM refused this service's credentials.")
-    if status != 200:
+    if status >= 500:
+        raise UpstreamServerError(f"SessionM answered HTTP {status}.")
+    if not 200 <= status < 300:
         raise UpstreamError(f"SessionM answered HTTP {status}.")
     if not parsed or not isinstance(document, dict):
         raise InvalidUpstreamPayload("SessionM's answer is not a JSON object.")
