@@ -1,0 +1,218 @@
+"""The README's Braze snippets, rendered as Braze would against real answers of the service.
+
+The snippets are read from the README itself, so the documentation cannot drift from what is
+tested. python-liquid plays Braze's Liquid; the two Braze-only tags (`connected_content` and
+`abort_message`) and the `${attribute}` syntax are emulated below, as Braze documents them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from liquid import BoundTemplate, Environment, Node, RenderContext, Tag, Token, TokenStream
+from liquid.exceptions import LiquidSyntaxError
+from liquid.token import TOKEN_EXPRESSION, TOKEN_LPAREN, TOKEN_RPAREN, TOKEN_STRING, TOKEN_TAG
+
+from tests.conftest import API_KEY
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SNIPPET = re.compile(
+    r"^<!-- liquid-test: (?P<name>\S+) -->\n```liquid\n(?P<source>.*?)^```$", re.M | re.S
+)
+SNIPPETS = {match["name"]: match["source"] for match in SNIPPET.finditer(README.read_text())}
+
+PLACEHOLDER_HOST = "https://wallet-proxy.example.com"
+# `:name value`, where a value is a JSON object (for :headers) or one word; :retry has none.
+OPTION = re.compile(r":(?P<name>\w+)(?:\s+(?P<value>\{.*?\}|[^:\s]\S*))?\s*(?=:|$)", re.S)
+KNOWN_OPTIONS = {"basic_auth", "headers", "save", "retry", "cache_max_age"}
+BRAZE_ATTRIBUTE = re.compile(r"\$\{(\w+)\}")
+
+
+class MessageAborted(Exception):
+    """Raised by `abort_message`: Braze then sends nothing to this recipient."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConnectedContentNode(Node):
+    def __init__(self, token: Token, url: BoundTemplate, options: dict[str, str | None]):
+        super().__init__(token)
+        self.url = url
+        self.options = options
+
+    def render_to_output(self, context: RenderContext, buffer: TextIO) -> int:
+        """GET the URL as Braze does and save the answer the way Braze documents it."""
+        braze: Braze = context.env
+        url = StringIO()
+        self.url.render_with_context(context, url)
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "*/*",
+            "User-Agent": "Braze Sender 5f0c6b0e",
+        }
+        if self.options.get("headers"):
+            given = self.options["headers"].replace("YOUR-API-KEY", braze.api_key)
+            headers.update(json.loads(given))
+        credential = self.options.get("basic_auth")
+        response = requests.get(
+            url.getvalue().replace(PLACEHOLDER_HOST, braze.server_url),
+            headers=headers,
+            auth=braze.credentials[credential] if credential else None,
+            timeout=2,  # Braze drops answers slower than 2 s
+            allow_redirects=False,
+        )
+        braze.requested.append(response.request)
+        try:
+            saved = response.json()
+        except ValueError:
+            saved = None
+        if not isinstance(saved, dict):
+            saved = response.text
+        elif 200 <= response.status_code < 300:
+            saved["__http_status_code__"] = response.status_code
+        context.assign(self.options["save"], saved)
+        return 0
+
+
+class ConnectedContentTag(Tag):
+    """`{% connected_content URL :option value ... %}`; this emulation needs `:save`."""
+
+    name = "connected_content"
+    block = False
+
+    def parse(self, stream: TokenStream) -> Node:
+        token = stream.eat(TOKEN_TAG)
+        url, _, rest = stream.expect(TOKEN_EXPRESSION).value.partition(" ")
+        options = {match["name"]: match["value"] for match in OPTION.finditer(rest)}
+        if OPTION.sub("", rest).strip() or not options.keys() <= KNOWN_OPTIONS:
+            raise LiquidSyntaxError(f"options this emulation can't read: {rest}", token=token)
+        return ConnectedContentNode(token, self.env.from_string(url), options)
+
+
+class AbortMessageNode(Node):
+    def __init__(self, token: Token, reason: str):
+        super().__init__(token)
+        self.reason = reason
+
+    def render_to_output(self, context: RenderContext, buffer: TextIO) -> int:
+        raise MessageAborted(self.reason)
+
+
+class AbortMessageTag(Tag):
+    """`{% abort_message('reason') %}`."""
+
+    name = "abort_message"
+    block = False
+
+    def parse(self, stream: TokenStream) -> Node:
+        token = stream.eat(TOKEN_TAG)
+        tokens = stream.into_inner(tag=token, eat=False)
+        tokens.eat(TOKEN_LPAREN)
+        reason = tokens.eat(TOKEN_STRING).value
+        tokens.eat(TOKEN_RPAREN)
+        tokens.expect_eos()
+        return AbortMessageNode(token, reason)
+
+
+@dataclass(frozen=True)
+class Message:
+    """What Braze would send one recipient: the text, or nothing and the abort reason."""
+
+    text: str = ""
+    aborted: str | None = None
+
+
+class Braze(Environment):
+    """Liquid plus the Braze parts the snippets use, calling `server_url` with `api_key`."""
+
+    def __init__(self, server_url: str, api_key: str):
+        super().__init__()
+        self.server_url = server_url
+        self.api_key = api_key
+        self.credentials = {"wallet_proxy": ("braze", api_key)}
+        self.requested: list[requests.PreparedRequest] = []
+        self.add_tag(ConnectedContentTag)
+        self.add_tag(AbortMessageTag)
+
+    def send(self, snippet: str, user_id: str) -> Message:
+        """Render for one recipient; the blank lines the tag lines leave around it don't count."""
+        source = BRAZE_ATTRIBUTE.sub(r"braze.\1", SNIPPETS[snippet])
+        try:
+            text = self.from_string(source).render(braze={"user_id": user_id})
+        except MessageAborted as abort:
+            return Message(aborted=abort.reason)
+        return Message(text.strip())
+
+
+@pytest.fixture
+def braze(live_server) -> Braze:
+    return Braze(live_server.url, API_KEY)
+
+
+def test_readme_marks_the_snippets_these_tests_render():
+    """A renamed or unmarked snippet must fail here, not silently go untested."""
+    assert set(SNIPPETS) == {"points-and-offers", "first-offer-es", "bearer-header"}
+    assert README.read_text().count("<!-- liquid-test:") == len(SNIPPETS)
+
+
+@pytest.mark.parametrize("snippet", ["points-and-offers", "first-offer-es", "bearer-header"])
+def test_the_url_carries_the_user_id_in_its_path(braze, snippet):
+    """Braze caches by URL: without the user in it, one customer would see another's wallet."""
+    braze.send(snippet, "demo-alice")
+    braze.send(snippet, "demo-bob")
+    paths = [urlsplit(request.url).path for request in braze.requested]
+    assert paths == ["/v1/wallets/demo-alice", "/v1/wallets/demo-bob"]
+
+
+def test_points_and_live_offers_soonest_expiring_first(braze):
+    """Alice's expired and not-redeemable offers stay out; the never-expiring one comes last."""
+    assert braze.send("points-and-offers", "demo-alice") == Message(
+        "Hi! You have 1250 points.\n"
+        "Your 3 offers:\n"
+        "- 10% off your next coffee (ends in 3 days)\n"
+        "- Double points on Saturdays (ends in 30 days)\n"
+        "- Free refill, always"
+    )
+
+
+def test_points_without_offers(braze):
+    assert braze.send("points-and-offers", "demo-bob") == Message(
+        "Hi! You have 40 points.\nNo offers right now: keep collecting points!"
+    )
+
+
+def test_unknown_user_aborts_the_message(braze):
+    """Our 404 is a JSON object without `__http_status_code__`, so the snippet aborts."""
+    assert braze.send("points-and-offers", "demo-nobody") == Message(aborted="no wallet")
+
+
+def test_first_offer_in_spanish(braze):
+    """limit=1 leaves only the soonest-expiring live offer, in the culture asked for."""
+    assert braze.send("first-offer-es", "demo-alice") == Message(
+        "10 % de descuento en tu próximo café: "
+        "Muestra esta oferta en caja para ahorrar en cualquier café."
+    )
+
+
+def test_first_offer_aborts_without_offers(braze):
+    assert braze.send("first-offer-es", "demo-bob") == Message(aborted="no offer")
+
+
+def test_bearer_header(braze):
+    assert braze.send("bearer-header", "demo-alice") == Message("1250 of 4000 points available.")
+
+
+def test_bearer_header_with_a_wrong_key_aborts(live_server):
+    """Our 401 is not 2xx, so Braze gives the snippet no `__http_status_code__`."""
+    braze = Braze(live_server.url, "not-a-key")
+    assert braze.send("bearer-header", "demo-alice") == Message(aborted="no wallet")
