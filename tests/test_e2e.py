@@ -11,13 +11,7 @@ import time
 
 import requests
 
-from tests.conftest import API_KEY
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.conftest import API_KEY, free_port
 
 
 def test_wallet_over_real_http(live_server, sandbox):
