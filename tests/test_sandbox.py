@@ -211,7 +211,13 @@ def test_mallory_carries_markup_for_escaping_tests(server):
 
 
 def test_seeded_users_are_described_for_the_cli():
-    assert set(SEEDED_USERS) == {"demo-alice", "demo-bob", "demo-carol", "demo-mallory"}
+    assert set(SEEDED_USERS) == {"demo-alice", "demo-bob", "demo-carol", "demo-mallory", "user-*"}
+
+
+def test_any_user_star_id_has_a_generated_wallet(server):
+    payload = get_offers(server, "user-123456").json()["payload"]
+    assert (payload["user_id"], payload["total_records"]) == ("user-123456", 3)
+    assert len(payload["user_offers"]) == 3
 
 
 def test_latency_knob_delays_answers(server):

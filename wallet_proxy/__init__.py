@@ -54,9 +54,15 @@ def register_logging(app: Flask) -> None:
 
 
 def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> None:
-    from .cache import MemoryCache
+    """The wallet service and what it stands on, in `app.extensions`."""
+    import time
+
+    import redis
+
+    from .cache import MemoryCache, RedisCache
     from .service import WalletService
     from .sessionm import ConnectClient, pooled_session
+    from .upstream import CircuitBreaker, UpstreamGuard
 
     client = ConnectClient(
         settings.sessionm_connect_url,
@@ -64,19 +70,36 @@ def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> No
         settings.sessionm_retailer_id,
         session=pooled_session(settings.upstream_concurrency),
         connect_timeout=min(0.5, settings.deadline / 3),
-        read_timeout=settings.deadline,
+        read_timeout=settings.upstream_timeout,
         clock=clock,
     )
-    cache = MemoryCache(
-        ttl=settings.cache_ttl,
-        maxsize=settings.cache_max_entries,
-        timer=lambda: clock().timestamp(),
+    cache = MemoryCache(maxsize=settings.cache_max_entries, timer=lambda: clock().timestamp())
+    redis_client = None
+    if settings.redis_url:
+        # Short timeouts: a slow Redis must not eat the answer's deadline.
+        redis_client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=0.25,
+            socket_connect_timeout=0.25,
+            health_check_interval=15,
+        )
+        cache = RedisCache(redis_client, fallback=cache, timer=lambda: clock().timestamp())
+    app.extensions["redis"] = redis_client
+    breaker = CircuitBreaker(
+        threshold=settings.breaker_threshold,
+        cooldown=settings.breaker_cooldown,
+        timer=time.monotonic,
     )
     app.extensions["wallet_service"] = WalletService(
         client=client,
         cache=cache,
+        guard=UpstreamGuard(concurrency=settings.upstream_concurrency, breaker=breaker),
         retailer_id=settings.sessionm_retailer_id,
         deadline=settings.deadline,
+        upstream_timeout=settings.upstream_timeout,
+        cache_ttl=settings.cache_ttl,
+        stale_ttl=settings.stale_ttl,
+        negative_ttl=settings.negative_ttl,
         clock=clock,
     )
 

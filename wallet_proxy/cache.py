@@ -1,33 +1,247 @@
-"""Per-process wallet cache: what SessionM said, kept for WALLET_PROXY_CACHE_TTL seconds.
+"""Wallet caches behind one small interface: per-process (cachetools) or shared (Redis).
 
-It holds Wallets (with their fetch time), never rendered answers, so expiry is
-still decided when each answer is made. Only successes are kept.
+An Entry holds what SessionM said (a Wallet, or None for "no such user") with
+two instants: fresh until, then usable as stale until. Never a rendered answer:
+expiry of offers is decided when each answer is made.
+
+The Redis cache also coordinates processes: a lock with a lease so one process
+fetches a key, a pub/sub channel that wakes the others the moment it lands, and
+a short-lived error marker so a failure is handed to them instead of re-tried.
+When Redis fails, it falls back to a per-process cache and reports it; it tries
+Redis again after a second, so a dead Redis costs one timeout per second, not
+one per request.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from collections.abc import Callable, Hashable
+import time
+import uuid
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-from cachetools import TTLCache
+import redis
+from cachetools import TLRUCache
 
 from .wallet import Wallet
 
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_INTERVAL = 1.0
+# The lock "token" when Redis is down: the caller fetches, guarded per process only.
+ALONE = "alone"
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    wallet: Wallet | None  # None: SessionM said the user does not exist.
+    fresh_until: float  # Unix time: a plain HIT before this,
+    stale_until: float  # a STALE answer (and a background refresh) before this.
+
+    def is_fresh(self, now: float) -> bool:
+        return now < self.fresh_until
+
+    def dumps(self) -> str:
+        wallet = self.wallet.to_dict() if self.wallet else None
+        return json.dumps({"w": wallet, "f": self.fresh_until, "s": self.stale_until})
+
+    @classmethod
+    def loads(cls, text: bytes | str) -> Entry:
+        data = json.loads(text)
+        wallet = Wallet.from_dict(data["w"]) if data["w"] else None
+        return cls(wallet, data["f"], data["s"])
+
 
 class MemoryCache:
-    def __init__(self, *, ttl: float, maxsize: int, timer: Callable[[], float]):
-        self._entries: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer)
-        self._lock = threading.Lock()  # TTLCache is not thread-safe on its own.
+    """One process's entries, dropped when no longer usable (or least recently used)."""
 
-    def get(self, key: Hashable) -> Wallet | None:
+    shared = False
+
+    def __init__(self, *, maxsize: int, timer: Callable[[], float]):
+        self._entries: TLRUCache = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, entry, _now: entry.stale_until, timer=timer
+        )
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe on their own.
+
+    def get(self, key: Hashable) -> Entry | None:
         with self._lock:
             return self._entries.get(key)
 
-    def set(self, key: Hashable, wallet: Wallet) -> None:
-        if self._entries.ttl <= 0:
-            return
+    def put(self, key: Hashable, entry: Entry) -> None:
         with self._lock:
-            self._entries[key] = wallet
+            self._entries[key] = entry
 
-    def usable(self) -> bool:
-        return True
+    def status(self) -> dict[str, str]:
+        return {"cache": "ok"}
+
+
+class RedisCache:
+    """Entries in Redis, shared by every worker and instance; see the module docstring."""
+
+    shared = True
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        fallback: MemoryCache,
+        timer: Callable[[], float],
+        prefix: str = "wallet-proxy",
+    ):
+        self.client = client
+        self.fallback = fallback
+        self.timer = timer
+        self.prefix = prefix
+        self.channel = f"{prefix}:done"
+        self._down_until = 0.0
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters_lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+
+    def _name(self, kind: str, key: tuple[str, ...]) -> str:
+        return ":".join((self.prefix, kind, *key))
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, error: Exception) -> None:
+        if self.available:
+            log.warning("Redis unavailable (%s); using the in-process cache", type(error).__name__)
+        self._down_until = time.monotonic() + REDIS_RETRY_INTERVAL
+
+    def get(self, key: tuple[str, ...]) -> Entry | None:
+        if self.available:
+            try:
+                raw = self.client.get(self._name("wallet", key))
+                return Entry.loads(raw) if raw else None
+            except redis.RedisError as error:
+                self._failed(error)
+        return self.fallback.get(key)
+
+    def put(self, key: tuple[str, ...], entry: Entry) -> None:
+        self.fallback.put(key, entry)
+        if not self.available:
+            return
+        ttl_ms = int((entry.stale_until - self.timer()) * 1000)
+        if ttl_ms <= 0:
+            return
+        try:
+            self.client.set(self._name("wallet", key), entry.dumps(), px=ttl_ms)
+        except redis.RedisError as error:
+            self._failed(error)
+
+    def status(self) -> dict[str, str]:
+        try:
+            self.client.ping()
+        except redis.RedisError as error:
+            self._failed(error)
+            return {"cache": "ok", "redis": "unreachable: serving from the in-process cache"}
+        self._down_until = 0.0
+        return {"cache": "ok", "redis": "ok"}
+
+    # Coordination between processes. Every method answers "can't" when Redis fails,
+    # and the caller then acts alone, guarded per process.
+
+    def lock(self, key: tuple[str, ...], lease: float) -> str | None:
+        """A token when this process may fetch `key`; None when another one is."""
+        if not self.available:
+            return ALONE
+        token = uuid.uuid4().hex
+        try:
+            taken = self.client.set(self._name("lock", key), token, nx=True, px=int(lease * 1000))
+        except redis.RedisError as error:
+            self._failed(error)
+            return ALONE
+        return token if taken else None
+
+    def is_locked(self, key: tuple[str, ...]) -> bool:
+        if not self.available:
+            return False
+        try:
+            return bool(self.client.exists(self._name("lock", key)))
+        except redis.RedisError as error:
+            self._failed(error)
+            return False
+
+    _RELEASE = (
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+    )
+
+    def release(self, key: tuple[str, ...], token: str) -> None:
+        """Drop our lock (only ours: the lease may have passed to another) and wake waiters."""
+        if token == ALONE or not self.available:
+            return
+        try:
+            self.client.eval(_RELEASE, 1, self._name("lock", key), token)
+            self.client.publish(self.channel, self._name("wallet", key))
+        except redis.RedisError as error:
+            self._failed(error)
+
+    def put_error(self, key: tuple[str, ...], code: str, ttl: float) -> None:
+        if not self.available:
+            return
+        try:
+            self.client.set(self._name("error", key), code, px=max(1, int(ttl * 1000)))
+        except redis.RedisError as error:
+            self._failed(error)
+
+    def get_error(self, key: tuple[str, ...]) -> str | None:
+        if not self.available:
+            return None
+        try:
+            code = self.client.get(self._name("error", key))
+        except redis.RedisError as error:
+            self._failed(error)
+            return None
+        return code.decode() if code else None
+
+    @contextmanager
+    def waiting(self, key: tuple[str, ...]) -> Iterator[threading.Event]:
+        """An event set when another process publishes that `key` was fetched."""
+        self._ensure_listener()
+        name, event = self._name("wallet", key), threading.Event()
+        with self._waiters_lock:
+            self._waiters.setdefault(name, set()).add(event)
+        try:
+            yield event
+        finally:
+            with self._waiters_lock:
+                events = self._waiters.get(name, set())
+                events.discard(event)
+                if not events:
+                    self._waiters.pop(name, None)
+
+    def _ensure_listener(self) -> None:
+        # Started on first use, in the serving process: threads don't survive a fork.
+        if self._listener is None or not self._listener.is_alive():
+            with self._waiters_lock:
+                if self._listener is None or not self._listener.is_alive():
+                    self._listener = threading.Thread(
+                        target=self._listen, name="wallet-proxy-redis-listener", daemon=True
+                    )
+                    self._listener.start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    with self._waiters_lock:
+                        events = list(self._waiters.get(message["data"].decode(), ()))
+                    for event in events:
+                        event.set()
+            except redis.RedisError as error:
+                # Waiters poll meanwhile; resubscribe once Redis is back.
+                log.debug("Redis listener reconnecting after %s", type(error).__name__)
+                time.sleep(0.2)

@@ -35,6 +35,7 @@ class Settings:
     stale_ttl: float = 3600.0
     negative_ttl: float = 30.0
     deadline: float = 1.5
+    upstream_timeout: float = 3.0
     upstream_concurrency: int = 16
     breaker_threshold: int = 5
     breaker_cooldown: float = 10.0
@@ -63,6 +64,7 @@ class Settings:
             stale_ttl=read.number("WALLET_PROXY_STALE_TTL", 3600, low=0, high=7 * 86_400),
             negative_ttl=read.number("WALLET_PROXY_NEGATIVE_TTL", 30, low=0, high=3600),
             deadline=read.number("WALLET_PROXY_DEADLINE", 1.5, low=0.1, high=30),
+            upstream_timeout=read.number("WALLET_PROXY_UPSTREAM_TIMEOUT", 3, low=0.1, high=60),
             upstream_concurrency=read.integer("WALLET_PROXY_UPSTREAM_CONCURRENCY", 16, 1, 1024),
             breaker_threshold=read.integer("WALLET_PROXY_BREAKER_THRESHOLD", 5, 1, 1000),
             breaker_cooldown=read.number("WALLET_PROXY_BREAKER_COOLDOWN", 10, low=0.1, high=600),
@@ -78,6 +80,10 @@ class Settings:
         return settings
 
     def _check_combinations(self) -> None:
+        if self.upstream_timeout < self.deadline:
+            raise ConfigError(
+                "WALLET_PROXY_UPSTREAM_TIMEOUT", "must be at least WALLET_PROXY_DEADLINE"
+            )
         if self.staff_users and not self.secret_key:
             raise ConfigError(
                 "WALLET_PROXY_SECRET_KEY", "required when WALLET_PROXY_STAFF_USERS is set"

@@ -15,14 +15,22 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Readiness: settings were valid at start-up and the cache answers."""
+    """Readiness: settings were valid at start-up and the cache answers.
+
+    A lost Redis is reported but keeps the instance ready: it still answers from
+    its in-process cache, and failing every instance at once would be an outage.
+    The circuit breaker's state is shown for the same reason, without effect.
+    """
+    service = current_app.extensions["wallet_service"]
     checks = {"config": "ok"}
     try:
-        usable = current_app.extensions["wallet_service"].cache.usable()
+        checks.update(service.cache.status())
     except Exception:  # a probe reports, it never raises
-        usable = False
-    checks["cache"] = "ok" if usable else "unusable"
-    ready = all(value == "ok" for value in checks.values())
-    response = jsonify(status="ok" if ready else "unavailable", checks=checks)
+        checks["cache"] = "unusable"
+    checks["sessionm_circuit"] = service.guard.breaker.state
+    ready = checks["cache"] == "ok"
+    degraded = checks.get("redis", "ok") != "ok"
+    status = ("degraded" if degraded else "ok") if ready else "unavailable"
+    response = jsonify(status=status, checks=checks)
     response.status_code = 200 if ready else 503
     return response

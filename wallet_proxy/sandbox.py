@@ -296,7 +296,18 @@ _WALLETS = {
         _listed(_mallory_offers),
     ),
 }
+# Any `user-*` id has this small wallet, so load tests and benchmarks can use as many
+# distinct customers as they like (each still a separate SessionM call and cache key).
+_GENERATED = _Wallet(
+    "any user-* id: 120 points, 3 live offers (for load tests)",
+    True,
+    True,
+    500,
+    120,
+    _listed(lambda now, es: [_carol_offer(n, now, es) for n in (1, 2, 3)]),
+)
 SEEDED_USERS = {user_id: wallet.description for user_id, wallet in _WALLETS.items()}
+SEEDED_USERS["user-*"] = _GENERATED.description
 
 
 def _customer_exists(user_id: str) -> bool:
@@ -530,7 +541,7 @@ class _Sandbox:
         if body.get("retailer_id") != self.retailer_id:
             return 200, _error("ACCESS_DENIED", "this key has no access to that retailer_id")
         user_id = body["user_id"]
-        wallet = _WALLETS.get(user_id)
+        wallet = _WALLETS.get(user_id) or (_GENERATED if user_id.startswith("user-") else None)
         if wallet is None:
             return 200, _error("user_not_found", f"no user with id {user_id}")
         spanish = (body.get("culture") or "en-US").lower().startswith("es")

@@ -42,9 +42,9 @@ class Wallet:
     def to_dict(self) -> dict:
         """A JSON-ready form, for caches shared between processes."""
         data = asdict(self)
-        data["fetched_at"] = iso_z(self.fetched_at)
+        data["fetched_at"] = self.fetched_at.isoformat()
         for offer in data["offers"]:
-            offer["expires_at"] = iso_z(offer["expires_at"]) if offer["expires_at"] else None
+            offer["expires_at"] = offer["expires_at"].isoformat() if offer["expires_at"] else None
         return data
 
     @classmethod

@@ -1,0 +1,265 @@
+"""Shielding SessionM, in one process and across app instances sharing a real Redis.
+
+The sandbox is real HTTP; its knobs make SessionM slow, failing or hanging, and
+its stats count the calls it received and the most it saw at once.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import API_KEY
+from wallet_proxy import create_app
+from wallet_proxy.cache import Entry
+from wallet_proxy.sandbox import SandboxServer
+from wallet_proxy.service import JITTER
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def make_app(env, clock, **settings):
+    return create_app({**env, "CLOCK": clock, **{k: str(v) for k, v in settings.items()}})
+
+
+def get(app, user_id="demo-alice", **params):
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return app.test_client().get(f"/v1/wallets/{user_id}?{query}", headers=AUTH)
+
+
+def at_once(count, fn):
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda i: fn(i), range(count)))
+
+
+def wait_for(condition, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_concurrent_cold_requests_make_one_call(env, clock, sandbox):
+    app = make_app(env, clock)
+    sandbox.configure(latency=0.3)
+    responses = at_once(20, lambda _: get(app))
+    assert [r.status_code for r in responses] == [200] * 20
+    assert {r.headers["X-Cache"] for r in responses} == {"MISS"}
+    assert sandbox.stats()["calls"] == 1
+
+
+def test_waiters_are_woken_when_the_call_lands_not_by_polling(env, clock, sandbox):
+    app = make_app(env, clock)
+    sandbox.configure(latency=0.2)
+    started = time.monotonic()
+    at_once(10, lambda _: get(app))
+    assert time.monotonic() - started < 0.35
+
+
+def test_a_failure_is_handed_to_every_waiter(env, clock, sandbox):
+    app = make_app(env, clock)
+    sandbox.configure(latency=0.2, status=500)
+    responses = at_once(10, lambda _: get(app))
+    assert {r.status_code for r in responses} == {502}
+    assert sandbox.stats()["calls"] == 1
+
+
+def test_stale_is_served_at_once_and_refreshed_once(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_CACHE_TTL=60)
+    first = get(app).get_json()
+    clock.advance(seconds=61)
+    sandbox.configure(latency=0.3)
+    started = time.monotonic()
+    stale = at_once(10, lambda _: get(app))
+    assert time.monotonic() - started < 0.2
+    assert {r.headers["X-Cache"] for r in stale} == {"STALE"}
+    assert all(r.get_json()["stale"] is True for r in stale)
+    wait_for(lambda: sandbox.stats()["calls"] == 2)
+    wait_for(lambda: get(app).headers["X-Cache"] == "HIT")
+    fresh = get(app)
+    assert fresh.get_json()["stale"] is False
+    assert fresh.get_json()["fetched_at"] > first["fetched_at"]
+    assert sandbox.stats()["calls"] == 2
+
+
+def test_stale_is_served_while_sessionm_is_down_until_too_old(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_CACHE_TTL=60, WALLET_PROXY_STALE_TTL=600)
+    get(app)
+    sandbox.configure(status=503)
+    clock.advance(seconds=300)
+    assert get(app).headers["X-Cache"] == "STALE"
+    clock.advance(seconds=400)  # past fresh + stale: nothing left to serve
+    gone = get(app)
+    assert gone.status_code == 502
+
+
+def test_stale_rescues_a_forced_refresh_that_fails(env, clock, sandbox):
+    app = make_app(env, clock)
+    get(app)
+    clock.advance(seconds=61)
+    sandbox.configure(status=500)
+    lookup = app.extensions["wallet_service"].lookup("demo-alice", "en-US", refresh=True)
+    assert lookup.stale
+
+
+def test_not_found_is_cached_briefly(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_NEGATIVE_TTL=30)
+    assert [get(app, "nobody").status_code for _ in range(3)] == [404, 404, 404]
+    assert sandbox.stats()["calls"] == 1
+    clock.advance(seconds=31)
+    assert get(app, "nobody").status_code == 404
+    assert sandbox.stats()["calls"] == 2
+
+
+@pytest.mark.parametrize("knob", [{"hang": True}, {"trickle": 0.05}, {"latency": 3}])
+def test_deadline_holds_whatever_sessionm_does(env, clock, sandbox, knob):
+    app = make_app(env, clock, WALLET_PROXY_DEADLINE=0.5)
+    sandbox.configure(**knob)
+    started = time.monotonic()
+    response = get(app)
+    elapsed = time.monotonic() - started
+    sandbox.configure(hang=False)
+    assert response.status_code == 504
+    assert response.get_json()["error"]["code"] == "upstream_timeout"
+    assert elapsed < 0.6
+
+
+def test_deadline_serves_stale_when_sessionm_hangs(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_DEADLINE=0.5)
+    get(app)
+    clock.advance(seconds=61)
+    sandbox.configure(hang=True)
+    started = time.monotonic()
+    response = app.extensions["wallet_service"].lookup("demo-alice", "en-US", refresh=True)
+    sandbox.configure(hang=False)
+    assert response.stale
+    assert time.monotonic() - started < 0.6
+
+
+def test_slow_answer_past_the_deadline_still_fills_the_cache(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_DEADLINE=0.3, WALLET_PROXY_UPSTREAM_TIMEOUT=2)
+    sandbox.configure(latency=0.6)
+    assert get(app).status_code == 504
+    time.sleep(0.5)
+    retried = get(app)  # Braze's :retry, or the next render of the same message
+    assert (retried.status_code, retried.headers["X-Cache"]) == (200, "HIT")
+    assert sandbox.stats()["calls"] == 1
+
+
+def test_concurrency_cap_is_never_exceeded(env, clock):
+    with SandboxServer() as own:  # no calls left over from other tests in its counts
+        app = make_app(
+            env,
+            clock,
+            SESSIONM_CONNECT_URL=own.url,
+            WALLET_PROXY_UPSTREAM_CONCURRENCY=3,
+            WALLET_PROXY_DEADLINE=1,
+        )
+        own.configure(latency=0.2)
+        responses = at_once(24, lambda i: get(app, f"user-{i}"))
+        assert own.stats()["peak_concurrency"] == 3
+    assert app.extensions["wallet_service"].guard.peak == 3
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) >= 9  # three slots, 0.2 s each, for about 1 s
+    assert set(statuses) <= {200, 503, 504}
+    # Those still queued for a slot at their deadline: 503, come back soon.
+    queued = [r for r in responses if r.status_code == 503]
+    assert queued
+    for response in queued:
+        assert response.get_json()["error"]["code"] == "upstream_unavailable"
+        assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_breaker_opens_answers_fast_and_closes_after_a_probe(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_BREAKER_THRESHOLD=3, WALLET_PROXY_BREAKER_COOLDOWN=0.3)
+    breaker = app.extensions["wallet_service"].guard.breaker
+    sandbox.configure(status=500)
+    assert [get(app, f"user-{i}").status_code for i in range(3)] == [502] * 3
+    assert breaker.state == "open"
+    refused = get(app, "user-99")
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert sandbox.stats()["calls"] == 3
+    time.sleep(0.35)
+    assert breaker.state == "half-open"
+    sandbox.configure(status=None)
+    assert get(app, "user-100").status_code == 200
+    assert breaker.state == "closed"
+    assert app.test_client().get("/readyz").get_json()["checks"]["sessionm_circuit"] == "closed"
+
+
+def test_breaker_ignores_not_found(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_BREAKER_THRESHOLD=2)
+    for i in range(5):
+        assert get(app, f"nobody-{i}").status_code == 404
+    assert app.extensions["wallet_service"].guard.breaker.state == "closed"
+
+
+def test_fresh_lifetime_has_jitter(env, clock, sandbox):
+    app = make_app(env, clock, WALLET_PROXY_CACHE_TTL=100)
+    service = app.extensions["wallet_service"]
+    lifetimes = set()
+    for value in (0.0, 0.5, 1.0):
+        service.rng = lambda v=value: v
+        service.lookup(f"user-{value}", "en-US")
+        entry = service.cache.get(service.key(f"user-{value}", "en-US"))
+        lifetimes.add(round(entry.fresh_until - clock().timestamp(), 6))
+    assert lifetimes == {100.0, 100 * (1 - JITTER / 2), 100 * (1 - JITTER)}
+
+
+def test_entry_survives_serialisation(env, clock, sandbox):
+    app = make_app(env, clock)
+    get(app)
+    service = app.extensions["wallet_service"]
+    entry = service.cache.get(service.key("demo-alice", "en-US"))
+    assert Entry.loads(entry.dumps()) == entry
+
+
+# Shared cache: two app instances stand for two workers or two machines.
+
+
+def test_instances_share_the_redis_cache(env, clock, sandbox, redis_url):
+    one = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
+    two = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
+    assert get(one).headers["X-Cache"] == "MISS"
+    assert get(two).headers["X-Cache"] == "HIT"
+    assert get(two, "nobody").status_code == 404
+    assert get(one, "nobody").status_code == 404
+    assert sandbox.stats()["calls"] == 2
+
+
+def test_single_flight_holds_across_instances(env, clock, sandbox, redis_url):
+    apps = [make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url) for _ in range(3)]
+    sandbox.configure(latency=0.3)
+    started = time.monotonic()
+    responses = at_once(30, lambda i: get(apps[i % 3]))
+    assert [r.status_code for r in responses] == [200] * 30
+    assert sandbox.stats()["calls"] == 1
+    assert time.monotonic() - started < 0.6  # woken by pub/sub, not by a poll
+
+
+def test_failure_is_shared_across_instances(env, clock, sandbox, redis_url):
+    apps = [make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url) for _ in range(2)]
+    sandbox.configure(latency=0.2, status=500)
+    responses = at_once(10, lambda i: get(apps[i % 2]))
+    assert {r.status_code for r in responses} == {502}
+    assert sandbox.stats()["calls"] == 1
+
+
+def test_service_survives_losing_redis(env, clock, sandbox, redis_url, redis_server):
+    app = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
+    assert get(app).status_code == 200
+    redis_server.kill()
+    started = time.monotonic()
+    assert get(app).status_code == 200  # the in-process copy
+    assert get(app, "demo-bob").status_code == 200  # straight to SessionM
+    assert time.monotonic() - started < 1.0
+    ready = app.test_client().get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["status"] == "degraded"
+    assert ready.get_json()["checks"]["redis"].startswith("unreachable")
+    redis_server.start()
+    time.sleep(1.1)  # the cache tries Redis again after a second
+    assert app.test_client().get("/readyz").get_json()["status"] == "ok"
+    assert get(app, "demo-carol", limit=1).status_code == 200
