@@ -1,0 +1,170 @@
+"""The shielding under real gunicorn: several worker processes, a real redis-server,
+and the sandbox over HTTP, each test with its own sandbox so the counts are its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import API_KEY, free_port
+from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+class Gunicorn:
+    """`gunicorn -c deploy/gunicorn.conf.py wsgi:app`, as deployed, on a free port."""
+
+    def __init__(self, sandbox_url: str, workers: int = 3, **settings):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.workers = workers
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("SESSIONM_", "WALLET_PROXY_"))
+            },
+            "SESSIONM_CONNECT_URL": sandbox_url,
+            "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
+            "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
+            "WALLET_PROXY_API_KEYS": API_KEY,
+            "WEB_CONCURRENCY": str(workers),
+            **{k: str(v) for k, v in settings.items()},
+        }
+
+    def __enter__(self) -> Gunicorn:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "deploy/gunicorn.conf.py",
+                "--bind",
+                self.url.removeprefix("http://"),
+                "--access-logfile",
+                "/dev/null",
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert self.process.poll() is None, self.process.stderr.read().decode()
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.05)
+        time.sleep(0.5)  # let every worker finish booting, so all of them take requests
+        return self
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+    def get(self, user_id: str, **params) -> requests.Response:
+        # A new connection each time, so the kernel spreads requests over the workers.
+        return requests.get(
+            f"{self.url}/v1/wallets/{user_id}", params=params, headers=AUTH, timeout=10
+        )
+
+
+def at_once(count, fn):
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(fn, range(count)))
+
+
+@pytest.fixture
+def sandbox():
+    with SandboxServer() as server:
+        yield server
+
+
+def test_one_sessionm_call_across_all_workers(sandbox, redis_url):
+    with Gunicorn(sandbox.url, workers=3, WALLET_PROXY_REDIS_URL=redis_url) as server:
+        sandbox.configure(latency=0.3)
+        responses = at_once(30, lambda _: server.get("demo-alice"))
+        assert [r.status_code for r in responses] == [200] * 30
+        assert sandbox.stats()["calls"] == 1
+        bodies = {r.content for r in responses}
+        assert len(bodies) == 1  # every worker answered the same wallet
+
+
+def test_stale_served_while_sessionm_is_down(sandbox, redis_url):
+    with Gunicorn(
+        sandbox.url, WALLET_PROXY_REDIS_URL=redis_url, WALLET_PROXY_CACHE_TTL=1
+    ) as server:
+        assert server.get("demo-alice").status_code == 200
+        time.sleep(1.1)
+        sandbox.configure(status=503)
+        responses = at_once(12, lambda _: server.get("demo-alice"))
+        assert {(r.status_code, r.headers["X-Cache"]) for r in responses} == {(200, "STALE")}
+        assert all(r.json()["stale"] for r in responses)
+        assert int(responses[0].headers["Age"]) >= 1
+
+
+def test_deadline_held_while_sessionm_hangs(sandbox):
+    with Gunicorn(sandbox.url, WALLET_PROXY_DEADLINE=0.5) as server:
+        sandbox.configure(hang=True)
+
+        def timed(i):
+            started = time.monotonic()
+            response = server.get(f"user-{i}")
+            return response.status_code, time.monotonic() - started
+
+        results = at_once(20, timed)
+        sandbox.configure(hang=False)
+    assert {status for status, _ in results} == {504}
+    assert max(elapsed for _, elapsed in results) < 0.9
+
+
+def test_breaker_opens_in_each_worker_and_closes(sandbox):
+    with Gunicorn(
+        sandbox.url, workers=2, WALLET_PROXY_BREAKER_THRESHOLD=2, WALLET_PROXY_BREAKER_COOLDOWN=1
+    ) as server:
+        sandbox.configure(status=500)
+        statuses = [server.get(f"user-{i}").status_code for i in range(20)]
+        assert set(statuses) == {502, 503}
+        # Each worker stops calling after two failures: the rest are answered without SessionM.
+        assert sandbox.stats()["calls"] <= 2 * 2
+        sandbox.configure(status=None)
+        time.sleep(1.1)
+        statuses = [server.get(f"user-ok-{i}").status_code for i in range(10)]
+        assert statuses.count(200) >= 8  # a probe closes each worker's breaker
+        assert statuses[-4:] == [200] * 4
+
+
+def test_concurrency_cap_never_exceeded(sandbox):
+    with Gunicorn(sandbox.url, workers=2, WALLET_PROXY_UPSTREAM_CONCURRENCY=2) as server:
+        sandbox.configure(latency=0.2)
+        responses = at_once(24, lambda i: server.get(f"user-{i}"))
+        assert {r.status_code for r in responses} <= {200, 503, 504}
+        assert sandbox.stats()["peak_concurrency"] <= 2 * 2
+
+
+def test_redis_killed_mid_run_and_the_service_still_answers(sandbox, redis_url, redis_server):
+    with Gunicorn(sandbox.url, workers=2, WALLET_PROXY_REDIS_URL=redis_url) as server:
+        before = at_once(8, lambda i: server.get(f"user-{i % 4}"))
+        redis_server.kill()
+        during = at_once(8, lambda i: server.get(f"user-{i}"))
+        after = [server.get(f"user-late-{i}") for i in range(5)]
+        ready = requests.get(f"{server.url}/readyz", timeout=5)
+    assert [r.status_code for r in before + during + after] == [200] * 21
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["redis"].startswith("unreachable")
