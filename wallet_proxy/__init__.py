@@ -59,6 +59,7 @@ def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> No
 
     import redis
 
+    from .answers import AnswerMemo
     from .cache import MemoryCache, RedisCache
     from .service import WalletService
     from .sessionm import ConnectClient, pooled_session
@@ -85,6 +86,7 @@ def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> No
         )
         cache = RedisCache(redis_client, fallback=cache, timer=lambda: clock().timestamp())
     app.extensions["redis"] = redis_client
+    app.extensions["answers"] = AnswerMemo()
     breaker = CircuitBreaker(
         threshold=settings.breaker_threshold,
         cooldown=settings.breaker_cooldown,

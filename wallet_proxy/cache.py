@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
-from cachetools import TLRUCache
+from cachetools import LRUCache, TLRUCache
 
 from .wallet import Wallet
 
@@ -41,7 +41,8 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 @dataclass(frozen=True, slots=True)
 class Entry:
     wallet: Wallet | None  # None: SessionM said the user does not exist.
-    fresh_until: float  # Unix time: a plain HIT before this,
+    fetched_at: float  # Unix time of SessionM's answer,
+    fresh_until: float  # a plain HIT before this,
     stale_until: float  # a STALE answer (and a background refresh) before this.
 
     def is_fresh(self, now: float) -> bool:
@@ -49,13 +50,15 @@ class Entry:
 
     def dumps(self) -> str:
         wallet = self.wallet.to_dict() if self.wallet else None
-        return json.dumps({"w": wallet, "f": self.fresh_until, "s": self.stale_until})
+        return json.dumps(
+            {"w": wallet, "t": self.fetched_at, "f": self.fresh_until, "s": self.stale_until}
+        )
 
     @classmethod
     def loads(cls, text: bytes | str) -> Entry:
         data = json.loads(text)
         wallet = Wallet.from_dict(data["w"]) if data["w"] else None
-        return cls(wallet, data["f"], data["s"])
+        return cls(wallet, data["t"], data["f"], data["s"])
 
 
 class MemoryCache:
@@ -100,6 +103,10 @@ class RedisCache:
         self.prefix = prefix
         self.channel = f"{prefix}:done"
         self._down_until = 0.0
+        # The last entry decoded per key: an unchanged value is not decoded again, and the
+        # same Wallet object lets the answer memo serve shared-cache hits too.
+        self._decoded: LRUCache = LRUCache(maxsize=4096)
+        self._decoded_lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
         self._waiters_lock = threading.Lock()
         self._listener: threading.Thread | None = None
@@ -118,11 +125,22 @@ class RedisCache:
 
     def get(self, key: tuple[str, ...]) -> Entry | None:
         if self.available:
+            name = self._name("wallet", key)
             try:
-                raw = self.client.get(self._name("wallet", key))
-                return Entry.loads(raw) if raw else None
+                raw = self.client.get(name)
             except redis.RedisError as error:
                 self._failed(error)
+                return self.fallback.get(key)
+            if raw is None:
+                return None
+            with self._decoded_lock:
+                known = self._decoded.get(name)
+            if known is not None and known[0] == raw:
+                return known[1]
+            entry = Entry.loads(raw)
+            with self._decoded_lock:
+                self._decoded[name] = (raw, entry)
+            return entry
         return self.fallback.get(key)
 
     def put(self, key: tuple[str, ...], entry: Entry) -> None:

@@ -139,7 +139,7 @@ class WalletService:
                 self._flight(key, user_id, culture, slot_until=None)
                 return Lookup(cached.wallet, STALE)
         stale = cached if cached is not None and cached.wallet is not None else None
-        flight = self._flight(key, user_id, culture, slot_until=answer_by)
+        flight = self._flight(key, user_id, culture, slot_until=answer_by, refresh=refresh)
         landed = flight.done.wait(max(0.0, answer_by - time.monotonic()))
         if not landed or flight.error is not None:
             error = flight.error if landed else flight.timed_out()
@@ -148,9 +148,7 @@ class WalletService:
             raise copy.copy(error)  # a copy: other threads raise the same failure
         return _lookup(flight.entry, MISS)
 
-    def _flight(
-        self, key: tuple[str, str, str], user_id: str, culture: str, *, slot_until: float | None
-    ) -> _Flight:
+    def _flight(self, key, user_id, culture, *, slot_until, refresh=False) -> _Flight:
         """The running flight for `key`, or a new one; `slot_until` None = background."""
         with self._flights_lock:
             flight = self._flights.get(key)
@@ -159,15 +157,15 @@ class WalletService:
             flight = self._flights[key] = _Flight()
         threading.Thread(
             target=self._fly,
-            args=(key, flight, user_id, culture, slot_until),
+            args=(key, flight, user_id, culture, slot_until, refresh),
             name=f"wallet-flight-{user_id}",
             daemon=True,
         ).start()
         return flight
 
-    def _fly(self, key, flight: _Flight, user_id: str, culture: str, slot_until) -> None:
+    def _fly(self, key, flight: _Flight, user_id, culture, slot_until, refresh) -> None:
         try:
-            flight.entry = self._obtain(key, flight, user_id, culture, slot_until)
+            flight.entry = self._obtain(key, flight, user_id, culture, slot_until, refresh)
         except WalletProxyError as error:
             flight.error = error
         except Exception:
@@ -179,21 +177,36 @@ class WalletService:
                     del self._flights[key]
             flight.done.set()
 
-    def _obtain(self, key, flight: _Flight, user_id, culture, slot_until) -> Entry:
+    def _obtain(self, key, flight: _Flight, user_id, culture, slot_until, refresh) -> Entry:
         fetch_by = time.monotonic() + self.upstream_timeout
+        since = self._now()
+
+        def landed() -> Entry | None:
+            """An entry stored by someone else that answers this flight as well."""
+            entry = self.cache.get(key)
+            if entry is None:
+                return None
+            if refresh:
+                return entry if entry.fetched_at > since else None
+            return entry if entry.is_fresh(self._now()) else None
+
+        # A flight that ended between our caller's cache miss and this one's start.
+        entry = landed()
+        if entry is not None:
+            return entry
         if not self.cache.shared:
             return self._fetch(key, flight, user_id, culture, slot_until, fetch_by)
-        since = self._now()
         while True:
             token = self.cache.lock(key, lease=self.upstream_timeout + 1)
             if token is not None:
                 break
             flight.calling = True  # another process's call is under way
-            entry = self._await_other_process(key, since, fetch_by)
+            entry = self._await_other_process(key, landed, fetch_by)
             if entry is not None:
                 return entry
         try:
-            return self._fetch(key, flight, user_id, culture, slot_until, fetch_by)
+            # The previous lock holder may have stored its answer since we looked.
+            return landed() or self._fetch(key, flight, user_id, culture, slot_until, fetch_by)
         except UpstreamError as error:
             if not isinstance(error, UserNotFound):
                 self.cache.put_error(key, type(error).__name__, ERROR_TTL)
@@ -201,23 +214,26 @@ class WalletService:
         finally:
             self.cache.release(key, token)
 
-    def _await_other_process(self, key, since: float, fetch_by: float) -> Entry | None:
+    def _await_other_process(self, key, landed, fetch_by: float) -> Entry | None:
         """What the process holding the lock stored; None if it vanished without a result."""
-        with self.cache.waiting(key) as landed:
+        with self.cache.waiting(key) as woken:
             while True:
-                entry = self.cache.get(key)
-                if entry is not None and entry.fresh_until > since:
+                # Lock first, then entry: the holder stores before it unlocks, so an
+                # unlocked key read here has its entry visible below.
+                locked = self.cache.is_locked(key)
+                entry = landed()
+                if entry is not None:
                     return entry
                 name = self.cache.get_error(key)
                 if name is not None:
                     raise _ERRORS_BY_NAME.get(name, UpstreamError)()
-                if not self.cache.is_locked(key):
+                if not locked:
                     return None  # its lease ran out or Redis failed: try to fetch ourselves
                 remaining = fetch_by - time.monotonic()
                 if remaining <= 0:
                     raise UpstreamTimeout()
-                landed.wait(min(remaining, POLL_INTERVAL))
-                landed.clear()
+                woken.wait(min(remaining, POLL_INTERVAL))
+                woken.clear()
 
     def _fetch(self, key, flight: _Flight, user_id, culture, slot_until, fetch_by) -> Entry:
         def call() -> Wallet:
@@ -227,11 +243,12 @@ class WalletService:
         try:
             wallet = self.guard.call(call, wait_until=slot_until)
         except UserNotFound:
-            until = self._now() + self.negative_ttl
-            entry = Entry(None, until, until)
+            now = self._now()
+            entry = Entry(None, now, now + self.negative_ttl, now + self.negative_ttl)
         else:
-            fresh_until = self._now() + self.cache_ttl * (1 - JITTER * self.rng())
-            entry = Entry(wallet, fresh_until, fresh_until + self.stale_ttl)
+            now = self._now()
+            fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
+            entry = Entry(wallet, now, fresh_until, fresh_until + self.stale_ttl)
         self.cache.put(key, entry)
         return entry
 
