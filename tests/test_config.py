@@ -46,6 +46,7 @@ def test_good_settings_and_defaults():
         ({"WALLET_PROXY_UPSTREAM_CONCURRENCY": "1.5"}, "WALLET_PROXY_UPSTREAM_CONCURRENCY"),
         ({"WALLET_PROXY_REDIS_URL": "localhost:6379"}, "WALLET_PROXY_REDIS_URL"),
         ({"WALLET_PROXY_STAFF_USERS": "ann:plaintext"}, "WALLET_PROXY_STAFF_USERS"),
+        ({"WALLET_PROXY_STAFF_USERS": "ann:md5$salt$abc"}, "WALLET_PROXY_STAFF_USERS"),
         ({"WALLET_PROXY_STAFF_USERS": "ann:scrypt:1$a$b"}, "WALLET_PROXY_SECRET_KEY"),
         ({"SESSIONM_CORE_URL": "https://core.example.test"}, "SESSIONM_CORE_API_KEY"),
     ],

@@ -107,10 +107,11 @@ def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> No
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, health
+    from . import api, health, support
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(support.bp)
 
 
 def register_error_handlers(app: Flask) -> None:

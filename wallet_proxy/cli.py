@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -10,10 +11,14 @@ import sys
 import time
 
 import click
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from .config import ConfigError, Settings
+from .support.staff import hash_password
 
 DEMO_API_KEY = "demo-api-key-not-secret"
+DEMO_STAFF_USER = "support"
+DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo credential
 
 
 @click.group()
@@ -131,6 +136,9 @@ def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
         SESSIONM_CORE_API_SECRET=sandbox_module.DEMO_CORE_API_SECRET,
     )
     env.setdefault("WALLET_PROXY_API_KEYS", DEMO_API_KEY)
+    demo_staff = f"{DEMO_STAFF_USER}:{generate_password_hash(DEMO_STAFF_PASSWORD)}"
+    env.setdefault("WALLET_PROXY_STAFF_USERS", demo_staff)
+    env.setdefault("WALLET_PROXY_SECRET_KEY", secrets.token_urlsafe(32))
     return process
 
 
@@ -149,6 +157,11 @@ def _print_demo(bind: str, env: dict) -> None:
         f"  curl -s -H 'Authorization: Bearer {key}' {base}/v1/wallets/nobody   # 404\n"
         f"  curl -s {base}/readyz\n"
     )
+    name, _, pw_hash = env.get("WALLET_PROXY_STAFF_USERS", "").split(",")[0].partition(":")
+    if name == DEMO_STAFF_USER and check_password_hash(pw_hash, DEMO_STAFF_PASSWORD):
+        click.echo(
+            f"Support pages: {base}/support/  (login: {DEMO_STAFF_USER} / {DEMO_STAFF_PASSWORD})\n"
+        )
 
 
 def _listening(host: str, port: int) -> bool:
@@ -167,6 +180,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
 
+
+main.add_command(hash_password)
 
 if __name__ == "__main__":
     main()

@@ -196,7 +196,7 @@ class _Reader:
             user, sep, pw_hash = item.strip().partition(":")
             if not sep or not STAFF_NAME_RE.match(user):
                 raise ConfigError(name, "must be name:hash pairs separated by commas")
-            if "$" not in pw_hash:
+            if not pw_hash.startswith(("scrypt:", "pbkdf2:")) or pw_hash.count("$") != 2:
                 raise ConfigError(
                     name, f"the entry for {user} is not a hash from `wallet-proxy hash-password`"
                 )

@@ -104,7 +104,7 @@ def error_body(error: WalletProxyError) -> dict:
 
 def _wants_page() -> bool:
     """People get pages (the support blueprint); everything else gets JSON."""
-    return request.blueprint == "support"
+    return request.blueprint == "support" or request.path.startswith("/support/")
 
 
 def _respond(error: WalletProxyError, headers: dict | None = None):

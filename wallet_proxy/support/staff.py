@@ -1,0 +1,149 @@
+"""Who may open the support pages: staff accounts, by login form or HTTP Basic.
+
+Staff accounts (`WALLET_PROXY_STAFF_USERS`) are separate from Braze's API keys, so
+neither opens the other's door. A form login keeps the staff name in Flask's signed
+session cookie; HTTP Basic is checked on every request (for curl). Browsers resend
+both without asking, so every POST also carries a per-session CSRF token.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+import sys
+import time
+from urllib.parse import urlsplit
+
+import click
+from flask import current_app, request, session
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from ..errors import InvalidRequest, Unauthorized
+
+CSRF_FIELD = "csrf_token"
+# A form login lasts one working day, however long the browser keeps the cookie.
+SESSION_SECONDS = 12 * 3600
+MIN_PASSWORD_LENGTH = 8
+
+
+class StaffSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie, never readable by script, never sent cross-site, Secure on https.
+
+    Secure follows the request rather than a setting, so the same deployment works
+    over http on a laptop and over https behind the load balancer.
+    """
+
+    def get_cookie_httponly(self, app) -> bool:
+        return True
+
+    def get_cookie_samesite(self, app) -> str:
+        return "Lax"
+
+    def get_cookie_secure(self, app) -> bool:
+        return request.is_secure
+
+
+def staff_users() -> dict[str, str]:
+    return current_app.config["SETTINGS"].staff_users
+
+
+@functools.lru_cache(maxsize=8)
+def _dummy_hash(method: str) -> str:
+    return generate_password_hash(secrets.token_urlsafe(16), method=method)
+
+
+def check_credentials(name: str, password: str) -> bool:
+    """True for a staff account's password; unknown names cost the same hash time."""
+    users = staff_users()
+    known = users.get(name)
+    if known is None:
+        method = next(iter(users.values())).partition("$")[0]
+        check_password_hash(_dummy_hash(method), password)
+        return False
+    return check_password_hash(known, password)
+
+
+def _hash_tag(pw_hash: str) -> str:
+    """Ties a session to the password it was opened with: a new hash ends old sessions."""
+    return hashlib.sha256(pw_hash.encode()).hexdigest()[:16]
+
+
+def log_in(name: str) -> None:
+    """Start a fresh session (new CSRF token too), so a planted cookie is never reused."""
+    session.clear()
+    session["staff"] = name
+    session["tag"] = _hash_tag(staff_users()[name])
+    session["since"] = int(time.time())
+    session[CSRF_FIELD] = secrets.token_urlsafe(32)
+
+
+def log_out() -> None:
+    session.clear()
+
+
+def session_staff() -> str | None:
+    """The staff name of a live form login, if any."""
+    name = session.get("staff")
+    pw_hash = staff_users().get(name) if isinstance(name, str) else None
+    if pw_hash is None or not hmac.compare_digest(session.get("tag", ""), _hash_tag(pw_hash)):
+        return None
+    if time.time() - session.get("since", 0) > SESSION_SECONDS:
+        return None
+    return name
+
+
+def basic_staff() -> str | None:
+    """The staff name from HTTP Basic; Unauthorized when Basic is presented but wrong."""
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return None
+    if check_credentials(auth.username or "", auth.password or ""):
+        return auth.username
+    raise Unauthorized("Wrong name or password.")
+
+
+def csrf_token() -> str:
+    """This session's CSRF token (created on first use), for every form on the pages."""
+    if CSRF_FIELD not in session:
+        session[CSRF_FIELD] = secrets.token_urlsafe(32)
+    return session[CSRF_FIELD]
+
+
+def check_csrf() -> None:
+    expected = session.get(CSRF_FIELD, "")
+    given = request.form.get(CSRF_FIELD, "")
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidRequest(
+            "This form has expired or did not come from this site: reload the page and try again."
+        )
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """Only a path inside the support pages, so the login form is no open redirect."""
+    if not target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target or not target.startswith(default):
+        return default
+    return target
+
+
+@click.command("hash-password")
+@click.option(
+    "--stdin",
+    "from_stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input instead of prompting.",
+)
+def hash_password(from_stdin: bool) -> None:
+    """Print a password hash for WALLET_PROXY_STAFF_USERS (name:hash); never the password."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise click.ClickException(f"use at least {MIN_PASSWORD_LENGTH} characters")
+    click.echo(generate_password_hash(password))
