@@ -14,11 +14,18 @@ bind = os.environ.get("WALLET_PROXY_BIND", "0.0.0.0:8000")
 
 # gthread: each worker process runs a pool of threads. A request waiting on
 # SessionM holds a thread, not a process, so a slow upstream can't starve the
-# service the way sync workers would; CPU-bound cache hits still spread over
-# one process per core.
+# service the way sync workers do: with SessionM at 200 ms and 64 concurrent
+# users, 2 sync workers answered 12/s and 2 gthread workers about 290/s
+# (bench/misses.py). Cache hits are CPU-bound, so one process per core.
+#
+# A waiting thread only sleeps on an Event, so threads are cheap; they must
+# outnumber the connections one worker may be handed while SessionM hangs, or
+# requests queue behind blocked threads and miss the deadline. With 32
+# threads, 64 connections over 2 workers left 2 % of answers at 3 s; with 64,
+# every answer was out within 2 s (bench/hang.py).
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
-threads = int(os.environ.get("WALLET_PROXY_THREADS", "32"))
+threads = int(os.environ.get("WALLET_PROXY_THREADS", "64"))
 
 # Braze drops answers after 2 s and we answer within WALLET_PROXY_DEADLINE, so a
 # worker silent for 30 s is truly stuck. Graceful shutdown lets in-flight

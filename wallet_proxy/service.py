@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 HIT, MISS, STALE = "HIT", "MISS", "STALE"
 
+# Stop waiting this much before the deadline (at most a tenth of it), so the answer is
+# rendered and written by then, also when many waiters wake at once on a busy machine.
+SEND_MARGIN = 0.1
 JITTER = 0.1  # fresh lifetimes vary by up to 10 %, so a campaign's users don't expire together
 ERROR_TTL = 1.0  # seconds a failure stays visible to other processes waiting on the same key
 POLL_INTERVAL = 0.25  # safety net under pub/sub wake-ups, bounded by the deadline anyway
@@ -129,7 +132,7 @@ class WalletService:
 
     def lookup(self, user_id: str, culture: str, *, refresh: bool = False) -> Lookup:
         """The wallet within the deadline; `refresh` skips a fresh copy (stale still rescues)."""
-        answer_by = time.monotonic() + self.deadline
+        answer_by = time.monotonic() + self.deadline - min(SEND_MARGIN, self.deadline / 10)
         key = self.key(user_id, culture)
         cached = self.cache.get(key)
         if cached is not None and not refresh:
