@@ -107,11 +107,12 @@ def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> No
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, health, support
+    from . import api, health, support, tags
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
+    tags.init_app(app)
 
 
 def register_error_handlers(app: Flask) -> None:

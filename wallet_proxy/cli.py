@@ -13,6 +13,7 @@ import time
 import click
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from .bulk import tags_group, warm_command
 from .config import ConfigError, Settings
 from .support.staff import hash_password
 
@@ -182,6 +183,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 main.add_command(hash_password)
+main.add_command(tags_group)
+main.add_command(warm_command)
 
 if __name__ == "__main__":
     main()

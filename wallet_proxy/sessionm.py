@@ -201,7 +201,7 @@ def parse_envelope(status: int, headers, raw: bytes) -> dict:
             raise UpstreamError("SessionM answered 404 without its error envelope.")
         raise UserNotFound()
     if status == 429:
-        raise UpstreamRateLimited(retry_after=_retry_after(headers.get("Retry-After")))
+        raise UpstreamRateLimited(retry_after=retry_after_seconds(headers.get("Retry-After")))
     if status in (401, 403):
         log.error("SessionM refused our credentials (HTTP %s)", status)
         raise UpstreamError("SessionM refused this service's credentials.")
@@ -223,7 +223,8 @@ def parse_envelope(status: int, headers, raw: bytes) -> dict:
     return payload
 
 
-def _retry_after(value: str | None) -> int:
+def retry_after_seconds(value: str | None) -> int:
+    """A Retry-After header as whole seconds, 1 to 60 (5 when absent or a date)."""
     try:
         return max(1, min(int(value or 5), 60))
     except ValueError:

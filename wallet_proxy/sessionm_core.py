@@ -1,0 +1,103 @@
+"""HTTP to SessionM Core's customer tags, with this service's Core key and secret.
+
+Braze's partner page has Braze (or a script) call Core directly, which puts the Core
+secret in Braze. The relay and `wallet-proxy tags import` call through this client
+instead. It reuses the Connect transport (timeouts, size cap, error tree) and adds
+one thing callers need for counter tags: whether a failed call may still have been
+applied by SessionM (`maybe_applied`), since sending such a call again could count
+twice.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import requests
+
+from .errors import InvalidRequest, InvalidUpstreamPayload, WalletProxyError
+from .sessionm import Transport, parse_envelope, retry_after_seconds
+
+
+class CoreClient:
+    """`POST .../users/{id}/tags` and `.../external/users/{id}/tags` for one Core app."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        session: requests.Session,
+        connect_timeout: float,
+        read_timeout: float,
+    ):
+        self._app_url = f"{base_url.rstrip('/')}/priv/v1/apps/{quote(api_key, safe='')}"
+        self._auth = (api_key, api_secret)
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        self.transport = Transport(session, connect_timeout, read_timeout)
+
+    def __repr__(self) -> str:
+        return "CoreClient(<credentials hidden>)"
+
+    def tags_url(self, user_id: str, *, external: bool) -> str:
+        """The id is one percent-encoded path segment: `/`, `?` and `#` can't escape it.
+
+        `.` and `..` are refused rather than encoded: requests un-escapes `%2E`, and a
+        literal dot segment would be resolved by any proxy on the way to another URL.
+        """
+        if user_id in ("", ".", ".."):
+            raise InvalidRequest("The customer id can't be empty, '.' or '..'.")
+        users = "external/users" if external else "users"
+        return f"{self._app_url}/{users}/{quote(user_id, safe='')}/tags"
+
+    def add_tags(
+        self,
+        user_id: str,
+        tags: list[str],
+        ttl: int | None,
+        *,
+        external: bool,
+        deadline: float,
+    ) -> dict:
+        """Tag one customer; without `ttl` each call increments counter tags.
+
+        Returns SessionM's payload. Raises our error tree; every raised error carries
+        `maybe_applied` (see `maybe_applied()`). `deadline` is a `time.monotonic()` instant.
+        """
+        url = self.tags_url(user_id, external=external)
+        body: dict = {"tags": list(tags)}
+        if ttl is not None:
+            body["ttl"] = ttl
+        try:
+            status, headers, raw = self.transport.post(
+                url, body, self._headers, deadline, auth=self._auth
+            )
+        except WalletProxyError as error:
+            # No answer (timeout, dropped connection): the call may have reached SessionM.
+            error.maybe_applied = True
+            raise
+        try:
+            return parse_envelope(status, headers, raw)
+        except WalletProxyError as error:
+            error.maybe_applied = _may_have_applied(status, error)
+            if status == 503 and headers.get("Retry-After"):
+                error.retry_after = retry_after_seconds(headers.get("Retry-After"))
+            raise
+
+
+def _may_have_applied(status: int, error: WalletProxyError) -> bool:
+    """Only answers that say "not done" are safe: 4xx, 503, or an error envelope in a 2xx.
+
+    Any other 5xx may come from a gateway that gave up while SessionM went on, and an
+    unreadable 2xx may be a success we could not parse.
+    """
+    if 400 <= status < 500 or status == 503:
+        return False
+    if 200 <= status < 300:
+        return isinstance(error, InvalidUpstreamPayload)
+    return True
+
+
+def maybe_applied(error: BaseException) -> bool:
+    """Whether SessionM may have applied a failed tags call; unknown errors count as yes."""
+    return getattr(error, "maybe_applied", True)
