@@ -8,9 +8,9 @@ from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
 
-from .auth import key_matches, presented_key
+from .auth import require_api_key
 from .config import CULTURE_RE
-from .errors import InvalidRequest, Unauthorized
+from .errors import InvalidRequest
 from .service import Lookup
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -48,11 +48,7 @@ def render(lookup: Lookup, now: datetime, limit: int | None) -> bytes:
     return current_app.extensions["answers"].render(lookup, now, limit)
 
 
-@bp.before_request
-def require_api_key():
-    settings = current_app.config["SETTINGS"]
-    if not key_matches(presented_key(request), settings.api_keys):
-        raise Unauthorized()
+bp.before_request(require_api_key)
 
 
 @bp.get("/wallets/<user_id>")

@@ -12,7 +12,9 @@ import binascii
 import hmac
 from collections.abc import Iterable
 
-from flask import Request
+from flask import Request, current_app, request
+
+from .errors import Unauthorized
 
 
 def presented_key(request: Request) -> str | None:
@@ -40,3 +42,9 @@ def key_matches(presented: str | None, keys: Iterable[str]) -> bool:
     for key in keys:
         found |= hmac.compare_digest(given, key.encode())
     return found
+
+
+def require_api_key() -> None:
+    """For the API blueprints' `before_request`: one of WALLET_PROXY_API_KEYS, or 401."""
+    if not key_matches(presented_key(request), current_app.config["SETTINGS"].api_keys):
+        raise Unauthorized()

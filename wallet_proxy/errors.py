@@ -98,6 +98,28 @@ class UpstreamTimeout(UpstreamError):
     message = "SessionM did not answer in time."
 
 
+class IdempotencyConflict(WalletProxyError):
+    """An Idempotency-Key reused with another body (the tags relay)."""
+
+    status = 422
+    code = "idempotency_conflict"
+    message = "This Idempotency-Key was used with a different body."
+
+
+class IdempotencyInProgress(WalletProxyError):
+    status = 409
+    code = "idempotency_in_progress"
+    message = "A request with this Idempotency-Key is still being processed."
+    retry_after = 1
+
+
+class IdempotencyUnavailable(WalletProxyError):
+    status = 503
+    code = "idempotency_unavailable"
+    message = "The idempotency store is unavailable; try again shortly."
+    retry_after = 2
+
+
 def error_body(error: WalletProxyError) -> dict:
     return {"error": {"code": error.code, "message": error.message}}
 

@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from cachetools import TLRUCache
 
 from .errors import (
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    IdempotencyUnavailable,
     UpstreamBusy,
     UpstreamRateLimited,
     UpstreamServerError,
@@ -49,26 +52,6 @@ log = logging.getLogger(__name__)
 WINDOW = 24 * 3600
 KEY_RE = re.compile(r"^[\x20-\x7e]{1,255}$")
 MEMORY_ENTRIES = 100_000
-
-
-class IdempotencyConflict(WalletProxyError):
-    status = 422
-    code = "idempotency_conflict"
-    message = "This Idempotency-Key was used with a different body."
-
-
-class IdempotencyInProgress(WalletProxyError):
-    status = 409
-    code = "idempotency_in_progress"
-    message = "A request with this Idempotency-Key is still being processed."
-    retry_after = 1
-
-
-class IdempotencyUnavailable(WalletProxyError):
-    status = 503
-    code = "idempotency_unavailable"
-    message = "The idempotency store is unavailable; try again shortly."
-    retry_after = 2
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import time
 from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
-from .auth import key_matches, presented_key
-from .errors import InvalidRequest, NotConfigured, Unauthorized
+from .auth import require_api_key
+from .errors import InvalidRequest, NotConfigured
 from .idempotency import Answer, Idempotency, MemoryStore, RedisStore, valid_key
 from .sessionm import pooled_session
 from .sessionm_core import CoreClient
@@ -121,11 +121,11 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
+bp.before_request(require_api_key)
+
+
 @bp.before_request
-def require_api_key_and_small_body():
-    settings = current_app.config["SETTINGS"]
-    if not key_matches(presented_key(request), settings.api_keys):
-        raise Unauthorized()
+def require_core_and_small_body():
     if current_app.extensions["sessionm_core"] is None:
         raise NotConfigured(
             "SessionM Core is not configured (SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY, "
