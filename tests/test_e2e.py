@@ -86,7 +86,8 @@ def test_make_run_demo_serves_the_demo_wallet(tmp_path):
         assert response.status_code == 200
         assert response.json()["available_points"] == 1250
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # as systemd or a container runtime would
         assert process.wait(timeout=20) == 0
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", sandbox_port)) != 0, "sandbox left running"
+    for left in (port, sandbox_port):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", left)) != 0, f"port {left} left serving"

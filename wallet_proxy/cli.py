@@ -103,6 +103,10 @@ def serve(bind: str, config_path: str, with_sandbox: bool, sandbox_port: int) ->
         env=env,
     )
     children.insert(0, gunicorn)
+    # Ctrl-C, or SIGTERM from systemd or a container runtime: stop the children too,
+    # never leave gunicorn or the sandbox running without us.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         code = gunicorn.wait()
     except KeyboardInterrupt:
@@ -110,6 +114,10 @@ def serve(bind: str, config_path: str, with_sandbox: bool, sandbox_port: int) ->
     finally:
         _stop(children)
     sys.exit(code)
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
