@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from wallet_proxy import create_app
-from wallet_proxy.bulk import Progress, RateLimiter
+from wallet_proxy.bulk.runner import Progress, RateLimiter
 from wallet_proxy.cli import main
 from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 

@@ -13,7 +13,7 @@ import time
 import click
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .bulk import tags_group, warm_command
+from .bulk.commands import tags_group, warm_command
 from .config import ConfigError, Settings
 from .support.staff import hash_password
 

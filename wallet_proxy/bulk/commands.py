@@ -1,0 +1,455 @@
+"""Bulk work from a CSV of customers: `wallet-proxy tags import` and `wallet-proxy warm`.
+
+Both read the same files (a Braze segment export or any CSV with a header), refuse a
+malformed file before sending anything, pace themselves (`--rate`, `--concurrency`),
+back off when SessionM pushes back, show progress, and end with a summary and an exit
+code: 0 all done, 1 some rows failed, 2 nothing sent (bad file, options or settings),
+130 interrupted.
+
+`tags import` must tag each customer exactly once even if it is killed, because a tag
+without `ttl` is a counter. It keeps a journal next to the file (FILE.journal), one
+fsync'd JSON line per event, keyed by what is sent (id type, id, tags, ttl):
+
+- `sending` is written, durably, before each call to SessionM;
+- `accepted` after SessionM said yes; `not_applied` after an answer that says nothing
+  was done (4xx, 429, 503, an error envelope).
+
+A run skips `accepted` rows and sends `not_applied` and never-seen rows. A row left at
+`sending` was in flight when a run died (or SessionM never answered): it may have been
+applied. An expiring tag (`ttl`) is simply sent again, which only resets its expiry. A
+counter tag is not re-sent blindly: it is reported as "outcome unknown" in
+FILE.failed.csv, and the operator, after looking at the customer in SessionM, runs again
+with `--unknown resend` or `--unknown mark-done`. For the same reason a counter tag is
+not retried after a timeout or a 5xx other than 503; it is retried after 429 and 503.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ..config import CULTURE_RE, ConfigError, Settings
+from ..errors import UpstreamUnavailable, UserNotFound, WalletProxyError
+from ..sessionm import pooled_session
+from ..sessionm_core import CoreClient, maybe_applied
+from ..tags import MAX_TTL, TAG_RE, TAG_RULE
+from .csvinput import (
+    MAX_PROBLEMS,
+    BadInput,
+    Record,
+    Table,
+    TagRow,
+    read_table,
+    tag_rows,
+    wallet_ids,
+)
+from .journal import ACCEPTED, NOT_APPLIED, SENDING, Journal, read_journal
+from .runner import (
+    MAX_ATTEMPTS,
+    TRANSIENT,
+    Progress,
+    RateLimiter,
+    pause_before_retry,
+    run_parallel,
+)
+
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+FAILED, UNKNOWN = "failed", "unknown"  # row outcomes besides ACCEPTED
+
+
+def sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def rate_option(default: float):
+    return click.option(
+        "--rate",
+        default=default,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=True),
+        help="SessionM calls started per second, at most.",
+    )
+
+
+def concurrency_option(default: int):
+    return click.option(
+        "--concurrency",
+        default=default,
+        show_default=True,
+        type=click.IntRange(1, 64),
+        help="SessionM calls in flight at once.",
+    )
+
+
+id_column_option = click.option(
+    "--id-column",
+    help="Column holding the ids (default: external_id, else user_id, else the first).",
+)
+file_argument = click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except ConfigError as error:
+        raise BadInput(f"configuration error: {error}") from None
+
+
+# --- tags import ---------------------------------------------------------------------
+
+
+@dataclass
+class ImportRun:
+    """Counters and failures of one `tags import` run, shared by the workers."""
+
+    done: int = 0
+    marked: int = 0
+    failed: list[tuple[TagRow, str]] = field(default_factory=list)
+    unknown: list[tuple[TagRow, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, outcome: str, row: TagRow, reason: str = "") -> None:
+        with self.lock:
+            if outcome == ACCEPTED:
+                self.done += 1
+            elif outcome == UNKNOWN:
+                self.unknown.append((row, reason))
+            else:
+                self.failed.append((row, reason))
+
+
+@click.group("tags")
+def tags_group() -> None:
+    """SessionM customer tags in bulk."""
+
+
+@tags_group.command("import")
+@file_argument
+@id_column_option
+@click.option(
+    "--id-type",
+    type=click.Choice(["user", "external"]),
+    default="user",
+    show_default=True,
+    help="SessionM user ids (Braze's ${user_id} on the partner page) or SessionM external ids.",
+)
+@click.option(
+    "--tag", "tags", multiple=True, help="Tag for every row (repeatable); else the tags column."
+)
+@click.option(
+    "--ttl",
+    type=click.IntRange(1, MAX_TTL),
+    help="Seconds the tags live; else the ttl column; neither: counter tags.",
+)
+@concurrency_option(4)
+@rate_option(20.0)
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 120),
+    help="Seconds to wait for each SessionM answer.",
+)
+@click.option(
+    "--unknown",
+    "unknown_policy",
+    type=click.Choice(["report", "resend", "mark-done"]),
+    default="report",
+    show_default=True,
+    help="Counter rows whose outcome is unknown: list them, send them again, or record "
+    "them as done. Choose after checking those customers in SessionM.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate and show what would be sent.")
+def import_tags(
+    file: Path,
+    id_column: str | None,
+    id_type: str,
+    tags: tuple[str, ...],
+    ttl: int | None,
+    concurrency: int,
+    rate: float,
+    timeout: float,
+    unknown_policy: str,
+    dry_run: bool,
+) -> None:
+    """Tag every customer of FILE in SessionM, exactly once even across crashes.
+
+    Progress is journaled in FILE.journal: run the same command again to finish an
+    interrupted import. Rows that fail go to FILE.failed.csv with the reason.
+    """
+    for tag in tags:
+        if not TAG_RE.match(tag):
+            raise click.BadParameter(f"{tag!r} must be {TAG_RULE}", param_hint="--tag")
+    table = read_table(file, id_column)
+    rows = tag_rows(table, tags, ttl, external=id_type == "external")
+    journal_file = sidecar(file, ".journal")
+    if dry_run:
+        _import_dry_run(table, rows, read_journal(journal_file)[0], id_type)
+        return
+    settings = load_settings()
+    if not settings.core_configured:
+        raise BadInput(
+            "tags import needs SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY and "
+            "SESSIONM_CORE_API_SECRET"
+        )
+    client = CoreClient(
+        settings.sessionm_core_url,
+        settings.sessionm_core_api_key,
+        settings.sessionm_core_api_secret,
+        session=pooled_session(concurrency),
+        connect_timeout=min(3.0, timeout),
+        read_timeout=timeout,
+    )
+    started = time.monotonic()
+    journal = Journal(journal_file)
+    run = ImportRun()
+    stop = threading.Event()
+    try:
+        to_send, skipped = [], 0
+        for row in rows:
+            state = journal.states.get(row.key)
+            if state == ACCEPTED:
+                skipped += 1
+            elif state == SENDING and row.ttl is None and unknown_policy == "report":
+                run.add(UNKNOWN, row, "sent by an earlier run that never learnt the outcome")
+            elif state == SENDING and row.ttl is None and unknown_policy == "mark-done":
+                journal.record(ACCEPTED, row)
+                run.marked += 1
+            else:
+                to_send.append(row)
+        if skipped:
+            click.echo(f"skipping {skipped} rows already done ({journal_file})", err=True)
+        limiter = RateLimiter(rate)
+        progress = Progress("tags import", len(to_send))
+
+        def handle(row: TagRow) -> None:
+            outcome, reason = _send_row(row, client, journal, limiter, stop, timeout)
+            if outcome is not None:
+                run.add(outcome, row, reason)
+                progress.advance()
+
+        run_parallel(to_send, handle, concurrency, stop)
+        progress.close()
+    finally:
+        journal.close()
+    _write_failed(file, table.id_name, run)
+    interrupted = progress.done < len(to_send)
+    click.echo(_import_summary(run, skipped, time.monotonic() - started), err=True)
+    _explain_and_exit(file, run, interrupted)
+
+
+def _send_row(
+    row: TagRow,
+    client: CoreClient,
+    journal: Journal,
+    limiter: RateLimiter,
+    stop: threading.Event,
+    timeout: float,
+) -> tuple[str | None, str]:
+    """(outcome, reason); outcome None when stopped before SessionM said anything."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        if not limiter.wait(stop):
+            return None, ""
+        journal.record(SENDING, row)
+        try:
+            client.add_tags(
+                row.id,
+                list(row.tags),
+                row.ttl,
+                external=row.external,
+                deadline=time.monotonic() + timeout,
+            )
+        except WalletProxyError as error:
+            if not maybe_applied(error):
+                journal.record(NOT_APPLIED, row)
+            elif row.ttl is None:
+                return UNKNOWN, error.message
+            if not isinstance(error, TRANSIENT) or attempt == MAX_ATTEMPTS:
+                return FAILED, error.message
+            if not pause_before_retry(error, attempt, limiter, stop):
+                return None, ""
+            continue
+        journal.record(ACCEPTED, row)
+        return ACCEPTED, ""
+    raise AssertionError("unreachable")
+
+
+def _import_dry_run(
+    table: Table, rows: list[TagRow], states: dict[tuple, str], id_type: str
+) -> None:
+    done = sum(states.get(row.key) == ACCEPTED for row in rows)
+    unknown = sum(states.get(row.key) == SENDING and row.ttl is None for row in rows)
+    users = "external/users" if id_type == "external" else "users"
+    click.echo(
+        f"{table.path} is valid: {len(rows)} rows, ids from column {table.id_name!r} "
+        f"as SessionM {id_type} ids."
+    )
+    click.echo(f"Already done (journal): {done}; outcome unknown: {unknown}.")
+    click.echo(
+        f"Would send {len(rows) - done - unknown} calls: "
+        f"POST $SESSIONM_CORE_URL/priv/v1/apps/<core key>/{users}/<id>/tags, e.g.:"
+    )
+    for row in [row for row in rows if states.get(row.key) is None][:5]:
+        body = {"tags": list(row.tags), **({"ttl": row.ttl} if row.ttl is not None else {})}
+        kind = "counter" if row.ttl is None else f"expires after {row.ttl} s"
+        click.echo(f"  line {row.line}: {row.id} {json.dumps(body)} ({kind})")
+    click.echo("Nothing was sent (dry run).")
+
+
+def _write_failed(file: Path, id_name: str, run: ImportRun) -> None:
+    """FILE.failed.csv lists this run's failures; it is itself importable once fixed."""
+    target = sidecar(file, ".failed.csv")
+    failures = sorted(
+        [(row, reason) for row, reason in run.failed]
+        + [(row, f"outcome unknown: {reason}") for row, reason in run.unknown],
+        key=lambda item: item[0].line,
+    )
+    if not failures:
+        target.unlink(missing_ok=True)
+        return
+    scratch = sidecar(file, ".failed.csv.tmp")
+    with scratch.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([id_name, "tags", "ttl", "line", "reason"])
+        for row, reason in failures:
+            ttl = "" if row.ttl is None else row.ttl
+            writer.writerow([row.id, ";".join(row.tags), ttl, row.line, reason])
+    scratch.replace(target)
+
+
+def _import_summary(run: ImportRun, skipped: int, seconds: float) -> str:
+    parts = [
+        f"done {run.done}",
+        f"skipped {skipped}",
+        f"failed {len(run.failed)}",
+        f"unknown {len(run.unknown)}",
+    ]
+    if run.marked:
+        parts.append(f"marked done {run.marked}")
+    rate = run.done / seconds if seconds > 0 else 0.0
+    return f"tags import: {', '.join(parts)} in {seconds:.1f} s ({rate:.1f} rows/s)"
+
+
+def _explain_and_exit(file: Path, run: ImportRun, interrupted: bool) -> None:
+    failed_file = sidecar(file, ".failed.csv")
+    if run.unknown:
+        click.echo(
+            f"{len(run.unknown)} counter rows may or may not have reached SessionM "
+            f"(listed in {failed_file}). Check those customers' tags in SessionM, then run "
+            "again with --unknown resend (not applied) or --unknown mark-done (applied).",
+            err=True,
+        )
+    if run.failed:
+        click.echo(f"{len(run.failed)} rows failed; reasons in {failed_file}.", err=True)
+    if interrupted:
+        click.echo("Interrupted: run the same command again to do the rest.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if run.failed or run.unknown:
+        sys.exit(EXIT_FAILED)
+
+
+# --- warm ----------------------------------------------------------------------------
+
+
+@click.command("warm")
+@file_argument
+@id_column_option
+@click.option("--culture", help="Culture of the offer texts (default: the service's).")
+@concurrency_option(8)
+@rate_option(50.0)
+@click.option("--dry-run", is_flag=True, help="Validate and show what would be fetched.")
+def warm_command(
+    file: Path,
+    id_column: str | None,
+    culture: str | None,
+    concurrency: int,
+    rate: float,
+    dry_run: bool,
+) -> None:
+    """Fetch each wallet of FILE from SessionM into the shared cache, before a send.
+
+    Run it minutes before a Connected Content campaign: Braze's burst is then served
+    from Redis instead of becoming a burst on SessionM.
+    """
+    if culture is not None and not CULTURE_RE.match(culture):
+        raise click.BadParameter("must look like en, en-US, es-419", param_hint="--culture")
+    records = wallet_ids(read_table(file, id_column))
+    if dry_run:
+        click.echo(
+            f"{file} is valid: {len(records)} user ids. Would fetch each wallet "
+            f"(culture {culture or 'default'}) into the shared cache. Nothing was fetched."
+        )
+        return
+    settings = load_settings()
+    if not settings.redis_url:
+        raise BadInput(
+            "warm needs WALLET_PROXY_REDIS_URL: without the shared cache the wallets "
+            "would only land in this command's memory"
+        )
+    from .. import create_app
+
+    service = create_app().extensions["wallet_service"]
+    culture = culture or settings.default_culture
+    started = time.monotonic()
+    counts = {"warmed": 0, "not found": 0, "failed": 0}
+    failures: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    limiter = RateLimiter(rate)
+    progress = Progress("warm", len(records))
+
+    def handle(record: Record) -> None:
+        outcome, reason = _warm_one(service, record.id, culture, limiter, stop)
+        if outcome is None:
+            return
+        with lock:
+            counts[outcome] += 1
+            if reason:
+                failures.append(f"line {record.line}: {record.id}: {reason}")
+        progress.advance()
+
+    run_parallel(records, handle, concurrency, stop)
+    progress.close()
+    seconds = time.monotonic() - started
+    summary = ", ".join(f"{name} {count}" for name, count in counts.items())
+    click.echo(f"warm: {summary} in {seconds:.1f} s ({progress.done / seconds:.1f}/s)", err=True)
+    for failure in sorted(failures)[:MAX_PROBLEMS]:
+        click.echo(f"  {failure}", err=True)
+    if progress.done < len(records):
+        click.echo("Interrupted.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if counts["failed"]:
+        sys.exit(EXIT_FAILED)
+
+
+def _warm_one(service, user_id: str, culture: str, limiter: RateLimiter, stop) -> tuple:
+    """(outcome, reason); every fetch is safe to repeat, so every transient error is retried."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        if not limiter.wait(stop):
+            return None, ""
+        try:
+            lookup = service.lookup(user_id, culture, refresh=True)
+            if not lookup.stale:
+                return "warmed", ""
+            error: WalletProxyError = UpstreamUnavailable(
+                "SessionM did not answer; only a stale copy is cached."
+            )
+        except UserNotFound:
+            return "not found", ""
+        except WalletProxyError as exc:
+            error = exc
+        if not isinstance(error, TRANSIENT) or attempt == MAX_ATTEMPTS:
+            return "failed", error.message
+        if not pause_before_retry(error, attempt, limiter, stop):
+            return None, ""
+    raise AssertionError("unreachable")

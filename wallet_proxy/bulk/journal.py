@@ -1,0 +1,104 @@
+"""The `tags import` journal (FILE.journal): one fsync'd JSON line per event, per row sent."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .csvinput import BadInput, TagRow
+
+SENDING, ACCEPTED, NOT_APPLIED = "sending", "accepted", "not_applied"
+EVENTS = (SENDING, ACCEPTED, NOT_APPLIED)
+
+
+def read_journal(path: Path) -> tuple[dict[tuple, str], int]:
+    """(last event per row key, bytes of whole lines): a torn last line is ignored."""
+    states: dict[tuple, str] = {}
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return states, 0
+    whole = data.rfind(b"\n") + 1
+    for number, line in enumerate(data[:whole].split(b"\n")[:-1], 1):
+        try:
+            entry = json.loads(line)
+            key = (entry["id_type"], entry["id"], tuple(entry["tags"]), entry["ttl"])
+            if entry["event"] not in EVENTS:
+                raise ValueError(entry["event"])
+        except (ValueError, KeyError, TypeError):
+            raise BadInput(
+                f"{path} line {number} is not a journal record; the journal is damaged. "
+                "Move it away only if you know which rows SessionM already has."
+            ) from None
+        states[key] = entry["event"]
+    return states, whole
+
+
+class Journal:
+    """Append-only, one fsync'd line per event, locked against a second concurrent run.
+
+    Workers share fsyncs (group commit): whoever syncs covers every line written so far,
+    so concurrency doesn't turn into a queue of fsyncs.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        created = not path.exists()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise BadInput(f"another run is using {path}; wait for it to finish") from None
+        try:
+            self.states, whole = read_journal(path)
+        except BadInput:
+            os.close(self._fd)
+            raise
+        os.ftruncate(self._fd, whole)  # drop a line torn by a kill mid-write
+        if created:
+            _fsync_dir(path.parent)
+        self._write_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._written = self._synced = 0
+
+    def record(self, event: str, row: TagRow) -> None:
+        """Returns once the line is on disk."""
+        id_type, user_id, tags, ttl = row.key
+        line = json.dumps(
+            {
+                "event": event,
+                "id_type": id_type,
+                "id": user_id,
+                "tags": list(tags),
+                "ttl": ttl,
+                "line": row.line,
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            },
+            ensure_ascii=False,
+        )
+        with self._write_lock:
+            os.write(self._fd, (line + "\n").encode())
+            self._written += 1
+            mine = self._written
+            self.states[row.key] = event
+        with self._sync_lock:
+            if self._synced < mine:
+                upto = self._written
+                os.fsync(self._fd)
+                self._synced = upto
+
+    def close(self) -> None:
+        os.close(self._fd)  # also releases the lock
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
