@@ -20,9 +20,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--worker-class", default="gthread")
     args = parser.parse_args()
-    model = {"workers": args.workers, "threads": args.threads}
+    model = {"workers": args.workers, "threads": args.threads, "worker_class": args.worker_class}
 
     with sandbox_process() as sessionm, tempfile.NamedTemporaryFile(suffix=".json") as body:
         proxy_env = {"SESSIONM_CONNECT_URL": sessionm, "WALLET_PROXY_CACHE_TTL": 3600}
@@ -61,7 +62,7 @@ def main() -> None:
     )
     print(
         table(
-            f"Cache hits: {args.workers} gthread workers x {args.threads} threads, "
+            f"Cache hits: {args.workers} {args.worker_class} workers x {args.threads} threads, "
             f"{args.connections} connections, {args.rounds} rounds of {args.seconds:g}s",
             ["server", "median req/s", "min", "max", "p99 ms (last round)"],
             rows,

@@ -182,6 +182,21 @@ def test_api_keys_do_not_open_the_pages_nor_staff_logins_the_api(client, auth):
     assert api.status_code == 401 and api.mimetype == "application/json"
 
 
+def test_the_api_opens_no_session_even_with_a_staff_cookie(app, staff_client, auth):
+    cookie = staff_client.get_cookie("session")
+    assert cookie is not None  # a logged-in agent's browser...
+    with app.test_request_context("/v1/wallets/demo-alice", headers=auth):
+        from flask import request
+
+        api_session = app.session_interface.open_session(app, request)
+    with app.test_request_context("/support/", headers={"Cookie": f"session={cookie.value}"}):
+        from flask import request
+
+        page_session = app.session_interface.open_session(app, request)
+    assert app.session_interface.is_null_session(api_session)  # ...costs the API nothing
+    assert not app.session_interface.is_null_session(page_session)
+
+
 # What an agent sees
 
 

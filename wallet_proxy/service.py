@@ -132,7 +132,7 @@ class WalletService:
 
     def lookup(self, user_id: str, culture: str, *, refresh: bool = False) -> Lookup:
         """The wallet within the deadline; `refresh` skips a fresh copy (stale still rescues)."""
-        answer_by = time.monotonic() + self.deadline - min(SEND_MARGIN, self.deadline / 10)
+        started = time.monotonic()
         key = self.key(user_id, culture)
         cached = self.cache.get(key)
         if cached is not None and not refresh:
@@ -142,6 +142,7 @@ class WalletService:
                 self._flight(key, user_id, culture, slot_until=None)
                 return Lookup(cached.wallet, STALE)
         stale = cached if cached is not None and cached.wallet is not None else None
+        answer_by = started + self.deadline - min(SEND_MARGIN, self.deadline / 10)
         flight = self._flight(key, user_id, culture, slot_until=answer_by, refresh=refresh)
         landed = flight.done.wait(max(0.0, answer_by - time.monotonic()))
         if not landed or flight.error is not None:
