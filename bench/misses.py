@@ -1,7 +1,8 @@
 """Benchmark 2: cache misses with SessionM answering in 200 ms and 64 concurrent distinct
 users; throughput against the ideal 64 / 0.2 s = 320 answers per second (goal >= 0.9).
 
-Every request names a user never seen before, so each one is a SessionM call. The
+Every request names a user never seen before, so each one is a SessionM call, with the
+per-process cap at 32 so that the cap is not what is measured. The
 same load runs against gunicorn's sync workers and against the gthread model of
 deploy/gunicorn.conf.py: that comparison is why the service runs threads.
 
@@ -35,16 +36,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     args = parser.parse_args()
     ideal = args.connections / args.latency
+    # The per-process cap is raised to 32 so that 2 workers can hold 64 SessionM calls:
+    # with the default 16 the cap itself (2 x 16 calls at a time) would be what's measured.
+    cap = {"WALLET_PROXY_UPSTREAM_CONCURRENCY": 32}
     models = [
-        ("sync, 2 workers", {"workers": 2, "threads": 1, "worker_class": "sync"}),
-        (
-            "gthread, 2 workers x 32 threads (deploy config)",
-            {"workers": 2, "threads": 32, "WALLET_PROXY_UPSTREAM_CONCURRENCY": 32},
-        ),
-        (
-            "gthread, 2 workers x 64 threads",
-            {"workers": 2, "threads": 64, "WALLET_PROXY_UPSTREAM_CONCURRENCY": 64},
-        ),
+        ("sync, 2 workers", {"workers": 2, "threads": 1, "worker_class": "sync", **cap}),
+        ("gthread, 2 workers x 32 threads", {"workers": 2, "threads": 32, **cap}),
+        ("gthread, 2 workers x 64 threads (deploy config)", {"workers": 2, "threads": 64, **cap}),
     ]
     rows = []
     with sandbox_process() as sessionm:
@@ -86,7 +84,7 @@ def main() -> None:
             rows,
         )
     )
-    print(f"ratio (deploy config) / ideal: {rows[1][2]:.2f} (goal >= 0.90)")
+    print(f"ratio (deploy config) / ideal: {rows[-1][2]:.2f} (goal >= 0.90)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ bind = os.environ.get("WALLET_PROXY_BIND", "0.0.0.0:8000")
 # outnumber the connections one worker may be handed while SessionM hangs, or
 # requests queue behind blocked threads and miss the deadline. With 32
 # threads, 64 connections over 2 workers left 2 % of answers at 3 s; with 64,
-# every answer was out within 2 s (bench/hang.py).
+# every answer was out within 2 s (bench/hang.py). The price: threads contend,
+# so cache hits run slower with more of them (on 2 cores, 4,800/s with 8
+# threads, 2,900/s with 64; docs/benchmarks.md). Lower WALLET_PROXY_THREADS
+# only if nearly all traffic is cache hits.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
 threads = int(os.environ.get("WALLET_PROXY_THREADS", "64"))
