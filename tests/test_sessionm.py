@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
 import requests
+import urllib3
 
 from wallet_proxy.errors import (
     InvalidUpstreamPayload,
@@ -242,10 +245,80 @@ def test_rate_limit_carries_retry_after(client, requests_mock):
     assert caught.value.status == 503
 
 
+def refused() -> requests.ConnectionError:
+    """What requests raises when nothing listens: no connection, nothing sent."""
+    reason = urllib3.exceptions.NewConnectionError(None, "Connection refused")
+    return requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, URL, reason))
+
+
 def test_one_retry_after_a_refused_connection(client, requests_mock):
-    requests_mock.post(URL, [{"exc": requests.ConnectionError}, {"json": ok([])}])
+    requests_mock.post(URL, [{"exc": refused()}, {"json": ok([])}])
     assert fetch(client).available_points == 100
     assert requests_mock.call_count == 2
+
+
+def test_no_retry_when_the_request_may_have_arrived(client, requests_mock):
+    dropped = requests.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted."))
+    requests_mock.post(URL, [{"exc": dropped}, {"json": ok([])}])
+    with pytest.raises(UpstreamUnavailable):
+        fetch(client)
+    assert requests_mock.call_count == 1
+
+
+class RawServer:
+    """A socket server that reads one request at a time and answers with `reply(conn)`:
+    for SessionM failures that a well-behaved HTTP server can't produce."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                self.requests += 1
+                self.reply(conn)
+
+    def close(self):
+        self.sock.close()
+
+
+def partial_body(conn):
+    conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"status":')
+
+
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        (lambda conn: None, UpstreamUnavailable),  # read the request, closed without a word
+        (partial_body, UpstreamUnavailable),  # body cut short
+        (lambda conn: (partial_body(conn), time.sleep(2)), UpstreamTimeout),  # body stalls
+    ],
+)
+def test_failures_while_reading_are_our_errors_and_never_resent(reply, error):
+    server = RawServer(reply)
+    client = ConnectClient(
+        server.url,
+        "c2VjcmV0OmtleQ==",
+        RETAILER,
+        session=pooled_session(2),
+        connect_timeout=0.5,
+        read_timeout=0.5,
+    )
+    try:
+        with pytest.raises(error):
+            fetch(client)
+    finally:
+        server.close()
+    assert server.requests == 1
 
 
 def test_no_retry_after_a_timeout(client, requests_mock):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import requests
+import urllib3
 from marshmallow import ValidationError
 from requests.adapters import HTTPAdapter
 
@@ -77,19 +78,32 @@ class Transport:
                     url, json=body, headers=headers, auth=auth, timeout=timeout, stream=True
                 ) as response:
                     return response.status_code, response.headers, read_capped(response, deadline)
-            except requests.Timeout:
+            except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
                 raise UpstreamTimeout() from None
             except requests.ConnectionError as exc:
-                # A refused or reset connection is cheap to try once more; a second
-                # failure means SessionM (or the path to it) is really down.
+                if not _refused(exc):
+                    # The request may have reached SessionM: never send it twice.
+                    raise UpstreamUnavailable() from None
+                # Nothing was sent, so one more try is safe and cheap; a second refusal
+                # means SessionM (or the path to it) is really down.
                 if attempt == 1 and deadline - time.monotonic() > self.connect_timeout:
-                    log.info("retrying SessionM after connection error: %s", type(exc).__name__)
+                    log.info("retrying SessionM after a refused connection")
                     continue
-                raise UpstreamUnavailable() from None
-            except requests.RequestException as exc:
+                error = UpstreamUnavailable()
+                error.nothing_sent = True
+                raise error from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                # urllib3's own errors come from reading the body (read1), which requests
+                # doesn't wrap: a connection cut or a protocol error half-way through.
                 log.warning("SessionM request failed: %s", type(exc).__name__)
                 raise UpstreamUnavailable() from None
         raise AssertionError("unreachable")
+
+
+def _refused(error: requests.ConnectionError) -> bool:
+    """Whether the connection was never made (so SessionM received nothing)."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 class ConnectClient:
@@ -188,7 +202,7 @@ def _error_code(document: object) -> str:
     return str(errors or "").lower()
 
 
-def parse_envelope(status: int, headers, raw: bytes) -> dict:
+def parse_envelope(status: int, headers, raw: bytes, *, require_payload: bool = True) -> dict:
     """SessionM's envelope (`status`, `payload`, `errors`) to its payload, or our error."""
     try:
         document = json.loads(raw) if raw.strip() else None
@@ -218,6 +232,8 @@ def parse_envelope(status: int, headers, raw: bytes) -> dict:
             raise UserNotFound()
         raise UpstreamError(f"SessionM answered with error {code.upper() or 'without a code'}.")
     payload = document.get("payload")
+    if payload is None and not require_payload:
+        return {}
     if not isinstance(payload, dict):
         raise InvalidUpstreamPayload("SessionM's answer has no payload object.")
     return payload

@@ -73,11 +73,13 @@ class CoreClient:
                 url, body, self._headers, deadline, auth=self._auth
             )
         except WalletProxyError as error:
-            # No answer (timeout, dropped connection): the call may have reached SessionM.
-            error.maybe_applied = True
+            # No answer (timeout, dropped connection): the call may have reached SessionM,
+            # unless the connection was never made.
+            error.maybe_applied = not getattr(error, "nothing_sent", False)
             raise
         try:
-            return parse_envelope(status, headers, raw)
+            # The reference promises Core's envelope, not a payload in its success.
+            return parse_envelope(status, headers, raw, require_payload=False)
         except WalletProxyError as error:
             error.maybe_applied = _may_have_applied(status, error)
             if status == 503 and headers.get("Retry-After"):
