@@ -151,6 +151,7 @@ def test_accepted_credentials(client, headers):
         {"Authorization": f"Token {API_KEY}"},
         basic("wrong-key-123"),
         {"Authorization": "Basic !!!not-base64"},
+        {"Authorization": "Basic \u00e9\u00e9"},
         {"Authorization": "Basic " + base64.b64encode(API_KEY.encode()).decode()},
     ],
 )
@@ -172,7 +173,9 @@ def test_refused_credentials(client, headers, sandbox):
         "/v1/wallets/bad$id",
         "/v1/wallets/%C3%A9",
         "/v1/wallets/demo-alice?culture=english",
-        "/v1/wallets/demo-alice?culture=",
+        "/v1/wallets/demo-alice%0A",
+        "/v1/wallets/demo-alice?culture=en-US%0A",
+        "/v1/wallets/demo-alice?limit=5%0A",
         "/v1/wallets/demo-alice?culture=en_US",
         "/v1/wallets/demo-alice?limit=0",
         "/v1/wallets/demo-alice?limit=1001",
@@ -192,6 +195,13 @@ def test_every_allowed_character(client, auth, user_id):
     response = client.get(f"/v1/wallets/{user_id}", headers=auth)
     assert response.status_code == 404  # valid, but not a sandbox customer
     assert response.get_json()["error"]["code"] == "user_not_found"
+
+
+def test_empty_culture_means_the_default(client, auth):
+    # What Braze sends for ?culture={{${language}}} when the profile has no language.
+    assert client.get("/v1/wallets/demo-bob?culture=", headers=auth).get_json()["culture"] == (
+        "en-US"
+    )
 
 
 def test_unknown_query_parameters_are_ignored(client, auth):

@@ -263,3 +263,26 @@ def test_service_survives_losing_redis(env, clock, sandbox, redis_url, redis_ser
     time.sleep(1.1)  # the cache tries Redis again after a second
     assert app.test_client().get("/readyz").get_json()["status"] == "ok"
     assert get(app, "demo-carol", limit=1).status_code == 200
+
+
+def test_an_unreadable_shared_entry_is_a_miss_not_an_error(env, clock, sandbox, redis_url):
+    import redis
+
+    app = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
+    assert get(app).status_code == 200
+    client = redis.Redis.from_url(redis_url)
+    (name,) = client.keys("*:wallet:*")
+    client.set(name, b'{"written by": "another release"}')
+    fresh_instance = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
+    again = get(fresh_instance)
+    assert (again.status_code, again.headers["X-Cache"]) == (200, "MISS")
+
+
+def test_a_new_flight_is_not_answered_with_the_last_ones_failure(env, clock, sandbox, redis_url):
+    one, two = (make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url) for _ in range(2))
+    sandbox.configure(status=500)
+    assert get(one).status_code == 502  # leaves its failure for waiters, for a second
+    sandbox.configure(status=None, latency=0.3)
+    responses = at_once(2, lambda i: get((one, two)[i]))
+    assert [r.status_code for r in responses] == [200, 200]
+    assert sandbox.stats()["calls"] == 2

@@ -186,6 +186,7 @@ def test_not_configured_without_core_settings(client, auth):
         (b"tags=a", "must be JSON"),
         (b"\xff\xfe", "must be JSON"),
         (b'["braze_test"]', "JSON object"),
+        (b"[" * 5000, "must be JSON"),  # nested past Python's recursion limit, under 16 KB
         (b"{}", "tags is required"),
         (b'{"tags": "braze_test"}', "tags must be a list"),
         (b'{"tags": []}', "1 to 20 tags"),
@@ -229,6 +230,12 @@ def test_a_body_over_16_kb_is_413(relay, core):
 @pytest.mark.parametrize("user_id", [".", "..", "x" * 256, "bad\x01id", "tab\tid"])
 def test_ids_that_cannot_be_one_path_segment_are_refused(relay, core, user_id):
     assert_error(post(relay, user_id), 400, "invalid_request")
+    assert calls(core) == []
+
+
+def test_an_id_with_a_newline_never_reaches_sessionm(relay, core):
+    # The router already refuses it (404); the id rule would too (400) if it got through.
+    assert post(relay, "trailing-newline\n").status_code in (400, 404)
     assert calls(core) == []
 
 

@@ -15,8 +15,8 @@ from .service import Lookup
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9._\-@+:]{1,128}$")
-LIMIT_RE = re.compile(r"^[0-9]{1,4}$")
+USER_ID_RE = re.compile(r"^[A-Za-z0-9._\-@+:]{1,128}\Z")
+LIMIT_RE = re.compile(r"^[0-9]{1,4}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,8 @@ def parse_query(user_id: str, args) -> WalletQuery:
         raise InvalidRequest("user_id must be 1 to 128 characters of A-Z a-z 0-9 . _ - @ + :")
     # `in` first: werkzeug's MultiDict.get builds an exception for every missing key,
     # which doubled the cost of this function on the cache-hit path.
-    culture = args["culture"] if "culture" in args else None  # noqa: SIM401
+    # An empty culture (a blank ${language} in Braze) means the default.
+    culture = (args["culture"] if "culture" in args else None) or None  # noqa: SIM401
     if culture is not None and not CULTURE_RE.match(culture):
         raise InvalidRequest("culture must look like en, en-US, es-419 or zh-Hant-TW.")
     limit = args["limit"] if "limit" in args else None  # noqa: SIM401

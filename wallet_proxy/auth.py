@@ -8,7 +8,6 @@ neither a key's content nor its position leaks through timing.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from collections.abc import Iterable
 
@@ -27,7 +26,7 @@ def presented_key(request: Request) -> str | None:
     if scheme == "basic" and value:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8
             return None
         _, sep, password = decoded.partition(":")
         return password if sep and password else None

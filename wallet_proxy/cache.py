@@ -95,7 +95,7 @@ class RedisCache:
         *,
         fallback: MemoryCache,
         timer: Callable[[], float],
-        prefix: str = "wallet-proxy",
+        prefix: str = "wallet-proxy:v1",  # bump when Entry's stored format changes
     ):
         self.client = client
         self.fallback = fallback
@@ -137,7 +137,12 @@ class RedisCache:
                 known = self._decoded.get(name)
             if known is not None and known[0] == raw:
                 return known[1]
-            entry = Entry.loads(raw)
+            try:
+                entry = Entry.loads(raw)
+            except (ValueError, KeyError, TypeError) as error:
+                # Corrupt, or written by a release with another format: a miss, not a 500.
+                log.warning("ignoring an unreadable cache entry (%s)", type(error).__name__)
+                return None
             with self._decoded_lock:
                 self._decoded[name] = (raw, entry)
             return entry
@@ -174,6 +179,9 @@ class RedisCache:
         token = uuid.uuid4().hex
         try:
             taken = self.client.set(self._name("lock", key), token, nx=True, px=int(lease * 1000))
+            if taken:
+                # A new call begins: the previous one's failure no longer speaks for it.
+                self.client.delete(self._name("error", key))
         except redis.RedisError as error:
             self._failed(error)
             return ALONE
@@ -188,14 +196,12 @@ class RedisCache:
             self._failed(error)
             return False
 
-    _RELEASE = (
-        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
-    )
-
     def release(self, key: tuple[str, ...], token: str) -> None:
         """Drop our lock (only ours: the lease may have passed to another) and wake waiters."""
-        if token == ALONE or not self.available:
+        if token == ALONE:
             return
+        # Tried even while Redis is marked down: a lock left behind would make the other
+        # processes wait out its lease.
         try:
             self.client.eval(_RELEASE, 1, self._name("lock", key), token)
             self.client.publish(self.channel, self._name("wallet", key))

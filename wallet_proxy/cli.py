@@ -60,7 +60,7 @@ def sandbox(host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option("--bind", help="HOST:PORT  [default: WALLET_PROXY_BIND, else 0.0.0.0:8000]")
 @click.option(
     "--config",
     "config_path",
@@ -76,7 +76,7 @@ def sandbox(host: str, port: int) -> None:
     help="Also start the SessionM sandbox and point the service at it (demo).",
 )
 @click.option("--sandbox-port", default=8001, show_default=True, type=int)
-def serve(bind: str, config_path: str, with_sandbox: bool, sandbox_port: int) -> None:
+def serve(bind: str | None, config_path: str, with_sandbox: bool, sandbox_port: int) -> None:
     """Run the service under gunicorn."""
     env = dict(os.environ)
     children: list[subprocess.Popen] = []
@@ -88,19 +88,13 @@ def serve(bind: str, config_path: str, with_sandbox: bool, sandbox_port: int) ->
         _stop(children)
         raise click.ClickException(f"configuration error: {error}") from None
     if with_sandbox:
-        _print_demo(bind, env)
+        address = bind or env.get("WALLET_PROXY_BIND") or "0.0.0.0:8000"
+        _print_demo(address.replace("0.0.0.0", "127.0.0.1"), env)  # noqa: S104 - display only
+    command = [sys.executable, "-m", "gunicorn", "-c", config_path]
+    if bind:  # else the config's own: WALLET_PROXY_BIND or 0.0.0.0:8000
+        command += ["--bind", bind]
     gunicorn = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            config_path,
-            "--bind",
-            bind,
-            "wallet_proxy:create_app()",
-        ],
-        env=env,
+        [*command, "wallet_proxy:create_app()"], env=env
     )
     children.insert(0, gunicorn)
     # Ctrl-C, or SIGTERM from systemd or a container runtime: stop the children too,

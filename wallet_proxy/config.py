@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-CULTURE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?$")
-GUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
-STAFF_NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+CULTURE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?\Z")
+GUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\Z")
+STAFF_NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 
 
 class ConfigError(Exception):
@@ -71,10 +71,10 @@ class Settings:
             cache_max_entries=read.integer("WALLET_PROXY_CACHE_MAX_ENTRIES", 100_000, 1, 10**8),
             redis_url=read.redis_url("WALLET_PROXY_REDIS_URL"),
             staff_users=read.staff_users("WALLET_PROXY_STAFF_USERS"),
-            secret_key=read.optional("WALLET_PROXY_SECRET_KEY"),
+            secret_key=read.raw("WALLET_PROXY_SECRET_KEY"),
             sessionm_core_url=read.url("SESSIONM_CORE_URL", required=False),
-            sessionm_core_api_key=read.optional("SESSIONM_CORE_API_KEY"),
-            sessionm_core_api_secret=read.optional("SESSIONM_CORE_API_SECRET"),
+            sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
+            sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
         )
         settings._check_combinations()
         return settings
@@ -111,9 +111,6 @@ class _Reader:
             return None
         value = str(value).strip()
         return value or None
-
-    def optional(self, name: str) -> str | None:
-        return self.raw(name)
 
     def secret(self, name: str) -> str:
         value = self.raw(name)

@@ -88,7 +88,7 @@ class UpstreamRateLimited(UpstreamUnavailable):
 class UpstreamBusy(UpstreamUnavailable):
     """We refused to call SessionM (too many calls in flight, or the breaker is open)."""
 
-    message = "SessionM is busy; try again shortly."
+    message = "Too many SessionM calls in flight; try again shortly."
     retry_after = 2
 
 

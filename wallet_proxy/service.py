@@ -91,7 +91,7 @@ class _Flight:
         # Still queued for a slot means we are busy (503, retry soon), not SessionM slow.
         if self.calling:
             return UpstreamTimeout()
-        return UpstreamBusy("Too many SessionM calls in flight; try again shortly.")
+        return UpstreamBusy()
 
 
 class WalletService:

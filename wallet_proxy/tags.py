@@ -9,6 +9,7 @@ for each row of `wallet-proxy tags import`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 
@@ -21,15 +22,17 @@ from .idempotency import Answer, Idempotency, MemoryStore, RedisStore, valid_key
 from .sessionm import pooled_session
 from .sessionm_core import CoreClient
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("tags", __name__, url_prefix="/v1")
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_TAGS = 20
 MAX_TTL = 31_536_000
 TAG_RULE = "1 to 64 characters of letters, digits, _ - . :"
-TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 ID_RULE = "1 to 255 characters without control characters, and not '.' or '..'"
-ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}\Z")
 # Room for the call itself (the deadline) and a margin, before a pending key is abandoned.
 LEASE_MARGIN = 30.0
 
@@ -117,6 +120,11 @@ def init_app(app: Flask) -> None:
     )
     redis_client = app.extensions.get("redis")
     store = RedisStore(redis_client) if redis_client is not None else MemoryStore()
+    if redis_client is None and settings.core_configured:
+        log.warning(
+            "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
+            "several workers, a retried counter-tag call may be applied twice"
+        )
     app.extensions["idempotency"] = Idempotency(store, lease=settings.deadline + LEASE_MARGIN)
     app.register_blueprint(bp)
 
@@ -168,7 +176,7 @@ def add_tags(user_id: str, external: bool):
 def _json_body() -> object:
     try:
         return json.loads(request.get_data(cache=False))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
         raise InvalidRequest(
             'The body must be JSON like {"tags": ["braze_test"], "ttl": 2592000}.'
         ) from None

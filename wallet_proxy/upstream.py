@@ -103,7 +103,7 @@ class UpstreamGuard:
             self._slots.acquire(timeout=timeout) if timeout > 0 else self._slots.acquire(False)
         )
         if not acquired:
-            raise UpstreamBusy("Too many SessionM calls in flight; try again shortly.")
+            raise UpstreamBusy()
         try:
             if not self.breaker.allow():
                 raise UpstreamBusy(
