@@ -7,6 +7,7 @@ BIND ?= 127.0.0.1:8000
 .PHONY: run test lint format bench system-deps clean
 
 $(BIN)/python:
+	bash scripts/system-deps.sh venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -27,7 +28,7 @@ run: $(VENV)/.installed
 system-deps:
 	bash scripts/system-deps.sh
 
-test: $(VENV)/.installed-test system-deps
+test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
@@ -38,7 +39,7 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(VENV)/.installed-test system-deps
+bench: system-deps $(VENV)/.installed-test
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# System packages the test suite and benchmarks use: redis-server (shared cache
-# tests), chromium (browser tests), wrk (benchmarks). Installs only what is missing.
+# System packages, installed only when missing (with sudo when not root).
+#   system-deps.sh venv   what `make run` needs: Python's venv module
+#   system-deps.sh        also what the tests and benchmarks need: redis-server (shared
+#                         cache tests), chromium and a font (browser tests), wrk (benchmarks)
 set -euo pipefail
 
 missing=()
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v chromium >/dev/null || missing+=(chromium)
-command -v wrk >/dev/null || missing+=(wrk)
+# Debian's python3 ships venv without ensurepip: python3-venv brings it.
+python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
+if [ "${1:-all}" != venv ]; then
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v chromium >/dev/null || missing+=(chromium)
+  [ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
+  command -v wrk >/dev/null || missing+=(wrk)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null; then
