@@ -461,3 +461,34 @@ def test_demo_has_a_staff_login(capsys):
         assert client.get("/support/wallets/demo-bob", headers=demo).status_code == 200
     finally:
         cli._stop([process])
+
+
+# Password guessing
+
+
+def test_repeated_failures_lock_the_name_even_for_the_right_password(client, clock):
+    for _ in range(10):
+        assert log_in(client, password="wrong password").status_code == 401
+    locked = log_in(client)
+    assert_page(locked, 429)
+    assert 0 < int(locked.headers["Retry-After"]) <= 15 * 60
+    assert_page(client.get("/support/", headers=basic(STAFF, PASSWORD)), 429)
+    clock.advance(minutes=14)
+    assert_page(log_in(client), 429)
+    clock.advance(minutes=1, seconds=1)  # a window after the last failure
+    assert log_in(client).status_code == 303
+
+
+def test_a_success_clears_earlier_failures(client):
+    for _ in range(9):
+        log_in(client, password="wrong password")
+    assert log_in(client).status_code == 303
+    for _ in range(9):
+        assert log_in(client, password="wrong password").status_code == 401
+    assert log_in(client).status_code == 303
+
+
+def test_basic_auth_failures_count_too(client):
+    for _ in range(10):
+        assert client.get("/support/", headers=basic(STAFF, "wrong")).status_code == 401
+    assert_page(client.get("/support/", headers=basic(STAFF, PASSWORD)), 429)

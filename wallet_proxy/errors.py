@@ -42,6 +42,14 @@ class Unauthorized(WalletProxyError):
     message = "A valid API key is required."
 
 
+class TooManyAttempts(WalletProxyError):
+    """Failed staff logins for one name, too many in a row (support pages)."""
+
+    status = 429
+    code = "too_many_attempts"
+    message = "Too many failed logins for this name; wait a while before trying again."
+
+
 class NotConfigured(WalletProxyError):
     status = 503
     code = "not_configured"

@@ -55,6 +55,8 @@ def _setup(state) -> None:
     if settings.secret_key:
         app.secret_key = settings.secret_key
     app.session_interface = staff.StaffSessionInterface()
+    clock = app.extensions["wallet_service"].clock  # the app's time, which tests move
+    app.extensions["login_throttle"] = staff.LoginThrottle(timer=lambda: clock().timestamp())
 
 
 @bp.after_app_request

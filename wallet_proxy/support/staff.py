@@ -11,22 +11,67 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import math
 import secrets
 import sys
+import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import click
+from cachetools import TTLCache
 from flask import current_app, request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from ..errors import InvalidRequest, Unauthorized
+from ..errors import InvalidRequest, TooManyAttempts, Unauthorized
 
 CSRF_FIELD = "csrf_token"
 # A form login lasts one working day, however long the browser keeps the cookie.
 SESSION_SECONDS = 12 * 3600
 MIN_PASSWORD_LENGTH = 8
+# Password guessing: after this many failures for one name, each less than the window
+# apart, that name is refused until a window has passed since the last failure.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 15 * 60
+
+
+class LoginThrottle:
+    """Failed logins per staff name, in this process (so per worker without shared state).
+
+    Keyed by name rather than address: behind a load balancer every agent shares one
+    address. An attacker can hold one name locked, but can't guess at leisure.
+    """
+
+    def __init__(
+        self,
+        *,
+        timer: Callable[[], float],
+        limit: int = MAX_FAILURES,
+        window: float = FAILURE_WINDOW,
+    ):
+        self.limit = limit
+        self.window = window
+        self.timer = timer
+        self._failures: TTLCache = TTLCache(maxsize=10_000, ttl=window, timer=timer)
+        self._lock = threading.Lock()
+
+    def wait(self, name: str) -> int:
+        """Seconds before `name` may try again; 0 when it may now."""
+        with self._lock:
+            count, last = self._failures.get(name[:64], (0, 0.0))
+        if count < self.limit:
+            return 0
+        return max(1, math.ceil(last + self.window - self.timer()))
+
+    def record(self, name: str, *, success: bool) -> None:
+        with self._lock:
+            if success:
+                self._failures.pop(name[:64], None)
+            else:
+                count, _ = self._failures.get(name[:64], (0, 0.0))
+                self._failures[name[:64]] = (count + 1, self.timer())
 
 
 class StaffSessionInterface(SecureCookieSessionInterface):
@@ -63,14 +108,24 @@ def _dummy_hash(method: str) -> str:
 
 
 def check_credentials(name: str, password: str) -> bool:
-    """True for a staff account's password; unknown names cost the same hash time."""
+    """True for a staff account's password; unknown names cost the same hash time.
+
+    Raises TooManyAttempts while the name is throttled, right password or not.
+    """
+    throttle: LoginThrottle = current_app.extensions["login_throttle"]
+    wait = throttle.wait(name)
+    if wait:
+        raise TooManyAttempts(retry_after=wait)
     users = staff_users()
     known = users.get(name)
     if known is None:
         method = next(iter(users.values())).partition("$")[0]
         check_password_hash(_dummy_hash(method), password)
-        return False
-    return check_password_hash(known, password)
+        valid = False
+    else:
+        valid = check_password_hash(known, password)
+    throttle.record(name, success=valid)
+    return valid
 
 
 def _hash_tag(pw_hash: str) -> str:
