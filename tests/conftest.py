@@ -76,6 +76,14 @@ def auth() -> dict:
     return {"Authorization": f"Bearer {API_KEY}"}
 
 
+def wait_until(condition, *, timeout: float) -> None:
+    """Poll `condition` until it holds; fail the test if `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
 class LiveServer:
     """The app served over real HTTP on a free port, in a thread."""
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import wait_until
 from wallet_proxy import create_app
 from wallet_proxy.bulk.runner import Progress, RateLimiter
 from wallet_proxy.cli import main
@@ -44,7 +45,7 @@ def core_env(env, sandbox) -> dict:
 def settled(sandbox):
     """Let calls a test gave up on land before the sandbox is reset for the next test."""
     yield sandbox
-    _wait_until(lambda: sandbox.stats()["in_flight"] == 0, timeout=10)
+    wait_until(lambda: sandbox.stats()["in_flight"] == 0, timeout=10)
 
 
 def cli(args: list[str], env: dict):
@@ -258,11 +259,11 @@ def test_killed_mid_run_and_resumed_each_row_is_tagged_exactly_once(tmp_path, co
         command, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_until(lambda: len(sandbox.stats()["core_calls"]) >= 1500, timeout=60)
+        wait_until(lambda: len(sandbox.stats()["core_calls"]) >= 1500, timeout=60)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    _wait_until(lambda: sandbox.stats()["in_flight"] == 0)
+    wait_until(lambda: sandbox.stats()["in_flight"] == 0, timeout=5)
     assert len(sandbox.stats()["core_calls"]) < total, "killed too late to prove anything"
 
     second = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=120)
@@ -358,7 +359,7 @@ def test_a_counter_that_timed_out_is_not_retried_but_reported(tmp_path, core_env
     assert "outcome unknown" in row["reason"]
     # The expiring tag was retried (resending only resets its expiry) and the counter was
     # not: good, since SessionM applied the call we gave up on.
-    _wait_until(lambda: sandbox.stats()["in_flight"] == 0)
+    wait_until(lambda: sandbox.stats()["in_flight"] == 0, timeout=5)
     assert tag_counts(sandbox, "visits") == {"user-1": 1}
     assert "user-2" in accepted(sandbox)
 
@@ -471,7 +472,7 @@ def test_a_second_run_on_the_same_file_is_refused_while_the_first_runs(
     command += ["--tag", "t", "--concurrency", "1"]
     first = subprocess.Popen(command, env={**os.environ, **core_env}, stderr=subprocess.DEVNULL)
     try:
-        _wait_until(lambda: len(sandbox.stats()["core_calls"]) >= 2, timeout=30)
+        wait_until(lambda: len(sandbox.stats()["core_calls"]) >= 2, timeout=30)
         result = cli(["tags", "import", path, "--tag", "t"], core_env)
         assert result.exit_code == 2
         assert "another run is using" in result.output
@@ -613,10 +614,3 @@ def test_warm_refuses_without_a_shared_cache_and_checks_ids(tmp_path, core_env, 
     assert "line 3: 'not an id': user_id must be 1 to 128 characters" in result.output
     assert cli(["warm", path, "--dry-run"], core_env).exit_code == 0
     assert sandbox.stats()["calls"] == 0
-
-
-def _wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)

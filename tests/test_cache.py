@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.cache import Entry
 from wallet_proxy.sandbox import SandboxServer
@@ -32,13 +32,6 @@ def get(app, user_id="demo-alice", **params):
 def at_once(count, fn):
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(lambda i: fn(i), range(count)))
-
-
-def wait_for(condition, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_concurrent_cold_requests_make_one_call(env, clock, sandbox):
@@ -76,8 +69,8 @@ def test_stale_is_served_at_once_and_refreshed_once(env, clock, sandbox):
     assert time.monotonic() - started < 0.2
     assert {r.headers["X-Cache"] for r in stale} == {"STALE"}
     assert all(r.get_json()["stale"] is True for r in stale)
-    wait_for(lambda: sandbox.stats()["calls"] == 2)
-    wait_for(lambda: get(app).headers["X-Cache"] == "HIT")
+    wait_until(lambda: sandbox.stats()["calls"] == 2, timeout=3)
+    wait_until(lambda: get(app).headers["X-Cache"] == "HIT", timeout=3)
     fresh = get(app)
     assert fresh.get_json()["stale"] is False
     assert fresh.get_json()["fetched_at"] > first["fetched_at"]

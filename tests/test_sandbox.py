@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
+from tests.conftest import wait_until
 from wallet_proxy.sandbox import (
     DEMO_CONNECT_AUTH,
     DEMO_CORE_API_KEY,
@@ -61,13 +62,6 @@ def title(offer):
 
 def by_title(response):
     return {title(offer): offer for offer in response.json()["payload"]["user_offers"]}
-
-
-def wait_until(condition, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_connect_refuses_a_wrong_or_missing_authorization(server):
@@ -254,7 +248,7 @@ def test_hang_knob_holds_calls_until_released(server):
         get_offers(server, timeout=0.1)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(get_offers, server)
-        wait_until(lambda: server.stats()["in_flight"] >= 1)
+        wait_until(lambda: server.stats()["in_flight"] >= 1, timeout=2)
         time.sleep(0.1)
         assert not pending.done()
         requests.post(f"{server.url}/_sandbox/config", json={"hang": False}, timeout=5)
@@ -290,7 +284,7 @@ def test_trickle_knob_streams_the_body_slowly(server):
     assert first == b'{"sta'
     assert time.monotonic() - started >= 0.09
     response.close()
-    wait_until(lambda: server.stats()["in_flight"] == 0)
+    wait_until(lambda: server.stats()["in_flight"] == 0, timeout=2)
 
 
 def test_unknown_or_bad_knobs_are_refused(server):
@@ -404,7 +398,7 @@ def test_stop_cuts_held_calls_and_closes_the_port():
     sandbox.configure(hang=True)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(get_offers, sandbox)
-        wait_until(lambda: sandbox.stats()["in_flight"] == 1)
+        wait_until(lambda: sandbox.stats()["in_flight"] == 1, timeout=2)
         started = time.monotonic()
         sandbox.stop()
         assert time.monotonic() - started < 1

@@ -12,6 +12,7 @@ import pytest
 import requests
 from flask import request
 
+from tests.conftest import wait_until
 from wallet_proxy import create_app
 from wallet_proxy.idempotency import WINDOW, Answer, Idempotency, MemoryStore
 from wallet_proxy.sandbox import (
@@ -45,7 +46,7 @@ def core(core_server):
     core_server.raw_paths.clear()
     yield core_server
     # A call we timed out on still lands later: let it, so it can't tag the next test's user.
-    _wait_until(lambda: core_server.stats()["in_flight"] == 0)
+    wait_until(lambda: core_server.stats()["in_flight"] == 0, timeout=5)
     core_server.reset()
 
 
@@ -369,7 +370,7 @@ def test_a_duplicate_while_the_first_is_in_flight_is_409(core_app, core):
         target=lambda: first.setdefault("response", post(core_app.test_client(), headers=key))
     )
     worker.start()
-    _wait_until(lambda: core.stats()["in_flight"] == 1)
+    wait_until(lambda: core.stats()["in_flight"] == 1, timeout=5)
     duplicate = post(core_app.test_client(), headers=key)
     worker.join()
 
@@ -395,7 +396,7 @@ def test_a_timed_out_counter_is_not_sent_again(core_env, core):
     assert_error(
         post(app.test_client(), body={"tags": ["visits"]}, headers=key), 504, "upstream_timeout"
     )
-    _wait_until(lambda: core.stats()["in_flight"] == 0)
+    wait_until(lambda: core.stats()["in_flight"] == 0, timeout=5)
     core.configure(latency=0)
     replay = post(app.test_client(), body={"tags": ["visits"]}, headers=key)
 
@@ -487,7 +488,7 @@ def test_with_redis_an_in_flight_duplicate_on_another_instance_is_409(redis_apps
     key = {"Idempotency-Key": "twice"}
     worker = threading.Thread(target=post, args=(one.test_client(),), kwargs={"headers": key})
     worker.start()
-    _wait_until(lambda: core.stats()["in_flight"] == 1)
+    wait_until(lambda: core.stats()["in_flight"] == 1, timeout=5)
     assert_error(post(two.test_client(), headers=key), 409, "idempotency_in_progress")
     worker.join()
     assert len(calls(core)) == 1
@@ -508,10 +509,3 @@ def _b64(text: str) -> str:
     import base64
 
     return base64.b64encode(text.encode()).decode()
-
-
-def _wait_until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
