@@ -62,7 +62,7 @@ def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> No
     from .answers import AnswerMemo
     from .cache import MemoryCache, RedisCache
     from .service import WalletService
-    from .sessionm import ConnectClient, pooled_session
+    from .sessionm import ConnectClient, connect_timeout_for, pooled_session
     from .upstream import CircuitBreaker, UpstreamGuard
 
     client = ConnectClient(
@@ -70,7 +70,7 @@ def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> No
         settings.sessionm_connect_auth,
         settings.sessionm_retailer_id,
         session=pooled_session(settings.upstream_concurrency),
-        connect_timeout=min(0.5, settings.deadline / 3),
+        connect_timeout=connect_timeout_for(settings.deadline),
         read_timeout=settings.upstream_timeout,
         clock=clock,
     )

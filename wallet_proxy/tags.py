@@ -19,7 +19,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from .auth import require_api_key
 from .errors import InvalidRequest, NotConfigured
 from .idempotency import Answer, Idempotency, MemoryStore, RedisStore, valid_key
-from .sessionm import pooled_session
+from .sessionm import connect_timeout_for, pooled_session
 from .sessionm_core import CoreClient
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def init_app(app: Flask) -> None:
             settings.sessionm_core_api_key,
             settings.sessionm_core_api_secret,
             session=pooled_session(settings.upstream_concurrency),
-            connect_timeout=min(0.5, settings.deadline / 3),
+            connect_timeout=connect_timeout_for(settings.deadline),
             read_timeout=settings.deadline,
         )
         if settings.core_configured
