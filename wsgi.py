@@ -1,4 +1,4 @@
-"""WSGI entry point: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`."""
+"""WSGI entry point: `gunicorn -c python:wallet_proxy.gunicorn_config wsgi:app`."""
 
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError

@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
+from wallet_proxy.serving import gunicorn_command
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-api-key-1"
@@ -108,7 +109,7 @@ def redis_process():
 
 @contextmanager
 def gunicorn(app: str, *, workers: int, threads: int, worker_class: str = "gthread", **env):
-    """gunicorn with deploy/gunicorn.conf.py, overriding only the worker model."""
+    """gunicorn with the packaged config, overriding only the worker model."""
     port = free_port()
     environment = {
         **os.environ,
@@ -118,26 +119,15 @@ def gunicorn(app: str, *, workers: int, threads: int, worker_class: str = "gthre
         **{k: str(v) for k, v in env.items()},
     }
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "deploy/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--worker-class",
-            worker_class,
-            "--access-logfile",
-            "/dev/null",
-            "--log-level",
-            "warning",
-            app,
-        ],
+        gunicorn_command(
+            bind=f"127.0.0.1:{port}",
+            options=[
+                *("--workers", str(workers), "--threads", str(threads)),
+                *("--worker-class", worker_class),
+                *("--access-logfile", "/dev/null", "--log-level", "warning"),
+            ],
+            app=app,
+        ),
         cwd=ROOT,
         env=environment,
     )

@@ -4,7 +4,7 @@ users; throughput against the ideal 64 / 0.2 s = 320 answers per second (goal >=
 Every request names a user never seen before, so each one is a SessionM call, with the
 per-process cap at 32 so that the cap is not what is measured. The
 same load runs against gunicorn's sync workers and against the gthread model of
-deploy/gunicorn.conf.py: that comparison is why the service runs threads.
+wallet_proxy/gunicorn_config.py: that comparison is why the service runs threads.
 
     python bench/misses.py [--seconds 8] [--latency 0.2] [--connections 64]
 """

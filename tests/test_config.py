@@ -10,6 +10,7 @@ import pytest
 
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
+from wallet_proxy.serving import gunicorn_command
 
 GOOD = {
     "SESSIONM_CONNECT_URL": "https://connect.example.test/",
@@ -93,9 +94,7 @@ def test_check_config_command():
 
 def test_gunicorn_refuses_to_start_with_one_line():
     env = {k: v for k, v in GOOD.items() if k != "WALLET_PROXY_API_KEYS"}
-    result = run(
-        "gunicorn", "-c", "deploy/gunicorn.conf.py", "--bind", "127.0.0.1:0", "wsgi:app", env=env
-    )
+    result = run(*gunicorn_command(bind="127.0.0.1:0", app="wsgi:app")[2:], env=env)
     assert result.returncode != 0
     assert "WALLET_PROXY_API_KEYS: is required" in result.stderr
     assert "Traceback" not in result.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,7 @@ import requests
 
 from tests.conftest import API_KEY, free_port
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
+from wallet_proxy.serving import gunicorn_command
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 class Gunicorn:
-    """`gunicorn -c deploy/gunicorn.conf.py wsgi:app`, as deployed, on a free port."""
+    """gunicorn with the packaged config and `wsgi:app`, as deployed, on a free port."""
 
     def __init__(self, sandbox_url: str, workers: int = 3, **settings):
         self.url = f"http://127.0.0.1:{free_port()}"
@@ -44,18 +44,11 @@ class Gunicorn:
 
     def __enter__(self) -> Gunicorn:
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "deploy/gunicorn.conf.py",
-                "--bind",
-                self.url.removeprefix("http://"),
-                "--access-logfile",
-                "/dev/null",
-                "wsgi:app",
-            ],
+            gunicorn_command(
+                bind=self.url.removeprefix("http://"),
+                options=["--access-logfile", "/dev/null"],
+                app="wsgi:app",
+            ),
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,

@@ -15,6 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .bulk.commands import tags_group, warm_command
 from .config import ConfigError, Settings
+from .serving import CONFIG, gunicorn_command
 from .support.staff import hash_password
 
 DEMO_API_KEY = "demo-api-key-not-secret"
@@ -64,10 +65,8 @@ def sandbox(host: str, port: int) -> None:
 @click.option(
     "--config",
     "config_path",
-    default="deploy/gunicorn.conf.py",
-    show_default=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="gunicorn configuration file.",
+    help="gunicorn configuration file  [default: the one shipped in the package]",
 )
 @click.option(
     "--sandbox",
@@ -76,7 +75,9 @@ def sandbox(host: str, port: int) -> None:
     help="Also start the SessionM sandbox and point the service at it (demo).",
 )
 @click.option("--sandbox-port", default=8001, show_default=True, type=int)
-def serve(bind: str | None, config_path: str, with_sandbox: bool, sandbox_port: int) -> None:
+def serve(
+    bind: str | None, config_path: str | None, with_sandbox: bool, sandbox_port: int
+) -> None:
     """Run the service under gunicorn."""
     env = dict(os.environ)
     children: list[subprocess.Popen] = []
@@ -90,12 +91,8 @@ def serve(bind: str | None, config_path: str, with_sandbox: bool, sandbox_port: 
     if with_sandbox:
         address = bind or env.get("WALLET_PROXY_BIND") or "0.0.0.0:8000"
         _print_demo(address.replace("0.0.0.0", "127.0.0.1"), env)  # noqa: S104 - display only
-    command = [sys.executable, "-m", "gunicorn", "-c", config_path]
-    if bind:  # else the config's own: WALLET_PROXY_BIND or 0.0.0.0:8000
-        command += ["--bind", bind]
-    gunicorn = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [*command, "wallet_proxy:create_app()"], env=env
-    )
+    command = gunicorn_command(bind=bind, config=config_path or CONFIG)
+    gunicorn = subprocess.Popen(command, env=env)  # noqa: S603 - our interpreter and arguments
     children.insert(0, gunicorn)
     # Ctrl-C, or SIGTERM from systemd or a container runtime: stop the children too,
     # never leave gunicorn or the sandbox running without us.

@@ -1,5 +1,7 @@
-"""gunicorn settings for wallet-proxy: `gunicorn -c deploy/gunicorn.conf.py wsgi:app`.
+"""gunicorn settings for wallet-proxy, shipped inside the package.
 
+`wallet-proxy serve` uses them; to run gunicorn yourself:
+`gunicorn -c python:wallet_proxy.gunicorn_config 'wallet_proxy:create_app()'`.
 Every value can be overridden by an environment variable (named beside it) or
 on the command line; see docs/benchmarks.md for the measurements behind the
 worker model.
@@ -37,6 +39,11 @@ timeout = 30
 graceful_timeout = 10
 # Keep connections from the load balancer open between requests.
 keepalive = 5
+
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl),
+# so a second instance on the machine would replace it and stopping either would remove
+# the other's. We don't use `gunicornc`; nothing else needs it.
+control_socket_disable = True
 
 # Logs to stdout/stderr, for the container runtime or journald to collect.
 accesslog = "-"
