@@ -5,15 +5,22 @@ Imported as `tests.helpers` by every test module; conftest.py holds only fixture
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import requests
 from werkzeug.serving import make_server
+
+from wallet_proxy.serving import gunicorn_command
 
 API_KEY = "test-api-key-1"
 OTHER_KEY = "test-api-key-2"
@@ -107,3 +114,63 @@ class RedisServer:
         import redis
 
         redis.Redis.from_url(self.url).flushall()
+
+
+class GunicornProcess:
+    """The service under real gunicorn (the packaged config, `wsgi:app`) on a free port; its
+    standard output and error go to files in `folder`, for the test to read."""
+
+    def __init__(
+        self, env: dict, folder: Path, *, workers: int = 2, options: tuple[str, ...] = ()
+    ):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("SESSIONM_", "WALLET_PROXY_", "PROMETHEUS_"))
+            },
+            "WEB_CONCURRENCY": str(workers),
+            **{k: str(v) for k, v in env.items()},
+        }
+        self.options = options
+        self.out_path, self.err_path = folder / "stdout.log", folder / "stderr.log"
+        self._files = contextlib.ExitStack()
+
+    def __enter__(self) -> GunicornProcess:
+        self.process = subprocess.Popen(
+            gunicorn_command(
+                bind=self.url.removeprefix("http://"), options=self.options, app="wsgi:app"
+            ),
+            cwd=Path(__file__).resolve().parent.parent,
+            env=self.env,
+            stdout=self._files.enter_context(self.out_path.open("wb")),
+            stderr=self._files.enter_context(self.err_path.open("wb")),
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or workers booting
+                pass
+            assert self.process.poll() is None, self.stderr()
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.05)
+        time.sleep(0.5)  # let every worker finish booting, so all of them take requests
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self._files.close()
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")

@@ -34,7 +34,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     app = Flask(__name__)
     if test_config is not None:
         app.config.from_mapping({k: v for k, v in source.items() if not _is_setting(k)})
-    register_logging(app)
+    register_logging(app, settings)
     register_services(app, settings, clock)
     register_sessions(app, settings)
     register_blueprints(app)
@@ -46,15 +46,16 @@ def _is_setting(name: str) -> bool:
     return name.startswith(("SESSIONM_", "WALLET_PROXY_"))
 
 
-def register_logging(app: Flask) -> None:
-    """Plain lines on stderr unless the host (gunicorn, pytest) set logging up already."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+def register_logging(app: Flask, settings: Settings) -> None:
+    """JSON lines (logs.py): records on stderr unless the host (gunicorn, pytest) set logging
+    up already, and one line per request on stdout (request_log.py), hooked in first."""
+    from . import logs, request_log
+
+    user_ids = logs.UserIds.from_settings(settings)
+    logs.configure(user_ids)
     # urllib3 logs full URLs and, at debug, headers; keep it quiet.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    request_log.install(app, user_ids)
 
 
 def register_services(app: Flask, settings: Settings, clock: Callable[[], datetime]) -> None:
@@ -74,9 +75,11 @@ def register_sessions(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import api, health, support, tags
+    from . import api, health, openapi, prometheus, support, tags
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(prometheus.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(tags.bp)

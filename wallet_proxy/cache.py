@@ -30,6 +30,7 @@ from typing import NamedTuple, Protocol
 import redis
 from cachetools import LRUCache, TLRUCache
 
+from . import metrics
 from .wallet import Wallet
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ class RedisCache:
         return self.timer() >= self._down_until
 
     def _failed(self, error: Exception) -> None:
+        metrics.redis_error()
         if self.available:
             log.warning("Redis unavailable (%s); using the in-process cache", type(error).__name__)
         self._down_until = self.timer() + REDIS_RETRY_INTERVAL

@@ -1,4 +1,4 @@
-"""The `wallet-proxy` command: serve, sandbox, check-config."""
+"""The `wallet-proxy` command: serve, sandbox, check-config, log-id."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import click
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .bulk.commands import tags_group, warm_command
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, log_id_settings
 from .serving import CONFIG, gunicorn_command
 from .support.staff import hash_password
 
@@ -43,6 +43,25 @@ def check_config() -> None:
         f"{'Redis' if settings.redis_url else 'in-process'}, TTL {settings.cache_ttl:g}s; "
         f"deadline {settings.deadline:g}s"
     )
+
+
+@main.command("log-id")
+@click.argument("user_id")
+def log_id(user_id: str) -> None:
+    """Print what the logs show for USER_ID (an HMAC under WALLET_PROXY_LOG_HASH_KEY), to find
+    a customer's lines."""
+    from .logs import UserIds
+
+    try:
+        key, plain = log_id_settings(os.environ)
+    except ConfigError as error:
+        raise click.ClickException(f"configuration error: {error}") from None
+    if key is None and not plain:
+        raise click.ClickException(
+            "WALLET_PROXY_LOG_HASH_KEY is not set: set it to the service's key (without it, "
+            "each process hashes with a random key of its own)"
+        )
+    click.echo(UserIds(key, plain=plain)(user_id))
 
 
 @main.command()

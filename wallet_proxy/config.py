@@ -47,6 +47,9 @@ class Settings:
     sessionm_core_url: str | None = None
     sessionm_core_api_key: str | None = field(default=None, repr=False)
     sessionm_core_api_secret: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
+    log_hash_key: str | None = field(default=None, repr=False)
+    log_user_ids: bool = False
 
     @property
     def core_configured(self) -> bool:
@@ -76,6 +79,9 @@ class Settings:
             sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
+            metrics_token=read.token("WALLET_PROXY_METRICS_TOKEN"),
+            log_hash_key=read.token("WALLET_PROXY_LOG_HASH_KEY"),
+            log_user_ids=read.flag("WALLET_PROXY_LOG_USER_IDS"),
         )
         settings._check_combinations()
         return settings
@@ -100,6 +106,13 @@ class Settings:
         if given and len(given) < len(core):
             missing = next(name for name, value in core.items() if not value)
             raise ConfigError(missing, f"required when {given[0]} is set")
+
+
+def log_id_settings(env: Mapping[str, str]) -> tuple[str | None, bool]:
+    """WALLET_PROXY_LOG_HASH_KEY and WALLET_PROXY_LOG_USER_IDS alone: `wallet-proxy log-id` runs
+    where support works, without the service's other settings."""
+    read = _Reader(env)
+    return read.token("WALLET_PROXY_LOG_HASH_KEY"), read.flag("WALLET_PROXY_LOG_USER_IDS")
 
 
 class _Reader:
@@ -164,6 +177,19 @@ class _Reader:
         if any(len(key) < 8 or any(ch.isspace() for ch in key) for key in keys):
             raise ConfigError(name, "keys must be at least 8 characters without spaces")
         return keys
+
+    def token(self, name: str) -> str | None:
+        """An optional secret of ours: long enough not to be guessed, no spaces."""
+        value = self.raw(name)
+        if value is not None and (len(value) < 16 or any(ch.isspace() for ch in value)):
+            raise ConfigError(name, "must be at least 16 characters without spaces")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = (self.raw(name) or "false").lower()
+        if value not in ("true", "false"):
+            raise ConfigError(name, "must be true or false")
+        return value == "true"
 
     def number(self, name: str, default: float, *, low: float, high: float) -> float:
         value = self.raw(name)

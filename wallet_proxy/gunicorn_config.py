@@ -7,8 +7,11 @@ on the command line; see docs/benchmarks.md for the measurements behind the
 worker model.
 """
 
+import glob
 import os
+import shutil
 import sys
+import tempfile
 
 # Where to listen. Braze only calls ports 80/443: put a TLS-terminating load
 # balancer or ingress in front and bind the service to an internal port.
@@ -45,16 +48,31 @@ keepalive = 5
 # the other's. We don't use `gunicornc`; nothing else needs it.
 control_socket_disable = True
 
-# Logs to stdout/stderr, for the container runtime or journald to collect.
-accesslog = "-"
+# JSON lines for the container runtime or journald to collect (docs/operations.md): one
+# per request on stdout, written by the app (wallet_proxy/request_log.py), which replaces
+# gunicorn's access log; gunicorn's own lines on stderr in the same format.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("WALLET_PROXY_LOG_LEVEL", "info")
-# No query strings (%(U)s is the path only) and no Authorization header in access logs.
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
+logger_class = "wallet_proxy.logs.GunicornLogger"
+
+# Metrics: each worker counts in files of its own under PROMETHEUS_MULTIPROC_DIR and a
+# scrape of any worker sums them (prometheus_client's multiprocess mode). The folder is
+# prepared here, before the first worker starts and imports prometheus_client; without
+# the variable, a temporary one for this run. Don't preload the app (preload_app): the
+# master would import prometheus_client before the folder is set.
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_made_metrics_dir: list[str] = []
+
+
+def pre_request(worker, req):
+    """Nothing: gunicorn's default logs each request's path at debug level, and paths hold
+    user ids; the app writes its own line per request (wallet_proxy/request_log.py)."""
 
 
 def on_starting(server):
-    """Refuse to start on bad settings with one line, before any worker boots."""
+    """Refuse to start on bad settings with one line, before any worker boots; then the
+    metrics folder."""
     from wallet_proxy.config import ConfigError, Settings
 
     try:
@@ -62,3 +80,29 @@ def on_starting(server):
     except ConfigError as error:
         print(f"wallet-proxy: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
+    prepare_metrics_dir()
+
+
+def prepare_metrics_dir():
+    """An empty metrics folder: a previous run's counts would be added to this one's."""
+    path = os.environ.get(METRICS_DIR)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    else:
+        path = tempfile.mkdtemp(prefix="wallet-proxy-metrics-")
+        _made_metrics_dir.append(path)
+        os.environ[METRICS_DIR] = path  # inherited by every worker
+
+
+def child_exit(server, worker):
+    """A worker's counters stay (the totals must not drop); its live gauges go."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    for path in _made_metrics_dir:
+        shutil.rmtree(path, ignore_errors=True)

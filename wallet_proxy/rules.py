@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 
 from .errors import InvalidRequest
 
@@ -27,7 +27,9 @@ CUSTOMER_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}\Z")
 
 DEFAULT_CULTURE = "en-US"
 CULTURE_RULE = "like en, en-US, es-419 or zh-Hant-TW"
-CULTURE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?\Z")
+_CULTURE = r"[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?"
+CULTURE_RE = re.compile(rf"^{_CULTURE}\Z")
+OPTIONAL_CULTURE_RE = re.compile(rf"^(?:{_CULTURE})?\Z")  # in a query, empty means the default
 
 MAX_LIMIT = 1000
 LIMIT_RE = re.compile(r"^[0-9]{1,4}\Z")
@@ -87,9 +89,36 @@ def parse_wallet_query(user_id: str, args: Mapping[str, str]) -> WalletQuery:
     return WalletQuery(user_id, culture, limit)
 
 
+class WalletQuerySchema(Schema):
+    """The same query as the contract states it (openapi.py), from the same rules; a test
+    holds the two together. Unknown parameters (cache-busters) are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    culture = fields.String(
+        validate=validate.Regexp(OPTIONAL_CULTURE_RE),
+        metadata={"description": f"A culture {CULTURE_RULE}; empty or absent: the default."},
+    )
+    limit = fields.Integer(
+        validate=validate.Range(1, MAX_LIMIT),
+        metadata={"description": "At most this many offers (soonest-expiring first)."},
+    )
+
+
 class Tags(TypedDict):
     tags: list[str]
     ttl: int | None  # None: a counter tag
+
+
+class WholeNumber(fields.Integer):
+    """A JSON integer, also when written 60.0 (JSON Schema counts that as an integer, so the
+    contract does); never a string, a boolean or a fraction."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return super()._validated(value)
 
 
 class TagsBody(Schema):
@@ -105,8 +134,9 @@ class TagsBody(Schema):
         ),
         required=True,
         validate=validate.Length(1, MAX_TAGS, error=f"must hold 1 to {MAX_TAGS} tags."),
+        metadata={"uniqueItems": True},  # `_distinct` below; stated for the contract (openapi.py)
     )
-    ttl = fields.Integer(
+    ttl = WholeNumber(
         strict=True,
         load_default=None,
         allow_none=False,
@@ -150,3 +180,12 @@ def load_tags(data: Any) -> Tags:
         return cast(Tags, TAGS_BODY.load(data))
     except ValidationError as exc:
         raise InvalidRequest(problem(exc.messages)) from None
+
+
+# X-Request-ID from a front proxy or a caller: kept when it looks like an id (a UUID,
+# nginx's $request_id, base64), replaced by one of ours otherwise; it is logged and echoed.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}\Z")
+
+
+def valid_request_id(value: str) -> bool:
+    return REQUEST_ID_RE.match(value) is not None

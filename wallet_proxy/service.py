@@ -28,8 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from . import metrics, tally
 from .cache import Entry, WalletCache, WalletKey
 from .errors import UpstreamBusy, UpstreamError, UpstreamTimeout, UserNotFound, WalletProxyError
+from .logs import UserRef
 from .sessionm import ConnectClient
 from .upstream import UpstreamGuard
 from .wallet import Wallet
@@ -139,14 +141,19 @@ class WalletService:
         cached = self.cache.get(key)
         if cached is not None and not refresh:
             if cached.is_fresh(self._now()):
+                metrics.cache_result("hit" if cached.wallet is not None else "negative")
                 return _lookup(cached, HIT)
             if cached.wallet is not None:
+                metrics.cache_result("stale")
                 self._flight(self._request(key, slot_until=None, refresh=False))
                 return Lookup(cached.wallet, STALE)
+        metrics.cache_result("miss")
         stale = cached.wallet if cached is not None else None
         answer_by = started + self.deadline - min(SEND_MARGIN, self.deadline / 10)
         flight = self._flight(self._request(key, slot_until=answer_by, refresh=refresh))
-        if not flight.done.wait(max(0.0, answer_by - self.timer())):
+        with metrics.waiting_for_flight():
+            landed = flight.done.wait(max(0.0, answer_by - self.timer()))
+        if not landed:
             error = flight.timed_out()
         elif flight.error is not None:
             error = flight.error
@@ -175,7 +182,7 @@ class WalletService:
                 return flight
             flight = self._flights[request.key] = _Flight(request)
         threading.Thread(
-            target=self._fly,
+            target=tally.carried(self._fly),  # its SessionM calls count for this request
             args=(flight,),
             name=f"wallet-flight-{request.key.user_id}",
             daemon=True,
@@ -189,7 +196,7 @@ class WalletService:
         except WalletProxyError as error:
             flight.error = error
         except Exception:
-            log.exception("wallet fetch for %s failed unexpectedly", key.user_id)
+            log.exception("wallet fetch for %s failed unexpectedly", UserRef(key.user_id))
             flight.error = WalletProxyError()
         finally:
             with self._flights_lock:

@@ -18,6 +18,7 @@ import urllib3
 from marshmallow import ValidationError
 from requests.adapters import HTTPAdapter
 
+from . import metrics
 from .errors import (
     InvalidUpstreamPayload,
     UpstreamConnectRefused,
@@ -30,6 +31,7 @@ from .errors import (
     UpstreamUnavailable,
     UserNotFound,
 )
+from .logs import UserRef
 from .schemas import OFFER_SCHEMA, PAGE_SCHEMA
 from .version import __version__
 from .wallet import Wallet
@@ -167,6 +169,7 @@ class ConnectClient:
             fetched_at=self.clock(),
         )
 
+    @metrics.sessionm_call("get_user_offers")
     def _page(self, user_id: str, culture: str, skip: int, deadline: float) -> dict:
         body = {
             "retailer_id": self.retailer_id,
@@ -277,4 +280,4 @@ def _readable_offers(raw_offers: list, user_id: str):
         try:
             yield OFFER_SCHEMA.load(raw)
         except ValidationError as exc:
-            log.warning("dropped an unreadable offer for %s: %s", user_id, exc.messages)
+            log.warning("dropped an unreadable offer for %s: %s", UserRef(user_id), exc.messages)

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import requests
 
+from . import metrics
 from .errors import InvalidRequest, NotApplied, UpstreamServerDeclined
 from .sessionm import Transport, parse_envelope, retry_after_seconds
 
@@ -49,6 +50,7 @@ class CoreClient:
         users = "external/users" if external else "users"
         return f"{self._app_url}/{users}/{quote(user_id, safe='')}/tags"
 
+    @metrics.sessionm_call("core_tags")
     def add_tags(
         self,
         user_id: str,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from . import metrics
 from .errors import (
     UpstreamBusy,
     UpstreamError,
@@ -61,6 +62,7 @@ class CircuitBreaker:
     def _maybe_half_open(self) -> None:
         if self._state == OPEN and self.timer() >= self._opened_at + self.cooldown:
             self._state, self._probing = HALF_OPEN, False
+            metrics.breaker_state(HALF_OPEN)
 
     def allow(self) -> bool:
         """May a call go now? While half-open, only one probe at a time."""
@@ -83,10 +85,12 @@ class CircuitBreaker:
             self._probing = False
             if not failed:
                 self._state, self._failures = CLOSED, 0
+                metrics.breaker_state(CLOSED)
                 return
             self._failures += 1
             if self._state == HALF_OPEN or self._failures >= self.threshold:
                 self._state, self._opened_at = OPEN, self.timer()
+                metrics.breaker_state(OPEN)
 
 
 class UpstreamGuard:

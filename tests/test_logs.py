@@ -1,0 +1,305 @@
+"""Logs: one JSON line per request, user ids hashed, control characters escaped, no secrets;
+in-process first, then under real gunicorn with everything it writes captured."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import re
+import socket
+import uuid
+
+import pytest
+import requests
+from click.testing import CliRunner
+from werkzeug.security import generate_password_hash
+
+from tests.helpers import API_KEY, OTHER_KEY, GunicornProcess
+from wallet_proxy import create_app
+from wallet_proxy.cli import main
+from wallet_proxy.logs import JsonLines, UserIds, json_handler
+from wallet_proxy.sandbox import (
+    DEMO_CONNECT_AUTH,
+    DEMO_CORE_API_KEY,
+    DEMO_CORE_API_SECRET,
+    DEMO_RETAILER_ID,
+)
+from wallet_proxy.services import services
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+HASH_KEY = "log-hash-key-for-tests-0001"
+TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+OUR_ID_RE = re.compile(r"^[0-9a-f]{12}-[0-9a-f]+\Z")
+
+
+def request_lines(captured: str) -> list[dict]:
+    lines = [json.loads(line) for line in captured.splitlines() if line]
+    return [line for line in lines if line.get("logger") == "wallet_proxy.request"]
+
+
+def test_one_json_line_per_request(client, capfd):
+    capfd.readouterr()
+    first = client.get("/v1/wallets/demo-alice?limit=1", headers=AUTH)
+    second = client.get("/v1/wallets/demo-alice?limit=1", headers=AUTH)
+    refused = client.get("/v1/wallets/demo-alice")
+    miss, hit, unauthorized = request_lines(capfd.readouterr().out)
+
+    assert miss["cache"] == "miss" and miss["sessionm_calls"] == 1
+    assert hit["cache"] == "hit" and hit["sessionm_calls"] == 0
+    assert unauthorized["cache"] is None and unauthorized["status"] == 401
+    for line, response in ((miss, first), (hit, second), (unauthorized, refused)):
+        assert TIME_RE.match(line["time"])
+        assert line["level"] == "INFO"
+        assert line["request_id"] == response.headers["X-Request-ID"]
+        assert OUR_ID_RE.match(line["request_id"])
+        assert line["method"] == "GET"
+        assert line["route"] == "/v1/wallets/<user_id>"
+        assert line["status"] == response.status_code
+        assert line["bytes"] == len(response.data)
+        assert 0 <= line["duration_ms"] < 10_000
+    assert miss["request_id"] != hit["request_id"]
+
+
+def test_unmatched_paths_are_not_logged(client, capfd):
+    capfd.readouterr()
+    client.get("/no/such/secret-looking-path", headers=AUTH)
+    output = capfd.readouterr().out
+    (line,) = request_lines(output)
+    assert (line["route"], line["status"]) == ("unmatched", 404)
+    assert "secret-looking" not in output
+
+
+@pytest.mark.parametrize("given", ["abc-123", str(uuid.uuid4()), "a" * 128, "Root=1-5f/x+y=="])
+def test_a_valid_request_id_is_kept(client, capfd, given):
+    response = client.get("/healthz", headers={"X-Request-ID": given})
+    assert response.headers["X-Request-ID"] == given
+    assert request_lines(capfd.readouterr().out)[-1]["request_id"] == given
+
+
+@pytest.mark.parametrize("given", ["", "a" * 129, "a b", "ünï", 'x"y', "a\tb", "x;y"])
+def test_an_odd_request_id_is_replaced(client, capfd, given):
+    response = client.get("/healthz", headers={"X-Request-ID": given})
+    assert OUR_ID_RE.match(response.headers["X-Request-ID"])
+    assert request_lines(capfd.readouterr().out)[-1]["request_id"] != given
+
+
+def test_user_ids_are_hmacs_that_log_id_computes(env, clock, capfd):
+    app = create_app(
+        {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY}
+    )
+    capfd.readouterr()
+    app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
+    output = capfd.readouterr().out
+    (line,) = request_lines(output)
+    assert "demo-alice" not in output
+    result = CliRunner().invoke(
+        main, ["log-id", "demo-alice"], env={"WALLET_PROXY_LOG_HASH_KEY": HASH_KEY}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == line["user"]
+    assert re.fullmatch(r"[0-9a-f]{16}", line["user"])
+
+
+def test_user_ids_as_they_are_when_asked(env, clock, capfd):
+    app = create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_USER_IDS": "true"})
+    capfd.readouterr()
+    app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
+    (line,) = request_lines(capfd.readouterr().out)
+    assert line["user"] == "demo-alice"
+
+
+def test_without_a_key_each_process_hashes_its_own_way_and_says_so(env, clock, caplog):
+    with caplog.at_level(logging.WARNING, logger="wallet_proxy.logs"):
+        create_app({**env, "TESTING": True, "CLOCK": clock})
+    assert "WALLET_PROXY_LOG_HASH_KEY is not set" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wallet_proxy.logs"):
+        create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY})
+    assert "WALLET_PROXY_LOG_HASH_KEY" not in caplog.text
+    assert UserIds(None)("demo-alice") != UserIds(None)("demo-alice")
+
+
+def test_log_id_needs_the_key():
+    unset = {"WALLET_PROXY_LOG_HASH_KEY": None, "WALLET_PROXY_LOG_USER_IDS": None}
+    result = CliRunner().invoke(main, ["log-id", "demo-alice"], env=unset)
+    assert result.exit_code == 1
+    assert "WALLET_PROXY_LOG_HASH_KEY" in result.output
+    short = CliRunner().invoke(
+        main, ["log-id", "demo-alice"], env={"WALLET_PROXY_LOG_HASH_KEY": "short"}
+    )
+    assert short.exit_code == 1
+    assert "WALLET_PROXY_LOG_HASH_KEY" in short.output and "short" not in short.output
+    plain = CliRunner().invoke(
+        main, ["log-id", "demo-alice"], env={**unset, "WALLET_PROXY_LOG_USER_IDS": "true"}
+    )
+    assert (plain.exit_code, plain.output.strip()) == (0, "demo-alice")
+
+
+def test_control_characters_are_escaped():
+    record = logging.LogRecord(
+        "x",
+        logging.WARNING,
+        __file__,
+        1,
+        "a\nforged\r\x1b[31m\x00\x7f\u2028\x85 %s",
+        ("\n",),
+        None,
+    )
+    line = JsonLines().format(record)
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", line)
+    assert json.loads(line)["message"] == "a\nforged\r\x1b[31m\x00\x7f\u2028\x85 \n"
+
+
+def test_a_flights_records_carry_its_request_id_and_no_user_id(app, client, monkeypatch):
+    """A bug in a wallet fetch is logged by the flight's thread: with the request's id, and
+    the user as a hash."""
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    logging.getLogger("wallet_proxy").addHandler(handler)
+    service = services(app).wallet_service
+    monkeypatch.setattr(service.client, "fetch_wallet", lambda *a, **k: 1 / 0)
+    try:
+        response = client.get("/v1/wallets/demo-alice", headers=AUTH)
+    finally:
+        logging.getLogger("wallet_proxy").removeHandler(handler)
+    assert response.status_code == 500
+    (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert record["request_id"] == response.headers["X-Request-ID"]
+    assert record["level"] == "ERROR" and "ZeroDivisionError" in record["exc_info"]
+    assert "demo-alice" not in stream.getvalue()
+
+
+# Under real gunicorn: every line it writes is captured and read.
+
+STAFF, PASSWORD = "support-lead", "staff-password-for-tests-1"
+SECRETS = {
+    "API key": API_KEY,
+    "other API key": OTHER_KEY,
+    "Connect auth": DEMO_CONNECT_AUTH,
+    "Connect secret": base64.b64decode(DEMO_CONNECT_AUTH).decode().partition(":")[2],
+    "Core key": DEMO_CORE_API_KEY,
+    "Core secret": DEMO_CORE_API_SECRET,
+    "staff password": PASSWORD,
+    "secret key": "flask-secret-key-for-tests-0001",
+    "metrics token": "metrics-token-for-tests-0001",
+    "log hash key": HASH_KEY,
+}
+
+
+def gunicorn_env(sandbox) -> dict:
+    return {
+        "SESSIONM_CONNECT_URL": sandbox.url,
+        "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
+        "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
+        "SESSIONM_CORE_URL": sandbox.url,
+        "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
+        "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
+        "WALLET_PROXY_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+        "WALLET_PROXY_STAFF_USERS": f"{STAFF}:{generate_password_hash(PASSWORD)}",
+        "WALLET_PROXY_SECRET_KEY": SECRETS["secret key"],
+        "WALLET_PROXY_METRICS_TOKEN": SECRETS["metrics token"],
+        "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY,
+        "WALLET_PROXY_LOG_LEVEL": "debug",
+    }
+
+
+def every_line_is_json(text: str) -> list[dict]:
+    lines = text.splitlines()
+    assert lines
+    return [json.loads(line) for line in lines]  # a forged or plain line would fail here
+
+
+def raw_request(url: str, data: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(data)
+        return conn.recv(4096)
+
+
+@pytest.mark.slow
+def test_no_line_can_be_forged(sandbox, tmp_path):
+    forged = '127.0.0.1 "GET /v1/wallets/FORGED" 200'
+    with GunicornProcess(gunicorn_env(sandbox), tmp_path) as server:
+        for encoded in ("%0a", "%0d", "%0d%0a", "%1b", "%00", "%7f", "%e2%80%a8"):
+            path = f"/v1/wallets/x{encoded}{requests.utils.quote(forged)}"
+            requests.get(server.url + path, headers=AUTH, timeout=5)
+        # Raw bytes gunicorn refuses itself, which its error log reports.
+        for line in (
+            f"GET /v1/wallets/x\x0b{forged} HTTP/1.1",
+            f"GET /v1/wallets/x\x1b[2J{forged} HTTP/1.1",
+            f"GET /v1/wallets/x\r{forged} HTTP/1.1",
+        ):
+            raw_request(server.url, f"{line}\r\nHost: x\r\n\r\n".encode("latin-1"))
+        raw_request(
+            server.url, f"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\x1b{forged}\r\n\r\n".encode()
+        )
+    records = every_line_is_json(server.stdout()) + every_line_is_json(server.stderr())
+    assert not any(
+        line.startswith("127.0.0.1") for line in (server.stdout() + server.stderr()).splitlines()
+    )
+    answered = [r for r in records if r["logger"] == "wallet_proxy.request"]
+    assert sum(r["route"] != "/healthz" for r in answered) == 7  # one line per request
+    refused = [
+        r for r in records if r["logger"] == "gunicorn.error" and "Invalid request" in r["message"]
+    ]
+    assert refused  # gunicorn's own error log, through the same formatter
+
+
+@pytest.mark.slow
+def test_no_secret_and_no_user_id_in_any_line(sandbox, tmp_path):
+    """The suite's kinds of requests against real gunicorn; then every line is searched."""
+    env = gunicorn_env(sandbox)
+    user_ids = ["demo-alice", "demo-bob", "user-secret-1", "nobody-here", "tag-target-7"]
+    with GunicornProcess(env, tmp_path) as server:
+        get = lambda path, **kw: requests.get(server.url + path, timeout=10, **kw)  # noqa: E731
+        post = lambda path, **kw: requests.post(server.url + path, timeout=10, **kw)  # noqa: E731
+        sent = [
+            get("/v1/wallets/demo-alice", headers=AUTH),
+            get("/v1/wallets/demo-alice?culture=es-ES&limit=2", headers=AUTH),
+            get("/v1/wallets/demo-bob", auth=("braze", OTHER_KEY)),
+            get("/v1/wallets/nobody-here", headers=AUTH),
+            get("/v1/wallets/demo-alice", headers={"Authorization": "Bearer wrong-key-123"}),
+            get("/v1/wallets/demo-alice", auth=("braze", PASSWORD)),
+            get("/v1/wallets/demo-alice?limit=0", headers=AUTH),
+            get("/v1/wallets/bad%20id", headers=AUTH),
+            post("/v1/users/tag-target-7/tags", headers=AUTH, json={"tags": ["braze_test"]}),
+            post(
+                "/v1/external-users/tag-target-7/tags",
+                headers={**AUTH, "Idempotency-Key": "k-1"},
+                json={"tags": ["x"], "ttl": 60},
+            ),
+            post("/v1/users/tag-target-7/tags", headers=AUTH, data=b"{not json"),
+            post("/v1/users/tag-target-7/tags", json={"tags": ["x"]}),
+            get("/support/", auth=(STAFF, PASSWORD)),
+            get("/support/wallets/demo-alice", auth=(STAFF, PASSWORD)),
+            get("/support/", auth=(STAFF, "wrong-password")),
+            get("/metrics", headers={"Authorization": f"Bearer {SECRETS['metrics token']}"}),
+            get("/metrics", headers=AUTH),
+            get("/readyz"),
+            get("/openapi.json"),
+        ]
+        session = requests.Session()
+        sent.append(session.get(f"{server.url}/support/login", timeout=10))
+        token = re.search(r'name="csrf_token" value="([^"]+)"', sent[-1].text).group(1)
+        form = {"csrf_token": token, "name": STAFF, "password": PASSWORD}
+        sent.append(session.post(f"{server.url}/support/login", data=form, timeout=10))
+        sent.append(session.get(f"{server.url}/support/wallets/demo-bob", timeout=10))
+        form = {"csrf_token": token, "name": STAFF, "password": PASSWORD + "x"}
+        sent.append(session.post(f"{server.url}/support/login", data=form, timeout=10))
+        sandbox.configure(status=500)
+        sent.append(get("/v1/wallets/user-secret-1", headers=AUTH))
+        sandbox.configure(status=None)
+    statuses = {r.status_code for r in sent}
+    assert {200, 400, 401, 404, 502} <= statuses
+    out, err = server.stdout(), server.stderr()
+    every_line_is_json(out + err)
+    for name, secret in SECRETS.items():
+        assert secret not in out + err, f"the {name} is in the logs"
+    for user_id in user_ids:
+        assert user_id not in out + err, f"{user_id} is in the logs"
+    assert "staff-password" not in out + err
+    lines = [line for line in request_lines(out) if line["route"] != "/healthz"]  # startup polls
+    redirects = sum(len(r.history) for r in sent)
+    assert len(lines) == len(sent) + redirects  # one line per request, none missing

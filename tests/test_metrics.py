@@ -1,0 +1,276 @@
+"""GET /metrics: its token, what each metric counts, and the sums under real gunicorn workers.
+
+Metrics are per process (prometheus_client's registry), so in-process tests compare a
+scrape after against one before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import API_KEY, GunicornProcess, free_port, wait_until
+from wallet_proxy import create_app
+from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "metrics-token-for-tests-0001"
+SCRAPE = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+WALLET = "/v1/wallets/<user_id>"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(value for (n, have), value in samples.items() if n == name and wanted <= set(have))
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+@pytest.fixture
+def app(env, clock):
+    return create_app(
+        {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_METRICS_TOKEN": TOKEN}
+    )
+
+
+def scrape(client) -> Samples:
+    response = client.get("/metrics", headers=SCRAPE)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return parse(response.get_data(as_text=True))
+
+
+def test_no_token_configured_no_metrics(env, clock):
+    client = create_app({**env, "TESTING": True, "CLOCK": clock}).test_client()
+    response = client.get("/metrics", headers=SCRAPE)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, f"Bearer {API_KEY}", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Basic xx"],
+)
+def test_only_the_metrics_token_opens_them(client, header):
+    response = client.get("/metrics", headers={"Authorization": header} if header else {})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    assert "Bearer" in response.headers["WWW-Authenticate"]
+    assert b"wallet_proxy_" not in response.data
+
+
+def test_prometheus_text_with_every_metric(client):
+    response = client.get("/metrics", headers=SCRAPE)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    families = {f.name for f in text_string_to_metric_families(response.get_data(as_text=True))}
+    assert {
+        "wallet_proxy_http_requests",
+        "wallet_proxy_http_request_duration_seconds",
+        "wallet_proxy_cache_results",
+        "wallet_proxy_sessionm_calls",
+        "wallet_proxy_sessionm_call_duration_seconds",
+        "wallet_proxy_breaker_state",
+        "wallet_proxy_singleflight_waiters",
+        "wallet_proxy_redis_errors",
+    } <= families
+
+
+def test_lookups_counted_by_what_the_cache_held(client, sandbox, clock):
+    before = scrape(client)
+    assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200  # miss
+    assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200  # hit
+    assert client.get("/v1/wallets/nobody", headers=AUTH).status_code == 404  # miss
+    assert client.get("/v1/wallets/nobody", headers=AUTH).status_code == 404  # negative
+    clock.advance(seconds=61)  # past WALLET_PROXY_CACHE_TTL
+    stale = client.get("/v1/wallets/demo-alice", headers=AUTH)
+    assert stale.headers["X-Cache"] == "STALE"
+    wait_until(lambda: sandbox.stats()["calls"] == 3, timeout=5)  # the background refresh
+    after = scrape(client)
+
+    results = {
+        r: delta(before, after, "wallet_proxy_cache_results_total", result=r)
+        for r in ("hit", "miss", "negative", "stale")
+    }
+    assert results == {"hit": 1, "miss": 2, "negative": 1, "stale": 1}
+    assert (
+        delta(before, after, "wallet_proxy_http_requests_total", route=WALLET, status="200") == 3
+    )
+    assert (
+        delta(before, after, "wallet_proxy_http_requests_total", route=WALLET, status="404") == 2
+    )
+    duration = "wallet_proxy_http_request_duration_seconds_count"
+    assert delta(before, after, duration, route=WALLET) == 5
+    calls = "wallet_proxy_sessionm_calls_total"
+    wait_until(
+        lambda: delta(before, scrape(client), calls, api="get_user_offers", outcome="ok") == 2,
+        timeout=5,
+    )
+    assert delta(before, after, calls, api="get_user_offers", outcome="user_not_found") == 1
+    timed = "wallet_proxy_sessionm_call_duration_seconds_count"
+    assert delta(before, scrape(client), timed, api="get_user_offers") == 3
+
+
+def test_outcomes_and_the_breaker_state(env, clock, sandbox):
+    client = create_app(
+        {
+            **env,
+            "TESTING": True,
+            "CLOCK": clock,
+            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
+            "WALLET_PROXY_BREAKER_THRESHOLD": "1",
+            "WALLET_PROXY_BREAKER_COOLDOWN": "0.2",
+        }
+    ).test_client()
+    before = scrape(client)
+    sandbox.configure(status=500)
+    assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 502
+    after = scrape(client)
+    calls = "wallet_proxy_sessionm_calls_total"
+    assert delta(before, after, calls, api="get_user_offers", outcome="server_error") == 1
+    assert total(after, "wallet_proxy_breaker_state") == 2  # open
+    assert client.get("/v1/wallets/user-2", headers=AUTH).status_code == 503  # not called
+    assert delta(before, scrape(client), calls) == 1
+
+    wait_until(
+        lambda: client.get("/readyz").get_json()["checks"]["sessionm_circuit"] == "half-open",
+        timeout=5,
+    )
+    assert total(scrape(client), "wallet_proxy_breaker_state") == 1
+    sandbox.configure(status=None)
+    assert client.get("/v1/wallets/user-3", headers=AUTH).status_code == 200
+    assert total(scrape(client), "wallet_proxy_breaker_state") == 0
+
+
+def test_waiters_counted_while_they_wait(app, client, sandbox):
+    sandbox.configure(latency=0.6)
+    statuses = []
+
+    def ask() -> None:
+        statuses.append(app.test_client().get("/v1/wallets/demo-alice", headers=AUTH).status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: total(scrape(client), "wallet_proxy_singleflight_waiters") == 4, timeout=5)
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 4
+    assert sandbox.stats()["calls"] == 1
+    assert total(scrape(client), "wallet_proxy_singleflight_waiters") == 0
+
+
+def test_redis_errors_counted(env, clock, sandbox):
+    client = create_app(
+        {
+            **env,
+            "TESTING": True,
+            "CLOCK": clock,
+            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
+            "WALLET_PROXY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nobody there
+        }
+    ).test_client()
+    before = scrape(client)
+    assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200
+    assert delta(before, scrape(client), "wallet_proxy_redis_errors_total") >= 1
+
+
+def test_dashboard_panels_query_metrics_we_export(client, sandbox):
+    """Every panel of deploy/grafana-dashboard.json asks for series a scrape really has."""
+    client.get("/v1/wallets/demo-alice", headers=AUTH)
+    client.get("/v1/wallets/demo-alice", headers=AUTH)
+    exported = {name for name, _ in scrape(client)}
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    panels = [
+        panel
+        for top in dashboard["panels"]
+        for panel in [top, *top.get("panels", [])]
+        if panel["type"] != "row"
+    ]
+    assert len(panels) >= 5
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            named = set(re.findall(r"\bwallet_proxy_[a-z_]+", target["expr"]))
+            assert named, (panel["title"], target["expr"])
+            assert named <= exported, (panel["title"], named - exported)
+    titles = " ".join(panel["title"].lower() for panel in panels)
+    for topic in ("status", "p99", "hit", "sessionm calls", "breaker"):
+        assert topic in titles
+
+
+@pytest.mark.slow
+def test_counters_add_up_across_gunicorn_workers(sandbox, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    leftover = metrics_dir / "counter_4242.db"  # a previous run's: must not count
+    leftover.write_bytes(b"\0" * 16)
+    env = {
+        "SESSIONM_CONNECT_URL": sandbox.url,
+        "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
+        "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
+        "WALLET_PROXY_API_KEYS": API_KEY,
+        "WALLET_PROXY_METRICS_TOKEN": TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+    }
+    with GunicornProcess(env, tmp_path, workers=3) as server:
+        assert not leftover.exists()
+
+        def get(i: int) -> requests.Response:
+            # A new connection each time, so the kernel spreads requests over the workers.
+            url = f"{server.url}/v1/wallets/user-{i % 20}"
+            return requests.get(url, headers=AUTH, timeout=10)
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(get, range(60)))
+        assert [r.status_code for r in responses] == [200] * 60
+
+        lines = [json.loads(line) for line in server.stdout().splitlines()]
+        by_worker: dict[int, int] = {}
+        for line in lines:
+            by_worker[line["pid"]] = by_worker.get(line["pid"], 0) + 1
+        assert len(by_worker) >= 2, by_worker  # several workers answered
+
+        def metrics() -> Samples:
+            response = requests.get(f"{server.url}/metrics", headers=SCRAPE, timeout=10)
+            assert response.status_code == 200
+            return parse(response.text)
+
+        samples = metrics()
+        requests_total = "wallet_proxy_http_requests_total"
+        assert total(samples, requests_total, route=WALLET, status="200") == 60
+        assert total(samples, "wallet_proxy_cache_results_total") == 60
+        calls = total(samples, "wallet_proxy_sessionm_calls_total", outcome="ok")
+        assert calls == sandbox.stats()["calls"] >= 20
+
+        # A worker dies: its counts stay in the sums, its live gauges go.
+        victim = next(iter(by_worker))
+        assert (metrics_dir / f"gauge_livesum_{victim}.db").exists()
+        os.kill(victim, signal.SIGTERM)
+        wait_until(lambda: not (metrics_dir / f"gauge_livesum_{victim}.db").exists(), timeout=20)
+        samples = metrics()
+        assert total(samples, requests_total, route=WALLET, status="200") == 60
+        assert total(samples, "wallet_proxy_sessionm_calls_total", outcome="ok") == calls

@@ -1,0 +1,176 @@
+"""Every Prometheus metric the service exports, and the one call each place makes to feed it.
+
+The objects live here and nowhere else, so names, labels and buckets have one home
+(docs/operations.md and deploy/grafana-dashboard.json read from the same list). Code
+elsewhere calls a function below where the thing happens (a lookup decided, a
+SessionM call ended, the breaker moved) and never prometheus_client itself; the
+functions also note the fact on the request's tally (tally.py) for its log line.
+
+Under gunicorn each worker counts in its own files and a scrape sums them
+(prometheus_client's multiprocess mode). The library chooses that mode when it is
+first imported, from PROMETHEUS_MULTIPROC_DIR, which gunicorn_config.py sets before
+any worker starts; the gunicorn master never imports this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Literal, ParamSpec, TypeVar
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.context_managers import InprogressTracker
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from . import tally
+from .errors import WalletProxyError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CacheResult = Literal["hit", "stale", "negative", "miss"]
+CACHE_RESULTS: tuple[CacheResult, ...] = ("hit", "stale", "negative", "miss")
+BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
+
+# Braze gives up at 2 s and the service answers by WALLET_PROXY_DEADLINE (1.5 s): the
+# buckets are dense there, so the dashboard's p99 can be read against both.
+ANSWER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
+SESSIONM_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    "wallet_proxy_http_requests",
+    "Answers sent, by route pattern and HTTP status.",
+    ["route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "wallet_proxy_http_request_duration_seconds",
+    "Time from reading a request to its answer, by route pattern.",
+    ["route"],
+    buckets=ANSWER_BUCKETS,
+)
+CACHE = Counter(
+    "wallet_proxy_cache_results",
+    "Wallet lookups by what the cache held: hit, stale, negative (a remembered "
+    "not-found) or miss.",
+    ["result"],
+)
+SESSIONM_CALLS = Counter(
+    "wallet_proxy_sessionm_calls",
+    "HTTP calls to SessionM, by API and outcome (ok, or the error).",
+    ["api", "outcome"],
+)
+SESSIONM_DURATION = Histogram(
+    "wallet_proxy_sessionm_call_duration_seconds",
+    "Time of one HTTP call to SessionM, by API.",
+    ["api"],
+    buckets=SESSIONM_BUCKETS,
+)
+# `livemax`: the worst state among the running workers (plain `max` would keep a dead
+# worker's last state, an "open" forever).
+BREAKER_STATE = Gauge(
+    "wallet_proxy_breaker_state",
+    "The SessionM circuit breaker: 0 closed, 1 half-open, 2 open (the worst worker's).",
+    multiprocess_mode="livemax",
+)
+FLIGHT_WAITERS = Gauge(
+    "wallet_proxy_singleflight_waiters",
+    "Requests waiting now for a wallet fetch (all waiters of one user share one call).",
+    multiprocess_mode="livesum",
+)
+REDIS_ERRORS = Counter(
+    "wallet_proxy_redis_errors",
+    "Failed calls to the shared Redis cache (answers then come from the worker's own cache).",
+)
+
+_cache_children = {result: CACHE.labels(result) for result in CACHE_RESULTS}
+# Resolved once per (route, status): `labels()` costs more than the increment itself.
+_answer_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+
+def answered(route: str, status: int, seconds: float) -> None:
+    """One answer sent; `route` is the URL rule's pattern (a bounded set), never the path."""
+    children = _answer_children.get((route, status))
+    if children is None:
+        children = _answer_children.setdefault(
+            (route, status),
+            (HTTP_REQUESTS.labels(route, str(status)), HTTP_DURATION.labels(route)),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def cache_result(result: CacheResult) -> None:
+    """What one wallet lookup found in the cache."""
+    _cache_children[result].inc()
+    current = tally.current()
+    if current is not None:
+        current.cache = result
+
+
+def sessionm_call(api: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorates a function that makes one HTTP call to SessionM's `api`: counts its outcome,
+    times it, and counts it for the request it was made for."""
+    duration = SESSIONM_DURATION.labels(api)
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def measured(*args: P.args, **kwargs: P.kwargs) -> R:
+            started, outcome = time.perf_counter(), "ok"
+            try:
+                return fn(*args, **kwargs)
+            except WalletProxyError as error:
+                outcome = outcome_of(error)
+                raise
+            except Exception:
+                outcome = "unexpected"
+                raise
+            finally:
+                duration.observe(time.perf_counter() - started)
+                SESSIONM_CALLS.labels(api, outcome).inc()
+                current = tally.current()
+                if current is not None:
+                    current.sessionm_calls += 1
+
+        return measured
+
+    return decorate
+
+
+def outcome_of(error: WalletProxyError) -> str:
+    """A label from the error's class (bounded by the error tree): UpstreamTimeout is
+    `timeout`, UserNotFound `user_not_found`, a plain UpstreamError `error`."""
+    name = type(error).__name__.removeprefix("Upstream") or "Error"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def breaker_state(state: str) -> None:
+    """The breaker moved to `state` (closed, half-open or open)."""
+    BREAKER_STATE.set(BREAKER_LEVELS[state])
+
+
+def waiting_for_flight() -> InprogressTracker:
+    """A context manager counting the requests waiting on a wallet fetch."""
+    return FLIGHT_WAITERS.track_inprogress()
+
+
+def redis_error() -> None:
+    REDIS_ERRORS.inc()
+
+
+def exposition() -> bytes:
+    """What a scrape gets: under gunicorn every worker's metrics summed, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
