@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import API_KEY, free_port, wait_until
+from tests.helpers import API_KEY, free_port, wait_until
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 from wallet_proxy.serving import APP, CONFIG
 
@@ -230,6 +230,13 @@ def service_env(sandbox_url: str, port: int) -> list[str]:
     return [f"--env={name}={value}" for name, value in settings.items()]
 
 
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def test_container_serves_a_wallet_read_only_as_non_root(podman, image, sandbox):
     port = free_port()
     name = f"wallet-proxy-test-{uuid.uuid4().hex[:12]}"
@@ -241,14 +248,7 @@ def test_container_serves_a_wallet_read_only_as_non_root(podman, image, sandbox)
         *service_env(sandbox.url, port), IMAGE,
     )  # fmt: skip
     try:
-
-        def healthy() -> bool:
-            try:
-                return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(healthy, timeout=30)
+        wait_until(lambda: answers(f"{url}/healthz"), timeout=60)
         response = requests.get(
             f"{url}/v1/wallets/demo-alice",
             headers={"Authorization": f"Bearer {API_KEY}"},
@@ -280,14 +280,7 @@ def test_wallet_proxy_serve_runs_from_the_installed_package(podman, image, sandb
         IMAGE, "wallet-proxy", "serve",
     )  # fmt: skip
     try:
-
-        def healthy() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).ok
-            except requests.ConnectionError:
-                return False
-
-        wait_until(healthy, timeout=30)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/readyz"), timeout=60)
     finally:
         podman("rm", "--force", name, check=False)
 

@@ -10,14 +10,12 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import API_KEY, wait_until
-from tests.test_deploy_nginx import Nginx
-from tests.test_gunicorn import Gunicorn
+from tests.helpers import API_KEY, wait_until
+from tests.test_deploy_nginx import Instance, Nginx
 
 pytestmark = pytest.mark.slow
 RATE = 300  # requests a second
@@ -94,52 +92,41 @@ class SteadyLoad:
         assert outcomes == {200: self.total}
 
 
-def worker_pids(server: Gunicorn) -> set[int]:
-    pid = server.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return {int(child) for child in children}
-
-
-def test_hup_reloads_gunicorn_without_dropping_a_request(sandbox):
+def test_hup_reloads_gunicorn_without_dropping_a_request(sandbox, tmp_path):
     # A new connection per request: the listening socket is all that persists.
     with (
-        Gunicorn(sandbox.url, workers=2) as server,
+        Instance(sandbox.url, tmp_path / "gunicorn.log", workers=2) as server,
         SteadyLoad(server.url, seconds=12, keepalive=False) as load,
     ):
         for at in (3, 7):
             wait_until(lambda at=at: time.monotonic() - load.started >= at, timeout=15)
-            before = worker_pids(server)
+            before = server.worker_pids()
             server.process.send_signal(signal.SIGHUP)
             # New workers replace every old one while requests keep coming.
             wait_until(
                 lambda before=before: (
-                    len(worker_pids(server) - before) == 2 and not worker_pids(server) & before
+                    len(server.worker_pids() - before) == 2 and not server.worker_pids() & before
                 ),
                 timeout=10,
             )
     load.check("kill -HUP twice")
 
 
-def restart(server: Gunicorn) -> None:
-    """What a rolling restart does to one instance: SIGTERM, wait for it to exit, start it
-    again, wait until it answers /healthz."""
-    server.__exit__(None, None, None)
-    server.__enter__()
-
-
 def test_rolling_restart_behind_nginx_without_dropping_a_request(sandbox, redis_url, tmp_path):
     settings = {"workers": 1, "WALLET_PROXY_REDIS_URL": redis_url}
     with (
-        Gunicorn(sandbox.url, **settings) as first,
-        Gunicorn(sandbox.url, **settings) as second,
-        Nginx(tmp_path, [s.url.removeprefix("http://") for s in (first, second)]) as front,
+        Instance(sandbox.url, tmp_path / "first.log", **settings) as first,
+        Instance(sandbox.url, tmp_path / "second.log", **settings) as second,
+        Nginx(tmp_path, [first.address, second.address]) as front,
     ):
         # Braze keeps its connections to the front open between calls.
         with SteadyLoad(front.url, seconds=15, keepalive=True) as load:
             wait_until(lambda: time.monotonic() - load.started >= 2, timeout=10)
             began = time.monotonic()
-            restart(first)
-            restart(second)
+            # Each in turn: SIGTERM, wait for it to exit, start it, wait until it answers.
+            for instance in (first, second):
+                instance.stop()
+                instance.start()
             ended = time.monotonic()
         during = load.answered_between(began, ended)
         print(f"rolling restart took {ended - began:.1f} s, {during} answers meanwhile")
