@@ -26,9 +26,8 @@ import requests
 from gunicorn.config import Config
 
 import wallet_proxy.gunicorn_config
-from tests.helpers import API_KEY, free_port, wait_until
-from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
-from wallet_proxy.serving import gunicorn_command
+from tests.helpers import API_KEY, GunicornInstance, free_port, wait_until
+from wallet_proxy.sandbox import SandboxServer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,72 +95,6 @@ class Nginx:
         self.process.wait(timeout=15)
 
 
-class Instance:
-    """One instance of the service as deployed (gunicorn_command: the packaged config, the
-    installed app) on its own port, started and stopped as a process manager would."""
-
-    def __init__(self, sandbox_url: str, log: Path, workers: int = 2, **settings):
-        self.address = f"127.0.0.1:{free_port()}"
-        self.url = f"http://{self.address}"
-        self.workers = workers
-        self.log = log
-        self.env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("SESSIONM_", "WALLET_PROXY_"))
-            },
-            "SESSIONM_CONNECT_URL": sandbox_url,
-            "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
-            "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
-            "WALLET_PROXY_API_KEYS": API_KEY,
-            "WEB_CONCURRENCY": str(workers),
-            **{k: str(v) for k, v in settings.items()},
-        }
-
-    def start(self) -> Instance:
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(
-                gunicorn_command(bind=self.address, options=["--access-logfile", "/dev/null"]),
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        try:
-            wait_until(self._serving, timeout=60)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _serving(self) -> bool:
-        """Answering, with every worker booted (so all of them take requests)."""
-        assert self.process.poll() is None, self.log.read_text()[-3000:]
-        try:
-            requests.get(f"{self.url}/healthz", timeout=2).raise_for_status()
-        except requests.RequestException:
-            return False
-        return len(self.worker_pids()) == self.workers
-
-    def worker_pids(self) -> set[int]:
-        pid = self.process.pid
-        return {
-            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        }
-
-    def stop(self) -> None:
-        """SIGTERM, gunicorn's graceful stop; wait for it to exit."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
-
-    def __enter__(self) -> Instance:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 def raw_request(port: int, head: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send `head` as is (requests would refuse or rewrite what these tests need)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
@@ -181,7 +114,7 @@ def raw_request(port: int, head: bytes) -> tuple[int, dict[str, str], bytes]:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     log = tmp_path_factory.mktemp("service") / "gunicorn.log"
-    with SandboxServer() as sandbox, Instance(sandbox.url, log) as server:
+    with SandboxServer() as sandbox, GunicornInstance(sandbox.url, log) as server:
         yield server
 
 

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import API_KEY, wait_until
-from tests.test_deploy_nginx import Instance, Nginx
+from tests.helpers import API_KEY, GunicornInstance, wait_until
+from tests.test_deploy_nginx import Nginx
 
 pytestmark = pytest.mark.slow
 RATE = 300  # requests a second
@@ -95,7 +95,7 @@ class SteadyLoad:
 def test_hup_reloads_gunicorn_without_dropping_a_request(sandbox, tmp_path):
     # A new connection per request: the listening socket is all that persists.
     with (
-        Instance(sandbox.url, tmp_path / "gunicorn.log", workers=2) as server,
+        GunicornInstance(sandbox.url, tmp_path / "gunicorn.log", workers=2) as server,
         SteadyLoad(server.url, seconds=12, keepalive=False) as load,
     ):
         for at in (3, 7):
@@ -115,8 +115,8 @@ def test_hup_reloads_gunicorn_without_dropping_a_request(sandbox, tmp_path):
 def test_rolling_restart_behind_nginx_without_dropping_a_request(sandbox, redis_url, tmp_path):
     settings = {"workers": 1, "WALLET_PROXY_REDIS_URL": redis_url}
     with (
-        Instance(sandbox.url, tmp_path / "first.log", **settings) as first,
-        Instance(sandbox.url, tmp_path / "second.log", **settings) as second,
+        GunicornInstance(sandbox.url, tmp_path / "first.log", **settings) as first,
+        GunicornInstance(sandbox.url, tmp_path / "second.log", **settings) as second,
         Nginx(tmp_path, [first.address, second.address]) as front,
     ):
         # Braze keeps its connections to the front open between calls.
