@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
+from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 from wallet_proxy.serving import gunicorn_command
 
 API_KEY = "test-api-key-1"
@@ -116,61 +118,88 @@ class RedisServer:
         redis.Redis.from_url(self.url).flushall()
 
 
-class GunicornProcess:
-    """The service under real gunicorn (the packaged config, `wsgi:app`) on a free port; its
-    standard output and error go to files in `folder`, for the test to read."""
+class GunicornInstance:
+    """One instance of the service as deployed (gunicorn_command: the packaged config, the
+    installed app) on its own port, started and stopped as a process manager would.
+
+    Its standard error goes to `log`; its standard output (the request lines) to `out`, or
+    nowhere."""
 
     def __init__(
-        self, env: dict, folder: Path, *, workers: int = 2, options: tuple[str, ...] = ()
+        self,
+        sandbox_url: str,
+        log: Path | None = None,
+        workers: int = 2,
+        out: Path | None = None,
+        **settings: object,
     ):
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.address = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{self.address}"
+        self.workers = workers
+        self.log = log or Path(tempfile.mkdtemp()) / "gunicorn.log"
+        self.out = out
         self.env = {
             **{
                 k: v
                 for k, v in os.environ.items()
                 if not k.startswith(("SESSIONM_", "WALLET_PROXY_", "PROMETHEUS_"))
             },
+            "SESSIONM_CONNECT_URL": sandbox_url,
+            "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
+            "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
+            "WALLET_PROXY_API_KEYS": API_KEY,
             "WEB_CONCURRENCY": str(workers),
-            **{k: str(v) for k, v in env.items()},
+            **{k: str(v) for k, v in settings.items()},
         }
-        self.options = options
-        self.out_path, self.err_path = folder / "stdout.log", folder / "stderr.log"
-        self._files = contextlib.ExitStack()
 
-    def __enter__(self) -> GunicornProcess:
-        self.process = subprocess.Popen(
-            gunicorn_command(
-                bind=self.url.removeprefix("http://"), options=self.options, app="wsgi:app"
-            ),
-            cwd=Path(__file__).resolve().parent.parent,
-            env=self.env,
-            stdout=self._files.enter_context(self.out_path.open("wb")),
-            stderr=self._files.enter_context(self.err_path.open("wb")),
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or workers booting
-                pass
-            assert self.process.poll() is None, self.stderr()
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.05)
-        time.sleep(0.5)  # let every worker finish booting, so all of them take requests
+    def start(self) -> GunicornInstance:
+        with self.log.open("a") as log, contextlib.ExitStack() as files:
+            out = files.enter_context(self.out.open("a")) if self.out else subprocess.DEVNULL
+            self.process = subprocess.Popen(
+                gunicorn_command(bind=self.address, options=["--access-logfile", "/dev/null"]),
+                env=self.env,
+                stdout=out,
+                stderr=log,
+            )
+        try:
+            wait_until(self._serving, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _serving(self) -> bool:
+        """Answering, with every worker booted (so all of them take requests)."""
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        try:
+            requests.get(f"{self.url}/healthz", timeout=2).raise_for_status()
+        except requests.RequestException:
+            return False
+        return len(self.worker_pids()) == self.workers
+
+    def worker_pids(self) -> set[int]:
+        pid = self.process.pid
+        return {
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        }
+
+    def stop(self) -> None:
+        """SIGTERM, gunicorn's graceful stop; wait for it to exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+    def __enter__(self) -> GunicornInstance:
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-        self._files.close()
-
-    def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
+    def get(self, user_id: str, **params: str) -> requests.Response:
+        """A wallet, on a new connection each time so the kernel spreads them over workers."""
+        return requests.get(
+            f"{self.url}/v1/wallets/{user_id}",
+            params=params,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=10,
+        )

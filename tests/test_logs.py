@@ -16,7 +16,7 @@ import requests
 from click.testing import CliRunner
 from werkzeug.security import generate_password_hash
 
-from tests.helpers import API_KEY, OTHER_KEY, GunicornProcess
+from tests.helpers import API_KEY, OTHER_KEY, GunicornInstance
 from wallet_proxy import create_app
 from wallet_proxy.cli import main
 from wallet_proxy.logs import JsonLines, UserIds, json_handler
@@ -24,7 +24,6 @@ from wallet_proxy.sandbox import (
     DEMO_CONNECT_AUTH,
     DEMO_CORE_API_KEY,
     DEMO_CORE_API_SECRET,
-    DEMO_RETAILER_ID,
 )
 from wallet_proxy.services import services
 
@@ -188,11 +187,24 @@ SECRETS = {
 }
 
 
-def gunicorn_env(sandbox) -> dict:
+class Captured(GunicornInstance):
+    """The service under real gunicorn with every line it writes kept."""
+
+    def __init__(self, sandbox, folder):
+        super().__init__(
+            sandbox.url, log=folder / "stderr.log", out=folder / "stdout.log", **settings(sandbox)
+        )
+
+    def stdout(self) -> str:
+        assert self.out is not None
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+
+def settings(sandbox) -> dict:
     return {
-        "SESSIONM_CONNECT_URL": sandbox.url,
-        "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
-        "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
         "SESSIONM_CORE_URL": sandbox.url,
         "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
@@ -221,7 +233,7 @@ def raw_request(url: str, data: bytes) -> bytes:
 @pytest.mark.slow
 def test_no_line_can_be_forged(sandbox, tmp_path):
     forged = '127.0.0.1 "GET /v1/wallets/FORGED" 200'
-    with GunicornProcess(gunicorn_env(sandbox), tmp_path) as server:
+    with Captured(sandbox, tmp_path) as server:
         for encoded in ("%0a", "%0d", "%0d%0a", "%1b", "%00", "%7f", "%e2%80%a8"):
             path = f"/v1/wallets/x{encoded}{requests.utils.quote(forged)}"
             requests.get(server.url + path, headers=AUTH, timeout=5)
@@ -250,9 +262,8 @@ def test_no_line_can_be_forged(sandbox, tmp_path):
 @pytest.mark.slow
 def test_no_secret_and_no_user_id_in_any_line(sandbox, tmp_path):
     """The suite's kinds of requests against real gunicorn; then every line is searched."""
-    env = gunicorn_env(sandbox)
     user_ids = ["demo-alice", "demo-bob", "user-secret-1", "nobody-here", "tag-target-7"]
-    with GunicornProcess(env, tmp_path) as server:
+    with Captured(sandbox, tmp_path) as server:
         get = lambda path, **kw: requests.get(server.url + path, timeout=10, **kw)  # noqa: E731
         post = lambda path, **kw: requests.post(server.url + path, timeout=10, **kw)  # noqa: E731
         sent = [

@@ -19,9 +19,8 @@ import requests
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import API_KEY, GunicornProcess, free_port, wait_until
+from tests.helpers import API_KEY, GunicornInstance, free_port, wait_until
 from wallet_proxy import create_app
-from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-token-for-tests-0001"
@@ -228,15 +227,15 @@ def test_counters_add_up_across_gunicorn_workers(sandbox, tmp_path):
     metrics_dir.mkdir()
     leftover = metrics_dir / "counter_4242.db"  # a previous run's: must not count
     leftover.write_bytes(b"\0" * 16)
-    env = {
-        "SESSIONM_CONNECT_URL": sandbox.url,
-        "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
-        "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
-        "WALLET_PROXY_API_KEYS": API_KEY,
-        "WALLET_PROXY_METRICS_TOKEN": TOKEN,
-        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
-    }
-    with GunicornProcess(env, tmp_path, workers=3) as server:
+    out = tmp_path / "stdout.log"
+    with GunicornInstance(
+        sandbox.url,
+        log=tmp_path / "stderr.log",
+        out=out,
+        workers=3,
+        WALLET_PROXY_METRICS_TOKEN=TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=metrics_dir,
+    ) as server:
         assert not leftover.exists()
 
         def get(i: int) -> requests.Response:
@@ -248,7 +247,7 @@ def test_counters_add_up_across_gunicorn_workers(sandbox, tmp_path):
             responses = list(pool.map(get, range(60)))
         assert [r.status_code for r in responses] == [200] * 60
 
-        lines = [json.loads(line) for line in server.stdout().splitlines()]
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
         by_worker: dict[int, int] = {}
         for line in lines:
             by_worker[line["pid"]] = by_worker.get(line["pid"], 0) + 1
