@@ -108,8 +108,16 @@ def redis_process():
 
 
 @contextmanager
-def gunicorn(app: str, *, workers: int, threads: int, worker_class: str = "gthread", **env):
-    """gunicorn with the packaged config, overriding only the worker model."""
+def gunicorn(
+    app: str,
+    *,
+    workers: int,
+    threads: int,
+    worker_class: str = "gthread",
+    options: tuple[str, ...] = (),
+    **env,
+):
+    """gunicorn with the packaged config, overriding the worker model and any `options`."""
     port = free_port()
     environment = {
         **os.environ,
@@ -124,12 +132,14 @@ def gunicorn(app: str, *, workers: int, threads: int, worker_class: str = "gthre
             options=[
                 *("--workers", str(workers), "--threads", str(threads)),
                 *("--worker-class", worker_class),
-                *("--access-logfile", "/dev/null", "--log-level", "warning"),
+                *("--log-level", "warning"),
+                *options,
             ],
             app=app,
         ),
         cwd=ROOT,
         env=environment,
+        stdout=subprocess.DEVNULL,  # the request lines (wallet_proxy/request_log.py)
     )
     url = f"http://127.0.0.1:{port}"
     try:

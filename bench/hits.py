@@ -1,7 +1,10 @@
 """Benchmark 1: cache hits per second through gunicorn, against a bare Flask view
-returning the same bytes under the same gunicorn settings (goal: ratio >= 0.9).
+returning the same bytes under the same gunicorn settings and carrying the same request
+log (goal: ratio >= 0.9). Two more rows show what logging costs: the bare view with
+gunicorn's text access log instead (what the service used before its request line),
+and with no log at all.
 
-    python bench/hits.py [--seconds 5] [--rounds 3] [--connections 32]
+    python bench/hits.py [--seconds 5] [--rounds 3] [--connections 32] [--threads 64]
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ import tempfile
 
 import requests
 from common import AUTH_HEADER, gunicorn, sandbox_process, table, wrk
+
+PROXY = "wallet-proxy (cache hit), request line"
+BARE = "bare Flask, same bytes, request line"
+BARE_TEXT_LOG = "bare Flask, same bytes, gunicorn's text access log"
+BARE_NO_LOG = "bare Flask, same bytes, no log"
+# The access log format the service used before its request line.
+ACCESS_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
 
 
 def main() -> None:
@@ -26,40 +36,59 @@ def main() -> None:
     model = {"workers": args.workers, "threads": args.threads, "worker_class": args.worker_class}
 
     with sandbox_process() as sessionm, tempfile.NamedTemporaryFile(suffix=".json") as body:
-        proxy_env = {"SESSIONM_CONNECT_URL": sessionm, "WALLET_PROXY_CACHE_TTL": 3600}
-        with (
-            gunicorn("wsgi:app", **model, **proxy_env) as proxy,
-            gunicorn(
-                "bench.bare_app:app", **model, **proxy_env, BENCH_BODY_FILE=body.name
-            ) as bare,
-        ):
-            path = "/v1/wallets/demo-alice"
-            name, _, value = AUTH_HEADER.partition(": ")
+        proxy_env = {
+            "SESSIONM_CONNECT_URL": sessionm,
+            "WALLET_PROXY_CACHE_TTL": 3600,
+            "WALLET_PROXY_LOG_HASH_KEY": "bench-log-hash-key-0001",
+        }
+        bare_env = {**proxy_env, "BENCH_BODY_FILE": body.name}
+        path = "/v1/wallets/demo-alice"
+        name, _, value = AUTH_HEADER.partition(": ")
+        with gunicorn("wsgi:app", **model, **proxy_env) as proxy:
             first = requests.get(proxy + path, headers={name: value}, timeout=5)
             first.raise_for_status()
+            # Written before the bare servers start: their workers read it when they boot.
             body.write(first.content)
             body.flush()
-            for url in (proxy, bare):  # both warm: caches filled, connections open
-                wrk(url + path, connections=args.connections, seconds=1)
-            rates = {"wallet-proxy (cache hit)": [], "bare Flask, same bytes": []}
-            results = {}
-            for _ in range(args.rounds):
-                for label, url in zip(rates, (proxy, bare), strict=True):
-                    result = wrk(url + path, connections=args.connections, seconds=args.seconds)
-                    assert result["non2xx"] == 0 and result["errors"] == 0, result
-                    rates[label].append(result["rate"])
-                    results[label] = result
-            hit = requests.get(proxy + path, headers={name: value}, timeout=5)
-            assert hit.headers["X-Cache"] == "HIT" and hit.content == first.content
+            unlogged_env = {**bare_env, "BENCH_REQUEST_LOG": "off"}
+            access_log = ("--logger-class", "gunicorn.glogging.Logger")
+            access_log += ("--access-logfile", "/dev/null", "--access-logformat", ACCESS_FORMAT)
+            with (
+                gunicorn("bench.bare_app:app", **model, **bare_env) as bare,
+                gunicorn(
+                    "bench.bare_app:app", **model, **unlogged_env, options=access_log
+                ) as text_logged,
+                gunicorn("bench.bare_app:app", **model, **unlogged_env) as unlogged,
+            ):
+                for url in (bare, text_logged, unlogged):
+                    assert requests.get(url + path, timeout=5).content == first.content
+                servers = {
+                    PROXY: proxy,
+                    BARE: bare,
+                    BARE_TEXT_LOG: text_logged,
+                    BARE_NO_LOG: unlogged,
+                }
+                for url in servers.values():  # all warm: caches filled, connections open
+                    wrk(url + path, connections=args.connections, seconds=1)
+                rates: dict[str, list[float]] = {label: [] for label in servers}
+                results = {}
+                for _ in range(args.rounds):
+                    for label, url in servers.items():
+                        result = wrk(
+                            url + path, connections=args.connections, seconds=args.seconds
+                        )
+                        assert result["non2xx"] == 0 and result["errors"] == 0, result
+                        rates[label].append(result["rate"])
+                        results[label] = result
+                hit = requests.get(proxy + path, headers={name: value}, timeout=5)
+                assert hit.headers["X-Cache"] == "HIT" and hit.content == first.content
 
     rows = []
     for label, values in rates.items():
         rows.append(
             [label, statistics.median(values), min(values), max(values), results[label]["p99_ms"]]
         )
-    ratio = statistics.median(rates["wallet-proxy (cache hit)"]) / statistics.median(
-        rates["bare Flask, same bytes"]
-    )
+    median = {label: statistics.median(values) for label, values in rates.items()}
     print(
         table(
             f"Cache hits: {args.workers} {args.worker_class} workers x {args.threads} threads, "
@@ -68,7 +97,12 @@ def main() -> None:
             rows,
         )
     )
-    print(f"ratio wallet-proxy / bare Flask: {ratio:.2f} (goal >= 0.90)")
+    print(f"ratio wallet-proxy / bare Flask: {median[PROXY] / median[BARE]:.2f} (goal >= 0.90)")
+    print(
+        f"bare Flask, request line / gunicorn's access log: "
+        f"{median[BARE] / median[BARE_TEXT_LOG]:.2f}; request line / no log: "
+        f"{median[BARE] / median[BARE_NO_LOG]:.2f}"
+    )
 
 
 if __name__ == "__main__":
