@@ -5,7 +5,7 @@ concurrent distinct users: the share of answers out within WALLET_PROXY_DEADLINE
 "Within the deadline" is measured at the client, allowing 100 ms for the loopback
 trip and gunicorn's own accept and parse; the share within Braze's 2 s is shown too.
 
-    python bench/hang.py [--requests 384] [--deadline 1.5]
+    python bench/hang.py [--requests 384] [--deadline 1.5] [--workers 2] [--threads 64]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--deadline", type=float, default=1.5)
     parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     cases = [
         ("healthy, 100 ms (baseline)", {"latency": 0.1}),
@@ -40,7 +41,7 @@ def main() -> None:
             sandbox_configure(sessionm, **{"hang": False, "trickle": 0, "latency": 0, **knobs})
             with gunicorn(
                 "wsgi:app",
-                workers=2,
+                workers=args.workers,
                 threads=args.threads,
                 SESSIONM_CONNECT_URL=sessionm,
                 WALLET_PROXY_DEADLINE=args.deadline,
@@ -71,7 +72,7 @@ def main() -> None:
     print(
         table(
             f"SessionM misbehaving: {args.connections} concurrent distinct users, deadline "
-            f"{args.deadline:g} s, 2 gthread workers x {args.threads} threads",
+            f"{args.deadline:g} s, {args.workers} gthread workers x {args.threads} threads",
             [
                 "SessionM",
                 "requests",
