@@ -2,7 +2,8 @@
 returning the same bytes under the same gunicorn settings and carrying the same request
 log (goal: ratio >= 0.9). Two more rows show what logging costs: the bare view with
 gunicorn's text access log instead (what the service used before its request line),
-and with no log at all.
+and with no log at all. Each row also shows the servers' CPU time per answer, which other
+processes on a shared machine move far less than they move answers per second.
 
     python bench/hits.py [--seconds 5] [--rounds 3] [--connections 32] [--threads 64]
 """
@@ -10,8 +11,10 @@ and with no log at all.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
+from pathlib import Path
 
 import requests
 from common import AUTH_HEADER, gunicorn, sandbox_process, table, wrk
@@ -71,14 +74,17 @@ def main() -> None:
                 for url in servers.values():  # all warm: caches filled, connections open
                     wrk(url + path, connections=args.connections, seconds=1)
                 rates: dict[str, list[float]] = {label: [] for label in servers}
+                cpu: dict[str, list[float]] = {label: [] for label in servers}
                 results = {}
                 for _ in range(args.rounds):
                     for label, url in servers.items():
+                        before = cpu_seconds(url)
                         result = wrk(
                             url + path, connections=args.connections, seconds=args.seconds
                         )
                         assert result["non2xx"] == 0 and result["errors"] == 0, result
                         rates[label].append(result["rate"])
+                        cpu[label].append((cpu_seconds(url) - before) / result["requests"] * 1e6)
                         results[label] = result
                 hit = requests.get(proxy + path, headers={name: value}, timeout=5)
                 # Each worker has its own cache and fetch time (`fetched_at`): same size only.
@@ -87,23 +93,51 @@ def main() -> None:
     rows = []
     for label, values in rates.items():
         rows.append(
-            [label, statistics.median(values), min(values), max(values), results[label]["p99_ms"]]
+            [
+                label,
+                statistics.median(values),
+                min(values),
+                max(values),
+                results[label]["p99_ms"],
+                statistics.median(cpu[label]),
+            ]
         )
     median = {label: statistics.median(values) for label, values in rates.items()}
+    per_answer = {label: statistics.median(values) for label, values in cpu.items()}
     print(
         table(
             f"Cache hits: {args.workers} {args.worker_class} workers x {args.threads} threads, "
             f"{args.connections} connections, {args.rounds} rounds of {args.seconds:g}s",
-            ["server", "median req/s", "min", "max", "p99 ms (last round)"],
+            ["server", "median req/s", "min", "max", "p99 ms (last round)", "CPU us/answer"],
             rows,
         )
     )
     print(f"ratio wallet-proxy / bare Flask: {median[PROXY] / median[BARE]:.2f} (goal >= 0.90)")
-    print(
-        f"bare Flask, request line / gunicorn's access log: "
-        f"{median[BARE] / median[BARE_TEXT_LOG]:.2f}; request line / no log: "
-        f"{median[BARE] / median[BARE_NO_LOG]:.2f}"
-    )
+    print(f"  by CPU per answer (bare / wallet-proxy): {per_answer[BARE] / per_answer[PROXY]:.2f}")
+    for other, name in ((BARE_TEXT_LOG, "gunicorn's access log"), (BARE_NO_LOG, "no log")):
+        print(
+            f"bare Flask, request line / {name}: {median[BARE] / median[other]:.2f} "
+            f"(by CPU per answer {per_answer[other] / per_answer[BARE]:.2f})"
+        )
+
+
+def cpu_seconds(url: str) -> float:
+    """CPU time used so far by the gunicorn serving `url` (master and workers, found by their
+    command line). On a shared machine, CPU per answer moves far less with other processes'
+    load than answers per second do."""
+    bind = b"--bind\0" + url.removeprefix("http://").encode() + b"\0"
+    ticks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if bind not in (proc / "cmdline").read_bytes():
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
