@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import socket
 import uuid
@@ -14,10 +15,11 @@ import uuid
 import pytest
 import requests
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 from werkzeug.security import generate_password_hash
 
 from tests.helpers import API_KEY, OTHER_KEY, GunicornInstance
-from wallet_proxy import create_app
+from wallet_proxy import create_app, request_log
 from wallet_proxy.cli import main
 from wallet_proxy.logs import JsonLines, UserIds, json_handler
 from wallet_proxy.sandbox import (
@@ -38,12 +40,18 @@ def request_lines(captured: str) -> list[dict]:
     return [line for line in lines if line.get("logger") == "wallet_proxy.request"]
 
 
+def written(capfd) -> str:
+    """Standard output so far, queued request lines included."""
+    request_log.flush_all()
+    return capfd.readouterr().out
+
+
 def test_one_json_line_per_request(client, capfd):
-    capfd.readouterr()
+    written(capfd)
     first = client.get("/v1/wallets/demo-alice?limit=1", headers=AUTH)
     second = client.get("/v1/wallets/demo-alice?limit=1", headers=AUTH)
     refused = client.get("/v1/wallets/demo-alice")
-    miss, hit, unauthorized = request_lines(capfd.readouterr().out)
+    miss, hit, unauthorized = request_lines(written(capfd))
 
     assert miss["cache"] == "miss" and miss["sessionm_calls"] == 1
     assert hit["cache"] == "hit" and hit["sessionm_calls"] == 0
@@ -62,9 +70,9 @@ def test_one_json_line_per_request(client, capfd):
 
 
 def test_unmatched_paths_are_not_logged(client, capfd):
-    capfd.readouterr()
+    written(capfd)
     client.get("/no/such/secret-looking-path", headers=AUTH)
-    output = capfd.readouterr().out
+    output = written(capfd)
     (line,) = request_lines(output)
     assert (line["route"], line["status"]) == ("unmatched", 404)
     assert "secret-looking" not in output
@@ -74,23 +82,23 @@ def test_unmatched_paths_are_not_logged(client, capfd):
 def test_a_valid_request_id_is_kept(client, capfd, given):
     response = client.get("/healthz", headers={"X-Request-ID": given})
     assert response.headers["X-Request-ID"] == given
-    assert request_lines(capfd.readouterr().out)[-1]["request_id"] == given
+    assert request_lines(written(capfd))[-1]["request_id"] == given
 
 
 @pytest.mark.parametrize("given", ["", "a" * 129, "a b", "ünï", 'x"y', "a\tb", "x;y"])
 def test_an_odd_request_id_is_replaced(client, capfd, given):
     response = client.get("/healthz", headers={"X-Request-ID": given})
     assert OUR_ID_RE.match(response.headers["X-Request-ID"])
-    assert request_lines(capfd.readouterr().out)[-1]["request_id"] != given
+    assert request_lines(written(capfd))[-1]["request_id"] != given
 
 
 def test_user_ids_are_hmacs_that_log_id_computes(env, clock, capfd):
     app = create_app(
         {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY}
     )
-    capfd.readouterr()
+    written(capfd)
     app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
-    output = capfd.readouterr().out
+    output = written(capfd)
     (line,) = request_lines(output)
     assert "demo-alice" not in output
     result = CliRunner().invoke(
@@ -103,9 +111,9 @@ def test_user_ids_are_hmacs_that_log_id_computes(env, clock, capfd):
 
 def test_user_ids_as_they_are_when_asked(env, clock, capfd):
     app = create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_USER_IDS": "true"})
-    capfd.readouterr()
+    written(capfd)
     app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
-    (line,) = request_lines(capfd.readouterr().out)
+    (line,) = request_lines(written(capfd))
     assert line["user"] == "demo-alice"
 
 
@@ -134,6 +142,39 @@ def test_log_id_needs_the_key():
         main, ["log-id", "demo-alice"], env={**unset, "WALLET_PROXY_LOG_USER_IDS": "true"}
     )
     assert (plain.exit_code, plain.output.strip()) == (0, "demo-alice")
+
+
+def answered(n: int) -> request_log.Answered:
+    return request_log.Answered(0.0, f"id-{n}", "GET", "/healthz", 200, 0.001, None, 0, 15, None)
+
+
+def test_lines_are_written_whole_and_at_most_a_pipe_buffer_at_a_time():
+    """On a pipe, a write of at most PIPE_BUF bytes can't be split by another worker's."""
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (n, b"x" * (n * 37 % 300)) for n in range(200)]
+    lines.insert(100, b"y" * 5000 + b"\n")  # longer than a pipe buffer: alone
+    chunks = list(request_log.line_chunks(b"".join(lines)))
+    assert b"".join(chunks) == b"".join(lines)
+    assert len(chunks) < len(lines) / 5
+    for chunk in chunks:
+        assert chunk.endswith(b"\n")
+        assert len(chunk) <= request_log.PIPE_BUF or chunk.count(b"\n") == 1
+
+
+def test_output_that_blocks_drops_lines_rather_than_piling_them_up(monkeypatch):
+    monkeypatch.setattr(request_log, "QUEUE_LIMIT", 3)
+    read, write = os.pipe()
+    log = request_log.RequestLog(write, UserIds(None))
+    request_log._logs.discard(log)  # flushed by this test only
+    dropped = "wallet_proxy_log_lines_dropped_total"
+    before = REGISTRY.get_sample_value(dropped)
+    for n in range(5):
+        log.add(answered(n))
+    assert REGISTRY.get_sample_value(dropped) == before + 2
+    log.flush()
+    written = os.read(read, 65536).decode().splitlines()
+    assert [json.loads(line)["request_id"] for line in written] == ["id-0", "id-1", "id-2"]
+    os.close(read)
+    os.close(write)
 
 
 def test_control_characters_are_escaped():

@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Literal, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from prometheus_client import (
     REGISTRY,
@@ -34,11 +34,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import tally
 from .errors import WalletProxyError
+from .tally import CacheResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CacheResult = Literal["hit", "stale", "negative", "miss"]
 CACHE_RESULTS: tuple[CacheResult, ...] = ("hit", "stale", "negative", "miss")
 BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -92,13 +92,19 @@ REDIS_ERRORS = Counter(
     "Failed calls to the shared Redis cache (answers then come from the worker's own cache).",
 )
 
+LOG_LINES_DROPPED = Counter(
+    "wallet_proxy_log_lines_dropped",
+    "Request lines dropped because standard output did not take them fast enough.",
+)
+
 _cache_children = {result: CACHE.labels(result) for result in CACHE_RESULTS}
 # Resolved once per (route, status): `labels()` costs more than the increment itself.
 _answer_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
 
-def answered(route: str, status: int, seconds: float) -> None:
-    """One answer sent; `route` is the URL rule's pattern (a bounded set), never the path."""
+def answered(route: str, status: int, seconds: float, cache: CacheResult | None) -> None:
+    """One answer sent (request_log.py calls this off the request's thread); `route` is the
+    URL rule's pattern (a bounded set), never the path; `cache` what its lookup found."""
     children = _answer_children.get((route, status))
     if children is None:
         children = _answer_children.setdefault(
@@ -107,13 +113,17 @@ def answered(route: str, status: int, seconds: float) -> None:
         )
     children[0].inc()
     children[1].observe(seconds)
+    if cache is not None:
+        _cache_children[cache].inc()
 
 
 def cache_result(result: CacheResult) -> None:
-    """What one wallet lookup found in the cache."""
-    _cache_children[result].inc()
+    """What one wallet lookup found in the cache. During a request, it is counted with the
+    request's answer (`answered`), off the request's thread: this is on every cache hit."""
     current = tally.current()
-    if current is not None:
+    if current is None:
+        _cache_children[result].inc()
+    else:
         current.cache = result
 
 
@@ -165,6 +175,10 @@ def waiting_for_flight() -> InprogressTracker:
 
 def redis_error() -> None:
     REDIS_ERRORS.inc()
+
+
+def log_line_dropped() -> None:
+    LOG_LINES_DROPPED.inc()
 
 
 def exposition() -> bytes:

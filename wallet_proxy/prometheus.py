@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import metrics
+from . import metrics, request_log
 from .auth import key_matches, presented_key
 from .errors import Unauthorized
 from .services import services
@@ -25,4 +25,5 @@ def scrape() -> Response:
         abort(404)
     if not key_matches(presented_key(request), (token,)):  # constant time
         raise Unauthorized("A valid metrics token is required.")
+    request_log.flush_all()  # this worker's latest answers are counted too
     return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -12,17 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+CacheResult = Literal["hit", "stale", "negative", "miss"]
 
 
 @dataclass(slots=True)
 class Tally:
     request_id: str
     started: float  # time.perf_counter() when the request was read
-    cache: str | None = None  # hit, stale, negative or miss; None: no wallet looked up
+    cache: CacheResult | None = None  # None: no wallet looked up
     sessionm_calls: int = 0
 
 
