@@ -38,6 +38,7 @@ class Gunicorn:
             "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
             "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
             "WALLET_PROXY_API_KEYS": API_KEY,
+            "WALLET_PROXY_SESSIONM_RATE": "0",  # no budget: these tests count other limits
             "WEB_CONCURRENCY": str(workers),
             **{k: str(v) for k, v in settings.items()},
         }

@@ -55,6 +55,7 @@ def core_env(core) -> dict:
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
         "WALLET_PROXY_API_KEYS": API_KEY,
+        "WALLET_PROXY_SESSIONM_CORE_RATE": "0",  # no budget here: tests/test_budget.py has it
         "SESSIONM_CORE_URL": core.url,
         "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,

@@ -47,6 +47,11 @@ class Settings:
     sessionm_core_url: str | None = None
     sessionm_core_api_key: str | None = field(default=None, repr=False)
     sessionm_core_api_secret: str | None = field(default=None, repr=False)
+    sessionm_rate: float = 50.0  # requests/s to Connect for the whole fleet; 0: no budget
+    sessionm_core_rate: float = 50.0  # the same for Core (tags relay and tags import)
+    bulk_share: float = 0.8  # warm and tags import: at most this share of a budget
+    refresh_share: float = 0.5  # background refreshes of stale entries: at most this share
+    fleet_size: int | None = None  # processes sharing the budget when Redis can't say
 
     @property
     def core_configured(self) -> bool:
@@ -76,6 +81,11 @@ class Settings:
             sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
+            sessionm_rate=read.per_second("WALLET_PROXY_SESSIONM_RATE", 50),
+            sessionm_core_rate=read.per_second("WALLET_PROXY_SESSIONM_CORE_RATE", 50),
+            bulk_share=read.share("WALLET_PROXY_SESSIONM_BULK_SHARE", 0.8),
+            refresh_share=read.share("WALLET_PROXY_SESSIONM_REFRESH_SHARE", 0.5),
+            fleet_size=read.optional_integer("WALLET_PROXY_FLEET_SIZE", 1, 10_000),
         )
         settings._check_combinations()
         return settings
@@ -188,6 +198,33 @@ class _Reader:
         if not low <= number <= high:
             raise ConfigError(name, f"must be between {low} and {high}")
         return number
+
+    def per_second(self, name: str, default: float, high: float = 100_000) -> float:
+        value = self.raw(name)
+        if value is None:
+            return float(default)
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not 0 <= number <= high:
+            raise ConfigError(name, f"must be requests per second, 0 (no limit) to {high:g}")
+        return number
+
+    def share(self, name: str, default: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not 0.05 <= number <= 1:
+            raise ConfigError(name, "must be a share of the budget between 0.05 and 1")
+        return number
+
+    def optional_integer(self, name: str, low: int, high: int) -> int | None:
+        return None if self.raw(name) is None else self.integer(name, low, low, high)
 
     def staff_users(self, name: str) -> dict[str, str]:
         value = self.raw(name)

@@ -15,6 +15,11 @@ does; the flight itself may run on (to WALLET_PROXY_UPSTREAM_TIMEOUT) so a slow
 answer still fills the cache for Braze's next render. The flight first takes
 that key's lock from the cache: Redis grants it to one process, which fetches
 while the others wait for its result; the in-process cache always grants it.
+
+Each SessionM request asks the fleet's budget (budget.py) with the flight's
+priority: a render waits for room until its deadline, a background refresh goes
+only if there is room now (else it is skipped and the stale copy stays), and
+`warm` takes the bulk share, storing entries fresh for as long as it was told.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from .budget import UNLIMITED, Budget, Claim, Priority
 from .cache import Entry, WalletCache, WalletKey
 from .errors import UpstreamBusy, UpstreamError, UpstreamTimeout, UserNotFound, WalletProxyError
 from .sessionm import ConnectClient
@@ -44,6 +50,7 @@ SEND_MARGIN = 0.1
 JITTER = 0.1  # fresh lifetimes vary by up to 10 %, so a campaign's users don't expire together
 ERROR_TTL = 1.0  # seconds a failure stays visible to other processes waiting on the same key
 POLL_INTERVAL = 0.25  # safety net under pub/sub wake-ups, bounded by the deadline anyway
+BULK_PATIENCE = 10.0  # seconds a warm-up fetch waits for budget before it counts as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,8 @@ class _Request:
     slot_until: float | None  # a `timer()` instant to wait for a SessionM slot; None: don't
     fetch_by: float  # a `timer()` instant the SessionM call must end by
     since: float  # Unix time the flight was asked for
+    priority: Priority = Priority.WAITING  # its standing for the SessionM budget
+    fresh_for: float | None = None  # seconds the entry stays fresh; None: the cache TTL
 
 
 class _Flight:
@@ -110,8 +119,10 @@ class WalletService:
         clock: Callable[[], datetime],
         rng: Callable[[], float] = random.random,
         timer: Callable[[], float] = time.monotonic,
+        budget: Budget = UNLIMITED,
     ):
         self.client = client
+        self.budget = budget  # SessionM Connect's, also the client's for further pages
         self.cache = cache
         self.guard = guard
         self.retailer_id = retailer_id
@@ -141,7 +152,9 @@ class WalletService:
             if cached.is_fresh(self._now()):
                 return _lookup(cached, HIT)
             if cached.wallet is not None:
-                self._flight(self._request(key, slot_until=None, refresh=False))
+                self._flight(
+                    self._request(key, slot_until=None, refresh=False, priority=Priority.REFRESH)
+                )
                 return Lookup(cached.wallet, STALE)
         stale = cached.wallet if cached is not None else None
         answer_by = started + self.deadline - min(SEND_MARGIN, self.deadline / 10)
@@ -157,7 +170,45 @@ class WalletService:
             return Lookup(stale, STALE)
         raise copy.copy(error)  # a copy: other threads raise the same failure
 
-    def _request(self, key: WalletKey, *, slot_until: float | None, refresh: bool) -> _Request:
+    def freshness_left(self, user_id: str, culture: str) -> float:
+        """Seconds the cached wallet stays fresh from now; 0 when none is."""
+        cached = self.cache.get(self.key(user_id, culture))
+        return 0.0 if cached is None else max(0.0, cached.fresh_until - self._now())
+
+    def warm(self, user_id: str, culture: str, *, fresh_for: float) -> Lookup:
+        """Fetch the wallet at the budget's bulk share and keep it fresh for `fresh_for`
+        seconds.
+
+        No jitter on these lifetimes: entries expire at the pace they were warmed, which
+        the budget already spreads.
+        """
+        key = self.key(user_id, culture)
+        slot_until = self.timer() + BULK_PATIENCE
+        request = _Request(
+            key,
+            refresh=True,
+            slot_until=slot_until,
+            fetch_by=slot_until + self.upstream_timeout,
+            since=self._now(),
+            priority=Priority.BULK,
+            fresh_for=fresh_for,
+        )
+        flight = self._flight(request)
+        if not flight.done.wait(max(0.0, request.fetch_by - self.timer()) + 1):
+            raise flight.timed_out()
+        if flight.error is not None:
+            raise copy.copy(flight.error)
+        assert flight.entry is not None  # a flight ends with an entry or an error
+        return _lookup(flight.entry, MISS)
+
+    def _request(
+        self,
+        key: WalletKey,
+        *,
+        slot_until: float | None,
+        refresh: bool,
+        priority: Priority = Priority.WAITING,
+    ) -> _Request:
         """`slot_until` None: a background refresh, which never waits for a slot."""
         return _Request(
             key,
@@ -165,6 +216,7 @@ class WalletService:
             slot_until=slot_until,
             fetch_by=self.timer() + self.upstream_timeout,
             since=self._now(),
+            priority=priority,
         )
 
     def _flight(self, request: _Request) -> _Flight:
@@ -212,7 +264,8 @@ class WalletService:
         entry = self._landed(request)
         if entry is not None:
             return entry
-        while (token := self.cache.lock(request.key, lease=self.upstream_timeout + 1)) is None:
+        lease = request.fetch_by - self.timer() + 1  # the whole call, budget wait included
+        while (token := self.cache.lock(request.key, lease=lease)) is None:
             flight.calling = True  # another process's call is under way
             entry = self._await_other_process(request)
             if entry is not None:
@@ -250,13 +303,17 @@ class WalletService:
 
     def _fetch(self, flight: _Flight) -> Entry:
         request = flight.request
+        claim = Claim(request.priority, request.slot_until)
 
         def call() -> Wallet:
             flight.calling = True
             return self.client.fetch_wallet(
-                request.key.user_id, request.key.culture, deadline=request.fetch_by
+                request.key.user_id, request.key.culture, deadline=request.fetch_by, claim=claim
             )
 
+        # The budget comes first: waiting for it holds no concurrency slot, and a refusal
+        # (UpstreamBusy, with the queue's Retry-After) never reaches the breaker.
+        self.budget.acquire(claim)
         try:
             wallet = self.guard.call(call, wait_until=request.slot_until)
         except UserNotFound:
@@ -264,7 +321,10 @@ class WalletService:
             entry = Entry(None, now, now + self.negative_ttl, now + self.negative_ttl)
         else:
             now = self._now()
-            fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
+            if request.fresh_for is not None:
+                fresh_until = now + request.fresh_for
+            else:
+                fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
             entry = Entry(wallet, now, fresh_until, fresh_until + self.stale_ttl)
         self.cache.put(request.key, entry)
         return entry

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import redis
 
     from .answers import AnswerMemo
+    from .budget import Budget
     from .config import Settings
     from .idempotency import Idempotency
     from .service import WalletService
@@ -45,6 +46,8 @@ class Services:
     answers: AnswerMemo
     redis: redis.Redis | None
     core: CoreClient | None  # None: SessionM Core is not configured
+    connect_budget: Budget  # requests/s to SessionM Connect, for the whole fleet
+    core_budget: Budget  # the same for Core
     idempotency: Idempotency
     login_throttle: LoginThrottle
 
@@ -56,6 +59,7 @@ def services(app: Flask | None = None) -> Services:
 
 def core_client(
     settings: Settings,
+    budget: Budget,
     *,
     pool_size: int | None = None,
     connect_timeout: float | None = None,
@@ -82,7 +86,40 @@ def core_client(
         session=pooled_session(pool_size or settings.upstream_concurrency),
         connect_timeout=connect_timeout or connect_timeout_for(settings.deadline),
         read_timeout=read_timeout or settings.deadline,
+        budget=budget,
     )
+
+
+def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Budget, Budget]:
+    """(Connect's, Core's) request budgets: for the fleet in Redis, else per process."""
+    from .budget import UNLIMITED, Fleet, LocalBudget, Priority, SharedBudget
+
+    shares = {
+        Priority.WAITING: 1.0,
+        Priority.BULK: settings.bulk_share,
+        Priority.REFRESH: settings.refresh_share,
+    }
+    rates = {"connect": settings.sessionm_rate, "core": settings.sessionm_core_rate}
+    if shared is None:
+        if settings.sessionm_rate:
+            log.warning(
+                "WALLET_PROXY_SESSIONM_RATE is per process without WALLET_PROXY_REDIS_URL: "
+                "each process may send %g requests/s to SessionM (rate / "
+                "WALLET_PROXY_FLEET_SIZE)",
+                settings.sessionm_rate / (settings.fleet_size or 1),
+            )
+        per_process = {
+            name: LocalBudget(rate / (settings.fleet_size or 1), shares) if rate else UNLIMITED
+            for name, rate in rates.items()
+        }
+        return per_process["connect"], per_process["core"]
+    fleet = Fleet(shared, configured=settings.fleet_size)
+    fleet.touch()
+    fleetwide = {
+        name: SharedBudget(shared, name, rate, shares, fleet) if rate else UNLIMITED
+        for name, rate in rates.items()
+    }
+    return fleetwide["connect"], fleetwide["core"]
 
 
 def build_services(settings: Settings, clock: Clock) -> Services:
@@ -102,11 +139,12 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     shared = redis_client(settings)
     if shared is not None:
         cache = RedisCache(shared, fallback=memory, unix_time=unix_time)
+    connect_budget, core_budget = sessionm_budgets(settings, shared)
     breaker = CircuitBreaker(
         threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown
     )
     wallet_service = WalletService(
-        client=connect_client(settings, clock),
+        client=connect_client(settings, clock, connect_budget),
         cache=cache,
         guard=UpstreamGuard(concurrency=settings.upstream_concurrency, breaker=breaker),
         retailer_id=settings.sessionm_retailer_id,
@@ -116,6 +154,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
         stale_ttl=settings.stale_ttl,
         negative_ttl=settings.negative_ttl,
         clock=clock,
+        budget=connect_budget,
     )
     if shared is None and settings.core_configured:
         log.warning(
@@ -128,7 +167,9 @@ def build_services(settings: Settings, clock: Clock) -> Services:
         wallet_service=wallet_service,
         answers=AnswerMemo(),
         redis=shared,
-        core=core_client(settings),
+        core=core_client(settings, core_budget),
+        connect_budget=connect_budget,
+        core_budget=core_budget,
         idempotency=Idempotency(
             RedisStore(shared) if shared is not None else MemoryStore(),
             lease=settings.deadline + LEASE_MARGIN,
@@ -152,7 +193,7 @@ def redis_client(settings: Settings) -> redis.Redis | None:
     )
 
 
-def connect_client(settings: Settings, clock: Clock) -> ConnectClient:
+def connect_client(settings: Settings, clock: Clock, budget: Budget) -> ConnectClient:
     """The SessionM Connect client (get_user_offers) the wallet service calls."""
     from .sessionm import ConnectClient, connect_timeout_for, pooled_session
 
@@ -164,4 +205,5 @@ def connect_client(settings: Settings, clock: Clock) -> ConnectClient:
         connect_timeout=connect_timeout_for(settings.deadline),
         read_timeout=settings.upstream_timeout,
         clock=clock,
+        budget=budget,
     )

@@ -18,6 +18,7 @@ import urllib3
 from marshmallow import ValidationError
 from requests.adapters import HTTPAdapter
 
+from .budget import NO_WAIT, UNLIMITED, Budget, Claim
 from .errors import (
     InvalidUpstreamPayload,
     UpstreamConnectRefused,
@@ -65,13 +66,21 @@ class Transport:
 
     Shared by every SessionM client (Connect offers, Core tags): timeouts cut to
     what is left of the deadline, the 5 MB cap, one retry of a refused connect,
-    and requests' exceptions turned into our error tree.
+    requests' exceptions turned into our error tree, and SessionM's 429 passed on
+    to the request budget, which pauses the whole fleet.
     """
 
-    def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float):
+    def __init__(
+        self,
+        session: requests.Session,
+        connect_timeout: float,
+        read_timeout: float,
+        budget: Budget = UNLIMITED,
+    ):
         self.session = session
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.budget = budget
 
     def post(
         self, url: str, body: dict, headers: dict, deadline: float, *, auth=None
@@ -86,6 +95,8 @@ class Transport:
                 with self.session.post(
                     url, json=body, headers=headers, auth=auth, timeout=timeout, stream=True
                 ) as response:
+                    if response.status_code == 429:  # every process holds back, not just us
+                        self.budget.pause(retry_after_seconds(response.headers.get("Retry-After")))
                     return response.status_code, response.headers, read_capped(response, deadline)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 error = _our_error(exc)
@@ -134,10 +145,11 @@ class ConnectClient:
         connect_timeout: float,
         read_timeout: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        budget: Budget = UNLIMITED,
     ):
         self.url = base_url.rstrip("/") + GET_USER_OFFERS
         self.retailer_id = retailer_id
-        self.transport = Transport(session, connect_timeout, read_timeout)
+        self.transport = Transport(session, connect_timeout, read_timeout, budget)
         self.clock = clock
         self._headers = {
             "Content-Type": "application/json",
@@ -145,10 +157,18 @@ class ConnectClient:
             "Authorization": f"Basic {auth}",
         }
 
-    def fetch_wallet(self, user_id: str, culture: str, *, deadline: float) -> Wallet:
-        """Every page of the user's offers; `deadline` is a `time.monotonic()` instant."""
+    def fetch_wallet(
+        self, user_id: str, culture: str, *, deadline: float, claim: Claim = NO_WAIT
+    ) -> Wallet:
+        """Every page of the user's offers; `deadline` is a `time.monotonic()` instant.
+
+        Each page is one request against the budget: the caller asks for the first (before
+        it takes a concurrency slot), each further page asks here with `claim`.
+        """
         offers, first, skip = [], None, 0
         for _ in range(MAX_PAGES):
+            if first is not None:
+                self.transport.budget.acquire(claim)
             page = self._page(user_id, culture, skip, deadline)
             first = first or page
             offers.extend(page["user_offers"])

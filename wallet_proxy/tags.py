@@ -14,6 +14,7 @@ import time
 from flask import Blueprint, Response, request
 
 from .auth import require_api_key
+from .budget import Claim, Priority
 from .errors import InvalidRequest, NotConfigured
 from .idempotency import Answer, valid_key
 from .rules import check_customer_id, load_tags
@@ -50,7 +51,11 @@ def add_tags(user_id: str, external: bool):
 
     def call() -> Answer:
         assert found.core is not None  # require_core_and_small_body
-        deadline = time.monotonic() + found.settings.deadline
+        started = time.monotonic()
+        # Core's budget first, waiting at most half the deadline so the call keeps the rest.
+        # A refusal is a 503 with the queue's Retry-After, and releases the Idempotency-Key.
+        found.core_budget.acquire(Claim(Priority.WAITING, started + found.settings.deadline / 2))
+        deadline = started + found.settings.deadline
         found.core.add_tags(
             user_id, body["tags"], body["ttl"], external=external, deadline=deadline
         )

@@ -6,9 +6,12 @@ make it misbehave (latency, injected errors, forced statuses, hangs, trickled, g
 huge bodies). Knobs are set in Python or over HTTP, so a benchmark can drive a sandbox
 running in another process.
 
-Knob precedence for each Connect/Core call: `latency`, then `hang`, then the answer is the
-first of `status`, `error_rate`, `garbage` and the real one; `huge` pads any JSON answer and
-`trickle` slows whatever is sent.
+Knob precedence for each Connect/Core call: `rate_limit` (SessionM's own limit: past that
+many calls in a sliding second, 429 at once), then `latency` (plus up to `latency_spread`),
+then `hang`, then the answer is the first of `status`, `error_rate`, `garbage` and the real
+one; `huge` pads any JSON answer and `trickle` slows whatever is sent. Every 429 carries
+`retry_after`. Stats include the busiest sliding second (`busiest_second`) and the 429s
+`rate_limit` gave (`rate_limited`).
 
 The `/_sandbox/*` admin endpoints (config, stats, reset) need no auth on purpose: this is a
 local test double with demo credentials and must never face a real network.
