@@ -14,6 +14,7 @@ import click
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .bulk.commands import tags_group, warm_command
+from .bulk.plan import plan_command
 from .config import ConfigError, Settings
 from .serving import CONFIG, gunicorn_command
 from .support.staff import hash_password
@@ -184,6 +185,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 main.add_command(hash_password)
 main.add_command(tags_group)
 main.add_command(warm_command)
+main.add_command(plan_command)
 
 if __name__ == "__main__":
     main()

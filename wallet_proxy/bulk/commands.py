@@ -1,8 +1,9 @@
 """Bulk work from a CSV of customers: `wallet-proxy tags import` and `wallet-proxy warm`.
 
 Both read the same files (a Braze segment export or any CSV with a header), refuse a
-malformed file before sending anything, pace themselves (`--rate`, `--concurrency`),
-back off when SessionM pushes back, show progress, and end with a summary and an exit
+malformed file before sending anything, take the bulk share of the fleet's SessionM
+budget (budget.py) and pace themselves further (`--rate`, `--concurrency`), back off
+when SessionM pushes back, show progress, and end with a summary and an exit
 code: 0 all done, 1 some rows failed, 2 nothing sent (bad file, options or settings),
 130 interrupted.
 
@@ -36,10 +37,12 @@ from pathlib import Path
 
 import click
 
+from ..budget import Budget, Claim, Priority
 from ..config import ConfigError, Settings
-from ..errors import UpstreamUnavailable, UserNotFound, WalletProxyError
+from ..errors import UserNotFound, WalletProxyError
 from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, is_culture
-from ..services import core_client, services
+from ..service import BULK_PATIENCE, WalletService
+from ..services import core_client, redis_client, services, sessionm_budgets
 from ..sessionm_core import CoreClient, maybe_applied
 from .csvinput import (
     MAX_PROBLEMS,
@@ -51,6 +54,7 @@ from .csvinput import (
     tag_rows,
     wallet_ids,
 )
+from .durations import Duration, spoken
 from .journal import ACCEPTED, NOT_APPLIED, SENDING, Journal, read_journal
 from .runner import (
     MAX_ATTEMPTS,
@@ -62,6 +66,8 @@ from .runner import (
 )
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+MIN_FRESH_FOR, MAX_FRESH_FOR = 60.0, 4 * 3600.0
+WARM_SKIP = 0.9  # warm skips a wallet already fresh for this share of --fresh-for
 FAILED, UNKNOWN = "failed", "unknown"  # row outcomes besides ACCEPTED
 
 
@@ -197,8 +203,10 @@ def import_tags(
         _import_dry_run(table, rows, read_journal(journal_file)[0], id_type)
         return
     settings = load_settings()
+    _, budget = sessionm_budgets(settings, redis_client(settings))
     client = core_client(
         settings,
+        budget,
         pool_size=concurrency,
         connect_timeout=min(3.0, timeout),
         read_timeout=timeout,
@@ -231,7 +239,7 @@ def import_tags(
         progress = Progress("tags import", len(to_send))
 
         def handle(row: TagRow) -> None:
-            outcome, reason = _send_row(row, client, journal, limiter, stop, timeout)
+            outcome, reason = _send_row(row, client, budget, journal, limiter, stop, timeout)
             if outcome is not None:
                 run.add(outcome, row, reason)
                 progress.advance()
@@ -249,6 +257,7 @@ def import_tags(
 def _send_row(
     row: TagRow,
     client: CoreClient,
+    budget: Budget,
     journal: Journal,
     limiter: RateLimiter,
     stop: threading.Event,
@@ -258,8 +267,10 @@ def _send_row(
     for attempt in range(1, MAX_ATTEMPTS + 1):
         if not limiter.wait(stop):
             return None, ""
-        journal.record(SENDING, row)
         try:
+            # Core's budget before the journal: a row refused for budget was never sent.
+            budget.acquire(Claim(Priority.BULK, time.monotonic() + BULK_PATIENCE))
+            journal.record(SENDING, row)
             client.add_tags(
                 row.id,
                 list(row.tags),
@@ -363,6 +374,14 @@ def _explain_and_exit(file: Path, run: ImportRun, interrupted: bool) -> None:
 @file_argument
 @id_column_option
 @click.option("--culture", help="Culture of the offer texts (default: the service's).")
+@click.option(
+    "--fresh-for",
+    type=Duration(MIN_FRESH_FOR, MAX_FRESH_FOR),
+    default="1h",
+    show_default=True,
+    help="How long each warmed wallet stays fresh (at most 4h; the longer, the likelier a "
+    "customer sees an offer redeemed since). Wallets already fresh for 90 % of it are skipped.",
+)
 @concurrency_option(8)
 @rate_option(50.0)
 @click.option("--dry-run", is_flag=True, help="Validate and show what would be fetched.")
@@ -370,14 +389,17 @@ def warm_command(
     file: Path,
     id_column: str | None,
     culture: str | None,
+    fresh_for: float,
     concurrency: int,
     rate: float,
     dry_run: bool,
 ) -> None:
     """Fetch each wallet of FILE from SessionM into the shared cache, before a send.
 
-    Run it minutes before a Connected Content campaign: Braze's burst is then served
-    from Redis instead of becoming a burst on SessionM.
+    The wallets stay fresh for --fresh-for, so a Connected Content campaign inside that
+    window is served from Redis without a SessionM call. It takes warm's share of the
+    fleet's SessionM budget, so it can run while the service serves; a rerun skips what
+    is already warm. `wallet-proxy plan` says how long it will take.
     """
     if culture is not None and not is_culture(culture):
         raise click.BadParameter(f"must look {CULTURE_RULE}", param_hint="--culture")
@@ -385,7 +407,8 @@ def warm_command(
     if dry_run:
         click.echo(
             f"{file} is valid: {len(records)} user ids. Would fetch each wallet "
-            f"(culture {culture or 'default'}) into the shared cache. Nothing was fetched."
+            f"(culture {culture or 'default'}) into the shared cache, fresh for "
+            f"{spoken(fresh_for)}. Nothing was fetched."
         )
         return
     settings = load_settings()
@@ -397,57 +420,110 @@ def warm_command(
     from .. import create_app
 
     service = services(create_app()).wallet_service
-    culture = culture or settings.default_culture
+    if settings.sessionm_rate:
+        rate = min(rate, settings.sessionm_rate * settings.bulk_share)
+    click.echo(
+        f"warm: {len(records):,} wallets at up to {rate:g}/s, fresh for {spoken(fresh_for)}",
+        err=True,
+    )
+    counts = warm_all(
+        service,
+        records,
+        culture or settings.default_culture,
+        fresh_for=fresh_for,
+        concurrency=concurrency,
+        rate=rate,
+    )
+    if counts.interrupted:
+        click.echo("Interrupted: run the same command again to do the rest.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if counts.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@dataclass
+class WarmRun:
+    """Outcomes of one `warm` run, shared by the workers."""
+
+    warmed: int = 0
+    not_found: int = 0
+    failed: int = 0
+    skipped: int = 0  # already fresh for long enough
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def summary(self) -> str:
+        return (
+            f"warmed {self.warmed}, not found {self.not_found}, failed {self.failed}, "
+            f"skipped (already fresh) {self.skipped}"
+        )
+
+
+def warm_all(
+    service: WalletService,
+    records: list[Record],
+    culture: str,
+    *,
+    fresh_for: float,
+    concurrency: int,
+    rate: float,
+) -> WarmRun:
+    """Warm every record's wallet; progress and the summary go to stderr."""
     started = time.monotonic()
-    counts = {"warmed": 0, "not found": 0, "failed": 0}
-    failures: list[str] = []
-    lock = threading.Lock()
+    run = WarmRun()
     stop = threading.Event()
     limiter = RateLimiter(rate)
     progress = Progress("warm", len(records))
 
     def handle(record: Record) -> None:
-        outcome, reason = _warm_one(service, record.id, culture, limiter, stop)
+        outcome, reason = _warm_one(service, record.id, culture, fresh_for, limiter, stop)
         if outcome is None:
             return
-        with lock:
-            counts[outcome] += 1
+        with run.lock:
+            setattr(run, outcome, getattr(run, outcome) + 1)
             if reason:
-                failures.append(f"line {record.line}: {record.id}: {reason}")
+                run.failures.append(f"line {record.line}: {record.id}: {reason}")
         progress.advance()
 
     run_parallel(records, handle, concurrency, stop)
     progress.close()
     seconds = time.monotonic() - started
-    summary = ", ".join(f"{name} {count}" for name, count in counts.items())
-    click.echo(f"warm: {summary} in {seconds:.1f} s ({progress.done / seconds:.1f}/s)", err=True)
-    for failure in sorted(failures)[:MAX_PROBLEMS]:
+    click.echo(
+        f"warm: {run.summary()} in {seconds:.1f} s ({progress.done / seconds:.1f}/s)", err=True
+    )
+    for failure in sorted(run.failures)[:MAX_PROBLEMS]:
         click.echo(f"  {failure}", err=True)
-    if progress.done < len(records):
-        click.echo("Interrupted.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if counts["failed"]:
-        sys.exit(EXIT_FAILED)
+    run.interrupted = progress.done < len(records)
+    return run
 
 
-def _warm_one(service, user_id: str, culture: str, limiter: RateLimiter, stop) -> tuple:
-    """(outcome, reason); every fetch is safe to repeat, so every transient error is retried."""
+def _warm_one(
+    service: WalletService,
+    user_id: str,
+    culture: str,
+    fresh_for: float,
+    limiter: RateLimiter,
+    stop: threading.Event,
+) -> tuple[str | None, str]:
+    """(outcome, reason); every fetch is safe to repeat, so every transient error is retried.
+
+    A wallet already fresh for WARM_SKIP of `fresh_for` is skipped before the rate
+    limiter, so a rerun after an interruption goes through what was done at once.
+    """
+    if service.freshness_left(user_id, culture) >= WARM_SKIP * fresh_for:
+        return "skipped", ""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         if not limiter.wait(stop):
             return None, ""
         try:
-            lookup = service.lookup(user_id, culture, refresh=True)
-            if not lookup.stale:
-                return "warmed", ""
-            error: WalletProxyError = UpstreamUnavailable(
-                "SessionM did not answer; only a stale copy is cached."
-            )
+            service.warm(user_id, culture, fresh_for=fresh_for)
+            return "warmed", ""
         except UserNotFound:
-            return "not found", ""
-        except WalletProxyError as exc:
-            error = exc
-        if not isinstance(error, TRANSIENT) or attempt == MAX_ATTEMPTS:
-            return "failed", error.message
-        if not pause_before_retry(error, attempt, limiter, stop):
-            return None, ""
+            return "not_found", ""
+        except WalletProxyError as error:
+            if not isinstance(error, TRANSIENT) or attempt == MAX_ATTEMPTS:
+                return "failed", error.message
+            if not pause_before_retry(error, attempt, limiter, stop):
+                return None, ""
     raise AssertionError("unreachable")
