@@ -7,14 +7,15 @@ HTTP request, so each page of a paged wallet, asks the budget first.
 The budget is GCRA (the generic cell rate algorithm): one "theoretical arrival
 time" (TAT) per stream, moved on by 1/rate per request, checked and moved in one
 Lua script so processes can't race, on Redis's own clock so hosts' clocks don't
-matter. The burst tolerance is 0.05 s worth of requests minus one, so no sliding
-one-second window is granted more than 1.05 x the rate (the promise is 1.1 x: the
-other half is for the network and the machine between the grant and SessionM).
+matter. The burst tolerance is 0.05 s worth of requests minus one.
 
 A request first books its slot (FIFO, which is what makes a queue, a deadline
 check and a Retry-After possible), sleeps until then, and checks in again at the
-moment it is sent: a second GCRA over what is really sent, so a thread that wakes
-late on a busy machine can't go out together with the next one, and the pause.
+moment it is sent: a sliding window over what is really sent, at most the rate
+in any second, so threads that wake late on a busy machine can't go out in a
+bunch, yet lose nothing when they do wake late; and the pause. The promise is
+1.1 x the rate in any sliding second at SessionM: the last 10 % is for what
+happens after the check-in (the machine, the network).
 
 Who goes first when the budget is short, without a scheduler:
 
@@ -31,7 +32,10 @@ SessionM's own 429 pauses every process (`pause`): the pause is a Redis key the
 script honours. When Redis fails, each process falls back to an in-process
 budget of rate / N, N being the fleet size last reported in Redis (every process
 reports itself every few seconds), else `WALLET_PROXY_FLEET_SIZE`, else 1, and
-asks Redis again a second later.
+asks Redis again a second later. One failure alone (a slow answer on a busy
+host) only refuses that request: the script may have booked it, and a process
+on its own budget while the others are on Redis's would add to the fleet's
+rate, so it takes FAIL_AFTER failures in a row to fall back.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ import secrets
 import socket
 import threading
 import time
+import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +66,7 @@ BURST_SECONDS = 0.05  # the burst allowance: this many seconds' worth of request
 FLEET_REPORT_INTERVAL = 5.0  # each process says it is alive this often
 FLEET_WINDOW = 30.0  # and counts in the fleet size this long after its last report
 REDIS_RETRY_INTERVAL = 1.0  # while Redis fails, the local budget is used this long
+FAIL_AFTER = 3  # Redis failures in a row before a process falls back to its own budget
 OVER_BUDGET = "SessionM's request budget is used up for now; try again shortly."
 
 
@@ -123,7 +130,7 @@ def _refusal(wait: float) -> UpstreamBusy:
 @dataclass(frozen=True, slots=True)
 class _CheckIn:
     paused: float  # > 0: a pause began since the booking; it lasts this long
-    wait: float  # > 0: too close to the last request sent; go after this long
+    wait: float  # > 0: the last second's sends are at the limit; go after this long
 
 
 class _Pacer:
@@ -176,7 +183,7 @@ class _Streams:
 
     tat: float = 0.0
     by_priority: dict[Priority, float] = field(default_factory=dict)
-    sent: float = 0.0  # the TAT of requests really sent (the check-in's stream)
+    sent: deque[float] = field(default_factory=deque)  # when requests went, the last second
     paused_until: float = 0.0
 
 
@@ -190,12 +197,14 @@ class LocalBudget(_Pacer):
         *,
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        busy: bool = False,
     ):
+        """`busy`: start as if just used at the full rate (no burst when taking over)."""
         self.rate = rate
         self.shares = dict(shares)
         self.timer = timer
         self.sleep = sleep
-        self._state = _Streams()
+        self._state = _Streams(tat=timer() + 1 / rate if busy else 0.0)
         self._lock = threading.Lock()
 
     def _decide(self, priority: Priority, patience: float) -> _Decision:
@@ -221,15 +230,15 @@ class LocalBudget(_Pacer):
             return _Decision(True, 0.0)
 
     def _check_in(self) -> _CheckIn:
-        interval = 1 / self.rate
         with self._lock:
             now, state = self.timer(), self._state
             if state.paused_until > now:
                 return _CheckIn(state.paused_until - now, 0.0)
-            wait = state.sent - tolerance_for(interval) - now
-            if wait > 0:
-                return _CheckIn(0.0, wait)
-            state.sent = max(state.sent, now) + interval
+            while state.sent and state.sent[0] <= now - 1.0:
+                state.sent.popleft()
+            if len(state.sent) >= window_limit(self.rate):
+                return _CheckIn(0.0, state.sent[0] + 1.0 - now)
+            state.sent.append(now)
             return _CheckIn(0.0, 0.0)
 
     def paused_for(self) -> float:
@@ -240,6 +249,11 @@ class LocalBudget(_Pacer):
         with self._lock:
             until = self.timer() + seconds
             self._state.paused_until = max(self._state.paused_until, until)
+
+
+def window_limit(rate: float) -> int:
+    """Requests that may go in any sliding second (the burst is in the booking)."""
+    return max(1, math.floor(rate))
 
 
 def tolerance_for(interval: float) -> float:
@@ -277,18 +291,21 @@ store(KEYS[2], math.max(class_tat, now) + class_interval)
 return {1, 0}
 """
 
-# KEYS: sent TAT, pause. ARGV (microseconds): interval, tolerance. Returns {paused, wait}.
+# KEYS: sent (a sorted set of the last second's sends), pause. ARGV: the window's limit,
+# a unique member. Returns {paused, wait} in microseconds.
 _CHECK_IN = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pause > now then return {pause - now, 0} end
-local sent = tonumber(redis.call('GET', KEYS[1]) or '0')
-local wait = sent - tonumber(ARGV[2]) - now
-if wait > 0 then return {0, wait} end
-local new = math.max(sent, now) + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1000000)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, math.max(1, tonumber(oldest[2]) + 1000000 - now)}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 2000)
 return {0, 0}
 """
 
@@ -412,6 +429,7 @@ class SharedBudget(_Pacer):
         self._check = client.register_script(_CHECK_IN)
         self._pause = client.register_script(_PAUSE)
         self._down_until = 0.0
+        self._failures = 0  # in a row
         self._failing = False  # said once per outage, not once per retry
         self._fallback: LocalBudget | None = None
         self._fallback_lock = threading.Lock()
@@ -423,8 +441,10 @@ class SharedBudget(_Pacer):
         try:
             super().acquire(claim)
         except redis.RedisError as error:
-            self._failed(error)
+            if not self._failed(error):
+                raise _refusal(REDIS_RETRY_INTERVAL) from None
             return self._local().acquire(claim)
+        self._failures = 0
         if self._failing:
             self._failing = False
             log.warning("Redis is back: the SessionM budget is shared by the fleet again")
@@ -445,10 +465,9 @@ class SharedBudget(_Pacer):
         return _Decision(bool(admitted), int(wait) / 1_000_000)
 
     def _check_in(self) -> _CheckIn:
-        interval = 1 / self.rate
         paused, wait = self._check(
             keys=[self._sent_key, self._pause_key],
-            args=[_micros(interval), _micros(tolerance_for(interval))],
+            args=[window_limit(self.rate), uuid.uuid4().hex],
         )
         return _CheckIn(int(paused) / 1_000_000, int(wait) / 1_000_000)
 
@@ -460,9 +479,15 @@ class SharedBudget(_Pacer):
         # This process holds back at once, also if Redis is down or comes back.
         self._local().pause(seconds)
 
-    def _failed(self, error: Exception) -> None:
+    def _failed(self, error: Exception) -> bool:
+        """Count a failure; whether Redis is now taken as down (the local budget's turn)."""
+        self._failures += 1
+        if self._failures < FAIL_AFTER and not self._failing:
+            log.info("SessionM budget: Redis failed (%s); request refused", type(error).__name__)
+            return False
         if not self._failing:
             self._failing = True
+            self._local(fresh=True)  # starts busy: no burst on taking over
             log.warning(
                 "Redis unavailable for the SessionM budget (%s); each process keeps 1/%d "
                 "of it until Redis is back",
@@ -470,15 +495,17 @@ class SharedBudget(_Pacer):
                 self.fleet.size,
             )
         self._down_until = self.timer() + REDIS_RETRY_INTERVAL
+        return True
 
-    def _local(self) -> LocalBudget:
-        """The fallback, at rate / the fleet size known now (rebuilt when it changes)."""
+    def _local(self, *, fresh: bool = False) -> LocalBudget:
+        """The fallback, at rate / the fleet size known now (rebuilt when it changes, and
+        `fresh` at each outage); a pause it holds carries over."""
         rate = self.rate / max(1, self.fleet.size)
         with self._fallback_lock:
-            if self._fallback is None or self._fallback.rate != rate:
+            if fresh or self._fallback is None or self._fallback.rate != rate:
                 previous, self._fallback = (
                     self._fallback,
-                    LocalBudget(rate, self.shares, timer=self.timer, sleep=self.sleep),
+                    LocalBudget(rate, self.shares, timer=self.timer, sleep=self.sleep, busy=True),
                 )
                 if previous is not None:
                     self._fallback.pause(previous.paused_for())

@@ -51,6 +51,9 @@ JITTER = 0.1  # fresh lifetimes vary by up to 10 %, so a campaign's users don't 
 ERROR_TTL = 1.0  # seconds a failure stays visible to other processes waiting on the same key
 POLL_INTERVAL = 0.25  # safety net under pub/sub wake-ups, bounded by the deadline anyway
 BULK_PATIENCE = 10.0  # seconds a warm-up fetch waits for budget before it counts as failed
+# A render waits for budget this share of its deadline at most; the rest is for SessionM's
+# answer. Booked later, every render of a saturated budget would answer too late.
+QUEUE_SHARE = 2 / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class _Request:
     fetch_by: float  # a `timer()` instant the SessionM call must end by
     since: float  # Unix time the flight was asked for
     priority: Priority = Priority.WAITING  # its standing for the SessionM budget
+    budget_until: float | None = None  # a `timer()` instant to wait for budget; None: don't
     fresh_for: float | None = None  # seconds the entry stays fresh; None: the cache TTL
 
 
@@ -158,7 +162,14 @@ class WalletService:
                 return Lookup(cached.wallet, STALE)
         stale = cached.wallet if cached is not None else None
         answer_by = started + self.deadline - min(SEND_MARGIN, self.deadline / 10)
-        flight = self._flight(self._request(key, slot_until=answer_by, refresh=refresh))
+        flight = self._flight(
+            self._request(
+                key,
+                slot_until=answer_by,
+                refresh=refresh,
+                budget_until=started + self.deadline * QUEUE_SHARE,
+            )
+        )
         if not flight.done.wait(max(0.0, answer_by - self.timer())):
             error = flight.timed_out()
         elif flight.error is not None:
@@ -191,6 +202,7 @@ class WalletService:
             fetch_by=slot_until + self.upstream_timeout,
             since=self._now(),
             priority=Priority.BULK,
+            budget_until=slot_until,
             fresh_for=fresh_for,
         )
         flight = self._flight(request)
@@ -208,6 +220,7 @@ class WalletService:
         slot_until: float | None,
         refresh: bool,
         priority: Priority = Priority.WAITING,
+        budget_until: float | None = None,
     ) -> _Request:
         """`slot_until` None: a background refresh, which never waits for a slot."""
         return _Request(
@@ -217,6 +230,7 @@ class WalletService:
             fetch_by=self.timer() + self.upstream_timeout,
             since=self._now(),
             priority=priority,
+            budget_until=budget_until,
         )
 
     def _flight(self, request: _Request) -> _Flight:
@@ -303,7 +317,7 @@ class WalletService:
 
     def _fetch(self, flight: _Flight) -> Entry:
         request = flight.request
-        claim = Claim(request.priority, request.slot_until)
+        claim = Claim(request.priority, request.budget_until)
 
         def call() -> Wallet:
             flight.calling = True

@@ -101,15 +101,17 @@ def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Bu
     }
     rates = {"connect": settings.sessionm_rate, "core": settings.sessionm_core_rate}
     if shared is None:
-        if settings.sessionm_rate:
+        processes = settings.fleet_size or 1
+        if any(rates.values()):
             log.warning(
-                "WALLET_PROXY_SESSIONM_RATE is per process without WALLET_PROXY_REDIS_URL: "
-                "each process may send %g requests/s to SessionM (rate / "
-                "WALLET_PROXY_FLEET_SIZE)",
-                settings.sessionm_rate / (settings.fleet_size or 1),
+                "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL: each "
+                "process may send %g requests/s to Connect and %g to Core (the rates / "
+                "WALLET_PROXY_FLEET_SIZE), however many processes run",
+                rates["connect"] / processes,
+                rates["core"] / processes,
             )
         per_process = {
-            name: LocalBudget(rate / (settings.fleet_size or 1), shares) if rate else UNLIMITED
+            name: LocalBudget(rate / processes, shares) if rate else UNLIMITED
             for name, rate in rates.items()
         }
         return per_process["connect"], per_process["core"]
