@@ -26,6 +26,7 @@ import requests
 from tests.helpers import API_KEY, LiveServer, free_port, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.budget import (
+    FALL_BACK_AFTER,
     Claim,
     Fleet,
     LocalBudget,
@@ -275,7 +276,10 @@ def test_the_pause_is_seen_by_every_process(redis_url, prefix):
 
 
 def asked_for_5_seconds(budget: SharedBudget, timeline: Timeline) -> int:
-    """Requests granted to one asking every millisecond (without waiting) for 5 s."""
+    """Requests granted to one asking every millisecond (without waiting) for 5 s, once
+    Redis has failed long enough for the process to take its own share."""
+    assert ask(budget, timeline, Priority.WAITING) is None  # first, refused
+    timeline.now += FALL_BACK_AFTER
     went = 0
     for _ in range(5000):
         went += admitted(budget, Claim(Priority.WAITING))
@@ -295,20 +299,24 @@ def test_redis_down_each_process_takes_rate_over_the_fleet_size(redis_url, redis
     assert 0.9 * 10 * 5 <= asked_for_5_seconds(budget, timeline) <= 10 * 5 + 1  # 40 / 4
 
 
-def test_one_redis_failure_refuses_the_request_three_in_a_row_fall_back(
+def test_a_redis_stall_refuses_requests_a_longer_failure_falls_back(
     redis_server, redis_url, prefix
 ):
-    budget = shared(redis_url, prefix, 40)
-    assert admitted(budget, Claim(Priority.WAITING))
+    timeline = Timeline()
+    budget = shared(redis_url, prefix, 40, timer=timeline, sleep=timeline.sleep)
+    assert ask(budget, timeline, Priority.WAITING) is not None
     redis_server.kill()
-    # A failure may have booked the request in Redis: going on our own would add to what
-    # the others send. Refused, with a short Retry-After.
-    for _ in range(2):
+    # A failure may have booked the request in Redis, and a process on its own budget
+    # while the others use Redis's adds to the fleet's rate: refused, Retry-After 1.
+    for _ in range(3):
+        timeline.arrive()
         with pytest.raises(UpstreamBusy) as refused:
-            budget.acquire(Claim(Priority.WAITING, time.monotonic() + 1))
+            budget.acquire(Claim(Priority.WAITING, timeline.now + 1))
         assert refused.value.retry_after == 1
-    # The third in a row: Redis is down, the process has its own share.
-    assert admitted(budget, Claim(Priority.WAITING, time.monotonic() + 1))
+        timeline.now += 0.5
+    # Failing for 2 s: Redis is down, the process takes its own share.
+    timeline.now += 0.5
+    assert ask(budget, timeline, Priority.WAITING, patience=1) is not None
 
 
 def test_redis_down_without_a_report_uses_the_fleet_size_setting(redis_server, redis_url, prefix):

@@ -32,10 +32,11 @@ SessionM's own 429 pauses every process (`pause`): the pause is a Redis key the
 script honours. When Redis fails, each process falls back to an in-process
 budget of rate / N, N being the fleet size last reported in Redis (every process
 reports itself every few seconds), else `WALLET_PROXY_FLEET_SIZE`, else 1, and
-asks Redis again a second later. One failure alone (a slow answer on a busy
-host) only refuses that request: the script may have booked it, and a process
-on its own budget while the others are on Redis's would add to the fleet's
-rate, so it takes FAIL_AFTER failures in a row to fall back.
+asks Redis again a second later. A failure that may be a moment's stall (a slow
+answer on a busy host) only refuses the request: the script may have booked it,
+and a process on its own budget while the others are on Redis's adds to the
+fleet's rate. So a process falls back once Redis has failed it for FALL_BACK_AFTER
+seconds without a success.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ BURST_SECONDS = 0.05  # the burst allowance: this many seconds' worth of request
 FLEET_REPORT_INTERVAL = 5.0  # each process says it is alive this often
 FLEET_WINDOW = 30.0  # and counts in the fleet size this long after its last report
 REDIS_RETRY_INTERVAL = 1.0  # while Redis fails, the local budget is used this long
-FAIL_AFTER = 3  # Redis failures in a row before a process falls back to its own budget
+FALL_BACK_AFTER = 2.0  # seconds of Redis failures before a process takes its own budget
 OVER_BUDGET = "SessionM's request budget is used up for now; try again shortly."
 
 
@@ -429,7 +430,7 @@ class SharedBudget(_Pacer):
         self._check = client.register_script(_CHECK_IN)
         self._pause = client.register_script(_PAUSE)
         self._down_until = 0.0
-        self._failures = 0  # in a row
+        self._failing_since: float | None = None  # the first failure since the last success
         self._failing = False  # said once per outage, not once per retry
         self._fallback: LocalBudget | None = None
         self._fallback_lock = threading.Lock()
@@ -444,7 +445,7 @@ class SharedBudget(_Pacer):
             if not self._failed(error):
                 raise _refusal(REDIS_RETRY_INTERVAL) from None
             return self._local().acquire(claim)
-        self._failures = 0
+        self._failing_since = None
         if self._failing:
             self._failing = False
             log.warning("Redis is back: the SessionM budget is shared by the fleet again")
@@ -480,9 +481,11 @@ class SharedBudget(_Pacer):
         self._local().pause(seconds)
 
     def _failed(self, error: Exception) -> bool:
-        """Count a failure; whether Redis is now taken as down (the local budget's turn)."""
-        self._failures += 1
-        if self._failures < FAIL_AFTER and not self._failing:
+        """Note a failure; whether Redis is now taken as down (the local budget's turn)."""
+        now = self.timer()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failing_since < FALL_BACK_AFTER:
             log.info("SessionM budget: Redis failed (%s); request refused", type(error).__name__)
             return False
         if not self._failing:
