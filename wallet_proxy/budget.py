@@ -5,7 +5,7 @@ every process sharing `WALLET_PROXY_REDIS_URL` together (Core has its own). Each
 HTTP request, so each page of a paged wallet, asks the budget first.
 
 The budget is GCRA (the generic cell rate algorithm): one "theoretical arrival
-time" (TAT) per stream, moved on by 1/rate per request, checked and moved in one
+time" (TAT) per stream, moved on by 1/rate per request, checked and moved in a
 Lua script so processes can't race, on Redis's own clock so hosts' clocks don't
 matter. The burst tolerance is 0.05 s worth of requests minus one.
 
@@ -20,8 +20,9 @@ happens after the check-in (the machine, the network).
 Who goes first when the budget is short, without a scheduler:
 
 - WAITING (a render waiting for its answer) may use the whole rate and queues: it
-  books the next slot if that comes before its deadline and sleeps until then; if
-  not, it is refused with the queue's length, which becomes Retry-After.
+  books the next slot if that comes before its claim's `wait_until` (for a render,
+  two thirds into its deadline) and sleeps until then; if not, it is refused with
+  the queue's length, which becomes Retry-After.
 - BULK (`warm`, `tags import`) and REFRESH (a stale entry's background refresh)
   never queue: they go only when the shared stream has room now, so they never
   push a waiting render back, and their own stream caps them at a share of the
@@ -292,8 +293,9 @@ store(KEYS[2], math.max(class_tat, now) + class_interval)
 return {1, 0}
 """
 
-# KEYS: sent (a sorted set of the last second's sends), pause. ARGV: the window's limit,
-# a unique member. Returns {paused, wait} in microseconds.
+# KEYS: sent (a sorted set of the last second's sends), pause, peak. ARGV: the window's
+# limit, a unique member. Returns {paused, wait} in microseconds. `peak` keeps the busiest
+# second the budget has let go (for monitoring: what SessionM sees adds the network).
 _CHECK_IN = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -307,6 +309,10 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
 end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], 2000)
+local sent = redis.call('ZCARD', KEYS[1])
+if sent > tonumber(redis.call('GET', KEYS[3]) or '0') then
+  redis.call('SET', KEYS[3], sent, 'EX', 86400)
+end
 return {0, 0}
 """
 
@@ -425,6 +431,7 @@ class SharedBudget(_Pacer):
         tag = f"{prefix}:{{{name}}}"  # one hash tag: every key on one Redis Cluster slot
         self._tat_key = f"{tag}:tat"
         self._sent_key = f"{tag}:sent"
+        self.peak_key = f"{tag}:peak"  # the busiest second let go, kept a day
         self._pause_key = f"{tag}:pause"
         self._acquire = client.register_script(_ACQUIRE)
         self._check = client.register_script(_CHECK_IN)
@@ -467,7 +474,7 @@ class SharedBudget(_Pacer):
 
     def _check_in(self) -> _CheckIn:
         paused, wait = self._check(
-            keys=[self._sent_key, self._pause_key],
+            keys=[self._sent_key, self._pause_key, self.peak_key],
             args=[window_limit(self.rate), uuid.uuid4().hex],
         )
         return _CheckIn(int(paused) / 1_000_000, int(wait) / 1_000_000)

@@ -35,6 +35,8 @@ EXTENSION = "wallet_proxy"
 # it is abandoned.
 LEASE_MARGIN = 30.0
 
+REDIS_CONNECTIONS = 512  # per process
+
 Clock = Callable[[], datetime]  # an aware UTC datetime; tests move it by hand
 
 
@@ -192,6 +194,9 @@ def redis_client(settings: Settings) -> redis.Redis | None:
         socket_timeout=0.25,
         socket_connect_timeout=0.25,
         health_check_interval=15,
+        # redis-py 8 caps a pool at 100 connections: fewer than a worker's request threads
+        # and their flights together, when SessionM's budget keeps many of them waiting.
+        max_connections=REDIS_CONNECTIONS,
     )
 
 
