@@ -15,7 +15,8 @@ local test double with demo credentials and must never face a real network.
 
 Layout: `server` (the socket, the Flask app, `/_sandbox/*`), `state` (knobs acting on every
 call, counters, the `Api` protocol), `knobs` (their rules), `connect` and `core` (one API
-each), `customers` (the seeded demo data), `wire` (SessionM's formats). Another API, such as
+each), `logos` (the offers' images, `/_sandbox/logos/<name>.png`), `customers` (the seeded
+demo data), `wire` (SessionM's formats). Another API, such as
 Braze's trigger endpoints, is one more module implementing `state.Api`, listed in
 `server.build_sandbox`.
 """

@@ -10,6 +10,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from .connect import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, Connect
 from .core import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET, Core
+from .logos import Logos
 from .state import Sandbox
 from .wire import Clock, error
 
@@ -33,7 +34,11 @@ def build_sandbox(
     """
     now = clock or _utc_now
     return Sandbox(
-        [Connect(connect_auth, retailer_id, now), Core(core_api_key, core_api_secret, now)]
+        [
+            Connect(connect_auth, retailer_id, now),
+            Core(core_api_key, core_api_secret, now),
+            Logos(),
+        ]
     )
 
 
