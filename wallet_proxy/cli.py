@@ -139,6 +139,9 @@ def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
     demo_staff = f"{DEMO_STAFF_USER}:{generate_password_hash(DEMO_STAFF_PASSWORD)}"
     env.setdefault("WALLET_PROXY_STAFF_USERS", demo_staff)
     env.setdefault("WALLET_PROXY_SECRET_KEY", secrets.token_urlsafe(32))
+    # Staff sessions and history in the checkout, and the sandbox's own offer logos shown.
+    env.setdefault("WALLET_PROXY_DATA_DIR", os.path.abspath(".data"))
+    env.setdefault("WALLET_PROXY_IMAGE_HOSTS", url)
     return process
 
 

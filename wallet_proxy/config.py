@@ -6,15 +6,19 @@ are secrets), so a bad deploy stops at start-up instead of failing per request.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from .origins import ORIGIN_RULE, parse_origin
 from .rules import CULTURE_RULE, DEFAULT_CULTURE, is_culture
 
 GUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\Z")
 STAFF_NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
+# Staff sessions and history without Redis, and other files the service keeps.
+DEFAULT_DATA_DIR = "/var/lib/wallet-proxy"
 
 
 class ConfigError(Exception):
@@ -47,6 +51,11 @@ class Settings:
     sessionm_core_url: str | None = None
     sessionm_core_api_key: str | None = field(default=None, repr=False)
     sessionm_core_api_secret: str | None = field(default=None, repr=False)
+    data_dir: str = DEFAULT_DATA_DIR
+    trusted_proxy_hops: int = 0
+    public_url: str | None = None
+    image_hosts: tuple[str, ...] = ()
+    cultures: tuple[str, ...] = (DEFAULT_CULTURE,)
 
     @property
     def core_configured(self) -> bool:
@@ -55,12 +64,13 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         read = _Reader(env)
+        default_culture = read.culture("WALLET_PROXY_DEFAULT_CULTURE", DEFAULT_CULTURE)
         settings = cls(
             sessionm_connect_url=read.url("SESSIONM_CONNECT_URL"),
             sessionm_connect_auth=read.secret("SESSIONM_CONNECT_AUTH"),
             sessionm_retailer_id=read.guid("SESSIONM_RETAILER_ID"),
             api_keys=read.api_keys("WALLET_PROXY_API_KEYS"),
-            default_culture=read.culture("WALLET_PROXY_DEFAULT_CULTURE", DEFAULT_CULTURE),
+            default_culture=default_culture,
             cache_ttl=read.number("WALLET_PROXY_CACHE_TTL", 60, low=0, high=86_400),
             stale_ttl=read.number("WALLET_PROXY_STALE_TTL", 3600, low=0, high=7 * 86_400),
             negative_ttl=read.number("WALLET_PROXY_NEGATIVE_TTL", 30, low=0, high=3600),
@@ -76,6 +86,11 @@ class Settings:
             sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
+            data_dir=read.directory("WALLET_PROXY_DATA_DIR", DEFAULT_DATA_DIR),
+            trusted_proxy_hops=read.integer("WALLET_PROXY_TRUSTED_PROXY_HOPS", 0, 0, 10),
+            public_url=read.origin("WALLET_PROXY_PUBLIC_URL"),
+            image_hosts=read.origins("WALLET_PROXY_IMAGE_HOSTS"),
+            cultures=read.cultures("WALLET_PROXY_CULTURES", default_culture),
         )
         settings._check_combinations()
         return settings
@@ -188,6 +203,41 @@ class _Reader:
         if not low <= number <= high:
             raise ConfigError(name, f"must be between {low} and {high}")
         return number
+
+    def directory(self, name: str, default: str) -> str:
+        value = self.raw(name) or default
+        if "\x00" in value:
+            raise ConfigError(name, "must be a folder path")
+        return os.path.abspath(value)
+
+    def origin(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        origin = parse_origin(value)
+        if origin is None:
+            raise ConfigError(name, f"must be an origin {ORIGIN_RULE}, without a path")
+        return origin
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        found = []
+        for item in value.split(","):
+            origin = parse_origin(item.strip())
+            if origin is None:
+                raise ConfigError(name, f"must be origins {ORIGIN_RULE}, comma-separated")
+            found.append(origin)
+        return tuple(dict.fromkeys(found))
+
+    def cultures(self, name: str, default: str) -> tuple[str, ...]:
+        """The default culture first, then the listed ones in their order."""
+        value = self.raw(name)
+        listed = [item.strip() for item in value.split(",")] if value else []
+        if any(not is_culture(item) for item in listed):
+            raise ConfigError(name, f"must be cultures {CULTURE_RULE}, comma-separated")
+        return tuple(dict.fromkeys([default, *listed]))
 
     def staff_users(self, name: str) -> dict[str, str]:
         value = self.raw(name)

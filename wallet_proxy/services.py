@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from .service import WalletService
     from .sessionm import ConnectClient
     from .sessionm_core import CoreClient
-    from .support.staff import LoginThrottle
+    from .support.history import StaffHistory
+    from .support.sessions import StaffSessions
+    from .support.throttle import HashSlots, LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,10 @@ class Services:
     core: CoreClient | None  # None: SessionM Core is not configured
     idempotency: Idempotency
     login_throttle: LoginThrottle
+    hash_slots: HashSlots
+    # The support pages' shared state; None without staff accounts (no pages).
+    staff_sessions: StaffSessions | None
+    staff_history: StaffHistory | None
 
 
 def services(app: Flask | None = None) -> Services:
@@ -91,7 +97,10 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     from .cache import MemoryCache, RedisCache, WalletCache
     from .idempotency import Idempotency, MemoryStore, RedisStore
     from .service import WalletService
-    from .support.staff import LoginThrottle
+    from .stores import shared_store
+    from .support.history import StaffHistory
+    from .support.sessions import StaffSessions
+    from .support.throttle import HashSlots, LoginThrottle
     from .upstream import CircuitBreaker, UpstreamGuard
 
     def unix_time() -> float:
@@ -122,6 +131,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
             "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
             "several workers, a retried counter-tag call may be applied twice"
         )
+    store = shared_store(settings, shared, unix_time) if settings.staff_users else None
     return Services(
         settings=settings,
         clock=clock,
@@ -133,7 +143,10 @@ def build_services(settings: Settings, clock: Clock) -> Services:
             RedisStore(shared) if shared is not None else MemoryStore(),
             lease=settings.deadline + LEASE_MARGIN,
         ),
-        login_throttle=LoginThrottle(timer=unix_time),
+        login_throttle=LoginThrottle(timer=unix_time, staff_names=settings.staff_users.keys()),
+        hash_slots=HashSlots(),
+        staff_sessions=StaffSessions(store) if store is not None else None,
+        staff_history=StaffHistory(store, clock) if store is not None else None,
     )
 
 
