@@ -10,8 +10,8 @@ Two attacks: from one address (the per-address limit refuses it after 50
 failures), and spread over addresses (X-Forwarded-For, believed with
 WALLET_PROXY_TRUSTED_PROXY_HOPS=1, as a botnet behind the load balancer would
 look), where only the at-most-2-hashes-at-once rule stands between the attack and
-the workers. The attackers run in their own process so the probe's latency is the
-service's, not our client's GIL.
+the workers. The attackers run in their own process, at a lower CPU priority, so
+the probe's latency is the service's, not our client's GIL or CPU.
 
     python bench/logins.py [--seconds 10] [--attackers 128]
 
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE_INTERVAL = 0.02
 SAMPLE_INTERVAL = 0.05
 MB = 1024 * 1024
+ATTACKER_NICENESS = 10
 
 
 @dataclass
@@ -157,7 +158,12 @@ _SLOTS = (0, 401, 429, 200, 500, 503)  # 0: anything else, or no answer
 
 
 def _attack(url: str, attackers: int, spread: bool, stop, answers) -> None:
-    """The attackers' process: one thread per parallel login."""
+    """The attackers' process: one thread per parallel login.
+
+    At a lower CPU priority: a real attacker's CPU is not ours, so the load generator
+    must not take the CPU the service and the probe need (on 2 shared cores).
+    """
+    os.nice(ATTACKER_NICENESS)
     threads = [
         threading.Thread(target=_attacker, args=(url, i, spread, stop, answers), daemon=True)
         for i in range(attackers)

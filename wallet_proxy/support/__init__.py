@@ -27,6 +27,7 @@ from flask import (
 )
 
 from .. import api
+from ..cache import Entry
 from ..origins import origin_of
 from ..rules import check_culture, check_user_id
 from ..service import Lookup
@@ -141,7 +142,7 @@ def wallet(user_id: str):
     user_id, culture = _checked(user_id, request.args.get("culture"))
     shown = listing.parse(request.args)
     found = services()
-    lookup = found.wallet_service.lookup(user_id, culture)
+    lookup, entry = look_up(user_id, culture)
     now = found.clock()
     braze_json = api.render(lookup, now, None)
     view = live_view(lookup.wallet, now)
@@ -159,7 +160,7 @@ def wallet(user_id: str):
         left_out=left_out,
         shown=shown,
         page_url=functools.partial(_page_url, user_id, culture, shown),
-        freshness=freshness(lookup, user_id, culture, now),
+        freshness=freshness(lookup, entry, now),
         history=staff.staff_history().visit(user_id, g.staff, culture),
         now=now,
         culture=culture,
@@ -227,12 +228,26 @@ class Freshness:
     fresh_until: datetime | None  # None: the cache holds another copy by now
 
 
-def freshness(lookup: Lookup, user_id: str, culture: str, now: datetime) -> Freshness:
-    """From the cache entry's own fresh-until (TTLs vary by up to 10 %, on purpose)."""
+def look_up(user_id: str, culture: str) -> tuple[Lookup, Entry | None]:
+    """The wallet, as Braze would get it now, and the cache entry holding that copy.
+
+    The entry is read before the lookup too: a stale copy starts a refresh in the
+    background, which may replace the entry before the page is rendered.
+    """
     service = services().wallet_service
-    entry = service.cache.get(service.key(user_id, culture))
+    key = service.key(user_id, culture)
+    before = service.cache.get(key)
+    lookup = service.lookup(user_id, culture)
     shown = lookup.wallet.fetched_at
-    if entry is None or entry.wallet is None or entry.wallet.fetched_at != shown:
+    for entry in (before, service.cache.get(key)):
+        if entry is not None and entry.wallet is not None and entry.wallet.fetched_at == shown:
+            return lookup, entry
+    return lookup, None
+
+
+def freshness(lookup: Lookup, entry: Entry | None, now: datetime) -> Freshness:
+    """From the entry's own fresh-until (lifetimes vary by up to 10 %, on purpose)."""
+    if entry is None:
         return Freshness(lookup.stale, None)
     until = datetime.fromtimestamp(entry.fresh_until, UTC)
     return Freshness(now >= until, until)

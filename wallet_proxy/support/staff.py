@@ -1,9 +1,11 @@
 """Who may open the support pages: staff accounts, by login form or HTTP Basic.
 
 Staff accounts (`WALLET_PROXY_STAFF_USERS`) are separate from Braze's API keys, so
-neither opens the other's door. A form login keeps the staff name in Flask's signed
-session cookie; HTTP Basic is checked on every request (for curl). Browsers resend
-both without asking, so every POST also carries a per-session CSRF token.
+neither opens the other's door. A form login keeps the staff name and a session id in
+Flask's signed cookie, and the id in the shared store (sessions.py), so signing out
+ends it everywhere; HTTP Basic is checked on every request (for curl), within the
+limits of throttle.py. Browsers resend both without asking, so every POST also
+carries a per-session CSRF token.
 """
 
 from __future__ import annotations
