@@ -72,6 +72,7 @@ def test_sqlite_is_shared_by_every_opener(tmp_path, clock):
     second = SqliteSharedStore(path, unix_time=unix_time)
     first.put("k", "v", ttl=60)
     assert second.get("k") == "v"
+    assert path.stat().st_mode & 0o777 == 0o600
     second.delete("k")
     assert first.get("k") is None
 

@@ -144,6 +144,9 @@ class SqliteSharedStore:
                 CREATE INDEX IF NOT EXISTS value_by_expiry ON value (expires);
                 """
             )
+        # Staff names and the customers they opened: for the service's user only
+        # (SQLite gives its journal files the same permissions).
+        path.chmod(0o600)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
