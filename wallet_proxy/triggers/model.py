@@ -48,6 +48,7 @@ class Record:
     trigger: Trigger
     state: str
     accepted_at: float
+    queued_at: float  # when its current delivery began: accepted, or re-queued by an operator
     attempts: int = 0
     dispatch_id: str = ""
     reason: str = ""
