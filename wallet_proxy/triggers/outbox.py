@@ -52,6 +52,8 @@ MOVES = {
     "sent": Move((SENDING, UNKNOWN), SENT, owned=True),
     "retry": Move((QUEUED, SENDING, UNKNOWN), QUEUED, owned=True, counts_attempt=True),
     "release": Move((QUEUED,), QUEUED, owned=True),
+    # a longer lease for a trigger sent again alone after Braze refused its batch
+    "renew": Move((SENDING,), SENDING, owned=True),
     "unknown": Move((SENDING,), UNKNOWN, owned=True),
     "dead": Move((QUEUED, SENDING), DEAD, owned=True),
     # the operator's

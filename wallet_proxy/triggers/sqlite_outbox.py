@@ -10,9 +10,10 @@ transactions, so the bound check is one row read rather than a count of 100,000 
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
-import uuid
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,7 +112,9 @@ def _record(row: tuple) -> Record:
 
 
 def new_id() -> str:
-    return f"trg_{uuid.uuid4().hex}"
+    """Sortable by creation (nanoseconds, then random): triggers accepted in the same
+    instant by the caller's clock still keep their order."""
+    return f"trg_{time.time_ns():016x}{secrets.token_hex(6)}"
 
 
 class SqliteOutbox:
