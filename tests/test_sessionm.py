@@ -1,7 +1,9 @@
-"""The Connect client against requests-mock: every branch of SessionM's wire format."""
+"""The SessionM clients: every branch of the wire format against requests-mock, and what a
+failure says about SessionM having acted on the call over real HTTP to the sandbox."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -11,16 +13,24 @@ import pytest
 import requests
 import urllib3
 
+from tests.helpers import free_port, wait_until
 from wallet_proxy.errors import (
     InvalidUpstreamPayload,
+    NotApplied,
+    UpstreamConnectRefused,
     UpstreamError,
     UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamServerDeclined,
     UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
     UserNotFound,
 )
+from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 from wallet_proxy.sessionm import GET_USER_OFFERS, MAX_BODY_BYTES, ConnectClient, pooled_session
+from wallet_proxy.sessionm_core import CoreClient, maybe_applied
+from wallet_proxy.upstream import is_outage
 
 BASE = "https://connect.example.test"
 URL = BASE + GET_USER_OFFERS
@@ -212,12 +222,14 @@ def test_unreadable_offers_are_dropped_not_fatal(client, requests_mock):
         ({"json": {"status": "error", "errors": {"code": "user_not_found"}}}, UserNotFound),
         ({"json": {"status": "error", "errors": {"code": "NOT_FOUND"}}}, UserNotFound),
         ({"json": {"status": "error", "errors": [{"code": "USER_NOT_FOUND"}]}}, UserNotFound),
-        ({"json": {"status": "error", "errors": {"code": "VALIDATION"}}}, UpstreamError),
-        ({"json": {"status": "error"}}, UpstreamError),
-        ({"status_code": 404, "text": "<html>nope</html>"}, UpstreamError),
-        ({"status_code": 401, "json": {"status": "error"}}, UpstreamError),
+        ({"json": {"status": "error", "errors": {"code": "VALIDATION"}}}, UpstreamRejected),
+        ({"json": {"status": "error"}}, UpstreamRejected),
+        ({"status_code": 404, "text": "<html>nope</html>"}, UpstreamRejected),
+        ({"status_code": 401, "json": {"status": "error"}}, UpstreamRejected),
+        ({"status_code": 409, "json": {"status": "error"}}, UpstreamRejected),
         ({"status_code": 500, "json": {"status": "error"}}, UpstreamServerError),
-        ({"status_code": 503, "text": "down"}, UpstreamServerError),
+        ({"status_code": 503, "text": "down"}, UpstreamServerDeclined),
+        ({"status_code": 302, "text": ""}, UpstreamError),
         ({"status_code": 429, "headers": {"Retry-After": "7"}, "text": ""}, UpstreamRateLimited),
         ({"text": "<html>maintenance</html>"}, InvalidUpstreamPayload),
         ({"json": ["not", "an", "object"]}, InvalidUpstreamPayload),
@@ -346,3 +358,116 @@ def test_past_deadline_makes_no_call(client, requests_mock):
     with pytest.raises(UpstreamTimeout):
         client.fetch_wallet("u-1", "en-US", deadline=time.monotonic() - 1)
     assert requests_mock.call_count == 0
+
+
+# --- Retry safety: whether SessionM may have acted on a failed call -------------------
+
+
+def core_client(url: str) -> CoreClient:
+    return CoreClient(
+        url,
+        DEMO_CORE_API_KEY,
+        DEMO_CORE_API_SECRET,
+        session=pooled_session(2),
+        connect_timeout=0.5,
+        read_timeout=2,
+    )
+
+
+def add_visit(client: CoreClient, user_id: str = "user-1", *, within: float = 2) -> dict:
+    """One counter tag: the call that must never be applied twice."""
+    return client.add_tags(
+        user_id, ["visits"], None, external=False, deadline=time.monotonic() + within
+    )
+
+
+def visits(sandbox, user_id: str = "user-1") -> int:
+    tags = sandbox.stats()["tag_state"].get(user_id, [])
+    return sum(tag["count"] for tag in tags if tag["tag"] == "visits")
+
+
+@pytest.mark.parametrize(
+    ("knobs", "user_id", "error"),
+    [
+        ({"status": 503}, "user-1", UpstreamServerDeclined),
+        ({"status": 429}, "user-1", UpstreamRateLimited),
+        ({"status": 400}, "user-1", UpstreamRejected),
+        ({"status": 401}, "user-1", UpstreamRejected),
+        ({}, "nobody", UserNotFound),
+    ],
+)
+def test_refusals_say_nothing_was_applied_and_nothing_was(sandbox, knobs, user_id, error):
+    sandbox.configure(**knobs)
+    with pytest.raises(error) as caught:
+        add_visit(core_client(sandbox.url), user_id)
+    assert type(caught.value) is error
+    assert isinstance(caught.value, NotApplied)
+    assert not maybe_applied(caught.value)
+    assert visits(sandbox, user_id) == 0
+
+
+@pytest.mark.parametrize(
+    ("knobs", "error"),
+    [
+        ({"status": 500}, UpstreamServerError),
+        ({"status": 502}, UpstreamServerError),
+        ({"status": 504}, UpstreamServerError),
+        ({"garbage": True}, InvalidUpstreamPayload),  # a 200 we cannot read
+    ],
+)
+def test_other_answers_say_the_call_may_have_been_applied(sandbox, knobs, error):
+    sandbox.configure(**knobs)
+    with pytest.raises(error) as caught:
+        add_visit(core_client(sandbox.url))
+    assert type(caught.value) is error
+    assert maybe_applied(caught.value)
+
+
+def test_a_timed_out_call_may_have_been_applied_and_was(sandbox):
+    sandbox.configure(latency=0.8)
+    with pytest.raises(UpstreamTimeout) as caught:
+        add_visit(core_client(sandbox.url), within=0.3)
+    assert maybe_applied(caught.value)
+    wait_until(lambda: sandbox.stats()["in_flight"] == 0, timeout=5)
+    assert visits(sandbox) == 1  # SessionM went on after we gave up
+
+
+def test_a_refused_connection_is_tried_once_more_then_says_nothing_was_applied(caplog):
+    caplog.set_level(logging.INFO, logger="wallet_proxy.sessionm")
+    with pytest.raises(UpstreamConnectRefused) as caught:
+        add_visit(core_client(f"http://127.0.0.1:{free_port()}"))
+    assert not maybe_applied(caught.value)
+    assert caplog.text.count("retrying SessionM after a refused connection") == 1
+
+
+def test_a_dropped_connection_may_have_been_applied_and_is_not_resent():
+    server = RawServer(lambda conn: None)  # read the request, closed without a word
+    try:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            add_visit(core_client(server.url))
+    finally:
+        server.close()
+    assert type(caught.value) is UpstreamUnavailable
+    assert maybe_applied(caught.value)
+    assert server.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("marked", "parent"),
+    [
+        (UpstreamConnectRefused, UpstreamUnavailable),
+        (UpstreamServerDeclined, UpstreamServerError),
+        (UpstreamRejected, UpstreamError),
+    ],
+)
+def test_a_marked_class_answers_and_counts_as_the_class_it_refines(marked, parent):
+    """Marking what SessionM did changes no answer and no circuit-breaker count."""
+    assert issubclass(marked, parent)
+    new, old = marked(), parent()
+    assert (new.status, new.code, new.message, new.retry_after) == (
+        old.status,
+        old.code,
+        old.message,
+        old.retry_after,
+    )
+    assert is_outage(new) == is_outage(old)

@@ -12,7 +12,7 @@ import pytest
 import requests
 from flask import request
 
-from tests.conftest import wait_until
+from tests.helpers import API_KEY, free_port, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.idempotency import WINDOW, Answer, Idempotency, MemoryStore
 from wallet_proxy.sandbox import (
@@ -24,8 +24,6 @@ from wallet_proxy.sandbox import (
 )
 from wallet_proxy.sessionm import pooled_session
 from wallet_proxy.sessionm_core import CoreClient
-
-from .conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -145,7 +143,7 @@ def test_the_api_key_also_works_as_the_basic_auth_password(relay, core):
 
 
 def test_over_real_http_with_a_chunked_body(core_app, core):
-    from .conftest import LiveServer
+    from tests.helpers import LiveServer
 
     def chunks():
         yield b'{"tags": ["braze_test"],'
@@ -432,6 +430,25 @@ def test_what_a_failed_first_call_leaves_for_the_retry(relay, core, knobs, body,
         assert (retry.status_code, retry.get_json()) == (first.status_code, first.get_json())
         assert retry.headers["Idempotent-Replayed"] == "true"
         assert len(calls(core)) == 1
+
+
+def test_a_counter_refused_at_connect_is_sent_when_sessionm_is_back(core_env):
+    """Nothing reached SessionM, so the retry must really call it, not replay the 503."""
+    port = free_port()
+    app = create_app(
+        {**core_env, "SESSIONM_CORE_URL": f"http://127.0.0.1:{port}", "TESTING": True}
+    )
+    key = {"Idempotency-Key": "refused-1"}
+    assert_error(
+        post(app.test_client(), body={"tags": ["visits"]}, headers=key),
+        503,
+        "upstream_unavailable",
+    )
+    with SandboxServer(port=port) as back:
+        retry = post(app.test_client(), body={"tags": ["visits"]}, headers=key)
+        assert retry.status_code == 200
+        assert "Idempotent-Replayed" not in retry.headers
+        assert counts(back, "user-1") == {"visits": 1}
 
 
 def test_an_unknown_customer_answer_is_replayed(relay, core):

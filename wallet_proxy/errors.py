@@ -3,6 +3,30 @@
 Modules raise the precise subclass; `register_error_handlers` turns any of them
 (and Werkzeug's own HTTP errors) into a JSON body for the API or a page for
 people, so no view decides statuses and no traceback ever reaches a client.
+
+Whether a failed SessionM call may still have been applied is part of its class,
+because sending a counter tag again after one that was applied counts it twice.
+Classes marked `NotApplied` say SessionM did nothing; any other failure may have
+been applied. (psf/requests does the same: its `ConnectTimeout` is both a
+`ConnectionError` and a `Timeout`, which is how it says "safe to retry".)
+
+How the call failed                                 Class                   Applied?
+--------------------------------------------------  ----------------------  --------
+connection refused, and refused again on the retry  UpstreamConnectRefused  no
+not sent by us (in-flight cap, breaker open)        UpstreamBusy            no
+HTTP 429                                            UpstreamRateLimited     no
+HTTP 503                                            UpstreamServerDeclined  no
+HTTP 404 in SessionM's envelope, a not-found code   UserNotFound            no
+other 4xx, an error envelope in a 2xx               UpstreamRejected        no
+timed out (connecting, reading, deadline passed)    UpstreamTimeout         maybe
+connection dropped or cut after sending             UpstreamUnavailable     maybe
+other 5xx (a gateway may give up, SessionM not)     UpstreamServerError     maybe
+a 2xx we cannot read                                InvalidUpstreamPayload  maybe
+an answer over 5 MB, a 3xx                          UpstreamError           maybe
+
+Whether SessionM is failing (what the circuit breaker counts: timeouts, 5xx,
+unavailability, never our own `UpstreamBusy`) is a separate question, answered by
+the parent classes; the marker does not change it.
 """
 
 from __future__ import annotations
@@ -10,7 +34,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, current_app, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +80,14 @@ class NotConfigured(WalletProxyError):
     message = "This feature is not configured on this service."
 
 
+class NotApplied:
+    """Marks failures SessionM did not act on: the call never reached it, or it said no
+    before doing anything. Sending the same call again cannot apply it twice.
+
+    A marker, never raised on its own: each marked class is also an `UpstreamError`.
+    """
+
+
 class UpstreamError(WalletProxyError):
     """SessionM answered, but not with anything we can use."""
 
@@ -68,7 +100,11 @@ class InvalidUpstreamPayload(UpstreamError):
     message = "SessionM returned a payload of an unexpected shape."
 
 
-class UserNotFound(UpstreamError):
+class UpstreamRejected(NotApplied, UpstreamError):
+    """SessionM answered no (a 4xx, or an error envelope): final, and nothing was done."""
+
+
+class UserNotFound(NotApplied, UpstreamError):
     status = 404
     code = "user_not_found"
     message = "SessionM does not know this user."
@@ -83,17 +119,25 @@ class UpstreamUnavailable(UpstreamError):
     retry_after = 5
 
 
+class UpstreamConnectRefused(NotApplied, UpstreamUnavailable):
+    """No connection could be made, so SessionM received nothing."""
+
+
 class UpstreamServerError(UpstreamError):
     """SessionM answered 5xx: it is failing, which the circuit breaker counts."""
 
     message = "SessionM failed to answer."
 
 
-class UpstreamRateLimited(UpstreamUnavailable):
+class UpstreamServerDeclined(NotApplied, UpstreamServerError):
+    """SessionM answered 503: it declined the call for now, without acting on it."""
+
+
+class UpstreamRateLimited(NotApplied, UpstreamUnavailable):
     message = "SessionM is rate limiting us; try again shortly."
 
 
-class UpstreamBusy(UpstreamUnavailable):
+class UpstreamBusy(NotApplied, UpstreamUnavailable):
     """We refused to call SessionM (too many calls in flight, or the breaker is open)."""
 
     message = "Too many SessionM calls in flight; try again shortly."
@@ -170,7 +214,7 @@ def register_error_handlers(app: Flask) -> None:
         error.status = exc.code or 500
         error.code = _http_code(exc)
         response = _respond(error)
-        if exc.code == 405 and exc.valid_methods:
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 

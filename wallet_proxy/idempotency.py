@@ -5,11 +5,12 @@ SessionM, so a blind retry tags a customer twice. A request with a key first cla
 it (a "pending" record), calls SessionM, then stores the answer for 24 hours; a repeat
 with the same key replays that answer without calling SessionM.
 
-What is kept is decided by what SessionM can have done:
+What is kept is decided by what SessionM can have done, which the error's class says
+(errors.py has the table):
 
 - an answer (success, unknown user, an error SessionM sent back) is final: kept;
-- a refusal that changed nothing (429, 503, our own "busy") is released, so the
-  client's retry really retries;
+- a refusal that changed nothing (429, 503, a refused connection, our own "busy") is
+  released, so the client's retry really retries;
 - no usable answer (timeout, dropped connection, other 5xx) may have been applied.
   For a counter tag it is kept like a final answer: the retry gets the same 504/502
   and SessionM is not called again, so at worst the tag is missing, never doubled.
@@ -39,13 +40,12 @@ from .errors import (
     IdempotencyConflict,
     IdempotencyInProgress,
     IdempotencyUnavailable,
-    UpstreamBusy,
-    UpstreamRateLimited,
+    NotApplied,
     UpstreamServerError,
+    UpstreamUnavailable,
     WalletProxyError,
     error_body,
 )
-from .sessionm_core import maybe_applied
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class Idempotency:
         try:
             answer = call()
         except WalletProxyError as error:
-            if _changed_nothing(error) or (resend_safe and maybe_applied(error)):
+            if _changed_nothing(error) or (resend_safe and not isinstance(error, NotApplied)):
                 self._quietly(self.store.release, key, token)
             else:
                 self._keep(key, pending, Answer.of_error(error))
@@ -206,7 +206,8 @@ class Idempotency:
 
 
 def _changed_nothing(error: WalletProxyError) -> bool:
-    """Refusals a retry should really retry: SessionM (or we) declined before doing anything."""
-    return isinstance(error, UpstreamRateLimited | UpstreamBusy) or (
-        isinstance(error, UpstreamServerError) and not maybe_applied(error)
+    """Refusals a retry should really retry: SessionM (or we) declined before doing anything,
+    for now rather than for good (unlike an unknown user or a 400, which are answers)."""
+    return isinstance(error, NotApplied) and isinstance(
+        error, UpstreamUnavailable | UpstreamServerError
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import requests
@@ -18,17 +18,20 @@ import urllib3
 from marshmallow import ValidationError
 from requests.adapters import HTTPAdapter
 
-from . import __version__
 from .errors import (
     InvalidUpstreamPayload,
+    UpstreamConnectRefused,
     UpstreamError,
     UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamServerDeclined,
     UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
     UserNotFound,
 )
 from .schemas import OFFER_SCHEMA, PAGE_SCHEMA
+from .version import __version__
 from .wallet import Wallet
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class Transport:
 
     def post(
         self, url: str, body: dict, headers: dict, deadline: float, *, auth=None
-    ) -> tuple[int, dict, bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body bytes); `deadline` is a `time.monotonic()` instant."""
         for attempt in (1, 2):
             remaining = deadline - time.monotonic()
@@ -84,26 +87,32 @@ class Transport:
                     url, json=body, headers=headers, auth=auth, timeout=timeout, stream=True
                 ) as response:
                     return response.status_code, response.headers, read_capped(response, deadline)
-            except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
-                raise UpstreamTimeout() from None
-            except requests.ConnectionError as exc:
-                if not _refused(exc):
-                    # The request may have reached SessionM: never send it twice.
-                    raise UpstreamUnavailable() from None
-                # Nothing was sent, so one more try is safe and cheap; a second refusal
-                # means SessionM (or the path to it) is really down.
-                if attempt == 1 and deadline - time.monotonic() > self.connect_timeout:
-                    log.info("retrying SessionM after a refused connection")
-                    continue
-                error = UpstreamUnavailable()
-                error.nothing_sent = True
-                raise error from None
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                # urllib3's own errors come from reading the body (read1), which requests
-                # doesn't wrap: a connection cut or a protocol error half-way through.
-                log.warning("SessionM request failed: %s", type(exc).__name__)
-                raise UpstreamUnavailable() from None
+                error = _our_error(exc)
+            # Only a refused connection is tried again: nothing was sent, and it fails fast.
+            # A second refusal means SessionM (or the path to it) is really down.
+            if (
+                not isinstance(error, UpstreamConnectRefused)
+                or attempt == 2
+                or deadline - time.monotonic() <= self.connect_timeout
+            ):
+                raise error
+            log.info("retrying SessionM after a refused connection")
         raise AssertionError("unreachable")
+
+
+def _our_error(
+    exc: requests.RequestException | urllib3.exceptions.HTTPError,
+) -> UpstreamError:
+    """A failed request as our error tree, whose class says whether it may have arrived."""
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError):
+        return UpstreamTimeout()
+    if isinstance(exc, requests.ConnectionError):
+        return UpstreamConnectRefused() if _refused(exc) else UpstreamUnavailable()
+    # urllib3's own errors come from reading the body (read1), which requests doesn't
+    # wrap: a connection cut or a protocol error half-way through.
+    log.warning("SessionM request failed: %s", type(exc).__name__)
+    return UpstreamUnavailable()
 
 
 def _refused(error: requests.ConnectionError) -> bool:
@@ -186,7 +195,8 @@ def read_capped(response: requests.Response, deadline: float) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise UpstreamError("SessionM's answer is larger than 5 MB; refused.")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         if time.monotonic() > deadline:
             raise UpstreamTimeout()
@@ -208,8 +218,13 @@ def _error_code(document: object) -> str:
     return str(errors or "").lower()
 
 
-def parse_envelope(status: int, headers, raw: bytes, *, require_payload: bool = True) -> dict:
-    """SessionM's envelope (`status`, `payload`, `errors`) to its payload, or our error."""
+def parse_envelope(
+    status: int, headers: Mapping[str, str], raw: bytes, *, require_payload: bool = True
+) -> dict:
+    """SessionM's envelope (`status`, `payload`, `errors`) to its payload, or our error.
+
+    The class raised says whether SessionM may have acted on the call (see errors.py).
+    """
     try:
         document = json.loads(raw) if raw.strip() else None
         parsed = True
@@ -218,15 +233,19 @@ def parse_envelope(status: int, headers, raw: bytes, *, require_payload: bool = 
     if status == 404:
         if not parsed:
             # Not SessionM's envelope: most likely SESSIONM_CONNECT_URL points wrong.
-            raise UpstreamError("SessionM answered 404 without its error envelope.")
+            raise UpstreamRejected("SessionM answered 404 without its error envelope.")
         raise UserNotFound()
     if status == 429:
         raise UpstreamRateLimited(retry_after=retry_after_seconds(headers.get("Retry-After")))
     if status in (401, 403):
         log.error("SessionM refused our credentials (HTTP %s)", status)
-        raise UpstreamError("SessionM refused this service's credentials.")
+        raise UpstreamRejected("SessionM refused this service's credentials.")
+    if status == 503:
+        raise UpstreamServerDeclined(f"SessionM answered HTTP {status}.")
     if status >= 500:
         raise UpstreamServerError(f"SessionM answered HTTP {status}.")
+    if 400 <= status < 500:
+        raise UpstreamRejected(f"SessionM answered HTTP {status}.")
     if not 200 <= status < 300:
         raise UpstreamError(f"SessionM answered HTTP {status}.")
     if not parsed or not isinstance(document, dict):
@@ -236,7 +255,7 @@ def parse_envelope(status: int, headers, raw: bytes, *, require_payload: bool = 
         code = _error_code(document)
         if code in NOT_FOUND_CODES:
             raise UserNotFound()
-        raise UpstreamError(f"SessionM answered with error {code.upper() or 'without a code'}.")
+        raise UpstreamRejected(f"SessionM answered with error {code.upper() or 'without a code'}.")
     payload = document.get("payload")
     if payload is None and not require_payload:
         return {}

@@ -2,10 +2,9 @@
 
 Braze's partner page has Braze (or a script) call Core directly, which puts the Core
 secret in Braze. The relay and `wallet-proxy tags import` call through this client
-instead. It reuses the Connect transport (timeouts, size cap, error tree) and adds
-one thing callers need for counter tags: whether a failed call may still have been
-applied by SessionM (`maybe_applied`), since sending such a call again could count
-twice.
+instead. It reuses the Connect transport (timeouts, size cap, error tree). Whether a
+failed call may still have been applied by SessionM, which decides whether a counter
+tag may be sent again, is in the class of the error raised (`errors.NotApplied`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from urllib.parse import quote
 
 import requests
 
-from .errors import InvalidRequest, InvalidUpstreamPayload, WalletProxyError
+from .errors import InvalidRequest, NotApplied, UpstreamServerDeclined
 from .sessionm import Transport, parse_envelope, retry_after_seconds
 
 
@@ -61,45 +60,27 @@ class CoreClient:
     ) -> dict:
         """Tag one customer; without `ttl` each call increments counter tags.
 
-        Returns SessionM's payload. Raises our error tree; every raised error carries
-        `maybe_applied` (see `maybe_applied()`). `deadline` is a `time.monotonic()` instant.
+        Returns SessionM's payload. Raises our error tree, whose classes say whether
+        the call may have been applied (see `maybe_applied`). `deadline` is a
+        `time.monotonic()` instant.
         """
         url = self.tags_url(user_id, external=external)
         body: dict = {"tags": list(tags)}
         if ttl is not None:
             body["ttl"] = ttl
-        try:
-            status, headers, raw = self.transport.post(
-                url, body, self._headers, deadline, auth=self._auth
-            )
-        except WalletProxyError as error:
-            # No answer (timeout, dropped connection): the call may have reached SessionM,
-            # unless the connection was never made.
-            error.maybe_applied = not getattr(error, "nothing_sent", False)
-            raise
+        status, headers, raw = self.transport.post(
+            url, body, self._headers, deadline, auth=self._auth
+        )
         try:
             # The reference promises Core's envelope, not a payload in its success.
             return parse_envelope(status, headers, raw, require_payload=False)
-        except WalletProxyError as error:
-            error.maybe_applied = _may_have_applied(status, error)
-            if status == 503 and headers.get("Retry-After"):
+        except UpstreamServerDeclined as error:
+            if headers.get("Retry-After"):
                 error.retry_after = retry_after_seconds(headers.get("Retry-After"))
             raise
 
 
-def _may_have_applied(status: int, error: WalletProxyError) -> bool:
-    """Only answers that say "not done" are safe: 4xx, 503, or an error envelope in a 2xx.
-
-    Any other 5xx may come from a gateway that gave up while SessionM went on, and an
-    unreadable 2xx may be a success we could not parse.
-    """
-    if 400 <= status < 500 or status == 503:
-        return False
-    if 200 <= status < 300:
-        return isinstance(error, InvalidUpstreamPayload)
-    return True
-
-
 def maybe_applied(error: BaseException) -> bool:
-    """Whether SessionM may have applied a failed tags call; unknown errors count as yes."""
-    return getattr(error, "maybe_applied", True)
+    """Whether SessionM may have applied a failed tags call: yes unless the error's class
+    says it did nothing (errors we don't know, bugs included, count as yes)."""
+    return not isinstance(error, NotApplied)

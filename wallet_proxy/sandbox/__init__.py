@@ -1,0 +1,36 @@
+"""SessionM stand-in: a real HTTP server speaking Connect offers and Core customer tags.
+
+Tests run it in a thread (`SandboxServer`), people run it with `wallet-proxy sandbox`
+(`serve`). Answers depend only on the clock and the seeded users; knobs are the one way to
+make it misbehave (latency, injected errors, forced statuses, hangs, trickled, garbage or
+huge bodies). Knobs are set in Python or over HTTP, so a benchmark can drive a sandbox
+running in another process.
+
+Knob precedence for each Connect/Core call: `latency`, then `hang`, then the answer is the
+first of `status`, `error_rate`, `garbage` and the real one; `huge` pads any JSON answer and
+`trickle` slows whatever is sent.
+
+The `/_sandbox/*` admin endpoints (config, stats, reset) need no auth on purpose: this is a
+local test double with demo credentials and must never face a real network.
+
+Layout: `server` (the socket, the Flask app, `/_sandbox/*`), `state` (knobs acting on every
+call, counters, the `Api` protocol), `knobs` (their rules), `connect` and `core` (one API
+each), `customers` (the seeded demo data), `wire` (SessionM's formats). Another API, such as
+Braze's trigger endpoints, is one more module implementing `state.Api`, listed in
+`server.build_sandbox`.
+"""
+
+from .connect import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
+from .core import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
+from .customers import SEEDED_USERS
+from .server import SandboxServer, serve
+
+__all__ = [
+    "DEMO_CONNECT_AUTH",
+    "DEMO_CORE_API_KEY",
+    "DEMO_CORE_API_SECRET",
+    "DEMO_RETAILER_ID",
+    "SEEDED_USERS",
+    "SandboxServer",
+    "serve",
+]

@@ -1,0 +1,40 @@
+"""The knobs that make the sandbox misbehave: their defaults and the rules for setting them."""
+
+from typing import Any
+
+from .wire import is_int
+
+DEFAULT_KNOBS: dict[str, Any] = {
+    "latency": 0.0,
+    "error_rate": 0.0,
+    "status": None,
+    "hang": False,
+    "trickle": 0.0,
+    "garbage": False,
+    "huge": False,
+}
+_KNOB_LIMIT_SECONDS = 3600.0
+
+
+def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
+    """Refuse unknown or ill-typed knobs: a typo must not leave the sandbox well-behaved."""
+    unknown = sorted(set(knobs) - set(DEFAULT_KNOBS))
+    if unknown:
+        raise ValueError(f"unknown knob(s): {', '.join(unknown)}")
+    checked = {}
+    for name, value in knobs.items():
+        if isinstance(DEFAULT_KNOBS[name], bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false")
+        elif name == "status":
+            if value is not None and not (is_int(value) and 100 <= value <= 599):
+                raise ValueError("status must be an HTTP status (100-599) or null")
+        else:
+            upper = 1.0 if name == "error_rate" else _KNOB_LIMIT_SECONDS
+            if not (isinstance(value, int | float) and not isinstance(value, bool)):
+                raise ValueError(f"{name} must be a number")
+            if not 0 <= value <= upper:
+                raise ValueError(f"{name} must be between 0 and {upper:g}")
+            value = float(value)
+        checked[name] = value
+    return checked

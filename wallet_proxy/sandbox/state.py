@@ -1,0 +1,178 @@
+"""What the request threads share: the knobs, in-flight counts, and each API's history.
+
+Every Connect or Core call goes through `Sandbox.answer`, which is where the knobs act.
+"""
+
+import contextlib
+import json
+import math
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from flask import Flask, Response, request
+from werkzeug.http import HTTP_STATUS_CODES
+
+from .knobs import DEFAULT_KNOBS, check_knobs
+from .wire import error
+
+Produce = Callable[[], tuple[int, dict[str, Any]]]
+
+_HUGE_PADDING = 7 * 1024 * 1024
+_GARBAGE = b"<html><body><h1>502 Bad Gateway</h1><p>upstream hiccup</p></body></html>"
+
+
+class Api(Protocol):
+    """One API the sandbox speaks: its routes, and the history it keeps for `/_sandbox/stats`.
+
+    `clear` and `stats` run with the sandbox's lock held, as do the hooks given to `answer`.
+    """
+
+    def register(self, app: Flask, sandbox: "Sandbox") -> None: ...
+
+    def clear(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def _status_code_name(status: int) -> str:
+    name = HTTP_STATUS_CODES.get(status, "error")
+    return re.sub(r"\W+", "_", name).upper()
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    """Cut the client's connection without an answer, as a server that went away does."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class Sandbox:
+    """Knobs, in-flight counts and the APIs, behind one lock so stats are one snapshot."""
+
+    def __init__(self, apis: Sequence[Api]) -> None:
+        self.apis = tuple(apis)
+        self.closing = threading.Event()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        """Forget history; `in_flight` is left alone since those calls are still running."""
+        self._knobs = dict(DEFAULT_KNOBS)
+        self._error_counter = 0
+        self._peak = self._in_flight
+        for api in self.apis:
+            api.clear()
+
+    def configure(self, knobs: dict[str, Any]) -> dict[str, Any]:
+        checked = check_knobs(knobs)
+        with self._changed:
+            self._knobs.update(checked)
+            if "error_rate" in checked:
+                self._error_counter = 0
+            self._changed.notify_all()
+            return dict(self._knobs)
+
+    def reset(self) -> dict[str, Any]:
+        with self._changed:
+            self._clear()
+            self._changed.notify_all()
+            return dict(self._knobs)
+
+    def close(self) -> None:
+        self.closing.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            stats: dict[str, Any] = {"in_flight": self._in_flight, "peak_concurrency": self._peak}
+            for api in self.apis:
+                stats.update(api.stats())
+            return stats
+
+    def answer(
+        self,
+        produce: Produce,
+        *,
+        arrived: Callable[[], None],
+        answered: Callable[[int], None] | None = None,
+    ) -> Response:
+        """Count the call, apply the knobs, and answer with `produce()` unless a knob overrides.
+
+        The API records the call in `arrived` and, once its status is known, in `answered`
+        (not called when the call is cut off before an answer).
+        """
+        with self._lock:
+            arrived()
+            self._in_flight += 1
+            self._peak = max(self._peak, self._in_flight)
+            latency = self._knobs["latency"]
+        sock = request.environ.get("werkzeug.socket")
+        streamed = False
+        try:
+            if self.closing.wait(latency) or not self._wait_while_hung():
+                _shutdown(sock)
+                return Response(status=503)
+            with self._lock:
+                knobs = dict(self._knobs)
+                failing = self._next_call_fails(knobs["error_rate"])
+            response = self._respond(knobs, failing, produce)
+            if answered is not None:
+                with self._lock:
+                    answered(response.status_code)
+            if knobs["trickle"]:
+                response.response = self._trickle(response.get_data(), knobs["trickle"], sock)
+                response.call_on_close(self._leave)
+                streamed = True
+            return response
+        finally:
+            if not streamed:
+                self._leave()
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _wait_while_hung(self) -> bool:
+        """Hold the call while `hang` is on, in short slices; False if the server stopped."""
+        with self._changed:
+            while self._knobs["hang"] and not self.closing.is_set():
+                self._changed.wait(0.05)
+        return not self.closing.is_set()
+
+    def _next_call_fails(self, rate: float) -> bool:
+        """Fail calls evenly and reproducibly: with rate 0.25, every 4th call since it was set."""
+        self._error_counter += 1
+        n = self._error_counter
+        return math.floor(n * rate) > math.floor((n - 1) * rate)
+
+    def _respond(self, knobs: dict[str, Any], failing: bool, produce: Produce) -> Response:
+        headers = {}
+        if knobs["status"] is not None:
+            status = knobs["status"]
+            body = error(_status_code_name(status), "forced by the sandbox's status knob")
+            if status == 429:
+                headers["Retry-After"] = "1"
+        elif failing:
+            status, body = 500, error("INTERNAL", "injected by the sandbox's error_rate knob")
+        elif knobs["garbage"]:
+            return Response(_GARBAGE, 200, mimetype="text/html")
+        else:
+            status, body = produce()
+        if knobs["huge"]:
+            body = {**body, "padding": "x" * _HUGE_PADDING}
+        data = json.dumps(body, ensure_ascii=False)
+        return Response(data, status, headers, mimetype="application/json")
+
+    def _trickle(self, data: bytes, delay: float, sock: socket.socket | None) -> Iterator[bytes]:
+        """Send one byte per `delay` seconds; cut the connection if the server stops meanwhile."""
+        for i in range(len(data)):
+            if self.closing.wait(delay):
+                _shutdown(sock)
+                return
+            yield data[i : i + 1]
