@@ -31,9 +31,9 @@ def braze_server():
 
 @pytest.fixture
 def braze(braze_server):
-    braze_server.braze.clear()
+    braze_server.reset()
     yield braze_server
-    braze_server.braze.clear()
+    braze_server.reset()
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_call_bodies_for_broadcasts_and_attributes():
 
 
 def test_maintenance_queued_counts_as_sent(client, braze):
-    braze.configure(maintenance=True)
+    braze.set(maintenance=True)
     sent = client.send("campaign", one())
     assert sent.queued and sent.dispatch_id == ""
 
@@ -103,7 +103,7 @@ def test_maintenance_queued_counts_as_sent(client, braze):
     ],
 )
 def test_429_and_503_are_not_processed_and_say_when_to_retry(client, braze, knobs, wait):
-    braze.configure(**knobs)
+    braze.set(**knobs)
     with pytest.raises(BrazeNotProcessed) as caught:
         client.send("campaign", one())
     assert caught.value.retry_after == pytest.approx(wait, abs=1.5)
@@ -113,14 +113,14 @@ def test_429_and_503_are_not_processed_and_say_when_to_retry(client, braze, knob
 
 @pytest.mark.parametrize("status", [500, 502, 504])
 def test_other_5xx_may_have_been_delivered(client, braze, status):
-    braze.configure(status=status)
+    braze.set(status=status)
     with pytest.raises(BrazeOutcomeUnknown, match=f"HTTP {status}"):
         client.send("campaign", one())
 
 
 @pytest.mark.parametrize("status", [400, 404, 422])
 def test_other_4xx_are_final(client, braze, status):
-    braze.configure(status=status)
+    braze.set(status=status)
     with pytest.raises(BrazeRejected) as caught:
         client.send("campaign", one())
     assert caught.value.status == status and not caught.value.may_have_applied
@@ -143,7 +143,7 @@ def test_a_refused_key_waits_without_leaking_the_key(braze, caplog):
 
 
 def test_a_slow_braze_is_outcome_unknown_and_did_deliver(client, braze):
-    braze.configure(latency=3)
+    braze.set(latency=3)
     started = time.monotonic()
     with pytest.raises(BrazeOutcomeUnknown, match="in time"):
         client.send("campaign", one())
@@ -152,7 +152,7 @@ def test_a_slow_braze_is_outcome_unknown_and_did_deliver(client, braze):
 
 
 def test_a_dropped_connection_is_outcome_unknown(client, braze):
-    braze.configure(drop=True)
+    braze.set(drop=True)
     with pytest.raises(BrazeOutcomeUnknown, match="dropped"):
         client.send("campaign", one())
 
@@ -189,3 +189,54 @@ def test_rate_limit_says_when_it_is_used_up():
     left = RateLimit.from_headers({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": "1030"})
     assert left.exhausted_until(now) is None
     assert RateLimit.from_headers({"X-RateLimit-Remaining": "zero"}).remaining is None
+
+
+def test_the_stand_in_refuses_what_braze_refuses(braze):
+    import requests
+
+    def post(path, body, key=BRAZE_KEY):
+        headers = {"Authorization": f"Bearer {key}"}
+        return requests.post(braze.url + path, json=body, headers=headers, timeout=5)
+
+    ok = {"external_user_id": "a"}
+    cases = [
+        ("/canvas/trigger/send", {"canvas_id": "c", "trigger_properties": {}, "broadcast": True}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok], "context": {}}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "broadcast": True, "recipients": [ok]}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok] * 2}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": []}),
+        (
+            "/campaigns/trigger/send",
+            {"campaign_id": "c", "recipients": [{"external_user_id": str(i)} for i in range(51)]},
+        ),
+        (
+            "/campaigns/trigger/send",
+            {"campaign_id": "c", "recipients": [{**ok, "trigger_properties": {"x": "y" * 51200}}]},
+        ),
+        ("/canvas/trigger/send", {"campaign_id": "c", "broadcast": True}),
+    ]
+    for path, body in cases:
+        assert post(path, body).status_code == 400, body
+    assert (
+        post("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok]}, "no").status_code
+        == 401
+    )
+    assert braze.messages() == []
+    answer = requests.post(braze.url + "/_sandbox/braze/config", json={"statsu": 429}, timeout=5)
+    assert answer.status_code == 400 and "statsu" in answer.json()["message"]
+    set_over_http = requests.post(
+        braze.url + "/_sandbox/braze/config", json={"status": 503, "times": 1}, timeout=5
+    )
+    assert set_over_http.json()["status"] == 503
+    assert (
+        post("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok]}).status_code
+        == 503
+    )
+    assert (
+        post("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok]}).status_code
+        == 201
+    )
+    stats = requests.get(braze.url + "/_sandbox/braze/stats", timeout=5).json()
+    assert len(stats["braze_messages"]) == 1
+    braze.reset()
+    assert braze.calls() == [] and braze.set()["status"] is None

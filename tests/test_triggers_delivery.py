@@ -39,9 +39,9 @@ def braze_server():
 
 @pytest.fixture
 def braze(braze_server):
-    braze_server.braze.clear()
+    braze_server.reset()
     yield braze_server
-    braze_server.braze.clear()
+    braze_server.reset()
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ def test_canvas_triggers_send_context(outbox, braze, clock):
 def test_429_is_retried_when_braze_says(outbox, braze, clock, knobs, wait):
     trigger_id = accept(outbox, clock, trigger("a"))
     clock.advance(WINDOW)
-    braze.configure(status=429, times=1, **knobs)
+    braze.set(status=429, times=1, **knobs)
     worker = deliverer(outbox, braze, clock)
     assert drain(worker) == 1
     record = outbox.get(trigger_id)
@@ -177,7 +177,7 @@ def test_429_is_retried_when_braze_says(outbox, braze, clock, knobs, wait):
 
 def test_503_backs_off_exponentially(outbox, braze, clock):
     trigger_id = accept(outbox, clock, trigger("a"))
-    braze.configure(status=503, times=3)
+    braze.set(status=503, times=3)
     worker = deliverer(outbox, braze, clock)
     waits = []
     for _ in range(3):
@@ -196,11 +196,11 @@ def test_503_backs_off_exponentially(outbox, braze, clock):
 def test_5xx_timeouts_and_drops_become_unknown_never_resent(outbox, braze, clock, knobs):
     ids = [accept(outbox, clock, trigger(f"c{i}")) for i in range(3)]
     clock.advance(WINDOW)
-    braze.configure(**knobs)
+    braze.set(**knobs)
     worker = deliverer(outbox, braze, clock)
     drain(worker)
     assert {outbox.get(i).state for i in ids} == {UNKNOWN}
-    braze.configure(status=None, latency=0, drop=False)
+    braze.set(status=None, latency=0, drop=False)
     clock.advance(3600)
     assert drain(worker) == 0
     assert len(braze.calls()) == 1  # one call, never repeated
@@ -209,7 +209,7 @@ def test_5xx_timeouts_and_drops_become_unknown_never_resent(outbox, braze, clock
 def test_a_400_batch_is_sent_again_one_by_one(outbox, braze, clock):
     ids = [accept(outbox, clock, trigger(f"c{i}")) for i in range(5)]
     clock.advance(WINDOW)
-    braze.configure(reject=["c2"])
+    braze.set(reject=["c2"])
     drain(deliverer(outbox, braze, clock))
     states = {i: outbox.get(i).state for i in ids}
     assert states == {**dict.fromkeys(ids, SENT), ids[2]: DEAD}
@@ -221,7 +221,7 @@ def test_a_400_batch_is_sent_again_one_by_one(outbox, braze, clock):
 def test_404_is_a_dead_letter(outbox, braze, clock):
     trigger_id = accept(outbox, clock, trigger("a"))
     clock.advance(WINDOW)
-    braze.configure(status=404)
+    braze.set(status=404)
     drain(deliverer(outbox, braze, clock))
     record = outbox.get(trigger_id)
     assert record.state == DEAD and "HTTP 404" in record.reason
@@ -240,7 +240,7 @@ def test_triggers_older_than_max_age_die(outbox, braze, clock):
 
 def test_retrying_stops_at_max_age(outbox, braze, clock):
     trigger_id = accept(outbox, clock, trigger("a"))
-    braze.configure(status=429, retry_after=40)
+    braze.set(status=429, retry_after=40)
     worker = deliverer(outbox, braze, clock, max_age=100)
     for _ in range(4):
         clock.advance(WINDOW + 0.01)
@@ -252,7 +252,7 @@ def test_retrying_stops_at_max_age(outbox, braze, clock):
 
 
 def test_used_up_rate_limit_pauses_before_a_429(outbox, braze, clock):
-    braze.configure(remaining=0, reset_in=30)
+    braze.set(remaining=0, reset_in=30)
     accept(outbox, clock, trigger("a"))
     clock.advance(WINDOW)
     worker = deliverer(outbox, braze, clock)
@@ -288,7 +288,7 @@ def test_broadcasts_go_one_per_call_within_250_a_minute(outbox, braze, clock):
 def test_maintenance_queued_is_sent_with_a_note(outbox, braze, clock):
     trigger_id = accept(outbox, clock, trigger("a"))
     clock.advance(WINDOW)
-    braze.configure(maintenance=True)
+    braze.set(maintenance=True)
     drain(deliverer(outbox, braze, clock))
     record = outbox.get(trigger_id)
     assert record.state == SENT and "maintenance" in record.reason

@@ -1,46 +1,18 @@
-"""Shared by the trigger tests: Braze's stand-in on a real socket, triggers to accept."""
+"""Shared by the trigger tests: triggers to accept, and the sandbox's Braze at hand."""
 
 from __future__ import annotations
 
-import threading
-
-from flask import Flask
-from werkzeug.serving import WSGIRequestHandler, make_server
-
-from wallet_proxy.braze_sandbox import DEMO_BRAZE_API_KEY, Braze
+from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, SandboxServer
 from wallet_proxy.triggers.model import CAMPAIGN, Trigger
 
 BRAZE_KEY = DEMO_BRAZE_API_KEY
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, *args) -> None:
-        pass
+class BrazeServer(SandboxServer):
+    """The sandbox, seen from its Braze side: knobs, calls and messages."""
 
-
-class BrazeServer:
-    """The Braze stand-in served over real HTTP on a free port, in a thread."""
-
-    def __init__(self):
-        self.braze = Braze()
-        app = Flask("braze-standin")
-        self.braze.register(app)
-        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_Quiet)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.braze.closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-    def configure(self, **knobs):
+    def set(self, **knobs):
+        """Braze's knobs (`configure` is SessionM's)."""
         return self.braze.configure(knobs)
 
     def calls(self) -> list[dict]:

@@ -26,6 +26,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from .state import Sandbox
+
 DEMO_BRAZE_API_KEY = "demo-braze-rest-key"
 MAX_RECIPIENTS = 50
 MAX_OBJECT_BYTES = 50 * 1024
@@ -117,12 +119,15 @@ def body_problem(kind: str, body: Any) -> str | None:
 
 
 class Braze:
-    """The trigger endpoints; stats are `braze_calls` (each call) and `braze_messages`."""
+    """The trigger endpoints; stats are `braze_calls` (each call) and `braze_messages`.
+
+    Cleared with the rest of the sandbox by `/_sandbox/reset`.
+    """
 
     def __init__(self, api_key: str = DEMO_BRAZE_API_KEY) -> None:
         self.api_key = api_key
-        self._lock = threading.Lock()
-        self.closing = threading.Event()
+        self._lock = threading.Lock()  # its own: the knobs and history are Braze's alone
+        self._closing = threading.Event()
         self.clear()
 
     def clear(self) -> None:
@@ -145,7 +150,8 @@ class Braze:
                 "braze_messages": [dict(message) for message in self._messages],
             }
 
-    def register(self, app: Flask, _sandbox: object = None) -> None:
+    def register(self, app: Flask, sandbox: Sandbox) -> None:
+        self._closing = sandbox.closing
         @app.post("/campaigns/trigger/send", defaults={"kind": "campaign"})
         @app.post("/canvas/trigger/send", defaults={"kind": "canvas"})
         def trigger_send(kind: str) -> Response:
@@ -183,7 +189,7 @@ class Braze:
         status, answer = self._produce(kind, body, knobs, forced, now)
         call["status"] = status
         # Slow or cut off after Braze has acted: the caller can't know it was delivered.
-        if (knobs["latency"] and self.closing.wait(knobs["latency"])) or knobs["drop"]:
+        if (knobs["latency"] and self._closing.wait(knobs["latency"])) or knobs["drop"]:
             call["status"] = "dropped"
             _cut(request.environ.get("werkzeug.socket"))
             return Response(status=500)
