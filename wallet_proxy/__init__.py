@@ -34,6 +34,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     register_logging(app)
     register_services(app, settings, clock)
     register_blueprints(app)
+    register_triggers(app, settings, clock)
     register_error_handlers(app)
     return app
 
@@ -113,6 +114,13 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
     tags.init_app(app)
+
+
+def register_triggers(app: Flask, settings, clock: Callable[[], datetime]) -> None:
+    """SessionM-triggered Braze messages: the outbox and `POST /v1/braze/triggers`."""
+    from .triggers.setup import init_app
+
+    init_app(app, settings, clock=lambda: clock().timestamp())
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -152,6 +152,7 @@ class Braze:
 
     def register(self, app: Flask, sandbox: Sandbox) -> None:
         self._closing = sandbox.closing
+
         @app.post("/campaigns/trigger/send", defaults={"kind": "campaign"})
         @app.post("/canvas/trigger/send", defaults={"kind": "canvas"})
         def trigger_send(kind: str) -> Response:

@@ -1,0 +1,122 @@
+"""One deliverer per instance, whoever starts it: a gunicorn worker or `triggers deliver`.
+
+Every gunicorn worker offers to deliver; an exclusive lock on DATA_DIR/deliverer.lock
+lets exactly one do it. The kernel releases the lock when its holder dies, even by
+kill -9, and another worker (or the replacement gunicorn starts) takes over within a
+second. With Redis, each instance's deliverer shares the outbox with the others through
+claims with leases; the lock only keeps it to one per instance.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+
+from flask import Flask
+
+from .deliverer import Deliverer
+from .setup import build_deliverer
+from .wallets import ServiceWallets
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "deliverer.lock"
+LOCK_POLL = 1.0
+# Inside gunicorn's graceful_timeout (10 s). A call still unanswered then is left at
+# `sending` and becomes `unknown`: never lost, never sent twice.
+STOP_WAIT = 8.0
+
+
+class InstanceLock:
+    def __init__(self, data_dir: str | Path):
+        path = Path(data_dir)
+        path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+
+    def try_acquire(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Block until the lock is ours (True) or `stop` is set (False)."""
+        while not self.try_acquire():
+            if stop.wait(LOCK_POLL):
+                return False
+        return True
+
+    def close(self) -> None:
+        os.close(self._fd)  # also releases the lock
+
+
+def deliverer_for(app: Flask) -> Deliverer | None:
+    """A deliverer sharing the app's outbox and wallet service; None if not configured."""
+    triggers = app.extensions["triggers"]
+    if triggers is None:
+        return None
+    settings = app.config["SETTINGS"]
+    service = app.extensions["wallet_service"]
+    return build_deliverer(
+        settings,
+        triggers.outbox,
+        wallets=ServiceWallets(service, settings.default_culture),
+        clock=lambda: service.clock().timestamp(),
+    )
+
+
+def deliver(app: Flask, stop: threading.Event) -> None:
+    """Wait to be this instance's deliverer, then deliver until `stop` is set."""
+    deliverer = deliverer_for(app)
+    if deliverer is None:
+        return
+    lock = InstanceLock(app.config["SETTINGS"].data_dir)
+    try:
+        if lock.wait(stop):
+            deliverer.run(stop)
+    finally:
+        lock.close()
+
+
+class Background:
+    """A deliverer thread in this process (a gunicorn worker), and how to stop it."""
+
+    def __init__(self, app: Flask):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=deliver, args=(app, self.stop), name="trigger-deliverer", daemon=True
+        )
+
+    def start(self) -> Background:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(STOP_WAIT)
+
+
+_background: Background | None = None
+
+
+def start_in_worker(app: object) -> None:
+    """For gunicorn's post_worker_init: offer this worker as the instance's deliverer.
+
+    `app` is whatever gunicorn serves; only our Flask app with triggers configured delivers.
+    """
+    global _background
+    ours = isinstance(app, Flask) and app.extensions.get("triggers") is not None
+    if ours and _background is None:
+        _background = Background(app).start()
+
+
+def stop_in_worker() -> None:
+    """For gunicorn's worker_exit: finish the call in flight, then let the lock go."""
+    global _background
+    if _background is not None:
+        _background.close()
+        _background = None

@@ -1,0 +1,86 @@
+"""Wiring the triggers feature: the outbox, the intake, the route, and a deliverer on demand.
+
+Nothing here runs on import, and nothing is opened unless Braze is configured: without
+BRAZE_REST_URL the route answers 503 not_configured and no data folder is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask
+
+from ..config import ConfigError, Settings
+from .braze import BrazeClient
+from .deliverer import Deliverer, Wallets
+from .intake import Intake
+from .outbox import Outbox, OutboxError
+from .redis_outbox import RedisOutbox, persistence_warnings
+from .sqlite_outbox import SqliteOutbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """What the route and the deliverer share in one process."""
+
+    outbox: Outbox
+    intake: Intake
+    keys: tuple[str, ...]
+
+
+def open_outbox(settings: Settings) -> Outbox:
+    """Redis when the service has one (every instance shares it), else SQLite in the data
+    folder. Raises ConfigError naming the variable when the store can't be opened."""
+    if settings.redis_url:
+        outbox = RedisOutbox.from_url(settings.redis_url)
+        for warning in persistence_warnings(outbox.client):
+            log.warning(warning)
+        return outbox
+    try:
+        return SqliteOutbox(settings.data_dir)
+    except (OSError, OutboxError) as exc:
+        problem = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            "WALLET_PROXY_DATA_DIR", f"can't hold the trigger outbox: {problem}"
+        ) from None
+
+
+def init_app(app: Flask, settings: Settings, clock: Callable[[], float]) -> None:
+    """`app.extensions["triggers"]`: a Triggers, or None when Braze isn't configured."""
+    from . import views
+
+    triggers = None
+    if settings.triggers_configured:
+        outbox = open_outbox(settings)
+        intake = Intake(
+            outbox,
+            max_queued=settings.trigger_max_queued,
+            set_email=settings.trigger_set_email,
+            clock=clock,
+        )
+        triggers = Triggers(outbox, intake, settings.trigger_keys)
+    app.extensions["triggers"] = triggers
+    app.register_blueprint(views.bp)
+
+
+def build_deliverer(
+    settings: Settings,
+    outbox: Outbox,
+    *,
+    wallets: Wallets | None = None,
+    clock: Callable[[], float],
+) -> Deliverer:
+    if not settings.braze_rest_url or not settings.braze_rest_api_key:
+        raise ConfigError("BRAZE_REST_URL", "required to deliver triggers")
+    return Deliverer(
+        outbox,
+        BrazeClient(settings.braze_rest_url, settings.braze_rest_api_key),
+        window=settings.trigger_batch_ms / 1000,
+        max_age=settings.trigger_max_age,
+        wallets=wallets,
+        clock=clock,
+    )
