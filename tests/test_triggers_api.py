@@ -279,16 +279,12 @@ def test_an_unusable_data_dir_stops_start_up(trigger_env, tmp_path):
 
 
 @pytest.mark.slow
-def test_with_redis_a_lost_store_is_503_and_nothing_accepted(trigger_env, redis_server, clock):
+def test_with_redis_a_lost_store_is_503_and_nothing_accepted(
+    trigger_env, redis_server, redis_url, clock
+):
     app = create_app(
-        {
-            **trigger_env,
-            "WALLET_PROXY_REDIS_URL": redis_server.url,
-            "TESTING": True,
-            "CLOCK": clock,
-        }
+        {**trigger_env, "WALLET_PROXY_REDIS_URL": redis_url, "TESTING": True, "CLOCK": clock}
     )
-    redis_server.flush()
     with LiveServer(app) as live:
         assert post(live).status_code == 202
         redis_server.kill()
