@@ -295,3 +295,17 @@ def test_with_redis_a_lost_store_is_503_and_nothing_accepted(
     assert answer.status_code == 503
     assert answer.json()["error"]["code"] == "trigger_store_unavailable"
     assert int(answer.headers["Retry-After"]) > 0
+
+
+@pytest.mark.slow
+def test_start_up_warns_about_a_redis_that_may_lose_triggers(trigger_env, redis_url, caplog):
+    import redis
+
+    redis.Redis.from_url(redis_url).config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        create_app({**trigger_env, "WALLET_PROXY_REDIS_URL": redis_url, "TESTING": True})
+    finally:
+        redis.Redis.from_url(redis_url).config_set("maxmemory-policy", "noeviction")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("allkeys-lru" in w and "noeviction" in w for w in warnings)
+    assert any("appendonly" in w for w in warnings)

@@ -328,3 +328,35 @@ def test_wallet_summaries_are_added_or_minus_one(outbox, braze, clock):
         assert got[name]["wallet_offer_count"] == WALLET_UNKNOWN
     assert "wallet_offer_count" not in got["d"]
     assert sorted(wallets.asked) == ["missing", "slow", "sm-1"]
+
+
+@pytest.mark.slow
+def test_two_instances_share_a_redis_outbox_and_deliver_each_trigger_once(braze, redis_url):
+    import threading
+
+    clock = time.time
+    box = RedisOutbox.from_url(redis_url)
+    for i in range(300):
+        made = trigger(f"r{i:03}", target=f"camp-{i % 3}")
+        box.add(made, Dedupe.of(made, None), now=clock(), max_waiting=10**6)
+    client = BrazeClient(braze.url, BRAZE_KEY)
+    instances = [
+        Deliverer(RedisOutbox.from_url(redis_url), client, window=0.05, max_age=MAX_AGE)
+        for _ in range(2)
+    ]
+    stop = threading.Event()
+    threads = [threading.Thread(target=d.run, args=(stop,)) for d in instances]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while box.counts()[SENT] < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert box.counts()[SENT] == 300
+    got = [m["external_user_id"] for m in braze.messages()]
+    assert sorted(got) == [f"r{i:03}" for i in range(300)]
+    box.close()

@@ -313,3 +313,15 @@ def test_an_unwritable_data_dir_is_an_outbox_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises((OutboxError, OSError)):
         SqliteOutbox(blocker)
+
+
+def test_sqlite_claims_of_a_dead_deliverer_are_settled_at_once(tmp_path):
+    box = SqliteOutbox(tmp_path)
+    claimed, sending, untouched = (add(box, make(f"c-{i}")).trigger_id for i in range(3))
+    box.claim(owner="dead", now=T0 + WINDOW, window=WINDOW, lease=LEASE, limit=2)
+    box.move("sending", [sending], now=T0 + 1, owner="dead", lease_until=T0 + 60)
+    box.abandon_leases(now=T0 + 2)  # long before the leases end
+    assert box.get(claimed).state == QUEUED
+    assert (box.get(sending).state, box.get(sending).reason) == (UNKNOWN, STALE_SENDING)
+    assert {r.id for r in claim(box, owner="new", now=T0 + 3)} == {claimed, untouched}
+    box.close()

@@ -108,7 +108,7 @@ def deliver_command(until_idle: bool) -> None:
 
 
 def _deliver_until_idle(app: Flask, stop: threading.Event) -> None:
-    from .running import InstanceLock, deliverer_for
+    from .running import InstanceLock, deliverer_for, took_over
 
     deliverer = deliverer_for(app)
     if deliverer is None:
@@ -117,6 +117,7 @@ def _deliver_until_idle(app: Flask, stop: threading.Event) -> None:
     try:
         if not lock.try_acquire():
             raise click.ClickException("another deliverer of this instance is running")
+        took_over(deliverer)
         handled, idle_since = 0, time.monotonic()
         while not stop.is_set():
             done = deliverer.run_once()

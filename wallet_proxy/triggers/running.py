@@ -19,6 +19,7 @@ from flask import Flask
 
 from .deliverer import Deliverer
 from .setup import build_deliverer
+from .sqlite_outbox import SqliteOutbox
 from .wallets import ServiceWallets
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,13 @@ def deliverer_for(app: Flask) -> Deliverer | None:
     )
 
 
+def took_over(deliverer: Deliverer) -> None:
+    """Just became the instance's deliverer: settle what a dead predecessor left claimed."""
+    if isinstance(deliverer.outbox, SqliteOutbox):
+        deliverer.outbox.abandon_leases(now=deliverer.clock())
+    # With Redis, other instances' claims are alive: their leases decide.
+
+
 def deliver(app: Flask, stop: threading.Event) -> None:
     """Wait to be this instance's deliverer, then deliver until `stop` is set."""
     deliverer = deliverer_for(app)
@@ -77,6 +85,7 @@ def deliver(app: Flask, stop: threading.Event) -> None:
     lock = InstanceLock(app.config["SETTINGS"].data_dir)
     try:
         if lock.wait(stop):
+            took_over(deliverer)
             deliverer.run(stop)
     finally:
         lock.close()

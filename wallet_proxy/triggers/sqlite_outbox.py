@@ -240,17 +240,28 @@ class SqliteOutbox:
             ).fetchall()
         return sorted((_record(row) for row in rows), key=lambda r: (r.accepted_at, r.id))
 
+    def abandon_leases(self, *, now: float) -> None:
+        """Settle every claim now, as if its lease had ended.
+
+        For the deliverer that has just taken the instance lock: an SQLite outbox belongs
+        to one instance, so any claim left is a dead deliverer's, and waiting out its
+        lease would only delay the rest (and the report of what it left `sending`).
+        """
+        with self._write() as db:
+            self._settle_leases(db, now, until=float("inf"))
+
     @staticmethod
-    def _settle_leases(db: sqlite3.Connection, now: float) -> None:
+    def _settle_leases(db: sqlite3.Connection, now: float, until: float | None = None) -> None:
+        until = now if until is None else until
         db.execute(
             "UPDATE outbox SET owner = '', lease_until = 0 "
             "WHERE state = ? AND lease_until > 0 AND lease_until < ?",
-            (QUEUED, now),
+            (QUEUED, until),
         )
         db.execute(
             "UPDATE outbox SET state = ?, reason = ?, lease_until = 0, updated_at = ? "
             "WHERE state = ? AND lease_until < ?",
-            (UNKNOWN, STALE_SENDING, now, SENDING, now),
+            (UNKNOWN, STALE_SENDING, now, SENDING, until),
         )
 
     def move(
