@@ -9,9 +9,10 @@ from datetime import timedelta
 import pytest
 import requests_mock as requests_mock_module
 
-from tests.conftest import API_KEY, OTHER_KEY
+from tests.helpers import API_KEY, OTHER_KEY
 from wallet_proxy import create_app
 from wallet_proxy.sandbox import SandboxServer
+from wallet_proxy.services import services
 from wallet_proxy.sessionm import GET_USER_OFFERS
 
 WALLET_KEYS = {
@@ -276,7 +277,7 @@ def test_secrets_never_reach_logs_or_bodies(client, auth, sandbox, caplog, env):
 
 
 def test_unexpected_bug_is_a_json_500_without_traceback(app, auth, monkeypatch):
-    service = app.extensions["wallet_service"]
+    service = services(app).wallet_service
     monkeypatch.setattr(service, "lookup", lambda *a, **k: 1 / 0)
     response = app.test_client().get("/v1/wallets/demo-alice", headers=auth)
     assert response.status_code == 500

@@ -14,7 +14,7 @@ import requests
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.security import generate_password_hash
 
-from tests.conftest import API_KEY
+from tests.helpers import API_KEY
 
 pytestmark = pytest.mark.browser
 

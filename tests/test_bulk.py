@@ -22,13 +22,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import wait_until
+from tests.helpers import API_KEY, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.bulk.runner import Progress, RateLimiter
 from wallet_proxy.cli import main
 from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
-
-from .conftest import API_KEY
 
 
 @pytest.fixture

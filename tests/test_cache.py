@@ -11,11 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import API_KEY, wait_until
+from tests.helpers import API_KEY, wait_until
 from wallet_proxy import create_app
-from wallet_proxy.cache import Entry
+from wallet_proxy.cache import REDIS_RETRY_INTERVAL, Entry
+from wallet_proxy.errors import UpstreamUnavailable
 from wallet_proxy.sandbox import SandboxServer
 from wallet_proxy.service import JITTER
+from wallet_proxy.services import services
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -32,6 +34,19 @@ def get(app, user_id="demo-alice", **params):
 def at_once(count, fn):
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(lambda i: fn(i), range(count)))
+
+
+class Ticks:
+    """A monotonic timer that tests move by hand: no sleeping out a cooldown."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def test_concurrent_cold_requests_make_one_call(env, clock, sandbox):
@@ -93,7 +108,7 @@ def test_stale_rescues_a_forced_refresh_that_fails(env, clock, sandbox):
     get(app)
     clock.advance(seconds=61)
     sandbox.configure(status=500)
-    lookup = app.extensions["wallet_service"].lookup("demo-alice", "en-US", refresh=True)
+    lookup = services(app).wallet_service.lookup("demo-alice", "en-US", refresh=True)
     assert lookup.stale
 
 
@@ -125,7 +140,7 @@ def test_deadline_serves_stale_when_sessionm_hangs(env, clock, sandbox):
     clock.advance(seconds=61)
     sandbox.configure(hang=True)
     started = time.monotonic()
-    response = app.extensions["wallet_service"].lookup("demo-alice", "en-US", refresh=True)
+    response = services(app).wallet_service.lookup("demo-alice", "en-US", refresh=True)
     sandbox.configure(hang=False)
     assert response.stale
     assert time.monotonic() - started < 0.6
@@ -135,7 +150,8 @@ def test_slow_answer_past_the_deadline_still_fills_the_cache(env, clock, sandbox
     app = make_app(env, clock, WALLET_PROXY_DEADLINE=0.3, WALLET_PROXY_UPSTREAM_TIMEOUT=2)
     sandbox.configure(latency=0.6)
     assert get(app).status_code == 504
-    time.sleep(0.5)
+    service = services(app).wallet_service
+    wait_until(lambda: service.cache.get(service.key("demo-alice", "en-US")), timeout=3)
     retried = get(app)  # Braze's :retry, or the next render of the same message
     assert (retried.status_code, retried.headers["X-Cache"]) == (200, "HIT")
     assert sandbox.stats()["calls"] == 1
@@ -153,7 +169,7 @@ def test_concurrency_cap_is_never_exceeded(env, clock):
         own.configure(latency=0.2)
         responses = at_once(24, lambda i: get(app, f"user-{i}"))
         assert own.stats()["peak_concurrency"] == 3
-    assert app.extensions["wallet_service"].guard.peak == 3
+    assert services(app).wallet_service.guard.peak == 3
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) >= 9  # three slots, 0.2 s each, for about 1 s
     assert set(statuses) <= {200, 503, 504}
@@ -167,14 +183,15 @@ def test_concurrency_cap_is_never_exceeded(env, clock):
 
 def test_breaker_opens_answers_fast_and_closes_after_a_probe(env, clock, sandbox):
     app = make_app(env, clock, WALLET_PROXY_BREAKER_THRESHOLD=3, WALLET_PROXY_BREAKER_COOLDOWN=0.3)
-    breaker = app.extensions["wallet_service"].guard.breaker
+    breaker = services(app).wallet_service.guard.breaker
+    breaker.timer = ticks = Ticks()
     sandbox.configure(status=500)
     assert [get(app, f"user-{i}").status_code for i in range(3)] == [502] * 3
     assert breaker.state == "open"
     refused = get(app, "user-99")
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
     assert sandbox.stats()["calls"] == 3
-    time.sleep(0.35)
+    ticks.advance(0.35)
     assert breaker.state == "half-open"
     sandbox.configure(status=None)
     assert get(app, "user-100").status_code == 200
@@ -186,12 +203,12 @@ def test_breaker_ignores_not_found(env, clock, sandbox):
     app = make_app(env, clock, WALLET_PROXY_BREAKER_THRESHOLD=2)
     for i in range(5):
         assert get(app, f"nobody-{i}").status_code == 404
-    assert app.extensions["wallet_service"].guard.breaker.state == "closed"
+    assert services(app).wallet_service.guard.breaker.state == "closed"
 
 
 def test_fresh_lifetime_has_jitter(env, clock, sandbox):
     app = make_app(env, clock, WALLET_PROXY_CACHE_TTL=100)
-    service = app.extensions["wallet_service"]
+    service = services(app).wallet_service
     lifetimes = set()
     for value in (0.0, 0.5, 1.0):
         service.rng = lambda v=value: v
@@ -204,7 +221,7 @@ def test_fresh_lifetime_has_jitter(env, clock, sandbox):
 def test_entry_survives_serialisation(env, clock, sandbox):
     app = make_app(env, clock)
     get(app)
-    service = app.extensions["wallet_service"]
+    service = services(app).wallet_service
     entry = service.cache.get(service.key("demo-alice", "en-US"))
     assert Entry.loads(entry.dumps()) == entry
 
@@ -240,8 +257,28 @@ def test_failure_is_shared_across_instances(env, clock, sandbox, redis_url):
     assert sandbox.stats()["calls"] == 1
 
 
+def test_a_shared_failure_keeps_its_class_even_a_new_one(env, clock, redis_url, monkeypatch):
+    class SessionMOnFire(UpstreamUnavailable):  # a class the service never names
+        pass
+
+    calls = []
+
+    def fetch_wallet(user_id, culture, *, deadline):
+        calls.append(user_id)
+        time.sleep(0.2)  # a slow failure, so the other instance is waiting on it
+        raise SessionMOnFire()
+
+    apps = [make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url) for _ in range(2)]
+    for app in apps:
+        monkeypatch.setattr(services(app).wallet_service.client, "fetch_wallet", fetch_wallet)
+    responses = at_once(2, lambda i: get(apps[i]))
+    assert [r.status_code for r in responses] == [503, 503]  # not a generic 502
+    assert len(calls) == 1
+
+
 def test_service_survives_losing_redis(env, clock, sandbox, redis_url, redis_server):
     app = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
+    services(app).wallet_service.cache.timer = ticks = Ticks()
     assert get(app).status_code == 200
     redis_server.kill()
     started = time.monotonic()
@@ -253,7 +290,7 @@ def test_service_survives_losing_redis(env, clock, sandbox, redis_url, redis_ser
     assert ready.get_json()["status"] == "degraded"
     assert ready.get_json()["checks"]["redis"].startswith("unreachable")
     redis_server.start()
-    time.sleep(1.1)  # the cache tries Redis again after a second
+    ticks.advance(REDIS_RETRY_INTERVAL)  # the cache tries Redis again after a second
     assert app.test_client().get("/readyz").get_json()["status"] == "ok"
     assert get(app, "demo-carol", limit=1).status_code == 200
 

@@ -11,7 +11,7 @@ import time
 
 import requests
 
-from tests.conftest import API_KEY, free_port
+from tests.helpers import API_KEY, free_port
 
 
 def test_wallet_over_real_http(live_server, sandbox):

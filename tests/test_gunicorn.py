@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import API_KEY, free_port
+from tests.helpers import API_KEY, free_port
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
 from wallet_proxy.serving import gunicorn_command
 

@@ -21,7 +21,7 @@ from liquid import BoundTemplate, Environment, Node, RenderContext, Tag, Token, 
 from liquid.exceptions import LiquidSyntaxError
 from liquid.token import TOKEN_EXPRESSION, TOKEN_LPAREN, TOKEN_RPAREN, TOKEN_STRING, TOKEN_TAG
 
-from tests.conftest import API_KEY
+from tests.helpers import API_KEY
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SNIPPET = re.compile(

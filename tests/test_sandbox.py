@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 from wallet_proxy.sandbox import (
     DEMO_CONNECT_AUTH,
     DEMO_CORE_API_KEY,

@@ -6,12 +6,16 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-__version__ = "0.1.0"
+from .version import __version__
 
-log = logging.getLogger(__name__)
+__all__ = ["__version__", "create_app"]
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 def create_app(test_config: Mapping | None = None) -> Flask:
@@ -23,16 +27,16 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     """
     from .config import Settings
 
-    source = dict(os.environ) if test_config is None else dict(test_config)
+    source: dict[str, Any] = dict(os.environ if test_config is None else test_config)
     clock: Callable[[], datetime] = source.pop("CLOCK", None) or (lambda: datetime.now(UTC))
     settings = Settings.from_env(source)
 
     app = Flask(__name__)
-    app.config["SETTINGS"] = settings
     if test_config is not None:
         app.config.from_mapping({k: v for k, v in source.items() if not _is_setting(k)})
     register_logging(app)
     register_services(app, settings, clock)
+    register_sessions(app, settings)
     register_blueprints(app)
     register_triggers(app, settings, clock)
     register_error_handlers(app)
@@ -54,57 +58,20 @@ def register_logging(app: Flask) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-def register_services(app: Flask, settings, clock: Callable[[], datetime]) -> None:
-    """The wallet service and what it stands on, in `app.extensions`."""
-    import time
+def register_services(app: Flask, settings: Settings, clock: Callable[[], datetime]) -> None:
+    """Every service in one typed container, reached through `services()`."""
+    from .services import EXTENSION, build_services
 
-    import redis
+    app.extensions[EXTENSION] = build_services(settings, clock)
 
-    from .answers import AnswerMemo
-    from .cache import MemoryCache, RedisCache
-    from .service import WalletService
-    from .sessionm import ConnectClient, connect_timeout_for, pooled_session
-    from .upstream import CircuitBreaker, UpstreamGuard
 
-    client = ConnectClient(
-        settings.sessionm_connect_url,
-        settings.sessionm_connect_auth,
-        settings.sessionm_retailer_id,
-        session=pooled_session(settings.upstream_concurrency),
-        connect_timeout=connect_timeout_for(settings.deadline),
-        read_timeout=settings.upstream_timeout,
-        clock=clock,
-    )
-    cache = MemoryCache(maxsize=settings.cache_max_entries, timer=lambda: clock().timestamp())
-    redis_client = None
-    if settings.redis_url:
-        # Short timeouts: a slow Redis must not eat the answer's deadline.
-        redis_client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=0.25,
-            socket_connect_timeout=0.25,
-            health_check_interval=15,
-        )
-        cache = RedisCache(redis_client, fallback=cache, timer=lambda: clock().timestamp())
-    app.extensions["redis"] = redis_client
-    app.extensions["answers"] = AnswerMemo()
-    breaker = CircuitBreaker(
-        threshold=settings.breaker_threshold,
-        cooldown=settings.breaker_cooldown,
-        timer=time.monotonic,
-    )
-    app.extensions["wallet_service"] = WalletService(
-        client=client,
-        cache=cache,
-        guard=UpstreamGuard(concurrency=settings.upstream_concurrency, breaker=breaker),
-        retailer_id=settings.sessionm_retailer_id,
-        deadline=settings.deadline,
-        upstream_timeout=settings.upstream_timeout,
-        cache_ttl=settings.cache_ttl,
-        stale_ttl=settings.stale_ttl,
-        negative_ttl=settings.negative_ttl,
-        clock=clock,
-    )
+def register_sessions(app: Flask, settings: Settings) -> None:
+    """Staff sessions: signed with WALLET_PROXY_SECRET_KEY (set whenever staff users are)."""
+    from .support.staff import StaffSessionInterface
+
+    if settings.secret_key:
+        app.secret_key = settings.secret_key
+    app.session_interface = StaffSessionInterface()
 
 
 def register_blueprints(app: Flask) -> None:
@@ -113,7 +80,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
-    tags.init_app(app)
+    app.register_blueprint(tags.bp)
 
 
 def register_triggers(app: Flask, settings, clock: Callable[[], datetime]) -> None:

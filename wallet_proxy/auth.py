@@ -11,9 +11,10 @@ import base64
 import hmac
 from collections.abc import Iterable
 
-from flask import Request, current_app, request
+from flask import Request, request
 
 from .errors import Unauthorized
+from .services import services
 
 
 def presented_key(request: Request) -> str | None:
@@ -45,5 +46,5 @@ def key_matches(presented: str | None, keys: Iterable[str]) -> bool:
 
 def require_api_key() -> None:
     """For the API blueprints' `before_request`: one of WALLET_PROXY_API_KEYS, or 401."""
-    if not key_matches(presented_key(request), current_app.config["SETTINGS"].api_keys):
+    if not key_matches(presented_key(request), services().settings.api_keys):
         raise Unauthorized()

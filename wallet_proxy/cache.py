@@ -1,15 +1,18 @@
-"""Wallet caches behind one small interface: per-process (cachetools) or shared (Redis).
+"""Wallet caches behind one interface, `WalletCache`: per-process (cachetools) or shared (Redis).
 
 An Entry holds what SessionM said (a Wallet, or None for "no such user") with
 two instants: fresh until, then usable as stale until. Never a rendered answer:
 expiry of offers is decided when each answer is made.
 
-The Redis cache also coordinates processes: a lock with a lease so one process
-fetches a key, a pub/sub channel that wakes the others the moment it lands, and
-a short-lived error marker so a failure is handed to them instead of re-tried.
-When Redis fails, it falls back to a per-process cache and reports it; it tries
-Redis again after a second, so a dead Redis costs one timeout per second, not
-one per request.
+The interface also coordinates the processes that share a cache (as dogpile's
+`get_mutex` does): a lock so one of them fetches a key, a way to be woken when
+it lands, and a short-lived error marker so a failure is handed to the others
+instead of re-tried. The in-process cache has no other process to coordinate
+with (the service's single-flight already holds per process), so its lock is
+always granted. The Redis cache uses a lock with a lease, a pub/sub channel and
+error keys. When Redis fails, it falls back to a per-process cache and reports
+it; it tries Redis again after a second, so a dead Redis costs one timeout per
+second, not one per request.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import redis
 from cachetools import LRUCache, TLRUCache
@@ -31,11 +35,19 @@ from .wallet import Wallet
 log = logging.getLogger(__name__)
 
 REDIS_RETRY_INTERVAL = 1.0
-# The lock "token" when Redis is down: the caller fetches, guarded per process only.
+# The lock token when no other process can be told: the caller fetches, guarded per process only.
 ALONE = "alone"
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 """
+
+
+class WalletKey(NamedTuple):
+    """What a cached wallet depends on; Redis names are built from these parts, in order."""
+
+    retailer_id: str
+    culture: str
+    user_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,69 +73,130 @@ class Entry:
         return cls(wallet, data["t"], data["f"], data["s"])
 
 
+class WalletCache(Protocol):
+    """Entries by key, and the coordination between processes that share them.
+
+    Every coordination method answers "can't" rather than raising when its
+    store fails; the caller then acts alone, guarded per process.
+    """
+
+    def get(self, key: WalletKey) -> Entry | None: ...
+
+    def put(self, key: WalletKey, entry: Entry) -> None: ...
+
+    def status(self) -> dict[str, str]:
+        """Checks for the readiness probe."""
+        ...
+
+    def lock(self, key: WalletKey, lease: float) -> str | None:
+        """A token when this process may fetch `key` (`ALONE` if no other can be told);
+        None while another process holds it, for at most `lease` seconds."""
+        ...
+
+    def is_locked(self, key: WalletKey) -> bool: ...
+
+    def release(self, key: WalletKey, token: str) -> None:
+        """Drop our lock and wake whoever waits on `key`."""
+        ...
+
+    def put_error(self, key: WalletKey, code: str, ttl: float) -> None:
+        """Tell waiting processes, for `ttl` seconds, that fetching `key` failed with `code`."""
+        ...
+
+    def get_error(self, key: WalletKey) -> str | None: ...
+
+    def waiting(self, key: WalletKey) -> AbstractContextManager[threading.Event]:
+        """An event set when another process has fetched `key` (a safety net: poll too)."""
+        ...
+
+
 class MemoryCache:
-    """One process's entries, dropped when no longer usable (or least recently used)."""
+    """One process's entries, dropped when no longer usable (or least recently used).
 
-    shared = False
+    Nothing to coordinate: the lock is always granted, nobody else marks errors
+    or wakes waiters.
+    """
 
-    def __init__(self, *, maxsize: int, timer: Callable[[], float]):
-        self._entries: TLRUCache = TLRUCache(
-            maxsize=maxsize, ttu=lambda _key, entry, _now: entry.stale_until, timer=timer
+    def __init__(self, *, maxsize: int, unix_time: Callable[[], float]):
+        self._entries: TLRUCache[WalletKey, Entry] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, entry, _now: entry.stale_until, timer=unix_time
         )
         self._lock = threading.Lock()  # cachetools caches are not thread-safe on their own.
 
-    def get(self, key: Hashable) -> Entry | None:
+    def get(self, key: WalletKey) -> Entry | None:
         with self._lock:
             return self._entries.get(key)
 
-    def put(self, key: Hashable, entry: Entry) -> None:
+    def put(self, key: WalletKey, entry: Entry) -> None:
         with self._lock:
             self._entries[key] = entry
 
     def status(self) -> dict[str, str]:
         return {"cache": "ok"}
 
+    def lock(self, key: WalletKey, lease: float) -> str | None:
+        return ALONE
+
+    def is_locked(self, key: WalletKey) -> bool:
+        return False
+
+    def release(self, key: WalletKey, token: str) -> None:
+        pass
+
+    def put_error(self, key: WalletKey, code: str, ttl: float) -> None:
+        pass
+
+    def get_error(self, key: WalletKey) -> str | None:
+        return None
+
+    def waiting(self, key: WalletKey) -> AbstractContextManager[threading.Event]:
+        return nullcontext(threading.Event())
+
 
 class RedisCache:
-    """Entries in Redis, shared by every worker and instance; see the module docstring."""
+    """Entries in Redis, shared by every worker and instance; see the module docstring.
 
-    shared = True
+    `unix_time` is the app's clock (entries' instants are Unix times); `timer`,
+    monotonic, paces the retries while Redis is down.
+    """
 
     def __init__(
         self,
         client: redis.Redis,
         *,
         fallback: MemoryCache,
-        timer: Callable[[], float],
+        unix_time: Callable[[], float],
+        timer: Callable[[], float] = time.monotonic,
         prefix: str = "wallet-proxy:v1",  # bump when Entry's stored format changes
     ):
         self.client = client
         self.fallback = fallback
+        self.unix_time = unix_time
         self.timer = timer
         self.prefix = prefix
         self.channel = f"{prefix}:done"
         self._down_until = 0.0
         # The last entry decoded per key: an unchanged value is not decoded again, and the
         # same Wallet object lets the answer memo serve shared-cache hits too.
-        self._decoded: LRUCache = LRUCache(maxsize=4096)
+        self._decoded: LRUCache[str, tuple[bytes | str, Entry]] = LRUCache(maxsize=4096)
         self._decoded_lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
         self._waiters_lock = threading.Lock()
         self._listener: threading.Thread | None = None
 
-    def _name(self, kind: str, key: tuple[str, ...]) -> str:
+    def _name(self, kind: str, key: WalletKey) -> str:
         return ":".join((self.prefix, kind, *key))
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self.timer() >= self._down_until
 
     def _failed(self, error: Exception) -> None:
         if self.available:
             log.warning("Redis unavailable (%s); using the in-process cache", type(error).__name__)
-        self._down_until = time.monotonic() + REDIS_RETRY_INTERVAL
+        self._down_until = self.timer() + REDIS_RETRY_INTERVAL
 
-    def get(self, key: tuple[str, ...]) -> Entry | None:
+    def get(self, key: WalletKey) -> Entry | None:
         if self.available:
             name = self._name("wallet", key)
             try:
@@ -148,11 +221,11 @@ class RedisCache:
             return entry
         return self.fallback.get(key)
 
-    def put(self, key: tuple[str, ...], entry: Entry) -> None:
+    def put(self, key: WalletKey, entry: Entry) -> None:
         self.fallback.put(key, entry)
         if not self.available:
             return
-        ttl_ms = int((entry.stale_until - self.timer()) * 1000)
+        ttl_ms = int((entry.stale_until - self.unix_time()) * 1000)
         if ttl_ms <= 0:
             return
         try:
@@ -172,7 +245,7 @@ class RedisCache:
     # Coordination between processes. Every method answers "can't" when Redis fails,
     # and the caller then acts alone, guarded per process.
 
-    def lock(self, key: tuple[str, ...], lease: float) -> str | None:
+    def lock(self, key: WalletKey, lease: float) -> str | None:
         """A token when this process may fetch `key`; None when another one is."""
         if not self.available:
             return ALONE
@@ -187,7 +260,7 @@ class RedisCache:
             return ALONE
         return token if taken else None
 
-    def is_locked(self, key: tuple[str, ...]) -> bool:
+    def is_locked(self, key: WalletKey) -> bool:
         if not self.available:
             return False
         try:
@@ -196,7 +269,7 @@ class RedisCache:
             self._failed(error)
             return False
 
-    def release(self, key: tuple[str, ...], token: str) -> None:
+    def release(self, key: WalletKey, token: str) -> None:
         """Drop our lock (only ours: the lease may have passed to another) and wake waiters."""
         if token == ALONE:
             return
@@ -208,7 +281,7 @@ class RedisCache:
         except redis.RedisError as error:
             self._failed(error)
 
-    def put_error(self, key: tuple[str, ...], code: str, ttl: float) -> None:
+    def put_error(self, key: WalletKey, code: str, ttl: float) -> None:
         if not self.available:
             return
         try:
@@ -216,7 +289,7 @@ class RedisCache:
         except redis.RedisError as error:
             self._failed(error)
 
-    def get_error(self, key: tuple[str, ...]) -> str | None:
+    def get_error(self, key: WalletKey) -> str | None:
         if not self.available:
             return None
         try:
@@ -224,10 +297,12 @@ class RedisCache:
         except redis.RedisError as error:
             self._failed(error)
             return None
-        return code.decode() if code else None
+        if not code:
+            return None
+        return code.decode() if isinstance(code, bytes) else code
 
     @contextmanager
-    def waiting(self, key: tuple[str, ...]) -> Iterator[threading.Event]:
+    def waiting(self, key: WalletKey) -> Iterator[threading.Event]:
         """An event set when another process publishes that `key` was fetched."""
         self._ensure_listener()
         name, event = self._name("wallet", key), threading.Event()

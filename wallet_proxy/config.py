@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-CULTURE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?\Z")
+from .rules import CULTURE_RULE, DEFAULT_CULTURE, is_culture
+
 GUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\Z")
 STAFF_NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 
@@ -30,7 +31,7 @@ class Settings:
     sessionm_connect_auth: str = field(repr=False)
     sessionm_retailer_id: str
     api_keys: tuple[str, ...] = field(repr=False)
-    default_culture: str = "en-US"
+    default_culture: str = DEFAULT_CULTURE
     cache_ttl: float = 60.0
     stale_ttl: float = 3600.0
     negative_ttl: float = 30.0
@@ -68,11 +69,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         read = _Reader(env)
         settings = cls(
-            sessionm_connect_url=read.url("SESSIONM_CONNECT_URL", required=True),
+            sessionm_connect_url=read.url("SESSIONM_CONNECT_URL"),
             sessionm_connect_auth=read.secret("SESSIONM_CONNECT_AUTH"),
             sessionm_retailer_id=read.guid("SESSIONM_RETAILER_ID"),
             api_keys=read.api_keys("WALLET_PROXY_API_KEYS"),
-            default_culture=read.culture("WALLET_PROXY_DEFAULT_CULTURE", "en-US"),
+            default_culture=read.culture("WALLET_PROXY_DEFAULT_CULTURE", DEFAULT_CULTURE),
             cache_ttl=read.number("WALLET_PROXY_CACHE_TTL", 60, low=0, high=86_400),
             stale_ttl=read.number("WALLET_PROXY_STALE_TTL", 3600, low=0, high=7 * 86_400),
             negative_ttl=read.number("WALLET_PROXY_NEGATIVE_TTL", 30, low=0, high=3600),
@@ -85,7 +86,7 @@ class Settings:
             redis_url=read.redis_url("WALLET_PROXY_REDIS_URL"),
             staff_users=read.staff_users("WALLET_PROXY_STAFF_USERS"),
             secret_key=read.raw("WALLET_PROXY_SECRET_KEY"),
-            sessionm_core_url=read.url("SESSIONM_CORE_URL", required=False),
+            sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
             braze_rest_url=read.url("BRAZE_REST_URL", required=False),
@@ -154,11 +155,15 @@ class _Reader:
             raise ConfigError(name, "is required")
         return value
 
-    def url(self, name: str, *, required: bool) -> str | None:
+    def url(self, name: str) -> str:
+        value = self.optional_url(name)
+        if value is None:
+            raise ConfigError(name, "is required (an http:// or https:// base URL)")
+        return value
+
+    def optional_url(self, name: str) -> str | None:
         value = self.raw(name)
         if value is None:
-            if required:
-                raise ConfigError(name, "is required (an http:// or https:// base URL)")
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -183,8 +188,8 @@ class _Reader:
 
     def culture(self, name: str, default: str) -> str:
         value = self.raw(name) or default
-        if not CULTURE_RE.match(value):
-            raise ConfigError(name, "must be a culture like en, en-US, es-419 or zh-Hant-TW")
+        if not is_culture(value):
+            raise ConfigError(name, f"must be a culture {CULTURE_RULE}")
         return value
 
     def api_keys(self, name: str, *, required: bool = True) -> tuple[str, ...]:

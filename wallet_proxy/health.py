@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
+
+from .services import services
 
 bp = Blueprint("health", __name__)
 
@@ -21,7 +23,7 @@ def readyz():
     its in-process cache, and failing every instance at once would be an outage.
     The circuit breaker's state is shown for the same reason, without effect.
     """
-    service = current_app.extensions["wallet_service"]
+    service = services().wallet_service
     checks = {"config": "ok"}
     try:
         checks.update(service.cache.status())

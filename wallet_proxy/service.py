@@ -12,9 +12,9 @@ all see the same cache and the same rules:
 
 Flights run in their own thread so an answer's deadline holds whatever SessionM
 does; the flight itself may run on (to WALLET_PROXY_UPSTREAM_TIMEOUT) so a slow
-answer still fills the cache for Braze's next render. With a shared cache the
-flight first takes that key's lock in Redis, so one process fetches and the
-others wait for its result.
+answer still fills the cache for Braze's next render. The flight first takes
+that key's lock from the cache: Redis grants it to one process, which fetches
+while the others wait for its result; the in-process cache always grants it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import errors
-from .cache import Entry, MemoryCache, RedisCache
+from .cache import Entry, WalletCache, WalletKey
 from .errors import UpstreamBusy, UpstreamError, UpstreamTimeout, UserNotFound, WalletProxyError
 from .sessionm import ConnectClient
 from .upstream import UpstreamGuard
@@ -45,20 +44,6 @@ SEND_MARGIN = 0.1
 JITTER = 0.1  # fresh lifetimes vary by up to 10 %, so a campaign's users don't expire together
 ERROR_TTL = 1.0  # seconds a failure stays visible to other processes waiting on the same key
 POLL_INTERVAL = 0.25  # safety net under pub/sub wake-ups, bounded by the deadline anyway
-
-# Errors crossing processes travel as class names.
-_ERRORS_BY_NAME = {
-    cls.__name__: cls
-    for cls in (
-        errors.UpstreamError,
-        errors.InvalidUpstreamPayload,
-        errors.UpstreamServerError,
-        errors.UpstreamUnavailable,
-        errors.UpstreamRateLimited,
-        errors.UpstreamBusy,
-        errors.UpstreamTimeout,
-    )
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +61,24 @@ class Lookup:
         return max(0, int((now - self.wallet.fetched_at).total_seconds()))
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What one flight fetches, and by when."""
+
+    key: WalletKey
+    refresh: bool  # only an answer fetched after `since` will do, not merely a fresh one
+    slot_until: float | None  # a `timer()` instant to wait for a SessionM slot; None: don't
+    fetch_by: float  # a `timer()` instant the SessionM call must end by
+    since: float  # Unix time the flight was asked for
+
+
 class _Flight:
     """One fetch of one key, and everyone waiting for it."""
 
-    __slots__ = ("calling", "done", "entry", "error")
+    __slots__ = ("calling", "done", "entry", "error", "request")
 
-    def __init__(self):
+    def __init__(self, request: _Request):
+        self.request = request
         self.done = threading.Event()
         self.calling = False  # set once a slot is ours and the call to SessionM has begun
         self.entry: Entry | None = None
@@ -95,11 +92,14 @@ class _Flight:
 
 
 class WalletService:
+    """`clock` is the app's wall clock (entries' lifetimes); `timer` the monotonic one
+    deadlines are measured by, shared with the guard and the SessionM client."""
+
     def __init__(
         self,
         *,
         client: ConnectClient,
-        cache: MemoryCache | RedisCache,
+        cache: WalletCache,
         guard: UpstreamGuard,
         retailer_id: str,
         deadline: float,
@@ -109,6 +109,7 @@ class WalletService:
         negative_ttl: float,
         clock: Callable[[], datetime],
         rng: Callable[[], float] = random.random,
+        timer: Callable[[], float] = time.monotonic,
     ):
         self.client = client
         self.cache = cache
@@ -121,59 +122,74 @@ class WalletService:
         self.negative_ttl = negative_ttl
         self.clock = clock
         self.rng = rng
-        self._flights: dict[tuple[str, str, str], _Flight] = {}
+        self.timer = timer
+        self._flights: dict[WalletKey, _Flight] = {}
         self._flights_lock = threading.Lock()
 
-    def key(self, user_id: str, culture: str) -> tuple[str, str, str]:
-        return (self.retailer_id, culture, user_id)
+    def key(self, user_id: str, culture: str) -> WalletKey:
+        return WalletKey(self.retailer_id, culture, user_id)
 
     def _now(self) -> float:
         return self.clock().timestamp()
 
     def lookup(self, user_id: str, culture: str, *, refresh: bool = False) -> Lookup:
         """The wallet within the deadline; `refresh` skips a fresh copy (stale still rescues)."""
-        started = time.monotonic()
+        started = self.timer()
         key = self.key(user_id, culture)
         cached = self.cache.get(key)
         if cached is not None and not refresh:
             if cached.is_fresh(self._now()):
                 return _lookup(cached, HIT)
             if cached.wallet is not None:
-                self._flight(key, user_id, culture, slot_until=None)
+                self._flight(self._request(key, slot_until=None, refresh=False))
                 return Lookup(cached.wallet, STALE)
-        stale = cached if cached is not None and cached.wallet is not None else None
+        stale = cached.wallet if cached is not None else None
         answer_by = started + self.deadline - min(SEND_MARGIN, self.deadline / 10)
-        flight = self._flight(key, user_id, culture, slot_until=answer_by, refresh=refresh)
-        landed = flight.done.wait(max(0.0, answer_by - time.monotonic()))
-        if not landed or flight.error is not None:
-            error = flight.error if landed else flight.timed_out()
-            if stale is not None and not isinstance(error, UserNotFound):
-                return Lookup(stale.wallet, STALE)
-            raise copy.copy(error)  # a copy: other threads raise the same failure
-        return _lookup(flight.entry, MISS)
+        flight = self._flight(self._request(key, slot_until=answer_by, refresh=refresh))
+        if not flight.done.wait(max(0.0, answer_by - self.timer())):
+            error = flight.timed_out()
+        elif flight.error is not None:
+            error = flight.error
+        else:
+            assert flight.entry is not None  # a flight ends with an entry or an error
+            return _lookup(flight.entry, MISS)
+        if stale is not None and not isinstance(error, UserNotFound):
+            return Lookup(stale, STALE)
+        raise copy.copy(error)  # a copy: other threads raise the same failure
 
-    def _flight(self, key, user_id, culture, *, slot_until, refresh=False) -> _Flight:
-        """The running flight for `key`, or a new one; `slot_until` None = background."""
+    def _request(self, key: WalletKey, *, slot_until: float | None, refresh: bool) -> _Request:
+        """`slot_until` None: a background refresh, which never waits for a slot."""
+        return _Request(
+            key,
+            refresh=refresh,
+            slot_until=slot_until,
+            fetch_by=self.timer() + self.upstream_timeout,
+            since=self._now(),
+        )
+
+    def _flight(self, request: _Request) -> _Flight:
+        """The running flight for the request's key, or a new one for this request."""
         with self._flights_lock:
-            flight = self._flights.get(key)
+            flight = self._flights.get(request.key)
             if flight is not None:
                 return flight
-            flight = self._flights[key] = _Flight()
+            flight = self._flights[request.key] = _Flight(request)
         threading.Thread(
             target=self._fly,
-            args=(key, flight, user_id, culture, slot_until, refresh),
-            name=f"wallet-flight-{user_id}",
+            args=(flight,),
+            name=f"wallet-flight-{request.key.user_id}",
             daemon=True,
         ).start()
         return flight
 
-    def _fly(self, key, flight: _Flight, user_id, culture, slot_until, refresh) -> None:
+    def _fly(self, flight: _Flight) -> None:
+        key = flight.request.key
         try:
-            flight.entry = self._obtain(key, flight, user_id, culture, slot_until, refresh)
+            flight.entry = self._obtain(flight)
         except WalletProxyError as error:
             flight.error = error
         except Exception:
-            log.exception("wallet fetch for %s failed unexpectedly", user_id)
+            log.exception("wallet fetch for %s failed unexpectedly", key.user_id)
             flight.error = WalletProxyError()
         finally:
             with self._flights_lock:
@@ -181,71 +197,68 @@ class WalletService:
                     del self._flights[key]
             flight.done.set()
 
-    def _obtain(self, key, flight: _Flight, user_id, culture, slot_until, refresh) -> Entry:
-        fetch_by = time.monotonic() + self.upstream_timeout
-        since = self._now()
+    def _landed(self, request: _Request) -> Entry | None:
+        """An entry stored by someone else that answers this request as well."""
+        entry = self.cache.get(request.key)
+        if entry is None:
+            return None
+        if request.refresh:
+            return entry if entry.fetched_at > request.since else None
+        return entry if entry.is_fresh(self._now()) else None
 
-        def landed() -> Entry | None:
-            """An entry stored by someone else that answers this flight as well."""
-            entry = self.cache.get(key)
-            if entry is None:
-                return None
-            if refresh:
-                return entry if entry.fetched_at > since else None
-            return entry if entry.is_fresh(self._now()) else None
-
+    def _obtain(self, flight: _Flight) -> Entry:
+        request = flight.request
         # A flight that ended between our caller's cache miss and this one's start.
-        entry = landed()
+        entry = self._landed(request)
         if entry is not None:
             return entry
-        if not self.cache.shared:
-            return self._fetch(key, flight, user_id, culture, slot_until, fetch_by)
-        while True:
-            token = self.cache.lock(key, lease=self.upstream_timeout + 1)
-            if token is not None:
-                break
+        while (token := self.cache.lock(request.key, lease=self.upstream_timeout + 1)) is None:
             flight.calling = True  # another process's call is under way
-            entry = self._await_other_process(key, landed, fetch_by)
+            entry = self._await_other_process(request)
             if entry is not None:
                 return entry
         try:
             # The previous lock holder may have stored its answer since we looked.
-            return landed() or self._fetch(key, flight, user_id, culture, slot_until, fetch_by)
+            return self._landed(request) or self._fetch(flight)
         except UpstreamError as error:
             if not isinstance(error, UserNotFound):
-                self.cache.put_error(key, type(error).__name__, ERROR_TTL)
+                self.cache.put_error(request.key, type(error).__name__, ERROR_TTL)
             raise
         finally:
-            self.cache.release(key, token)
+            self.cache.release(request.key, token)
 
-    def _await_other_process(self, key, landed, fetch_by: float) -> Entry | None:
+    def _await_other_process(self, request: _Request) -> Entry | None:
         """What the process holding the lock stored; None if it vanished without a result."""
-        with self.cache.waiting(key) as woken:
+        with self.cache.waiting(request.key) as woken:
             while True:
                 # Lock first, then entry: the holder stores before it unlocks, so an
                 # unlocked key read here has its entry visible below.
-                locked = self.cache.is_locked(key)
-                entry = landed()
+                locked = self.cache.is_locked(request.key)
+                entry = self._landed(request)
                 if entry is not None:
                     return entry
-                name = self.cache.get_error(key)
+                name = self.cache.get_error(request.key)
                 if name is not None:
-                    raise _ERRORS_BY_NAME.get(name, UpstreamError)()
+                    raise _upstream_error_named(name)
                 if not locked:
                     return None  # its lease ran out or Redis failed: try to fetch ourselves
-                remaining = fetch_by - time.monotonic()
+                remaining = request.fetch_by - self.timer()
                 if remaining <= 0:
                     raise UpstreamTimeout()
                 woken.wait(min(remaining, POLL_INTERVAL))
                 woken.clear()
 
-    def _fetch(self, key, flight: _Flight, user_id, culture, slot_until, fetch_by) -> Entry:
+    def _fetch(self, flight: _Flight) -> Entry:
+        request = flight.request
+
         def call() -> Wallet:
             flight.calling = True
-            return self.client.fetch_wallet(user_id, culture, deadline=fetch_by)
+            return self.client.fetch_wallet(
+                request.key.user_id, request.key.culture, deadline=request.fetch_by
+            )
 
         try:
-            wallet = self.guard.call(call, wait_until=slot_until)
+            wallet = self.guard.call(call, wait_until=request.slot_until)
         except UserNotFound:
             now = self._now()
             entry = Entry(None, now, now + self.negative_ttl, now + self.negative_ttl)
@@ -253,7 +266,7 @@ class WalletService:
             now = self._now()
             fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
             entry = Entry(wallet, now, fresh_until, fresh_until + self.stale_ttl)
-        self.cache.put(key, entry)
+        self.cache.put(request.key, entry)
         return entry
 
 
@@ -261,3 +274,15 @@ def _lookup(entry: Entry, state: str) -> Lookup:
     if entry.wallet is None:
         raise UserNotFound()
     return Lookup(entry.wallet, state)
+
+
+def _upstream_error_named(name: str) -> UpstreamError:
+    """A failure another process marked by its class name (any class in the tree, so new
+    ones travel too); a name this release doesn't know is a plain UpstreamError."""
+    classes: list[type[UpstreamError]] = [UpstreamError]
+    while classes:
+        cls = classes.pop()
+        if cls.__name__ == name:
+            return cls()
+        classes.extend(cls.__subclasses__())
+    return UpstreamError()

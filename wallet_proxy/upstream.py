@@ -37,7 +37,12 @@ def is_outage(error: UpstreamError) -> bool:
 
 
 class CircuitBreaker:
-    def __init__(self, *, threshold: int, cooldown: float, timer: Callable[[], float]):
+    """Closed (calls go), open after `threshold` outages in a row (calls refused for
+    `cooldown` seconds of `timer`, monotonic), then half-open (one probe decides)."""
+
+    def __init__(
+        self, *, threshold: int, cooldown: float, timer: Callable[[], float] = time.monotonic
+    ):
         self.threshold = threshold
         self.cooldown = cooldown
         self.timer = timer
@@ -86,19 +91,27 @@ class CircuitBreaker:
 
 class UpstreamGuard:
     """Runs a SessionM call if a slot is free (waiting at most until a deadline) and the
-    breaker allows it; feeds the outcome back to the breaker."""
+    breaker allows it; feeds the outcome back to the breaker. Deadlines are instants
+    of `timer`, the monotonic clock the caller's deadlines are measured by."""
 
-    def __init__(self, *, concurrency: int, breaker: CircuitBreaker):
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        breaker: CircuitBreaker,
+        timer: Callable[[], float] = time.monotonic,
+    ):
         self.concurrency = concurrency
         self.breaker = breaker
+        self.timer = timer
         self._slots = threading.BoundedSemaphore(concurrency)
         self._count_lock = threading.Lock()
         self.in_flight = 0
         self.peak = 0
 
     def call(self, fn: Callable[[], T], *, wait_until: float | None) -> T:
-        """`wait_until`: a `time.monotonic()` instant to wait for a slot; None: don't wait."""
-        timeout = 0.0 if wait_until is None else wait_until - time.monotonic()
+        """`wait_until`: a `timer()` instant to wait for a slot until; None: don't wait."""
+        timeout = 0.0 if wait_until is None else wait_until - self.timer()
         acquired = (
             self._slots.acquire(timeout=timeout) if timeout > 0 else self._slots.acquire(False)
         )

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import click
 
-from ..config import CULTURE_RE, ConfigError, Settings
+from ..config import ConfigError, Settings
 from ..errors import UpstreamUnavailable, UserNotFound, WalletProxyError
-from ..sessionm import pooled_session
+from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, is_culture
+from ..services import core_client, services
 from ..sessionm_core import CoreClient, maybe_applied
-from ..tags import MAX_TTL, TAG_RE, TAG_RULE
 from .csvinput import (
     MAX_PROBLEMS,
     BadInput,
@@ -197,19 +197,17 @@ def import_tags(
         _import_dry_run(table, rows, read_journal(journal_file)[0], id_type)
         return
     settings = load_settings()
-    if not settings.core_configured:
+    client = core_client(
+        settings,
+        pool_size=concurrency,
+        connect_timeout=min(3.0, timeout),
+        read_timeout=timeout,
+    )
+    if client is None:
         raise BadInput(
             "tags import needs SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY and "
             "SESSIONM_CORE_API_SECRET"
         )
-    client = CoreClient(
-        settings.sessionm_core_url,
-        settings.sessionm_core_api_key,
-        settings.sessionm_core_api_secret,
-        session=pooled_session(concurrency),
-        connect_timeout=min(3.0, timeout),
-        read_timeout=timeout,
-    )
     started = time.monotonic()
     journal = Journal(journal_file)
     run = ImportRun()
@@ -381,8 +379,8 @@ def warm_command(
     Run it minutes before a Connected Content campaign: Braze's burst is then served
     from Redis instead of becoming a burst on SessionM.
     """
-    if culture is not None and not CULTURE_RE.match(culture):
-        raise click.BadParameter("must look like en, en-US, es-419", param_hint="--culture")
+    if culture is not None and not is_culture(culture):
+        raise click.BadParameter(f"must look {CULTURE_RULE}", param_hint="--culture")
     records = wallet_ids(read_table(file, id_column))
     if dry_run:
         click.echo(
@@ -398,7 +396,7 @@ def warm_command(
         )
     from .. import create_app
 
-    service = create_app().extensions["wallet_service"]
+    service = services(create_app()).wallet_service
     culture = culture or settings.default_culture
     started = time.monotonic()
     counts = {"warmed": 0, "not found": 0, "failed": 0}

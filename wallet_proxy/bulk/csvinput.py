@@ -10,9 +10,8 @@ from pathlib import Path
 
 import click
 
-from ..api import parse_query
 from ..errors import InvalidRequest
-from ..tags import check_id, load_body
+from ..rules import check_customer_id, check_user_id, load_tags
 
 MAX_LINE_BYTES = 64 * 1024
 MAX_PROBLEMS = 20
@@ -95,7 +94,8 @@ def read_table(path: Path, id_column: str | None) -> Table:
         raise problems.fail(1, "the file is empty; expected a header line then one row per id")
     (header_line, header), *body = rows
     id_index = _id_index([cell.strip().lower() for cell in header], id_column, problems)
-    records, first_seen = [], {}
+    records: list[Record] = []
+    first_seen: dict[str, int] = {}
     for line, cells in body:
         if len(cells) != len(header):
             problems.add(line, f"{len(cells)} fields where the header has {len(header)}")
@@ -134,7 +134,7 @@ def _decoded_lines(handle, problems: Problems) -> Iterator[str]:
 
 
 def _parse(reader, problems: Problems) -> list[tuple[int, list[str]]]:
-    rows = []
+    rows: list[tuple[int, list[str]]] = []
     while True:
         line = reader.line_num + 1
         try:
@@ -186,15 +186,20 @@ def tag_rows(
         raise problems.fail(1, "no tags column: give --tag or add a 'tags' column")
     rows = []
     for record in table.records:
-        body: dict = {"tags": list(tags) or TAG_SEPARATORS.split(record.cells[tags_index].strip())}
+        row_tags = (
+            list(tags)
+            if tags_index is None
+            else TAG_SEPARATORS.split(record.cells[tags_index].strip())
+        )
+        body: dict[str, object] = {"tags": row_tags}
         if ttl is not None:
             body["ttl"] = ttl
         elif ttl_index is not None and record.cells[ttl_index].strip():
             cell = record.cells[ttl_index].strip()
             body["ttl"] = int(cell) if cell.isascii() and cell.isdecimal() else cell
         try:
-            check_id(record.id)
-            loaded = load_body(body)
+            check_customer_id(record.id)
+            loaded = load_tags(body)
         except InvalidRequest as error:
             problems.add(record.line, error.message)
             continue
@@ -207,7 +212,7 @@ def wallet_ids(table: Table) -> list[Record]:
     problems = Problems(table.path)
     for record in table.records:
         try:
-            parse_query(record.id, {})  # the wallet endpoint's own rule for ids
+            check_user_id(record.id)  # the wallet endpoint's own rule for ids
         except InvalidRequest as error:
             problems.add(record.line, f"{record.id[:64]!r}: {error.message}")
     problems.check()

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from flask import (
     Blueprint,
     abort,
-    current_app,
     flash,
     g,
     redirect,
@@ -22,6 +21,8 @@ from flask import (
 )
 
 from .. import api
+from ..rules import check_culture, check_user_id
+from ..services import services
 from ..wallet import EXPIRED, NOT_REDEEMABLE, days_left, iso_z, live_view
 from . import staff
 
@@ -45,18 +46,6 @@ REASONS = {
         "SessionM marks it is_redeemable: false (for example, not enough points).",
     ),
 }
-
-
-@bp.record_once
-def _setup(state) -> None:
-    """Sign the staff session with WALLET_PROXY_SECRET_KEY (set whenever staff users are)."""
-    app = state.app
-    settings = app.config["SETTINGS"]
-    if settings.secret_key:
-        app.secret_key = settings.secret_key
-    app.session_interface = staff.StaffSessionInterface()
-    clock = app.extensions["wallet_service"].clock  # the app's time, which tests move
-    app.extensions["login_throttle"] = staff.LoginThrottle(timer=lambda: clock().timestamp())
 
 
 @bp.after_app_request
@@ -118,9 +107,9 @@ def logout():
 @bp.get("/")
 def index():
     """The lookup form; submitting it (GET) lands on the customer's wallet page."""
-    settings = current_app.config["SETTINGS"]
     if "user_id" not in request.args:
-        return render_template("support/index.html", default_culture=settings.default_culture)
+        default_culture = services().settings.default_culture
+        return render_template("support/index.html", default_culture=default_culture)
     user_id, culture = _checked(request.args["user_id"], request.args.get("culture"))
     return redirect(url_for(".wallet", user_id=user_id, culture=culture), 303)
 
@@ -128,9 +117,9 @@ def index():
 @bp.get("/wallets/<user_id>")
 def wallet(user_id: str):
     user_id, culture = _checked(user_id, request.args.get("culture"))
-    service = current_app.extensions["wallet_service"]
-    lookup = service.lookup(user_id, culture)
-    now = service.clock()
+    found = services()
+    lookup = found.wallet_service.lookup(user_id, culture)
+    now = found.clock()
     braze_json = api.render(lookup, now, None)
     query = _culture_query(culture)
     return render_template(
@@ -144,7 +133,7 @@ def wallet(user_id: str):
         braze_json=braze_json.decode(),
         braze_size=len(braze_json),
         snippet=connected_content(query),
-        cache_ttl=current_app.config["SETTINGS"].cache_ttl,
+        cache_ttl=found.settings.cache_ttl,
     )
 
 
@@ -152,7 +141,7 @@ def wallet(user_id: str):
 def refresh(user_id: str):
     """Fetch from SessionM now (bypassing and then updating the cache), then show the page."""
     user_id, culture = _checked(user_id, request.form.get("culture"))
-    lookup = current_app.extensions["wallet_service"].lookup(user_id, culture, refresh=True)
+    lookup = services().wallet_service.lookup(user_id, culture, refresh=True)
     if lookup.stale:
         flash("SessionM did not answer: this is still the older copy.", "error")
     else:
@@ -162,14 +151,13 @@ def refresh(user_id: str):
 
 def _checked(user_id: str, culture: str | None) -> tuple[str, str]:
     """The API's own input rules (InvalidRequest, a 400 page, otherwise)."""
-    user_id, culture = user_id.strip(), (culture or "").strip()
-    query = api.parse_query(user_id, {"culture": culture} if culture else {})
-    return user_id, query.culture or current_app.config["SETTINGS"].default_culture
+    user_id, culture = check_user_id(user_id.strip()), (culture or "").strip()
+    return user_id, check_culture(culture) if culture else services().settings.default_culture
 
 
 def _culture_query(culture: str) -> str:
     """Braze's URLs name the culture only when it is not the default."""
-    default = current_app.config["SETTINGS"].default_culture
+    default = services().settings.default_culture
     return "" if culture == default else f"?culture={culture}"
 
 

@@ -15,17 +15,17 @@ import math
 import secrets
 import sys
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import click
 from cachetools import TTLCache
-from flask import current_app, request, session
+from flask import request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..errors import InvalidRequest, TooManyAttempts, Unauthorized
+from ..services import services
 
 CSRF_FIELD = "csrf_token"
 # A form login lasts one working day, however long the browser keeps the cookie.
@@ -98,8 +98,8 @@ class StaffSessionInterface(SecureCookieSessionInterface):
         return request.is_secure
 
 
-def staff_users() -> dict[str, str]:
-    return current_app.config["SETTINGS"].staff_users
+def staff_users() -> Mapping[str, str]:
+    return services().settings.staff_users
 
 
 @functools.lru_cache(maxsize=8)
@@ -112,7 +112,7 @@ def check_credentials(name: str, password: str) -> bool:
 
     Raises TooManyAttempts while the name is throttled, right password or not.
     """
-    throttle: LoginThrottle = current_app.extensions["login_throttle"]
+    throttle = services().login_throttle
     wait = throttle.wait(name)
     if wait:
         raise TooManyAttempts(retry_after=wait)
@@ -138,7 +138,7 @@ def log_in(name: str) -> None:
     session.clear()
     session["staff"] = name
     session["tag"] = _hash_tag(staff_users()[name])
-    session["since"] = int(time.time())
+    session["since"] = int(services().clock().timestamp())
     session[CSRF_FIELD] = secrets.token_urlsafe(32)
 
 
@@ -152,7 +152,7 @@ def session_staff() -> str | None:
     pw_hash = staff_users().get(name) if isinstance(name, str) else None
     if pw_hash is None or not hmac.compare_digest(session.get("tag", ""), _hash_tag(pw_hash)):
         return None
-    if time.time() - session.get("since", 0) > SESSION_SECONDS:
+    if services().clock().timestamp() - session.get("since", 0) > SESSION_SECONDS:
         return None
     return name
 

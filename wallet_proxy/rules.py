@@ -1,0 +1,152 @@
+"""What input we accept: the one home of every rule on ids, cultures, limits and tags.
+
+The API's views, the support pages, the bulk CLI and the settings all import these,
+so a rule and its message are written once and read the same everywhere. Each check
+raises InvalidRequest with a message that names the field and says what is allowed;
+callers outside HTTP (settings, CSV rows) reword it for their reader.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict, cast
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from .errors import InvalidRequest
+
+# SessionM user ids, as they appear in the wallet URL Braze calls.
+USER_ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ - @ + :"
+USER_ID_RE = re.compile(r"^[A-Za-z0-9._\-@+:]{1,128}\Z")
+
+# Any customer id SessionM Core takes (user or external id), one URL path segment.
+CUSTOMER_ID_RULE = "1 to 255 characters without control characters, and not '.' or '..'"
+CUSTOMER_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}\Z")
+
+DEFAULT_CULTURE = "en-US"
+CULTURE_RULE = "like en, en-US, es-419 or zh-Hant-TW"
+CULTURE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?\Z")
+
+MAX_LIMIT = 1000
+LIMIT_RE = re.compile(r"^[0-9]{1,4}\Z")
+
+TAG_RULE = "1 to 64 characters of letters, digits, _ - . :"
+TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
+MAX_TAGS = 20
+MAX_TTL = 31_536_000
+
+
+def is_culture(value: str) -> bool:
+    return CULTURE_RE.match(value) is not None
+
+
+def check_user_id(user_id: str) -> str:
+    if not USER_ID_RE.match(user_id):
+        raise InvalidRequest(f"user_id must be {USER_ID_RULE}")
+    return user_id
+
+
+def check_culture(culture: str) -> str:
+    if not is_culture(culture):
+        raise InvalidRequest(f"culture must look {CULTURE_RULE}.")
+    return culture
+
+
+def check_customer_id(customer_id: str) -> str:
+    if not CUSTOMER_ID_RE.match(customer_id) or customer_id in (".", ".."):
+        raise InvalidRequest(f"The customer id must be {CUSTOMER_ID_RULE}.")
+    return customer_id
+
+
+@dataclass(frozen=True, slots=True)
+class WalletQuery:
+    """Query of GET /v1/wallets/<id>; unknown parameters (cache-busters) are ignored."""
+
+    user_id: str
+    culture: str | None  # None: the service's default
+    limit: int | None
+
+
+def parse_wallet_query(user_id: str, args: Mapping[str, str]) -> WalletQuery:
+    """Checked by hand rather than by a schema: this runs on every cache hit."""
+    check_user_id(user_id)
+    # `in` first: werkzeug's MultiDict.get builds an exception for every missing key,
+    # which doubled the cost of this function on the cache-hit path.
+    # An empty culture (a blank ${language} in Braze) means the default.
+    culture = (args["culture"] if "culture" in args else None) or None  # noqa: SIM401
+    if culture is not None:
+        check_culture(culture)
+    raw_limit = args["limit"] if "limit" in args else None  # noqa: SIM401
+    limit = None
+    if raw_limit is not None:
+        if not LIMIT_RE.match(raw_limit) or not 1 <= int(raw_limit) <= MAX_LIMIT:
+            raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}.")
+        limit = int(raw_limit)
+    return WalletQuery(user_id, culture, limit)
+
+
+class Tags(TypedDict):
+    tags: list[str]
+    ttl: int | None  # None: a counter tag
+
+
+class TagsBody(Schema):
+    """`{"tags": [...], "ttl": n}`; an unknown field is refused, not ignored (a typo of `ttl`
+    would otherwise silently turn an expiring tag into a counter)."""
+
+    class Meta:
+        unknown = RAISE
+
+    tags = fields.List(
+        fields.String(
+            validate=validate.Regexp(TAG_RE, error=f"must be {TAG_RULE} (like braze_test).")
+        ),
+        required=True,
+        validate=validate.Length(1, MAX_TAGS, error=f"must hold 1 to {MAX_TAGS} tags."),
+    )
+    ttl = fields.Integer(
+        strict=True,
+        load_default=None,
+        allow_none=False,
+        validate=validate.Range(1, MAX_TTL, error=f"must be a whole number from 1 to {MAX_TTL}."),
+        error_messages={
+            "invalid": f"must be a whole number from 1 to {MAX_TTL} (leave it out for a counter).",
+            "null": "can't be null: leave it out for a counter tag.",
+        },
+    )
+
+    @validates("tags")
+    def _distinct(self, value: list[str], **_kwargs: Any) -> None:
+        if len(set(value)) != len(value):
+            raise ValidationError("must not repeat a tag.")
+
+
+TAGS_BODY = TagsBody()
+
+_PLAIN = {
+    "Unknown field.": "is not a known field (only tags and ttl).",
+    "Missing data for required field.": "is required.",
+    "Not a valid list.": "must be a list of tags.",
+    "Not a valid string.": "must be a string.",
+}
+
+
+def problem(messages: Mapping[Any, Any] | list[Any]) -> str:
+    """Marshmallow's nested messages as one line naming the field: `tags[2] must be ...`."""
+    label, found = "", messages
+    while isinstance(found, Mapping):
+        name, found = min(found.items(), key=lambda item: str(item[0]))
+        label += f"[{name}]" if isinstance(name, int) else name
+    if label == "_schema":
+        return 'The body must be a JSON object like {"tags": ["braze_test"], "ttl": 2592000}.'
+    return f"{label[:64]} {_PLAIN.get(found[0], found[0])}"
+
+
+def load_tags(data: Any) -> Tags:
+    """Decoded JSON to `{"tags", "ttl"}`, or InvalidRequest naming the problem."""
+    try:
+        return cast(Tags, TAGS_BODY.load(data))
+    except ValidationError as exc:
+        raise InvalidRequest(problem(exc.messages)) from None

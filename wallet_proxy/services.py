@@ -1,0 +1,167 @@
+"""The app's services: built here and nowhere else, held in one typed container.
+
+`create_app` calls `build_services` once; views, blueprints and commands reach
+everything through `services()`: one extension key, one type, nothing
+registered behind the factory's back, and each SessionM client built by one
+function whoever needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, cast
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    import redis
+
+    from .answers import AnswerMemo
+    from .config import Settings
+    from .idempotency import Idempotency
+    from .service import WalletService
+    from .sessionm import ConnectClient
+    from .sessionm_core import CoreClient
+    from .support.staff import LoginThrottle
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "wallet_proxy"
+# An Idempotency-Key's claim lasts the call itself (the deadline) and this margin, then
+# it is abandoned.
+LEASE_MARGIN = 30.0
+
+Clock = Callable[[], datetime]  # an aware UTC datetime; tests move it by hand
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    clock: Clock
+    wallet_service: WalletService
+    answers: AnswerMemo
+    redis: redis.Redis | None
+    core: CoreClient | None  # None: SessionM Core is not configured
+    idempotency: Idempotency
+    login_throttle: LoginThrottle
+
+
+def services(app: Flask | None = None) -> Services:
+    """The container of `app`, or of the app handling the current request."""
+    return cast(Services, (app or current_app).extensions[EXTENSION])
+
+
+def core_client(
+    settings: Settings,
+    *,
+    pool_size: int | None = None,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> CoreClient | None:
+    """The SessionM Core client, None without Core settings.
+
+    The relay's defaults answer within the deadline; `tags import` passes its own.
+    """
+    from .sessionm import connect_timeout_for, pooled_session
+    from .sessionm_core import CoreClient
+
+    url, key, secret = (
+        settings.sessionm_core_url,
+        settings.sessionm_core_api_key,
+        settings.sessionm_core_api_secret,
+    )
+    if url is None or key is None or secret is None:  # all or none: Settings checks
+        return None
+    return CoreClient(
+        url,
+        key,
+        secret,
+        session=pooled_session(pool_size or settings.upstream_concurrency),
+        connect_timeout=connect_timeout or connect_timeout_for(settings.deadline),
+        read_timeout=read_timeout or settings.deadline,
+    )
+
+
+def build_services(settings: Settings, clock: Clock) -> Services:
+    """Every service of one app, wired together; the only place that does it."""
+    from .answers import AnswerMemo
+    from .cache import MemoryCache, RedisCache, WalletCache
+    from .idempotency import Idempotency, MemoryStore, RedisStore
+    from .service import WalletService
+    from .support.staff import LoginThrottle
+    from .upstream import CircuitBreaker, UpstreamGuard
+
+    def unix_time() -> float:
+        return clock().timestamp()
+
+    memory = MemoryCache(maxsize=settings.cache_max_entries, unix_time=unix_time)
+    cache: WalletCache = memory
+    shared = redis_client(settings)
+    if shared is not None:
+        cache = RedisCache(shared, fallback=memory, unix_time=unix_time)
+    breaker = CircuitBreaker(
+        threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown
+    )
+    wallet_service = WalletService(
+        client=connect_client(settings, clock),
+        cache=cache,
+        guard=UpstreamGuard(concurrency=settings.upstream_concurrency, breaker=breaker),
+        retailer_id=settings.sessionm_retailer_id,
+        deadline=settings.deadline,
+        upstream_timeout=settings.upstream_timeout,
+        cache_ttl=settings.cache_ttl,
+        stale_ttl=settings.stale_ttl,
+        negative_ttl=settings.negative_ttl,
+        clock=clock,
+    )
+    if shared is None and settings.core_configured:
+        log.warning(
+            "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
+            "several workers, a retried counter-tag call may be applied twice"
+        )
+    return Services(
+        settings=settings,
+        clock=clock,
+        wallet_service=wallet_service,
+        answers=AnswerMemo(),
+        redis=shared,
+        core=core_client(settings),
+        idempotency=Idempotency(
+            RedisStore(shared) if shared is not None else MemoryStore(),
+            lease=settings.deadline + LEASE_MARGIN,
+        ),
+        login_throttle=LoginThrottle(timer=unix_time),
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis | None:
+    """The shared Redis, or None when WALLET_PROXY_REDIS_URL is not set."""
+    import redis
+
+    if not settings.redis_url:
+        return None
+    # Short timeouts: a slow Redis must not eat the answer's deadline.
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=0.25,
+        socket_connect_timeout=0.25,
+        health_check_interval=15,
+    )
+
+
+def connect_client(settings: Settings, clock: Clock) -> ConnectClient:
+    """The SessionM Connect client (get_user_offers) the wallet service calls."""
+    from .sessionm import ConnectClient, connect_timeout_for, pooled_session
+
+    return ConnectClient(
+        settings.sessionm_connect_url,
+        settings.sessionm_connect_auth,
+        settings.sessionm_retailer_id,
+        session=pooled_session(settings.upstream_concurrency),
+        connect_timeout=connect_timeout_for(settings.deadline),
+        read_timeout=settings.upstream_timeout,
+        clock=clock,
+    )
