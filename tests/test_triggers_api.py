@@ -10,13 +10,14 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.helpers import API_KEY, LiveServer
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
+from wallet_proxy.services import services
 from wallet_proxy.triggers.model import QUEUED, SENT
 from wallet_proxy.triggers.outbox import BODY_WINDOW
 from wallet_proxy.triggers.running import deliverer_for
 
-from .conftest import API_KEY, LiveServer
 from .triggers_helpers import BRAZE_KEY
 
 TRIGGER_KEY = "sessionm-trigger-key-1"
@@ -63,7 +64,7 @@ def post(server, body=BODY, headers=AUTH, **kwargs):
 
 
 def outbox(app):
-    return app.extensions["triggers"].outbox
+    return services(app).triggers.outbox
 
 
 def test_accepted_trigger_is_stored_before_the_202(server, trigger_app):
@@ -101,7 +102,7 @@ def test_not_configured_without_braze(env, clock, tmp_path):
         answer = post(live)
     assert answer.status_code == 503
     assert answer.json()["error"]["code"] == "not_configured"
-    assert app.extensions["triggers"] is None
+    assert services(app).triggers is None
 
 
 def test_idempotency_key_repeats_answer_the_same_trigger(server, trigger_app):

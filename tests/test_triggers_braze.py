@@ -8,6 +8,7 @@ from email.utils import formatdate
 
 import pytest
 
+from tests.helpers import free_port
 from wallet_proxy.triggers.braze import (
     BrazeClient,
     BrazeNotProcessed,
@@ -19,7 +20,6 @@ from wallet_proxy.triggers.braze import (
 )
 from wallet_proxy.triggers.model import CANVAS, Trigger
 
-from .conftest import free_port
 from .triggers_helpers import BRAZE_KEY, BrazeServer, trigger
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import API_KEY, free_port, wait_until
+from tests.helpers import API_KEY, free_port, wait_until
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 from wallet_proxy.serving import gunicorn_command
 from wallet_proxy.triggers.model import QUEUED, SENDING, SENT, UNKNOWN

@@ -38,7 +38,6 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     register_services(app, settings, clock)
     register_sessions(app, settings)
     register_blueprints(app)
-    register_triggers(app, settings, clock)
     register_error_handlers(app)
     return app
 
@@ -76,18 +75,13 @@ def register_sessions(app: Flask, settings: Settings) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from . import api, health, support, tags
+    from .triggers import views as triggers
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(tags.bp)
-
-
-def register_triggers(app: Flask, settings, clock: Callable[[], datetime]) -> None:
-    """SessionM-triggered Braze messages: the outbox and `POST /v1/braze/triggers`."""
-    from .triggers.setup import init_app
-
-    init_app(app, settings, clock=lambda: clock().timestamp())
+    app.register_blueprint(triggers.bp)
 
 
 def register_error_handlers(app: Flask) -> None:

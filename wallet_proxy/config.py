@@ -89,7 +89,7 @@ class Settings:
             sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
-            braze_rest_url=read.url("BRAZE_REST_URL", required=False),
+            braze_rest_url=read.optional_url("BRAZE_REST_URL"),
             braze_rest_api_key=read.raw("BRAZE_REST_API_KEY"),
             trigger_keys=read.api_keys("WALLET_PROXY_TRIGGER_KEYS", required=False),
             data_dir=read.raw("WALLET_PROXY_DATA_DIR") or "/var/lib/wallet-proxy",

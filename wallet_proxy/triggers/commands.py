@@ -18,6 +18,7 @@ import click
 from flask import Flask
 
 from ..config import ConfigError
+from ..services import services
 from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record
 from .outbox import Outbox, OutboxError
 from .redis_outbox import RedisOutbox, persistence_warnings
@@ -35,7 +36,7 @@ def _app() -> Flask:
         app = create_app()
     except ConfigError as error:
         raise click.ClickException(f"configuration error: {error}") from None
-    if app.extensions["triggers"] is None:
+    if services(app).triggers is None:
         raise click.ClickException(
             "triggers are not configured: set BRAZE_REST_URL, BRAZE_REST_API_KEY and "
             "WALLET_PROXY_TRIGGER_KEYS"
@@ -44,7 +45,9 @@ def _app() -> Flask:
 
 
 def _outbox(app: Flask) -> Outbox:
-    return app.extensions["triggers"].outbox
+    triggers = services(app).triggers
+    assert triggers is not None  # _app() checked
+    return triggers.outbox
 
 
 @click.group("triggers")
@@ -113,7 +116,7 @@ def _deliver_until_idle(app: Flask, stop: threading.Event) -> None:
     deliverer = deliverer_for(app)
     if deliverer is None:
         return
-    lock = InstanceLock(app.config["SETTINGS"].data_dir)
+    lock = InstanceLock(services(app).settings.data_dir)
     try:
         if not lock.try_acquire():
             raise click.ClickException("another deliverer of this instance is running")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -197,8 +198,10 @@ return #ids
 """
 
 
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)
 
 
 def _record(trigger_id: str, fields: dict) -> Record | None:
@@ -261,7 +264,7 @@ class RedisOutbox:
         )
         return cls(client)
 
-    def _run(self, script, args: Sequence) -> object:
+    def _run(self, script: Any, args: Sequence[object]) -> Any:
         try:
             return script(args=[self.prefix, *args])
         except redis.RedisError as exc:
@@ -287,7 +290,7 @@ class RedisOutbox:
                 DEAD_RETENTION,
             ],
         )
-        outcome, *rest = [_text(part) for part in answer]  # type: ignore[union-attr]
+        outcome, *rest = [_text(part) for part in answer]
         if outcome == "conflict":
             raise DedupeConflict()
         if outcome == "full":
@@ -300,7 +303,7 @@ class RedisOutbox:
         ids = self._run(
             self._claim, [owner, repr(now), repr(window), repr(now + lease), limit, STALE_SENDING]
         )
-        records = self._records([_text(i) for i in ids])  # type: ignore[union-attr]
+        records = self._records([_text(i) for i in ids])
         return sorted(records, key=lambda r: (r.accepted_at, r.id))
 
     def move(
@@ -341,19 +344,19 @@ class RedisOutbox:
             "fields": fields,
         }
         moved = self._run(self._move, [json.dumps(spec), *ids])
-        return [_text(i) for i in moved]  # type: ignore[union-attr]
+        return [_text(i) for i in moved]
 
     def take_broadcast_slot(self, *, now: float) -> float:
         wait = self._run(
             self._broadcast, [repr(now), BROADCASTS_PER_MINUTE, f"{now!r}:{uuid.uuid4().hex}"]
         )
-        return max(0.0, float(_text(wait)))  # type: ignore[arg-type]
+        return max(0.0, float(_text(wait)))
 
     def purge(self, *, now: float) -> int:
         removed = 0
         for state, keep in ((SENT, SENT_RETENTION), ("dead", DEAD_RETENTION)):
             while True:
-                count = int(self._run(self._purge, [state, repr(now - keep), BATCH]))  # type: ignore[arg-type]
+                count = int(self._run(self._purge, [state, repr(now - keep), BATCH]))
                 removed += count
                 if count < BATCH:
                     break

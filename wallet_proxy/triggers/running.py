@@ -17,6 +17,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from ..services import EXTENSION, services
 from .deliverer import Deliverer
 from .setup import build_deliverer
 from .sqlite_outbox import SqliteOutbox
@@ -57,16 +58,14 @@ class InstanceLock:
 
 def deliverer_for(app: Flask) -> Deliverer | None:
     """A deliverer sharing the app's outbox and wallet service; None if not configured."""
-    triggers = app.extensions["triggers"]
-    if triggers is None:
+    found = services(app)
+    if found.triggers is None:
         return None
-    settings = app.config["SETTINGS"]
-    service = app.extensions["wallet_service"]
     return build_deliverer(
-        settings,
-        triggers.outbox,
-        wallets=ServiceWallets(service, settings.default_culture),
-        clock=lambda: service.clock().timestamp(),
+        found.settings,
+        found.triggers.outbox,
+        wallets=ServiceWallets(found.wallet_service, found.settings.default_culture),
+        clock=lambda: found.clock().timestamp(),
     )
 
 
@@ -82,7 +81,7 @@ def deliver(app: Flask, stop: threading.Event) -> None:
     deliverer = deliverer_for(app)
     if deliverer is None:
         return
-    lock = InstanceLock(app.config["SETTINGS"].data_dir)
+    lock = InstanceLock(services(app).settings.data_dir)
     try:
         if lock.wait(stop):
             took_over(deliverer)
@@ -118,8 +117,9 @@ def start_in_worker(app: object) -> None:
     `app` is whatever gunicorn serves; only our Flask app with triggers configured delivers.
     """
     global _background
-    ours = isinstance(app, Flask) and app.extensions.get("triggers") is not None
-    if ours and _background is None:
+    if not isinstance(app, Flask) or EXTENSION not in app.extensions:
+        return  # another app served by our gunicorn config (the benchmarks' bare one)
+    if services(app).triggers is not None and _background is None:
         _background = Background(app).start()
 
 

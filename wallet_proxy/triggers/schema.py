@@ -22,8 +22,9 @@ from marshmallow import (
 )
 
 from ..errors import InvalidRequest
+from ..rules import CUSTOMER_ID_RE as ID_RE
+from ..rules import CUSTOMER_ID_RULE as ID_RULE
 from ..schemas import Text, UtcDateTime, WholeNumber
-from ..tags import ID_RE, ID_RULE
 
 BRAZE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 BRAZE_ID_RULE = "1 to 128 characters of letters, digits, _ and -"

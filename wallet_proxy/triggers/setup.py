@@ -1,7 +1,7 @@
-"""Wiring the triggers feature: the outbox, the intake, the route, and a deliverer on demand.
+"""Building the triggers feature for the services container, and a deliverer on demand.
 
-Nothing here runs on import, and nothing is opened unless Braze is configured: without
-BRAZE_REST_URL the route answers 503 not_configured and no data folder is needed.
+Nothing is opened unless Braze is configured: without BRAZE_REST_URL the route answers
+503 not_configured and no data folder is needed.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from flask import Flask
 
 from ..config import ConfigError, Settings
 from .braze import BrazeClient
@@ -49,22 +47,19 @@ def open_outbox(settings: Settings) -> Outbox:
         ) from None
 
 
-def init_app(app: Flask, settings: Settings, clock: Callable[[], float]) -> None:
-    """`app.extensions["triggers"]`: a Triggers, or None when Braze isn't configured."""
-    from . import views
-
-    triggers = None
-    if settings.triggers_configured:
-        outbox = open_outbox(settings)
-        intake = Intake(
-            outbox,
-            max_queued=settings.trigger_max_queued,
-            set_email=settings.trigger_set_email,
-            clock=clock,
-        )
-        triggers = Triggers(outbox, intake, settings.trigger_keys)
-    app.extensions["triggers"] = triggers
-    app.register_blueprint(views.bp)
+def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Triggers | None:
+    """The outbox and the intake, or None when Braze isn't configured (then the route
+    answers 503 not_configured and no data folder is needed)."""
+    if not settings.triggers_configured:
+        return None
+    outbox = open_outbox(settings)
+    intake = Intake(
+        outbox,
+        max_queued=settings.trigger_max_queued,
+        set_email=settings.trigger_set_email,
+        clock=unix_time,
+    )
+    return Triggers(outbox, intake, settings.trigger_keys)
 
 
 def build_deliverer(

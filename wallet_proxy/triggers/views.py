@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..auth import key_matches, presented_key
 from ..errors import InvalidRequest, NotConfigured, Unauthorized
 from ..idempotency import valid_key
+from ..services import services
 from .schema import load_trigger_body
 
 bp = Blueprint("triggers", __name__, url_prefix="/v1/braze")
@@ -24,7 +25,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 @bp.before_request
 def configured_key_and_size() -> None:
-    triggers = current_app.extensions["triggers"]
+    triggers = services().triggers
     if triggers is None:
         raise NotConfigured(
             "Braze triggers are not configured (BRAZE_REST_URL, BRAZE_REST_API_KEY, "
@@ -44,7 +45,9 @@ def accept_trigger():
     key = request.headers.get("Idempotency-Key")
     if key is not None and not valid_key(key):
         raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters.")
-    accepted = current_app.extensions["triggers"].intake.accept(body, key)
+    triggers = services().triggers
+    assert triggers is not None  # checked before the request
+    accepted = triggers.intake.accept(body, key)
     response = Response(
         json.dumps({"trigger_id": accepted.trigger_id, "status": accepted.state}),
         202,
