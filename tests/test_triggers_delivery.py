@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from tests.helpers import wait_until
 from wallet_proxy.triggers.braze import BrazeClient
 from wallet_proxy.triggers.deliverer import Deliverer, split_calls
 from wallet_proxy.triggers.model import CANVAS, DEAD, QUEUED, SENT, UNKNOWN, Record
@@ -303,7 +304,7 @@ class Wallets:
     def summary(self, user_id):
         self.asked.append(user_id)
         if user_id == "slow":
-            time.sleep(3)
+            time.sleep(1)
         return {"sm-1": (900, 3)}.get(user_id)
 
 
@@ -319,8 +320,8 @@ def test_wallet_summaries_are_added_or_minus_one(outbox, braze, clock):
     clock.advance(WINDOW)
     wallets = Wallets()
     started = time.monotonic()
-    drain(deliverer(outbox, braze, clock, wallets=wallets))
-    assert time.monotonic() - started < 3
+    drain(deliverer(outbox, braze, clock, wallets=wallets, wallet_budget=0.3))
+    assert time.monotonic() - started < 1
     got = {m["external_user_id"]: m["properties"] for m in braze.messages()}
     assert (got["a"]["wallet_available_points"], got["a"]["wallet_offer_count"]) == (900, 3)
     for name in ("b", "c"):
@@ -360,3 +361,24 @@ def test_two_instances_share_a_redis_outbox_and_deliver_each_trigger_once(braze,
     got = [m["external_user_id"] for m in braze.messages()]
     assert sorted(got) == [f"r{i:03}" for i in range(300)]
     box.close()
+
+
+def test_stopping_mid_batch_releases_the_calls_not_made(outbox, braze, clock):
+    import threading
+
+    ids = [accept(outbox, clock, trigger(f"c{i:03}")) for i in range(120)]
+    clock.advance(WINDOW)
+    braze.set(latency=0.3)
+    worker = deliverer(outbox, braze, clock)
+    worker.sender.answer_timeout = 5
+    stop = threading.Event()
+    runner = threading.Thread(target=worker.run, args=(stop,))
+    runner.start()
+    wait_until(lambda: len(braze.calls()) == 1, timeout=5)
+    stop.set()
+    runner.join(5)
+    assert not runner.is_alive()
+    states = [outbox.get(i).state for i in ids]
+    assert states.count(SENT) == 50 and states.count(QUEUED) == 70  # the first call finished
+    assert len(braze.calls()) == 1
+    assert outbox.claim(owner="next", now=clock(), window=0, lease=30, limit=500)  # unclaimed

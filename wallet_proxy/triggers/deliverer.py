@@ -102,6 +102,7 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         rng: Callable[[], float] = random.random,
+        wallet_budget: float = WALLET_BUDGET,
     ):
         self.outbox = outbox
         self.sender = sender
@@ -111,14 +112,17 @@ class Deliverer:
         self.clock = clock
         self.owner = owner or default_owner()
         self.rng = rng
+        self.wallet_budget = wallet_budget
         self.paused_until = 0.0
         self._pool: ThreadPoolExecutor | None = None
+        self._stop: threading.Event | None = None
 
     # --- the loop ------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; store failures are logged and waited out."""
         log.info("trigger deliverer %s started", self.owner)
+        self._stop = stop  # also ends a batch early: the calls not yet made are released
         last_purge = 0.0
         while not stop.is_set():
             try:
@@ -171,7 +175,7 @@ class Deliverer:
                 continue
             self._call(call, properties)
         if waiting:
-            self._move("release", waiting, due_at=self.paused_until)
+            self._move("release", waiting, due_at=max(self.paused_until, self.clock()))
         return len(records)
 
     # --- steps -----------------------------------------------------------------------
@@ -202,7 +206,7 @@ class Deliverer:
             r.id: self._pool.submit(wallets.summary, r.trigger.wallet_user_id or "")
             for r in asking
         }
-        wait_for(futures.values(), timeout=WALLET_BUDGET)
+        wait_for(futures.values(), timeout=self.wallet_budget)
         for record in asking:
             future = futures[record.id]
             summary = future.result() if future.done() and not future.exception() else None
@@ -264,7 +268,7 @@ class Deliverer:
                 self._move(
                     "retry",
                     records[index:],
-                    due_at=self.paused_until,
+                    due_at=max(self.paused_until, self.clock()),
                     reason="waiting for Braze after a refused batch",
                 )
                 return
@@ -301,7 +305,9 @@ class Deliverer:
             self.paused_until = until
 
     def _paused(self) -> bool:
-        return self.clock() < self.paused_until
+        """Braze asked us to wait, or we are stopping: make no more calls now."""
+        stopping = self._stop is not None and self._stop.is_set()
+        return stopping or self.clock() < self.paused_until
 
     def _move(self, move: str, records: list[Record], **changes) -> list[str]:
         return self.outbox.move(
