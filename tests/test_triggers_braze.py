@@ -38,7 +38,7 @@ def braze(braze_server):
 
 @pytest.fixture
 def client(braze):
-    return BrazeClient(braze.url, BRAZE_KEY, answer_timeout=1.0)
+    return BrazeClient(braze.url, BRAZE_KEY, answer_timeout=5.0)
 
 
 def one(recipient="ana", **props):
@@ -142,12 +142,13 @@ def test_a_refused_key_waits_without_leaking_the_key(braze, caplog):
     assert "wrong-secret-key-123" not in caplog.text + str(caught.value)
 
 
-def test_a_slow_braze_is_outcome_unknown_and_did_deliver(client, braze):
-    braze.set(latency=3)
+def test_a_slow_braze_is_outcome_unknown_and_did_deliver(braze):
+    client = BrazeClient(braze.url, BRAZE_KEY, answer_timeout=1.0)
+    braze.set(latency=5)
     started = time.monotonic()
     with pytest.raises(BrazeOutcomeUnknown, match="in time"):
         client.send("campaign", one())
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 4
     assert len(braze.messages()) == 1  # which is why it must not be sent again
 
 

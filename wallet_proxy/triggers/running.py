@@ -14,14 +14,14 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
 from ..services import EXTENSION, services
-from .deliverer import Deliverer
-from .setup import build_deliverer
-from .sqlite_outbox import SqliteOutbox
-from .wallets import ServiceWallets
+
+if TYPE_CHECKING:  # imported where used: a worker of a service without Braze never loads them
+    from .deliverer import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class InstanceLock:
 
 def deliverer_for(app: Flask) -> Deliverer | None:
     """A deliverer sharing the app's outbox and wallet service; None if not configured."""
+    from .setup import build_deliverer
+    from .wallets import ServiceWallets
+
     found = services(app)
     if found.triggers is None:
         return None
@@ -71,6 +74,8 @@ def deliverer_for(app: Flask) -> Deliverer | None:
 
 def took_over(deliverer: Deliverer) -> None:
     """Just became the instance's deliverer: settle what a dead predecessor left claimed."""
+    from .sqlite_outbox import SqliteOutbox
+
     if isinstance(deliverer.outbox, SqliteOutbox):
         deliverer.outbox.abandon_leases(now=deliverer.clock())
     # With Redis, other instances' claims are alive: their leases decide.

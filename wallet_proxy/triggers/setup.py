@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import ConfigError, Settings
-from .braze import BrazeClient
-from .deliverer import Deliverer, Wallets
-from .intake import Intake
 from .outbox import Outbox, OutboxError
-from .redis_outbox import RedisOutbox, persistence_warnings
-from .sqlite_outbox import SqliteOutbox
+
+if TYPE_CHECKING:  # imported where used: a service without Braze never loads them
+    from .deliverer import Deliverer, Wallets
+    from .intake import Intake
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ class Triggers:
 def open_outbox(settings: Settings) -> Outbox:
     """Redis when the service has one (every instance shares it), else SQLite in the data
     folder. Raises ConfigError naming the variable when the store can't be opened."""
+    from .redis_outbox import RedisOutbox, persistence_warnings
+    from .sqlite_outbox import SqliteOutbox
+
     if settings.redis_url:
         outbox = RedisOutbox.from_url(settings.redis_url)
         for warning in persistence_warnings(outbox.client):
@@ -50,6 +53,8 @@ def open_outbox(settings: Settings) -> Outbox:
 def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Triggers | None:
     """The outbox and the intake, or None when Braze isn't configured (then the route
     answers 503 not_configured and no data folder is needed)."""
+    from .intake import Intake
+
     if not settings.triggers_configured:
         return None
     outbox = open_outbox(settings)
@@ -69,6 +74,9 @@ def build_deliverer(
     wallets: Wallets | None = None,
     clock: Callable[[], float],
 ) -> Deliverer:
+    from .braze import BrazeClient
+    from .deliverer import Deliverer
+
     if not settings.braze_rest_url or not settings.braze_rest_api_key:
         raise ConfigError("BRAZE_REST_URL", "required to deliver triggers")
     return Deliverer(
