@@ -65,12 +65,12 @@ def test_make_run_demo_serves_the_demo_wallet(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet, or too busy to answer in time
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "did not start"
             time.sleep(0.1)
@@ -85,6 +85,12 @@ def test_make_run_demo_serves_the_demo_wallet(tmp_path):
         )
         assert response.status_code == 200
         assert response.json()["available_points"] == 1250
+        # A reload (systemd's ExecReload): serve passes SIGHUP on to gunicorn and lives on.
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert process.poll() is None
+        again = requests.get(f"{base}/healthz", timeout=5)
+        assert again.status_code == 200
     finally:
         process.send_signal(signal.SIGTERM)  # as systemd or a container runtime would
         assert process.wait(timeout=20) == 0

@@ -101,6 +101,8 @@ def serve(
     # never leave gunicorn or the sandbox running without us.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
+    # SIGHUP is gunicorn's graceful reload (new workers, same socket): pass it on.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: gunicorn.send_signal(signal.SIGHUP))
     try:
         code = gunicorn.wait()
     except KeyboardInterrupt:
