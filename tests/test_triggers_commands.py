@@ -110,3 +110,11 @@ def test_commands_say_when_triggers_are_not_configured(env, monkeypatch):
     monkeypatch.delenv("BRAZE_REST_URL", raising=False)
     result = CliRunner().invoke(main, ["triggers", "status"])
     assert result.exit_code == 1 and "triggers are not configured" in result.output
+
+
+def test_check_config_mentions_triggers(cli_env):
+    result = CliRunner().invoke(main, ["check-config"])
+    assert result.exit_code == 0
+    assert f"Braze triggers: {cli_env['BRAZE_REST_URL']}; 1 SessionM keys" in result.output
+    assert f"outbox: SQLite in {cli_env['WALLET_PROXY_DATA_DIR']}" in result.output
+    assert BRAZE_KEY not in result.output

@@ -45,6 +45,12 @@ def check_config() -> None:
         f"{'Redis' if settings.redis_url else 'in-process'}, TTL {settings.cache_ttl:g}s; "
         f"deadline {settings.deadline:g}s"
     )
+    if settings.triggers_configured:
+        store = "Redis" if settings.redis_url else f"SQLite in {settings.data_dir}"
+        click.echo(
+            f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
+            f"SessionM keys; outbox: {store}"
+        )
 
 
 @main.command()
