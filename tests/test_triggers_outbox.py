@@ -325,3 +325,9 @@ def test_sqlite_claims_of_a_dead_deliverer_are_settled_at_once(tmp_path):
     assert (box.get(sending).state, box.get(sending).reason) == (UNKNOWN, STALE_SENDING)
     assert {r.id for r in claim(box, owner="new", now=T0 + 3)} == {claimed, untouched}
     box.close()
+
+
+def test_the_same_body_in_another_key_order_is_the_same_trigger(outbox):
+    first = make(event={"a": 1, "b": {"c": 2, "d": 3}})
+    again = make(event={"b": {"d": 3, "c": 2}, "a": 1})
+    assert add(outbox, first).trigger_id == add(outbox, again).trigger_id

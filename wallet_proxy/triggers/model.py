@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 CAMPAIGN, CANVAS = "campaign", "canvas"
 
@@ -32,8 +32,11 @@ class Trigger:
         """Triggers with the same target may share one call to Braze."""
         return f"{self.kind}:{self.target_id}"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+    def to_json(self, *, canonical: bool = False) -> str:
+        """`canonical`: keys sorted at every level, so equal triggers give equal text."""
+        # Field by field: dataclasses.asdict deep-copies every nested property first.
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=canonical)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Trigger:

@@ -82,7 +82,7 @@ class Dedupe:
 
     @classmethod
     def of(cls, trigger: Trigger, idempotency_key: str | None) -> Dedupe:
-        fingerprint = hashlib.sha256(trigger.to_json().encode()).hexdigest()
+        fingerprint = hashlib.sha256(trigger.to_json(canonical=True).encode()).hexdigest()
         if idempotency_key is None:
             return cls(f"body:{fingerprint}", fingerprint, BODY_WINDOW)
         hashed = hashlib.sha256(idempotency_key.encode()).hexdigest()
