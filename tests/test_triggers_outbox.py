@@ -295,7 +295,7 @@ def test_redis_persistence_warnings(redis_url):
         assert "appendonly" in appendonly
     finally:
         client.config_set("maxmemory-policy", "noeviction")
-    assert persistence_warnings(redis.Redis(port=1, socket_connect_timeout=0.2)) == []
+    assert persistence_warnings(redis.Redis.from_url("redis://127.0.0.1:1/0")) == []
 
 
 @pytest.mark.slow
