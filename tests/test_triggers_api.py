@@ -310,3 +310,17 @@ def test_start_up_warns_about_a_redis_that_may_lose_triggers(trigger_env, redis_
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("allkeys-lru" in w and "noeviction" in w for w in warnings)
     assert any("appendonly" in w for w in warnings)
+
+
+@pytest.mark.slow
+def test_with_redis_the_data_dir_still_holds_the_deliverer_lock(trigger_env, redis_url, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="WALLET_PROXY_DATA_DIR"):
+        create_app(
+            {
+                **trigger_env,
+                "WALLET_PROXY_REDIS_URL": redis_url,
+                "WALLET_PROXY_DATA_DIR": str(blocker / "sub"),
+            }
+        )

@@ -6,9 +6,12 @@ Nothing is opened unless Braze is configured: without BRAZE_REST_URL the route a
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, Settings
@@ -36,17 +39,21 @@ def open_outbox(settings: Settings) -> Outbox:
     from .redis_outbox import RedisOutbox, persistence_warnings
     from .sqlite_outbox import SqliteOutbox
 
-    if settings.redis_url:
-        outbox = RedisOutbox.from_url(settings.redis_url)
-        for warning in persistence_warnings(outbox.client):
-            log.warning(warning)
-        return outbox
     try:
+        if settings.redis_url:
+            # The folder still holds the lock that keeps one deliverer per instance.
+            Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+            if not os.access(settings.data_dir, os.W_OK):
+                raise OSError(errno.EACCES, "not writable")
+            shared = RedisOutbox.from_url(settings.redis_url)
+            for warning in persistence_warnings(shared.client):
+                log.warning(warning)
+            return shared
         return SqliteOutbox(settings.data_dir)
     except (OSError, OutboxError) as exc:
         problem = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
-            "WALLET_PROXY_DATA_DIR", f"can't hold the trigger outbox: {problem}"
+            "WALLET_PROXY_DATA_DIR", f"can't hold the trigger outbox or its lock: {problem}"
         ) from None
 
 
