@@ -17,8 +17,10 @@ from .bulk.commands import tags_group, warm_command
 from .config import ConfigError, Settings
 from .serving import CONFIG, gunicorn_command
 from .support.staff import hash_password
+from .triggers.commands import triggers_group
 
 DEMO_API_KEY = "demo-api-key-not-secret"
+DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
 DEMO_STAFF_USER = "support"
 DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo credential
 
@@ -43,6 +45,12 @@ def check_config() -> None:
         f"{'Redis' if settings.redis_url else 'in-process'}, TTL {settings.cache_ttl:g}s; "
         f"deadline {settings.deadline:g}s"
     )
+    if settings.triggers_configured:
+        store = "Redis" if settings.redis_url else f"SQLite in {settings.data_dir}"
+        click.echo(
+            f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
+            f"SessionM keys; outbox: {store}"
+        )
 
 
 @main.command()
@@ -55,6 +63,7 @@ def sandbox(host: str, port: int) -> None:
     click.echo(f"SessionM sandbox on http://{host}:{port}")
     click.echo(f"  Connect auth (Basic): {sandbox_module.DEMO_CONNECT_AUTH}")
     click.echo(f"  retailer id: {sandbox_module.DEMO_RETAILER_ID}")
+    click.echo(f"  Braze REST key (trigger sends): {sandbox_module.DEMO_BRAZE_API_KEY}")
     for user_id, about in sandbox_module.SEEDED_USERS.items():
         click.echo(f"  {user_id:14} {about}")
     sandbox_module.serve(host, port)
@@ -141,8 +150,13 @@ def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
     demo_staff = f"{DEMO_STAFF_USER}:{generate_password_hash(DEMO_STAFF_PASSWORD)}"
     env.setdefault("WALLET_PROXY_STAFF_USERS", demo_staff)
     env.setdefault("WALLET_PROXY_SECRET_KEY", secrets.token_urlsafe(32))
-    # Staff sessions and history in the checkout, and the sandbox's own offer logos shown.
-    env.setdefault("WALLET_PROXY_DATA_DIR", os.path.abspath(".data"))
+    # The sandbox stands in for Braze's trigger endpoints too; the outbox (and the staff
+    # sessions and history) live in the checkout.
+    env.setdefault("BRAZE_REST_URL", url)
+    env.setdefault("BRAZE_REST_API_KEY", sandbox_module.DEMO_BRAZE_API_KEY)
+    env.setdefault("WALLET_PROXY_TRIGGER_KEYS", DEMO_TRIGGER_KEY)
+    env.setdefault("WALLET_PROXY_DATA_DIR", os.path.abspath("demo-data"))
+    # The support pages show the sandbox's own offer logos.
     env.setdefault("WALLET_PROXY_IMAGE_HOSTS", url)
     return process
 
@@ -162,6 +176,19 @@ def _print_demo(bind: str, env: dict) -> None:
         f"  curl -s -H 'Authorization: Bearer {key}' {base}/v1/wallets/nobody   # 404\n"
         f"  curl -s {base}/readyz\n"
     )
+    if env.get("WALLET_PROXY_TRIGGER_KEYS") == DEMO_TRIGGER_KEY:
+        trigger = (
+            '{"braze_campaign_id": "demo-campaign", "customer": {"external_id": "ext-alice", '
+            '"sessionm_user_id": "demo-alice"}, "enrich": ["wallet"], '
+            '"offer": {"title": "Double points"}, "points": {"award_amount": 100}}'
+        )
+        click.echo(
+            "A SessionM-triggered Braze message (the sandbox records what Braze got):\n"
+            f"  curl -s -H 'Authorization: Bearer {DEMO_TRIGGER_KEY}' "
+            f"-H 'Content-Type: application/json' -d '{trigger}' {base}/v1/braze/triggers\n"
+            f"  curl -s {env['BRAZE_REST_URL']}/_sandbox/braze/stats\n"
+            "  wallet-proxy triggers status   # with the same environment\n"
+        )
     name, _, pw_hash = env.get("WALLET_PROXY_STAFF_USERS", "").split(",")[0].partition(":")
     if name == DEMO_STAFF_USER and check_password_hash(pw_hash, DEMO_STAFF_PASSWORD):
         click.echo(
@@ -189,6 +216,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 main.add_command(hash_password)
 main.add_command(tags_group)
 main.add_command(warm_command)
+main.add_command(triggers_group)
 
 if __name__ == "__main__":
     main()

@@ -51,7 +51,16 @@ class Settings:
     sessionm_core_url: str | None = None
     sessionm_core_api_key: str | None = field(default=None, repr=False)
     sessionm_core_api_secret: str | None = field(default=None, repr=False)
+    # SessionM-triggered Braze messages (wallet_proxy/triggers/)
+    braze_rest_url: str | None = None
+    braze_rest_api_key: str | None = field(default=None, repr=False)
+    trigger_keys: tuple[str, ...] = field(default=(), repr=False)
     data_dir: str = DEFAULT_DATA_DIR
+    trigger_batch_ms: int = 250
+    trigger_max_age: float = 86_400.0
+    trigger_max_queued: int = 100_000
+    trigger_set_email: bool = False
+    # The support pages and the front proxy
     trusted_proxy_hops: int = 0
     public_url: str | None = None
     image_hosts: tuple[str, ...] = ()
@@ -60,6 +69,10 @@ class Settings:
     @property
     def core_configured(self) -> bool:
         return self.sessionm_core_url is not None
+
+    @property
+    def triggers_configured(self) -> bool:
+        return self.braze_rest_url is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -86,13 +99,23 @@ class Settings:
             sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
+            braze_rest_url=read.optional_url("BRAZE_REST_URL"),
+            braze_rest_api_key=read.raw("BRAZE_REST_API_KEY"),
+            trigger_keys=read.api_keys("WALLET_PROXY_TRIGGER_KEYS", required=False),
             data_dir=read.directory("WALLET_PROXY_DATA_DIR", DEFAULT_DATA_DIR),
+            trigger_batch_ms=read.integer("WALLET_PROXY_TRIGGER_BATCH_MS", 250, 0, 10_000),
+            trigger_max_age=read.number(
+                "WALLET_PROXY_TRIGGER_MAX_AGE", 86_400, low=60, high=7 * 86_400
+            ),
+            trigger_max_queued=read.integer("WALLET_PROXY_TRIGGER_MAX_QUEUED", 100_000, 1, 10**7),
+            trigger_set_email=read.boolean("WALLET_PROXY_TRIGGER_SET_EMAIL"),
             trusted_proxy_hops=read.integer("WALLET_PROXY_TRUSTED_PROXY_HOPS", 0, 0, 10),
             public_url=read.origin("WALLET_PROXY_PUBLIC_URL"),
             image_hosts=read.origins("WALLET_PROXY_IMAGE_HOSTS"),
             cultures=read.cultures("WALLET_PROXY_CULTURES", default_culture),
         )
         settings._check_combinations()
+        settings._check_triggers()
         return settings
 
     def _check_combinations(self) -> None:
@@ -115,6 +138,18 @@ class Settings:
         if given and len(given) < len(core):
             missing = next(name for name, value in core.items() if not value)
             raise ConfigError(missing, f"required when {given[0]} is set")
+
+    def _check_triggers(self) -> None:
+        if bool(self.braze_rest_url) != bool(self.braze_rest_api_key):
+            missing = "BRAZE_REST_API_KEY" if self.braze_rest_url else "BRAZE_REST_URL"
+            given = "BRAZE_REST_URL" if self.braze_rest_url else "BRAZE_REST_API_KEY"
+            raise ConfigError(missing, f"required when {given} is set")
+        if self.braze_rest_url and not self.trigger_keys:
+            raise ConfigError("WALLET_PROXY_TRIGGER_KEYS", "required when BRAZE_REST_URL is set")
+        if set(self.trigger_keys) & set(self.api_keys):
+            raise ConfigError(
+                "WALLET_PROXY_TRIGGER_KEYS", "must not reuse a key of WALLET_PROXY_API_KEYS"
+            )
 
 
 class _Reader:
@@ -171,7 +206,9 @@ class _Reader:
             raise ConfigError(name, f"must be a culture {CULTURE_RULE}")
         return value
 
-    def api_keys(self, name: str) -> tuple[str, ...]:
+    def api_keys(self, name: str, *, required: bool = True) -> tuple[str, ...]:
+        if not required and self.raw(name) is None:
+            return ()
         value = self.secret(name)
         keys = tuple(key.strip() for key in value.split(","))
         if any(not key for key in keys):
@@ -238,6 +275,12 @@ class _Reader:
         if any(not is_culture(item) for item in listed):
             raise ConfigError(name, f"must be cultures {CULTURE_RULE}, comma-separated")
         return tuple(dict.fromkeys([default, *listed]))
+
+    def boolean(self, name: str) -> bool:
+        value = (self.raw(name) or "false").lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(name, "must be true or false")
+        return value in ("true", "1", "yes")
 
     def staff_users(self, name: str) -> dict[str, str]:
         value = self.raw(name)

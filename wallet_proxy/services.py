@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .support.history import StaffHistory
     from .support.sessions import StaffSessions
     from .support.throttle import HashSlots, LoginThrottle
+    from .triggers.setup import Triggers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Services:
     core: CoreClient | None  # None: SessionM Core is not configured
     idempotency: Idempotency
     login_throttle: LoginThrottle
+    triggers: Triggers | None  # None: Braze triggers are not configured
     hash_slots: HashSlots
     # The support pages' shared state; None without staff accounts (no pages).
     staff_sessions: StaffSessions | None
@@ -101,6 +103,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     from .support.history import StaffHistory
     from .support.sessions import StaffSessions
     from .support.throttle import HashSlots, LoginThrottle
+    from .triggers.setup import build_triggers
     from .upstream import CircuitBreaker, UpstreamGuard
 
     def unix_time() -> float:
@@ -144,6 +147,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
             lease=settings.deadline + LEASE_MARGIN,
         ),
         login_throttle=LoginThrottle(timer=unix_time, staff_names=settings.staff_users.keys()),
+        triggers=build_triggers(settings, unix_time),
         hash_slots=HashSlots(),
         staff_sessions=StaffSessions(store) if store is not None else None,
         staff_history=StaffHistory(store, clock) if store is not None else None,
