@@ -48,6 +48,9 @@ def env(env, sandbox, tmp_path):
         "WALLET_PROXY_DATA_DIR": str(tmp_path / "data"),
         "WALLET_PROXY_IMAGE_HOSTS": sandbox.url,
         "WALLET_PROXY_CULTURES": "en-US,es-ES",
+        # Not a test of the deadline: demo-carol's 3 SessionM pages on a loaded machine.
+        "WALLET_PROXY_DEADLINE": "10",
+        "WALLET_PROXY_UPSTREAM_TIMEOUT": "10",
     }
 
 

@@ -32,7 +32,9 @@ ALICE, CAROL = "/support/wallets/demo-alice", "/support/wallets/demo-carol"
 
 @pytest.fixture
 def env(env, tmp_path):
-    return staff_env(env, tmp_path / "data")
+    # Not a test of the deadline: demo-carol's 3 SessionM pages on a loaded machine.
+    slow_ok = {"WALLET_PROXY_DEADLINE": "10", "WALLET_PROXY_UPSTREAM_TIMEOUT": "10"}
+    return staff_env({**env, **slow_ok}, tmp_path / "data")
 
 
 @pytest.fixture
