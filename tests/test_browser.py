@@ -76,7 +76,7 @@ def context(browser, live_server):
         timezone_id="America/New_York",
     )
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-    context.set_default_timeout(5000)
+    context.set_default_timeout(15_000)  # demo-carol on a loaded machine takes seconds
     yield context
     context.close()
 
