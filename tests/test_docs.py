@@ -42,7 +42,9 @@ def _commands(group: click.Group, path: str = "wallet-proxy"):
 def test_the_commands_table_has_every_command_and_option():
     rows = {row[0]: row for row in table_rows("cli.md")[1:]}
     for path, command in _commands(main):
-        (usage,) = [cell for cell in rows if cell.startswith(f"`{path} ") or cell == f"`{path}`"]
+        usages = [cell for cell in rows if cell.startswith(f"`{path} ") or cell == f"`{path}`"]
+        assert len(usages) == 1, f"docs/cli.md needs one row for {path}"
+        usage = usages[0]
         for param in command.params:
             if isinstance(param, click.Argument):
                 assert param.name.upper() in usage, (path, param.name)

@@ -85,6 +85,7 @@ class Demo:
     port: int
     sandbox_port: int
     log: Path
+    process: subprocess.Popen
 
     def exports(self) -> str:
         """The `export` block of the banner, as a newcomer pastes it."""
@@ -147,18 +148,20 @@ def demo(tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60  # a loaded machine
+        deadline = time.monotonic() + 60
         while True:
             try:
-                if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
-            except requests.RequestException:  # not listening yet, or slow to answer
+            except requests.RequestException:  # not up yet, or too busy to answer in time
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "did not start"
             time.sleep(0.1)
         log.seek(0)
         banner = log.read()
-        yield Demo(base, f"http://127.0.0.1:{sandbox_port}", banner, port, sandbox_port, log_path)
+        yield Demo(
+            base, f"http://127.0.0.1:{sandbox_port}", banner, port, sandbox_port, log_path, process
+        )
     finally:
         process.send_signal(signal.SIGTERM)  # as systemd or a container runtime would
         assert process.wait(timeout=20) == 0
@@ -245,3 +248,13 @@ def test_the_api_doc_culture_fallback_as_written(demo, tmp_path):
     assert result.returncode == 0, result.stderr
     assert '"culture":"fr-FR"' in result.stdout
     assert '"title":"10% off your next coffee"' in result.stdout
+
+
+@pytest.mark.slow
+def test_the_demo_lives_through_a_reload(demo):
+    """systemd's ExecReload: serve passes SIGHUP on to gunicorn and lives on. (Last: the
+    reload replaces the worker, and with it the per-process cache.)"""
+    demo.process.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert demo.process.poll() is None
+    assert requests.get(f"{demo.base}/healthz", timeout=5).status_code == 200

@@ -22,14 +22,21 @@ from .bulk.commands import tags_group, warm_command
 from .config import ConfigError, Settings, examine
 from .serving import CONFIG, gunicorn_command
 from .support.staff import MIN_PASSWORD_LENGTH
+from .triggers.commands import triggers_group
 
 DEMO_API_KEY = "demo-api-key-not-secret"
+DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
 DEMO_STAFF_USER = "support"
 DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo credential
 # One process, so that the cache, single-flight, Idempotency-Key replay and the login
 # throttle behave as they do in one process (a deployment shares them through Redis).
 DEMO_WORKERS, DEMO_THREADS = 1, 64
 REDIS_PING_TIMEOUT = 1.0
+DEMO_TRIGGER = (
+    '{"braze_campaign_id": "demo-campaign", "customer": {"external_id": "ext-alice", '
+    '"sessionm_user_id": "demo-alice"}, "enrich": ["wallet"], '
+    '"offer": {"title": "Double points"}, "points": {"award_amount": 100}}'
+)
 
 
 @click.group()
@@ -70,6 +77,12 @@ def check_config(probe: bool) -> None:
     staff = f"{len(settings.staff_users)} staff users" if settings.staff_users else "off"
     click.echo(f"  API keys: {len(settings.api_keys)}; support pages: {staff}")
     click.echo(f"  cache: {cache}, TTL {settings.cache_ttl:g}s; deadline {settings.deadline:g}s")
+    if settings.triggers_configured:
+        store = "Redis" if settings.redis_url else f"SQLite in {settings.data_dir}"
+        click.echo(
+            f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
+            f"SessionM keys; outbox: {store}"
+        )
     if probe:
         answered, outcome = _probe_connect(settings)
         click.echo(f"  SessionM Connect probe: {outcome}")
@@ -207,6 +220,8 @@ def serve(
     # never leave gunicorn or the sandbox running without us.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
+    # SIGHUP is gunicorn's graceful reload (new workers, same socket): pass it on.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: gunicorn.send_signal(signal.SIGHUP))
     try:
         code = gunicorn.wait()
     except KeyboardInterrupt:
@@ -221,8 +236,9 @@ def _interrupt(_signum, _frame) -> None:
 
 
 def _second_shell(sandbox_url: str) -> dict[str, str]:
-    """What a command in another shell needs to use the demo: SessionM Connect and Core
-    pointed at the sandbox, and the demo's API key."""
+    """What a command in another shell needs to use the demo: SessionM Connect and Core and
+    Braze's trigger endpoints pointed at the sandbox, the demo's keys and its data folder
+    (the triggers' outbox lives in the checkout)."""
     from . import sandbox as sandbox_module
 
     return {
@@ -233,12 +249,16 @@ def _second_shell(sandbox_url: str) -> dict[str, str]:
         "SESSIONM_CORE_API_KEY": sandbox_module.DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": sandbox_module.DEMO_CORE_API_SECRET,
         "WALLET_PROXY_API_KEYS": DEMO_API_KEY,
+        "BRAZE_REST_URL": sandbox_url,
+        "BRAZE_REST_API_KEY": sandbox_module.DEMO_BRAZE_API_KEY,
+        "WALLET_PROXY_TRIGGER_KEYS": DEMO_TRIGGER_KEY,
+        "WALLET_PROXY_DATA_DIR": os.path.abspath("demo-data"),
     }
 
 
 def _demo_credentials(sandbox_url: str) -> dict[str, str]:
-    """Every credential the demo service runs with: its own, whatever the environment holds,
-    so a real key in the shell is neither used nor shown."""
+    """Every credential the demo service runs with (and its data folder): its own, whatever
+    the environment holds, so a real key in the shell is neither used nor shown."""
     demo_staff = f"{DEMO_STAFF_USER}:{generate_password_hash(DEMO_STAFF_PASSWORD)}"
     return {
         **_second_shell(sandbox_url),
@@ -303,6 +323,11 @@ def _print_demo(bind: str, env: Mapping[str, str], ignored: Sequence[str] = ()) 
         f"  curl -s -u braze:{key} {base}/v1/wallets/demo-bob\n"
         f"  {bearer} {base}/v1/wallets/nobody   # 404\n"
         f"  curl -s {base}/readyz\n\n"
+        "A SessionM-triggered Braze message (the sandbox records what Braze got):\n"
+        f"  curl -s -H 'Authorization: Bearer {DEMO_TRIGGER_KEY}' "
+        f"-H 'Content-Type: application/json' -d '{DEMO_TRIGGER}' {base}/v1/braze/triggers\n"
+        f"  curl -s {env['BRAZE_REST_URL']}/_sandbox/braze/stats\n"
+        "  wallet-proxy triggers status   # in the second shell (below)\n\n"
         f"Support pages: {base}/support/  (login: {DEMO_STAFF_USER} / {DEMO_STAFF_PASSWORD})\n"
         "Make SessionM slow or down: docs/sandbox.md\n\n"
         "In a second shell, this points wallet-proxy's commands at the demo "
@@ -330,6 +355,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 main.add_command(tags_group)
 main.add_command(warm_command)
+main.add_command(triggers_group)
 
 if __name__ == "__main__":
     main()

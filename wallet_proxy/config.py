@@ -111,6 +111,15 @@ class Settings:
     sessionm_core_url: str | None = None
     sessionm_core_api_key: str | None = field(default=None, repr=False)
     sessionm_core_api_secret: str | None = field(default=None, repr=False)
+    # SessionM-triggered Braze messages (wallet_proxy/triggers/)
+    braze_rest_url: str | None = None
+    braze_rest_api_key: str | None = field(default=None, repr=False)
+    trigger_keys: tuple[str, ...] = field(default=(), repr=False)
+    data_dir: str = "/var/lib/wallet-proxy"
+    trigger_batch_ms: int = 250
+    trigger_max_age: float = 86_400.0
+    trigger_max_queued: int = 100_000
+    trigger_set_email: bool = False
     # Read by gunicorn (gunicorn_config.py, where their defaults live); checked here.
     bind: str | None = None
     web_concurrency: int | None = None
@@ -120,6 +129,10 @@ class Settings:
     @property
     def core_configured(self) -> bool:
         return self.sessionm_core_url is not None
+
+    @property
+    def triggers_configured(self) -> bool:
+        return self.braze_rest_url is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], needs: Sequence[Part] = SERVICE) -> Settings:
@@ -158,6 +171,16 @@ class Settings:
             sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
+            braze_rest_url=read.optional_url("BRAZE_REST_URL"),
+            braze_rest_api_key=read.raw("BRAZE_REST_API_KEY"),
+            trigger_keys=read.api_keys("WALLET_PROXY_TRIGGER_KEYS", required=False),
+            data_dir=read.raw("WALLET_PROXY_DATA_DIR") or "/var/lib/wallet-proxy",
+            trigger_batch_ms=read.integer("WALLET_PROXY_TRIGGER_BATCH_MS", 250, 0, 10_000),
+            trigger_max_age=read.number(
+                "WALLET_PROXY_TRIGGER_MAX_AGE", 86_400, low=60, high=7 * 86_400
+            ),
+            trigger_max_queued=read.integer("WALLET_PROXY_TRIGGER_MAX_QUEUED", 100_000, 1, 10**7),
+            trigger_set_email=read.boolean("WALLET_PROXY_TRIGGER_SET_EMAIL"),
             bind=read.bind("WALLET_PROXY_BIND"),
             web_concurrency=read.count("WEB_CONCURRENCY", 1, 1024),
             threads=read.count("WALLET_PROXY_THREADS", 1, 1024),
@@ -186,6 +209,18 @@ class Settings:
             for missing in (name for name, value in core.items() if not value):
                 yield ConfigError(missing, f"required when {given[0]} is set")
 
+    def _check_triggers(self) -> Iterator[ConfigError]:
+        if bool(self.braze_rest_url) != bool(self.braze_rest_api_key):
+            missing = "BRAZE_REST_API_KEY" if self.braze_rest_url else "BRAZE_REST_URL"
+            given = "BRAZE_REST_URL" if self.braze_rest_url else "BRAZE_REST_API_KEY"
+            yield ConfigError(missing, f"required when {given} is set")
+        if self.braze_rest_url and not self.trigger_keys:
+            yield ConfigError("WALLET_PROXY_TRIGGER_KEYS", "required when BRAZE_REST_URL is set")
+        if set(self.trigger_keys) & set(self.api_keys):
+            yield ConfigError(
+                "WALLET_PROXY_TRIGGER_KEYS", "must not reuse a key of WALLET_PROXY_API_KEYS"
+            )
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -202,7 +237,8 @@ def examine(env: Mapping[str, str], needs: Sequence[Part] = SERVICE) -> Verdict:
     read = _Reading(env, needs)
     settings = _with_defaults(Settings._declare(read))
     problems: dict[str, ConfigError] = {}
-    for error in [*read.problems, *read.missing(needs), *settings._check_combinations()]:
+    combinations = [*settings._check_combinations(), *settings._check_triggers()]
+    for error in [*read.problems, *read.missing(needs), *combinations]:
         problems.setdefault(error.variable, error)  # the first word on each variable
     warnings = tuple(unknown_variables(env, read.names))
     return Verdict(None if problems else settings, tuple(problems.values()), warnings)
@@ -334,7 +370,9 @@ class _Reader:
             raise ConfigError(name, f"must be a culture {CULTURE_RULE}")
         return value
 
-    def api_keys(self, name: str) -> tuple[str, ...]:
+    def api_keys(self, name: str, *, required: bool = True) -> tuple[str, ...]:
+        if not required and self.raw(name) is None:
+            return ()
         value = self.secret(name)
         keys = tuple(key.strip() for key in value.split(","))
         if any(not key for key in keys):
@@ -366,6 +404,12 @@ class _Reader:
         if not low <= number <= high:
             raise ConfigError(name, f"must be between {low} and {high}")
         return number
+
+    def boolean(self, name: str) -> bool:
+        value = (self.raw(name) or "false").lower()
+        if value not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(name, "must be true or false")
+        return value in ("true", "1", "yes")
 
     def staff_users(self, name: str) -> dict[str, str]:
         value = self.raw(name)
