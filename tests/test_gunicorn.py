@@ -50,7 +50,11 @@ def test_stale_served_while_sessionm_is_down(sandbox, redis_url):
 
 
 def test_deadline_held_while_sessionm_hangs(sandbox):
-    with GunicornInstance(sandbox.url, workers=3, WALLET_PROXY_DEADLINE=0.5) as server:
+    # Slots for every request even if one worker accepts them all (a loaded machine spreads
+    # connections unevenly): a request still queued for a slot would rightly be a 503.
+    with GunicornInstance(
+        sandbox.url, workers=3, WALLET_PROXY_DEADLINE=0.5, WALLET_PROXY_UPSTREAM_CONCURRENCY=32
+    ) as server:
         sandbox.configure(hang=True)
 
         def timed(i):

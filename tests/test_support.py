@@ -441,8 +441,9 @@ def test_hash_password_reads_stdin_for_scripts():
     assert short.exit_code == 1 and "at least 8 characters" in short.output
 
 
-def test_demo_has_a_staff_login(capsys, tmp_path):
-    env: dict = {"WALLET_PROXY_DATA_DIR": str(tmp_path)}
+def test_demo_has_a_staff_login(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo keeps its data in ./demo-data
+    env: dict = {}
     process = cli._start_sandbox(free_port(), env)
     try:
         cli._print_demo("127.0.0.1:8000", env)
@@ -452,6 +453,10 @@ def test_demo_has_a_staff_login(capsys, tmp_path):
         client = create_app({**env, "TESTING": True}).test_client()
         demo = basic(cli.DEMO_STAFF_USER, cli.DEMO_STAFF_PASSWORD)
         assert client.get("/support/wallets/demo-bob", headers=demo).status_code == 200
+        # The demo shows the sandbox's own logos.
+        assert env["WALLET_PROXY_IMAGE_HOSTS"] == env["SESSIONM_CONNECT_URL"]
+        alice = client.get("/support/wallets/demo-alice", headers=demo).text
+        assert f'<img class="logo" src="{env["SESSIONM_CONNECT_URL"]}/_sandbox/logos/' in alice
     finally:
         cli._stop([process])
 

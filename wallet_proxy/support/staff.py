@@ -15,11 +15,9 @@ import hashlib
 import hmac
 import re
 import secrets
-import sys
 from collections.abc import Mapping
 from urllib.parse import unquote
 
-import click
 from flask import request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -181,21 +179,3 @@ def safe_next(target: str | None, default: str) -> str:
     if any(unquote(segment) in (".", "..") for segment in path.split("/")):
         return default
     return target
-
-
-@click.command("hash-password")
-@click.option(
-    "--stdin",
-    "from_stdin",
-    is_flag=True,
-    help="Read the password from the first line of standard input instead of prompting.",
-)
-def hash_password(from_stdin: bool) -> None:
-    """Print a password hash for WALLET_PROXY_STAFF_USERS (name:hash); never the password."""
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise click.ClickException(f"use at least {MIN_PASSWORD_LENGTH} characters")
-    click.echo(generate_password_hash(password))
