@@ -268,7 +268,7 @@ def image_src(url: str) -> str | None:
 
 
 def connected_content(query: str) -> str:
-    """The README's Connected Content call, pointed at this service's public URL
+    """The Connected Content call of docs/braze.md, pointed at this service's public URL
     (WALLET_PROXY_PUBLIC_URL; without it, the URL staff reached the page at)."""
     url = f"{request.url_root}v1/wallets/{{{{${{user_id}}}}}}{query}"
     return (
