@@ -6,12 +6,8 @@ import pytest
 import redis
 
 from tests.helpers import wait_until
-from wallet_proxy.stores import (
-    RedisSharedStore,
-    SharedStore,
-    SqliteSharedStore,
-    StoreUnavailable,
-)
+from wallet_proxy.errors import StoreUnavailable
+from wallet_proxy.stores import RedisSharedStore, SharedStore, SqliteSharedStore
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import redis
 
 from .config import ConfigError
-from .errors import WalletProxyError
+from .errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -32,13 +32,6 @@ if TYPE_CHECKING:
 DATABASE = "support.sqlite3"
 # Seconds a writer waits for another process's write to finish before giving up.
 SQLITE_BUSY_TIMEOUT = 2.0
-
-
-class StoreUnavailable(WalletProxyError):
-    status = 503
-    code = "store_unavailable"
-    message = "The staff session store is unavailable; try again shortly."
-    retry_after = 5
 
 
 class SharedStore(Protocol):

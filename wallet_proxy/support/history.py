@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ..stores import SharedStore, StoreUnavailable
+from ..errors import StoreUnavailable
+from ..stores import SharedStore
 
 log = logging.getLogger(__name__)
 
