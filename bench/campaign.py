@@ -238,7 +238,7 @@ def warm_up(user_ids: list[str], env: dict) -> float:
         path = Path(scratch) / "campaign.csv"
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["external_id"])
+            writer.writerow(["user_id"])
             writer.writerows([user_id] for user_id in user_ids)
         started = time.monotonic()
         subprocess.run(

@@ -9,8 +9,6 @@ The limiter across two gunicorn masters sharing one redis-server is the last (sl
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +21,7 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import API_KEY, LiveServer, free_port, wait_until
+from tests.helpers import API_KEY, GunicornInstance, LiveServer, free_port, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.budget import (
     FALL_BACK_AFTER,
@@ -36,13 +34,10 @@ from wallet_proxy.budget import (
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.errors import UpstreamBusy
 from wallet_proxy.sandbox import (
-    DEMO_CONNECT_AUTH,
     DEMO_CORE_API_KEY,
     DEMO_CORE_API_SECRET,
-    DEMO_RETAILER_ID,
 )
 from wallet_proxy.services import services
-from wallet_proxy.serving import gunicorn_command
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -501,57 +496,6 @@ def test_the_sandbox_enforces_its_rate_limit_and_counts_the_busiest_second(sandb
 # --- the fleet: two gunicorn masters, one redis-server ------------------------------
 
 
-class Instance:
-    """One deployment of the service: its own gunicorn master and workers, as shipped."""
-
-    def __init__(self, sandbox_url: str, redis_url: str, **settings):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("SESSIONM_", "WALLET_PROXY_"))
-            },
-            "SESSIONM_CONNECT_URL": sandbox_url,
-            "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
-            "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
-            "WALLET_PROXY_API_KEYS": API_KEY,
-            "WALLET_PROXY_REDIS_URL": redis_url,
-            "WEB_CONCURRENCY": "2",
-            **{k: str(v) for k, v in settings.items()},
-        }
-
-    def __enter__(self) -> Instance:
-        self.process = subprocess.Popen(
-            gunicorn_command(
-                bind=self.url.removeprefix("http://"),
-                options=["--access-logfile", "/dev/null"],
-                app="wsgi:app",
-            ),
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_until(self._ready, timeout=30)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, "gunicorn exited"
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def __exit__(self, *exc):
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
-
-
 class SandboxProcess:
     """The sandbox in a process of its own, as in the benchmarks: its clock for the busiest
     second is not slowed by this process's client threads."""
@@ -589,10 +533,11 @@ class SandboxProcess:
 @pytest.mark.slow
 def test_one_budget_across_two_gunicorn_masters(redis_url):
     rate = 20
+    budgeted = {"WALLET_PROXY_REDIS_URL": redis_url, "WALLET_PROXY_SESSIONM_RATE": rate}
     with (
         SandboxProcess() as sessionm,
-        Instance(sessionm.url, redis_url, WALLET_PROXY_SESSIONM_RATE=rate) as first,
-        Instance(sessionm.url, redis_url, WALLET_PROXY_SESSIONM_RATE=rate) as second,
+        GunicornInstance(sessionm.url, **budgeted) as first,
+        GunicornInstance(sessionm.url, **budgeted) as second,
     ):
         # Every worker booted and has called SessionM once (connections made).
         for n in range(8):

@@ -28,7 +28,7 @@ def segment(tmp_path: Path, users: list[str]) -> Path:
     path = tmp_path / "send.csv"
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["external_id"])
+        writer.writerow(["user_id"])
         writer.writerows([user] for user in users)
     return path
 
