@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
+import socket
 import threading
 import time
 from urllib.parse import quote, urlsplit
@@ -140,6 +143,96 @@ def test_the_api_key_also_works_as_the_basic_auth_password(relay, core):
     )
     assert response.status_code == 200
     assert len(calls(core)) == 1
+
+
+class CountedInput:
+    """A WSGI input that counts what the app reads from it."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.read_bytes = 0
+
+    def read(self, *args):
+        data = self.stream.read(*args)
+        self.read_bytes += len(data)
+        return data
+
+
+def counting_reads(app) -> list[CountedInput]:
+    inputs: list[CountedInput] = []
+    wsgi_app = app.wsgi_app
+
+    def middleware(environ, start_response):
+        environ["wsgi.input"] = counted = CountedInput(environ["wsgi.input"])
+        inputs.append(counted)
+        return wsgi_app(environ, start_response)
+
+    app.wsgi_app = middleware
+    return inputs
+
+
+def post_chunked(base_url: str, chunks: list[bytes]) -> tuple[int, dict]:
+    """POST a chunked body on a raw socket, sending from a thread while the answer is read:
+    a server that refuses early may stop reading (and reset) before the body's end."""
+    host, port = urlsplit(base_url).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/users/user-7/tags HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % (host.encode(), API_KEY.encode())
+        )
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                for chunk in chunks:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sock.sendall(b"0\r\n\r\n")
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        body = json.loads(answer.read())
+        sender.join(10)
+    return answer.status, body
+
+
+VALID = b'{"tags": ["braze_test"], "ttl": 600}'
+PADDED = [VALID] + [b" " * 65536] * 16  # valid JSON, then 1 MB of spaces
+
+
+def test_a_chunked_body_over_16_kb_is_413_and_read_no_further(core_app, core):
+    from tests.helpers import LiveServer
+
+    inputs = counting_reads(core_app)
+    with LiveServer(core_app) as server:
+        status, body = post_chunked(server.url, PADDED)
+    assert (status, body["error"]["code"]) == (413, "request_entity_too_large")
+    assert calls(core) == []
+    assert inputs[0].read_bytes <= 16 * 1024 + 1
+
+
+def test_a_chunked_body_of_exactly_16_kb_is_accepted(core_app, core):
+    from tests.helpers import LiveServer
+
+    padding = 16 * 1024 - len(VALID)
+    with LiveServer(core_app) as server:
+        assert post_chunked(server.url, [VALID, b" " * padding])[0] == 200
+        assert post_chunked(server.url, [VALID, b" " * (padding + 1)])[0] == 413
+    assert counts(core, "user-7") == {"braze_test": 1}
+
+
+@pytest.mark.slow
+def test_a_chunked_body_over_16_kb_is_413_under_gunicorn(core, core_env):
+    from tests.test_gunicorn import Gunicorn
+
+    settings = {k: v for k, v in core_env.items() if k != "SESSIONM_CONNECT_URL"}
+    with Gunicorn(core.url, workers=1, **settings) as server:
+        status, body = post_chunked(server.url, PADDED)
+        small = post_chunked(server.url, [VALID])
+    assert (status, body["error"]["code"]) == (413, "request_entity_too_large")
+    assert small[0] == 200
+    assert counts(core, "user-7") == {"braze_test": 1}
 
 
 def test_over_real_http_with_a_chunked_body(core_app, core):

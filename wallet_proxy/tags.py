@@ -12,6 +12,7 @@ import json
 import time
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .auth import require_api_key
 from .errors import InvalidRequest, NotConfigured
@@ -34,7 +35,9 @@ def require_core_and_small_body():
             "SessionM Core is not configured (SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY, "
             "SESSIONM_CORE_API_SECRET)."
         )
-    request.max_content_length = MAX_BODY_BYTES
+    # One byte more than we accept, so a body of exactly MAX_BODY_BYTES can be told from a
+    # longer one (werkzeug refuses a longer declared Content-Length before reading).
+    request.max_content_length = MAX_BODY_BYTES + 1
 
 
 @bp.post("/users/<path:user_id>/tags", defaults={"external": False})
@@ -72,9 +75,22 @@ def add_tags(user_id: str, external: bool):
     return response
 
 
+def _body() -> bytes:
+    """At most MAX_BODY_BYTES of the body; more is a 413 whether its length was declared or
+    it came chunked (werkzeug's own limit returns a chunked body cut at the limit, which
+    may well parse), and nothing past one byte over the limit is read."""
+    data = bytearray()
+    while len(data) <= MAX_BODY_BYTES:
+        chunk = request.stream.read(MAX_BODY_BYTES + 1 - len(data))
+        if not chunk:
+            return bytes(data)
+        data += chunk
+    raise RequestEntityTooLarge()
+
+
 def _json_body() -> object:
     try:
-        return json.loads(request.get_data(cache=False))
+        return json.loads(_body())
     except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
         raise InvalidRequest(
             'The body must be JSON like {"tags": ["braze_test"], "ttl": 2592000}.'
