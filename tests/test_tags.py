@@ -398,12 +398,33 @@ def test_sessionm_errors_map_to_the_wallet_error_shape(relay, core, knobs, user_
         assert response.headers["Retry-After"] == "1"
 
 
-def test_a_slow_sessionm_is_a_504_within_the_deadline(core_env, core):
-    app = create_app({**core_env, "WALLET_PROXY_DEADLINE": "0.3", "TESTING": True})
+def test_a_slow_sessionm_is_a_504_within_the_core_timeout(core_env, core):
+    app = create_app({**core_env, "WALLET_PROXY_CORE_TIMEOUT": "0.3", "TESTING": True})
     core.configure(latency=1)
     started = time.monotonic()
     assert_error(post(app.test_client()), 504, "upstream_timeout")
     assert time.monotonic() - started < 1.0
+
+
+def test_a_core_trickling_its_headers_is_a_504_within_the_core_timeout(core_env, core):
+    from tests.helpers import LiveServer
+
+    app = create_app({**core_env, "WALLET_PROXY_CORE_TIMEOUT": "1", "TESTING": True})
+    core.configure(trickle_headers=0.2)  # a header byte every 0.2 s: no read timeout trips
+    with LiveServer(app) as server:
+        started = time.monotonic()
+        response = requests.post(
+            f"{server.url}/v1/users/user-1/tags", json={"tags": ["a"]}, headers=AUTH, timeout=10
+        )
+        elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert 1 <= elapsed < 2.5
+    wait_until(lambda: core.stats()["in_flight"] == 0, timeout=5)  # we hung up
+
+
+def test_core_json_nested_a_million_deep_is_a_502(relay, core):
+    core.configure(deep=True)
+    assert_error(post(relay), 502, "upstream_error")
 
 
 def test_secrets_never_reach_answers_or_logs(core_env, core, caplog):
@@ -481,7 +502,7 @@ def test_a_malformed_idempotency_key_is_400(relay, core, value):
 
 def test_a_timed_out_counter_is_not_sent_again(core_env, core):
     """SessionM may apply a call we gave up on: the retry must not count it twice."""
-    app = create_app({**core_env, "WALLET_PROXY_DEADLINE": "0.3", "TESTING": True})
+    app = create_app({**core_env, "WALLET_PROXY_CORE_TIMEOUT": "0.3", "TESTING": True})
     core.configure(latency=0.8)
     key = {"Idempotency-Key": "slow-1"}
     assert_error(

@@ -47,6 +47,10 @@ class Settings:
     sessionm_core_url: str | None = None
     sessionm_core_api_key: str | None = field(default=None, repr=False)
     sessionm_core_api_secret: str | None = field(default=None, repr=False)
+    core_timeout: float = 5.0
+    max_wallet_offers: int = 10_000
+    max_wallet_bytes: int = 20 * 1024 * 1024
+    max_answer_bytes: int = 1_000_000
 
     @property
     def core_configured(self) -> bool:
@@ -76,6 +80,14 @@ class Settings:
             sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
             sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
             sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
+            core_timeout=read.number("WALLET_PROXY_CORE_TIMEOUT", 5, low=0.1, high=30),
+            max_wallet_offers=read.integer("WALLET_PROXY_MAX_WALLET_OFFERS", 10_000, 1, 50_000),
+            max_wallet_bytes=read.integer(
+                "WALLET_PROXY_MAX_WALLET_BYTES", 20 * 1024 * 1024, 100_000, 1_000_000_000
+            ),
+            max_answer_bytes=read.integer(
+                "WALLET_PROXY_MAX_ANSWER_BYTES", 1_000_000, 10_000, 100_000_000
+            ),
         )
         settings._check_combinations()
         return settings

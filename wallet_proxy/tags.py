@@ -53,7 +53,7 @@ def add_tags(user_id: str, external: bool):
 
     def call() -> Answer:
         assert found.core is not None  # require_core_and_small_body
-        deadline = time.monotonic() + found.settings.deadline
+        deadline = time.monotonic() + found.settings.core_timeout
         found.core.add_tags(
             user_id, body["tags"], body["ttl"], external=external, deadline=deadline
         )
