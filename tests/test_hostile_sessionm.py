@@ -15,6 +15,7 @@ from wallet_proxy import create_app
 from wallet_proxy.answers import render_uncached
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.services import services
+from wallet_proxy.sessionm import GET_USER_OFFERS
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -195,6 +196,19 @@ def test_offers_with_impossible_dates_are_dropped_and_the_wallet_answered(env, c
     assert get(app).headers["X-Cache"] == "HIT"  # cached like any wallet
     assert sandbox.stats()["calls"] == 1
     assert services(app).wallet_service.guard.breaker.failures == 0
+
+
+def test_a_lone_surrogate_in_an_offer_is_answered_not_a_500(env, clock, requests_mock):
+    """JSON may escape half a UTF-16 pair, which no UTF-8 answer can carry."""
+    url = "https://connect.example.test"
+    app = make_app({**env, "SESSIONM_CONNECT_URL": url}, clock)
+    offer = r'{"id": "a", "name": "Caf\udce9"}'
+    requests_mock.post(
+        url + GET_USER_OFFERS, text=f'{{"status": "ok", "payload": {{"user_offers": [{offer}]}}}}'
+    )
+    response = get(app, "u-1")
+    assert response.status_code == 200
+    assert response.get_json()["offers"][0]["title"] == "Caf\ufffd"
 
 
 # --- 7. JSON nested a million deep -----------------------------------------------------

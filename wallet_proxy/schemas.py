@@ -14,12 +14,14 @@ one by the caller (who caps their number), and only an offer's first few media.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
 
 from .wallet import Offer
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Media read per offer: the logo is among the first few, and a list of a million
 # entries would cost seconds of CPU.
 MAX_MEDIA = 20
@@ -39,14 +41,23 @@ class _NullTolerant(fields.Field):
 
 
 class Text(_NullTolerant):
-    """A string that is never None: ids may arrive as numbers, missing texts as null."""
+    """A string that is never None: ids may arrive as numbers, missing texts as null.
+
+    JSON may carry a lone surrogate (`"\\ud800"`), which no UTF-8 answer can hold: it
+    becomes U+FFFD here rather than failing every answer made from this wallet.
+    """
 
     def _deserialize(self, value, attr, data, **kwargs):
         if value is None:
             return ""
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValidationError("Not a text value.")
-        return str(value)
+        text = str(value)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return LONE_SURROGATE.sub("\ufffd", text)
+        return text
 
 
 class WholeNumber(_NullTolerant):
