@@ -2,7 +2,9 @@
 # System packages, installed only when missing (with sudo when not root).
 #   system-deps.sh venv   what `make run` needs: Python's venv module
 #   system-deps.sh        also what the tests and benchmarks need: redis-server (shared
-#                         cache tests), chromium and a font (browser tests), wrk (benchmarks)
+#                         cache tests), chromium and a font (browser tests), wrk (benchmarks),
+#                         and for the deploy tests: nginx (front proxy), podman and runc
+#                         (the image), debootstrap (its base), systemd (systemd-analyze)
 set -euo pipefail
 
 missing=()
@@ -13,6 +15,12 @@ if [ "${1:-all}" != venv ]; then
   command -v chromium >/dev/null || missing+=(chromium)
   [ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
   command -v wrk >/dev/null || missing+=(wrk)
+  has() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+  has nginx || missing+=(nginx)
+  has podman || missing+=(podman)
+  has runc || missing+=(runc)
+  has debootstrap || missing+=(debootstrap)
+  has systemd-analyze || missing+=(systemd)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

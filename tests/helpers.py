@@ -5,15 +5,23 @@ Imported as `tests.helpers` by every test module; conftest.py holds only fixture
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import requests
 from werkzeug.serving import make_server
+
+from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
+from wallet_proxy.serving import gunicorn_command
 
 API_KEY = "test-api-key-1"
 OTHER_KEY = "test-api-key-2"
@@ -107,3 +115,80 @@ class RedisServer:
         import redis
 
         redis.Redis.from_url(self.url).flushall()
+
+
+class GunicornInstance:
+    """One instance of the service as deployed (gunicorn_command: the packaged config, the
+    installed app) on its own port, started and stopped as a process manager would."""
+
+    def __init__(
+        self, sandbox_url: str, log: Path | None = None, workers: int = 2, **settings: object
+    ):
+        self.address = f"127.0.0.1:{free_port()}"
+        self.url = f"http://{self.address}"
+        self.workers = workers
+        self.log = log or Path(tempfile.mkdtemp()) / "gunicorn.log"
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("SESSIONM_", "WALLET_PROXY_"))
+            },
+            "SESSIONM_CONNECT_URL": sandbox_url,
+            "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
+            "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
+            "WALLET_PROXY_API_KEYS": API_KEY,
+            "WEB_CONCURRENCY": str(workers),
+            **{k: str(v) for k, v in settings.items()},
+        }
+
+    def start(self) -> GunicornInstance:
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                gunicorn_command(bind=self.address, options=["--access-logfile", "/dev/null"]),
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        try:
+            wait_until(self._serving, timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _serving(self) -> bool:
+        """Answering, with every worker booted (so all of them take requests)."""
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+        try:
+            requests.get(f"{self.url}/healthz", timeout=2).raise_for_status()
+        except requests.RequestException:
+            return False
+        return len(self.worker_pids()) == self.workers
+
+    def worker_pids(self) -> set[int]:
+        pid = self.process.pid
+        return {
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        }
+
+    def stop(self) -> None:
+        """SIGTERM, gunicorn's graceful stop; wait for it to exit."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+    def __enter__(self) -> GunicornInstance:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def get(self, user_id: str, **params: str) -> requests.Response:
+        """A wallet, on a new connection each time so the kernel spreads them over workers."""
+        return requests.get(
+            f"{self.url}/v1/wallets/{user_id}",
+            params=params,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=10,
+        )

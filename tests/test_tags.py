@@ -224,10 +224,10 @@ def test_a_chunked_body_of_exactly_16_kb_is_accepted(core_app, core):
 
 @pytest.mark.slow
 def test_a_chunked_body_over_16_kb_is_413_under_gunicorn(core, core_env):
-    from tests.test_gunicorn import Gunicorn
+    from tests.helpers import GunicornInstance
 
     settings = {k: v for k, v in core_env.items() if k != "SESSIONM_CONNECT_URL"}
-    with Gunicorn(core.url, workers=1, **settings) as server:
+    with GunicornInstance(core.url, workers=1, **settings) as server:
         status, body = post_chunked(server.url, PADDED)
         small = post_chunked(server.url, [VALID])
     assert (status, body["error"]["code"]) == (413, "request_entity_too_large")

@@ -75,11 +75,13 @@ def register_sessions(app: Flask, settings: Settings) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from . import api, health, support, tags
+    from .triggers import views as triggers
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(tags.bp)
+    app.register_blueprint(triggers.bp)
 
 
 def register_error_handlers(app: Flask) -> None:

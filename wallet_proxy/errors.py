@@ -180,6 +180,24 @@ class IdempotencyUnavailable(WalletProxyError):
     retry_after = 2
 
 
+class TriggerQueueFull(WalletProxyError):
+    """WALLET_PROXY_TRIGGER_MAX_QUEUED triggers wait for Braze already; nothing was stored."""
+
+    status = 503
+    code = "trigger_queue_full"
+    message = "Too many triggers are waiting for Braze; try again later."
+    retry_after = 30
+
+
+class TriggerStoreUnavailable(WalletProxyError):
+    """The trigger outbox (disk or Redis) failed; nothing was stored."""
+
+    status = 503
+    code = "trigger_store_unavailable"
+    message = "The trigger store is unavailable; nothing was accepted. Try again shortly."
+    retry_after = 5
+
+
 def error_body(error: WalletProxyError) -> dict:
     return {"error": {"code": error.code, "message": error.message}}
 

@@ -62,3 +62,18 @@ def on_starting(server):
     except ConfigError as error:
         print(f"wallet-proxy: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def post_worker_init(worker):
+    """Offer each worker as the instance's trigger deliverer; a lock lets exactly one
+    deliver (wallet_proxy/triggers/running.py), and another takes over if it dies."""
+    from wallet_proxy.triggers.running import start_in_worker
+
+    start_in_worker(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    """Let the deliverer finish its call to Braze before the worker goes."""
+    from wallet_proxy.triggers.running import stop_in_worker
+
+    stop_in_worker()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .sessionm import ConnectClient
     from .sessionm_core import CoreClient
     from .support.staff import LoginThrottle
+    from .triggers.setup import Triggers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Services:
     core: CoreClient | None  # None: SessionM Core is not configured
     idempotency: Idempotency
     login_throttle: LoginThrottle
+    triggers: Triggers | None  # None: Braze triggers are not configured
 
 
 def services(app: Flask | None = None) -> Services:
@@ -93,6 +95,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     from .idempotency import Idempotency, MemoryStore, RedisStore
     from .service import WalletService
     from .support.staff import LoginThrottle
+    from .triggers.setup import build_triggers
     from .upstream import CircuitBreaker, UpstreamGuard
 
     def unix_time() -> float:
@@ -135,6 +138,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
             lease=settings.core_timeout + LEASE_MARGIN,
         ),
         login_throttle=LoginThrottle(timer=unix_time),
+        triggers=build_triggers(settings, unix_time),
     )
 
 

@@ -8,7 +8,7 @@ code: 0 all done, 1 some rows failed, 2 nothing sent (bad file, options or setti
 
 `tags import` must tag each customer exactly once even if it is killed, because a tag
 without `ttl` is a counter. It keeps a journal next to the file (FILE.journal), one
-fsync'd JSON line per event, keyed by what is sent (id type, id, tags, ttl):
+fsync'd JSON line per event, keyed by what is sent (id type, id, tags in any order, ttl):
 
 - `sending` is written, durably, before each call to SessionM;
 - `accepted` after SessionM said yes; `not_applied` after an answer that says nothing
@@ -32,14 +32,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import click
 
-from ..config import ConfigError, Settings
+from ..config import CONNECT, CORE, SHARED_CACHE, ConfigError, Part, Settings
 from ..errors import UpstreamUnavailable, UserNotFound, WalletProxyError
 from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, is_culture
-from ..services import core_client, services
+from ..services import build_services, core_client
 from ..sessionm_core import CoreClient, maybe_applied
 from .csvinput import (
     MAX_PROBLEMS,
@@ -60,6 +62,7 @@ from .runner import (
     pause_before_retry,
     run_parallel,
 )
+from .sidecars import check_replaceable, replace_with
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 FAILED, UNKNOWN = "failed", "unknown"  # row outcomes besides ACCEPTED
@@ -98,11 +101,12 @@ file_argument = click.argument(
 )
 
 
-def load_settings() -> Settings:
+def load_settings(*needs: Part) -> Settings:
+    """The settings a command uses: `needs` are the parts it can't run without."""
     try:
-        return Settings.from_env(os.environ)
+        return Settings.from_env(os.environ, needs)
     except ConfigError as error:
-        raise BadInput(f"configuration error: {error}") from None
+        raise BadInput(error.report()) from None
 
 
 # --- tags import ---------------------------------------------------------------------
@@ -139,9 +143,8 @@ def tags_group() -> None:
 @click.option(
     "--id-type",
     type=click.Choice(["user", "external"]),
-    default="user",
-    show_default=True,
-    help="SessionM user ids (Braze's ${user_id} on the partner page) or SessionM external ids.",
+    help="SessionM user ids (Braze's ${user_id} on the partner page) or SessionM external "
+    "ids  [default: external for a column named external_id, else user]",
 )
 @click.option(
     "--tag", "tags", multiple=True, help="Tag for every row (repeatable); else the tags column."
@@ -173,7 +176,7 @@ def tags_group() -> None:
 def import_tags(
     file: Path,
     id_column: str | None,
-    id_type: str,
+    id_type: str | None,
     tags: tuple[str, ...],
     ttl: int | None,
     concurrency: int,
@@ -191,23 +194,20 @@ def import_tags(
         if not TAG_RE.match(tag):
             raise click.BadParameter(f"{tag!r} must be {TAG_RULE}", param_hint="--tag")
     table = read_table(file, id_column)
+    id_type = id_type or ("external" if table.external_ids else "user")
     rows = tag_rows(table, tags, ttl, external=id_type == "external")
     journal_file = sidecar(file, ".journal")
     if dry_run:
         _import_dry_run(table, rows, read_journal(journal_file)[0], id_type)
         return
-    settings = load_settings()
     client = core_client(
-        settings,
+        load_settings(CORE),
         pool_size=concurrency,
         connect_timeout=min(3.0, timeout),
         read_timeout=timeout,
     )
-    if client is None:
-        raise BadInput(
-            "tags import needs SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY and "
-            "SESSIONM_CORE_API_SECRET"
-        )
+    assert client is not None, "load_settings(CORE) requires every Core setting"
+    check_replaceable(sidecar(file, ".failed.csv"))
     started = time.monotonic()
     journal = Journal(journal_file)
     run = ImportRun()
@@ -290,7 +290,7 @@ def _import_dry_run(
     users = "external/users" if id_type == "external" else "users"
     click.echo(
         f"{table.path} is valid: {len(rows)} rows, ids from column {table.id_name!r} "
-        f"as SessionM {id_type} ids."
+        f"as SessionM {id_type} ids (--id-type to change)."
     )
     click.echo(f"Already done (journal): {done}; outcome unknown: {unknown}.")
     click.echo(
@@ -315,14 +315,18 @@ def _write_failed(file: Path, id_name: str, run: ImportRun) -> None:
     if not failures:
         target.unlink(missing_ok=True)
         return
-    scratch = sidecar(file, ".failed.csv.tmp")
-    with scratch.open("w", newline="", encoding="utf-8") as handle:
+
+    def write(handle: TextIO) -> None:
         writer = csv.writer(handle)
         writer.writerow([id_name, "tags", "ttl", "line", "reason"])
         for row, reason in failures:
             ttl = "" if row.ttl is None else row.ttl
             writer.writerow([row.id, ";".join(row.tags), ttl, row.line, reason])
-    scratch.replace(target)
+
+    try:
+        replace_with(target, write)
+    except OSError as error:
+        raise click.ClickException(f"could not write {target}: {error.strerror}") from None
 
 
 def _import_summary(run: ImportRun, skipped: int, seconds: float) -> str:
@@ -388,15 +392,8 @@ def warm_command(
             f"(culture {culture or 'default'}) into the shared cache. Nothing was fetched."
         )
         return
-    settings = load_settings()
-    if not settings.redis_url:
-        raise BadInput(
-            "warm needs WALLET_PROXY_REDIS_URL: without the shared cache the wallets "
-            "would only land in this command's memory"
-        )
-    from .. import create_app
-
-    service = services(create_app()).wallet_service
+    settings = load_settings(CONNECT, SHARED_CACHE)
+    service = build_services(settings, lambda: datetime.now(UTC)).wallet_service
     culture = culture or settings.default_culture
     started = time.monotonic()
     counts = {"warmed": 0, "not found": 0, "failed": 0}

@@ -1,4 +1,5 @@
-"""SessionM stand-in: a real HTTP server speaking Connect offers and Core customer tags.
+"""SessionM stand-in: a real HTTP server speaking Connect offers and Core customer tags, and
+Braze's two trigger endpoints (`braze`, with knobs of its own under `/_sandbox/braze/`).
 
 Tests run it in a thread (`SandboxServer`), people run it with `wallet-proxy sandbox`
 (`serve`). Answers depend only on the clock and the seeded users; knobs are the one way to
@@ -17,17 +18,19 @@ local test double with demo credentials and must never face a real network.
 
 Layout: `server` (the socket, the Flask app, `/_sandbox/*`), `state` (knobs acting on every
 call, counters, the `Api` protocol), `knobs` (their rules), `connect` and `core` (one API
-each), `customers` (the seeded demo data), `wire` (SessionM's formats). Another API, such as
-Braze's trigger endpoints, is one more module implementing `state.Api`, listed in
+each), `braze` (Braze's trigger sends), `customers` (the seeded demo data), `wire` (SessionM's
+formats). Another API is one more module implementing `state.Api`, listed in
 `server.build_sandbox`.
 """
 
+from .braze import DEMO_BRAZE_API_KEY
 from .connect import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 from .core import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 from .customers import SEEDED_USERS
 from .server import SandboxServer, serve
 
 __all__ = [
+    "DEMO_BRAZE_API_KEY",
     "DEMO_CONNECT_AUTH",
     "DEMO_CORE_API_KEY",
     "DEMO_CORE_API_SECRET",

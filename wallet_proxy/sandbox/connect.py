@@ -93,6 +93,8 @@ class Connect:
         wallet = wallet_for(user_id, generated_offers)
         if wallet is None:
             return 200, error("user_not_found", f"no user with id {user_id}")
+        # Texts exist in English and Spanish; any other culture gets English, as SessionM
+        # falls back to the retailer's default language without saying so.
         spanish = (body.get("culture") or "en-US").lower().startswith("es")
         skip = body.get("skip") or 0
         take = _MAX_TAKE if body.get("take") is None else min(body["take"], _MAX_TAKE)

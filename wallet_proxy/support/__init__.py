@@ -190,3 +190,7 @@ def age_text(seconds: int) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min"
     return f"{seconds // 3600} h"
+
+
+# Pages for SessionM-triggered Braze messages, on the same blueprint (its guard, its CSRF).
+from . import triggers as _triggers  # noqa: E402, F401

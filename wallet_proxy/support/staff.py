@@ -13,12 +13,10 @@ import hashlib
 import hmac
 import math
 import secrets
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-import click
 from cachetools import TTLCache
 from flask import request, session
 from flask.sessions import SecureCookieSessionInterface
@@ -191,21 +189,3 @@ def safe_next(target: str | None, default: str) -> str:
     if parts.scheme or parts.netloc or "\\" in target or not target.startswith(default):
         return default
     return target
-
-
-@click.command("hash-password")
-@click.option(
-    "--stdin",
-    "from_stdin",
-    is_flag=True,
-    help="Read the password from the first line of standard input instead of prompting.",
-)
-def hash_password(from_stdin: bool) -> None:
-    """Print a password hash for WALLET_PROXY_STAFF_USERS (name:hash); never the password."""
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise click.ClickException(f"use at least {MIN_PASSWORD_LENGTH} characters")
-    click.echo(generate_password_hash(password))

@@ -1,0 +1,124 @@
+"""deploy/k8s/: every manifest valid against the Kubernetes API schemas (kubernetes-validate,
+strict: no unknown fields), and the facts that tie them to the image and the service."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+import wallet_proxy.gunicorn_config
+from wallet_proxy.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+# The oldest Kubernetes these manifests are meant for, and the newest schemas known here.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+
+def documents(name: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def resources() -> dict[tuple[str, str], dict]:
+    """Every resource of deploy/k8s (the Secret template too), by (kind, name)."""
+    found = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in documents(path.name):
+            found[(doc["kind"], doc["metadata"]["name"])] = doc
+    return found
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_is_valid(version):
+    for (kind, name), doc in resources().items():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{kind}/{name} invalid for Kubernetes {version}: {error.message}")
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_template():
+    listed = set(documents("kustomization.yaml")[0]["resources"])
+    shipped = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == shipped - {"secret.example.yaml"}
+
+
+def pod_of(resources_by_key, kind: str, name: str) -> dict:
+    return resources_by_key[(kind, name)]["spec"]["template"]["spec"]
+
+
+def test_deployment_probes_stop_and_security():
+    found = resources()
+    deployment = found[("Deployment", "wallet-proxy")]
+    pod = pod_of(found, "Deployment", "wallet-proxy")
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+    # SIGKILL only after the load balancers drained (preStop) and gunicorn finished.
+    pause = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep"
+    graceful = wallet_proxy.gunicorn_config.graceful_timeout
+    assert pod["terminationGracePeriodSeconds"] > int(pause[1]) + graceful
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+    # Non-root as the image's user, read-only root, writable emptyDirs where it writes.
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    uid, gid = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE).groups()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
+        int(uid),
+        int(gid),
+    )
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for path in ("/tmp", env["PROMETHEUS_MULTIPROC_DIR"], env["WALLET_PROXY_DATA_DIR"]):
+        assert mounts[path] in empty_dirs, path
+
+
+def test_service_hpa_and_pdb_select_the_deployment():
+    found = resources()
+    deployment = found[("Deployment", "wallet-proxy")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert found[("Service", "wallet-proxy")]["spec"]["selector"].items() <= labels.items()
+    pdb = found[("PodDisruptionBudget", "wallet-proxy")]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    target = found[("HorizontalPodAutoscaler", "wallet-proxy")]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "wallet-proxy")
+    (port,) = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert found[("Service", "wallet-proxy")]["spec"]["ports"][0]["targetPort"] == port["name"]
+
+
+def test_redis_is_one_persistent_replica_that_never_evicts():
+    found = resources()
+    redis = found[("StatefulSet", "wallet-proxy-redis")]
+    assert redis["spec"]["replicas"] == 1
+    conf = found[("ConfigMap", "wallet-proxy-redis")]["data"]["redis.conf"].splitlines()
+    assert "appendonly yes" in conf
+    assert "maxmemory-policy noeviction" in conf
+    assert "managed Redis" in (K8S / "redis.yaml").read_text()
+    url = found[("ConfigMap", "wallet-proxy")]["data"]["WALLET_PROXY_REDIS_URL"]
+    assert url.startswith("redis://wallet-proxy-redis:6379/")
+
+
+def test_configmap_and_secret_template_make_a_valid_configuration():
+    """What the pods get (ConfigMap + the Secret as shipped) passes check-config."""
+    found = resources()
+    env = {
+        **found[("ConfigMap", "wallet-proxy")]["data"],
+        **found[("Secret", "wallet-proxy")]["stringData"],
+    }
+    settings = Settings.from_env(env)
+    assert settings.redis_url and settings.core_configured
