@@ -7,6 +7,7 @@ against it exactly as written, with only the ports changed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -94,10 +95,11 @@ class Demo:
         )
 
     def snippet(self, page: str, name: str) -> str:
-        """A docs page's `demo-test` block, pointed at this demo's ports."""
-        text = (DOCS / page).read_text()
+        """A `demo-test` block of a page (a path from the repository's root), pointed at
+        this demo's ports."""
+        text = (DOCS.parent / page).read_text()
         match = re.search(rf"<!-- demo-test: {name} -->\n```sh\n(.*?)```", text, re.S)
-        assert match, f"no demo-test block {name!r} in docs/{page}"
+        assert match, f"no demo-test block {name!r} in {page}"
         return (
             match.group(1)
             .replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
@@ -203,7 +205,7 @@ def test_the_demo_is_one_process_whatever_web_concurrency_says(demo):
 
 @pytest.mark.slow
 def test_the_bulk_doc_tags_import_works_against_the_demo_as_written(demo, tmp_path):
-    result = demo.run(demo.snippet("bulk.md", "tags-import"), tmp_path)
+    result = demo.run(demo.snippet("docs/bulk.md", "tags-import"), tmp_path)
     assert result.returncode == 0, result.stderr
     assert "would send 2 calls" in result.stdout.lower()
     assert "done 2, skipped 0, failed 0, unknown 0" in result.stderr
@@ -219,12 +221,12 @@ def test_the_sandbox_doc_makes_sessionm_slow_then_down(demo, tmp_path):
     alice = f"{demo.base}/v1/wallets/demo-alice?culture=en-GB"
     assert requests.get(alice, headers=headers, timeout=5).status_code == 200
     try:
-        slow = demo.run(demo.snippet("sandbox.md", "sessionm-slow"), tmp_path)
+        slow = demo.run(demo.snippet("docs/sandbox.md", "sessionm-slow"), tmp_path)
         assert slow.returncode == 0, slow.stderr
         assert slow.stdout.splitlines()[-1] == (
             '{"error":{"code":"upstream_timeout","message":"SessionM did not answer in time."}}'
         )
-        down = demo.run(demo.snippet("sandbox.md", "sessionm-down"), tmp_path)
+        down = demo.run(demo.snippet("docs/sandbox.md", "sessionm-down"), tmp_path)
         assert down.returncode == 0, down.stderr
         assert down.stdout.splitlines()[-1] == (
             '{"error":{"code":"upstream_error","message":"SessionM answered HTTP 503."}}'
@@ -236,7 +238,7 @@ def test_the_sandbox_doc_makes_sessionm_slow_then_down(demo, tmp_path):
 
         wait_until(stale, timeout=20)  # the demo runs with WALLET_PROXY_CACHE_TTL=3
     finally:
-        normal = demo.run(demo.snippet("sandbox.md", "sessionm-normal"), tmp_path)
+        normal = demo.run(demo.snippet("docs/sandbox.md", "sessionm-normal"), tmp_path)
     assert normal.returncode == 0, normal.stderr
     knobs = requests.get(f"{demo.sandbox_url}/_sandbox/config", timeout=5).json()
     assert (knobs["latency"], knobs["status"]) == (0, None)
@@ -244,10 +246,17 @@ def test_the_sandbox_doc_makes_sessionm_slow_then_down(demo, tmp_path):
 
 @pytest.mark.slow
 def test_the_api_doc_culture_fallback_as_written(demo, tmp_path):
-    result = demo.run(demo.snippet("api.md", "culture-fallback"), tmp_path)
+    result = demo.run(demo.snippet("docs/api.md", "culture-fallback"), tmp_path)
     assert result.returncode == 0, result.stderr
     assert '"culture":"fr-FR"' in result.stdout
     assert '"title":"10% off your next coffee"' in result.stdout
+
+
+@pytest.mark.slow
+def test_the_readme_demo_curl_as_written(demo, tmp_path):
+    result = demo.run(demo.snippet("README.md", "readme-wallet"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["available_points"] == 1250
 
 
 @pytest.mark.slow

@@ -130,7 +130,7 @@ def test_alice_has_the_reference_envelope_and_every_offer_case(server):
     expired = offers["Free pastry with any drink"]
     assert expired["expiration_date"] == "2024-04-29T12:00:00.123Z"
     assert expired["media"][0] == {
-        "uri": "https://example.com/coffee-logo.png",
+        "uri": f"{server.url}/_sandbox/logos/coffee-logo.png",
         "category_name": "Logo",
     }
     soon = offers["10% off your next coffee"]

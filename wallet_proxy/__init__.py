@@ -35,6 +35,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping({k: v for k, v in source.items() if not _is_setting(k)})
     register_logging(app)
+    register_front_proxies(app, settings)
     register_services(app, settings, clock)
     register_sessions(app, settings)
     register_blueprints(app)
@@ -55,6 +56,13 @@ def register_logging(app: Flask) -> None:
         )
     # urllib3 logs full URLs and, at debug, headers; keep it quiet.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def register_front_proxies(app: Flask, settings: Settings) -> None:
+    """Which X-Forwarded-For entries to believe (ProxyFix), and our public URL."""
+    from .forwarding import wire_front_proxies
+
+    wire_front_proxies(app, settings)
 
 
 def register_services(app: Flask, settings: Settings, clock: Callable[[], datetime]) -> None:

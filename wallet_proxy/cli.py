@@ -264,6 +264,8 @@ def _demo_credentials(sandbox_url: str) -> dict[str, str]:
         **_second_shell(sandbox_url),
         "WALLET_PROXY_STAFF_USERS": demo_staff,
         "WALLET_PROXY_SECRET_KEY": secrets.token_urlsafe(32),
+        # The support pages show the sandbox's own offer logos.
+        "WALLET_PROXY_IMAGE_HOSTS": sandbox_url,
     }
 
 

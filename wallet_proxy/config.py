@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from .origins import ORIGIN_RULE, parse_origin
 from .rules import CULTURE_RULE, DEFAULT_CULTURE, is_culture
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ STAFF_NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 # Environment variables that look like ours: one we don't read is most likely a typo.
 OUR_PREFIXES = ("WALLET_PROXY_", "SESSIONM_", "BRAZE_")
 GUNICORN_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The triggers' outbox, and staff sessions and history without Redis.
+DEFAULT_DATA_DIR = "/var/lib/wallet-proxy"
 
 
 class ConfigError(Exception):
@@ -115,7 +119,7 @@ class Settings:
     braze_rest_url: str | None = None
     braze_rest_api_key: str | None = field(default=None, repr=False)
     trigger_keys: tuple[str, ...] = field(default=(), repr=False)
-    data_dir: str = "/var/lib/wallet-proxy"
+    data_dir: str = DEFAULT_DATA_DIR
     trigger_batch_ms: int = 250
     trigger_max_age: float = 86_400.0
     trigger_max_queued: int = 100_000
@@ -125,6 +129,11 @@ class Settings:
     web_concurrency: int | None = None
     threads: int | None = None
     log_level: str | None = None
+    # The support pages and the front proxy
+    trusted_proxy_hops: int = 0
+    public_url: str | None = None
+    image_hosts: tuple[str, ...] = ()
+    cultures: tuple[str, ...] = (DEFAULT_CULTURE,)
     core_timeout: float = 5.0
     max_wallet_offers: int = 10_000
     max_wallet_bytes: int = 20 * 1024 * 1024
@@ -178,7 +187,7 @@ class Settings:
             braze_rest_url=read.optional_url("BRAZE_REST_URL"),
             braze_rest_api_key=read.raw("BRAZE_REST_API_KEY"),
             trigger_keys=read.api_keys("WALLET_PROXY_TRIGGER_KEYS", required=False),
-            data_dir=read.raw("WALLET_PROXY_DATA_DIR") or "/var/lib/wallet-proxy",
+            data_dir=read.directory("WALLET_PROXY_DATA_DIR", DEFAULT_DATA_DIR),
             trigger_batch_ms=read.integer("WALLET_PROXY_TRIGGER_BATCH_MS", 250, 0, 10_000),
             trigger_max_age=read.number(
                 "WALLET_PROXY_TRIGGER_MAX_AGE", 86_400, low=60, high=7 * 86_400
@@ -189,6 +198,10 @@ class Settings:
             web_concurrency=read.count("WEB_CONCURRENCY", 1, 1024),
             threads=read.count("WALLET_PROXY_THREADS", 1, 1024),
             log_level=read.choice("WALLET_PROXY_LOG_LEVEL", GUNICORN_LOG_LEVELS),
+            trusted_proxy_hops=read.integer("WALLET_PROXY_TRUSTED_PROXY_HOPS", 0, 0, 10),
+            public_url=read.origin("WALLET_PROXY_PUBLIC_URL"),
+            image_hosts=read.origins("WALLET_PROXY_IMAGE_HOSTS"),
+            cultures=read.cultures("WALLET_PROXY_CULTURES", "WALLET_PROXY_DEFAULT_CULTURE"),
             core_timeout=read.number("WALLET_PROXY_CORE_TIMEOUT", 5, low=0.1, high=30),
             max_wallet_offers=read.integer("WALLET_PROXY_MAX_WALLET_OFFERS", 10_000, 1, 50_000),
             max_wallet_bytes=read.integer(
@@ -416,6 +429,44 @@ class _Reader:
         if not low <= number <= high:
             raise ConfigError(name, f"must be between {low} and {high}")
         return number
+
+    def directory(self, name: str, default: str) -> str:
+        value = self.raw(name) or default
+        if "\x00" in value:
+            raise ConfigError(name, "must be a folder path")
+        return os.path.abspath(value)
+
+    def origin(self, name: str) -> str | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        origin = parse_origin(value)
+        if origin is None:
+            raise ConfigError(name, f"must be an origin {ORIGIN_RULE}, without a path")
+        return origin
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        found = []
+        for item in value.split(","):
+            origin = parse_origin(item.strip())
+            if origin is None:
+                raise ConfigError(name, f"must be origins {ORIGIN_RULE}, comma-separated")
+            found.append(origin)
+        return tuple(dict.fromkeys(found))
+
+    def cultures(self, name: str, default_name: str) -> tuple[str, ...]:
+        """The default culture (`default_name`'s) first, then the listed ones in their order."""
+        default = self.raw(default_name) or DEFAULT_CULTURE
+        if not is_culture(default):
+            default = DEFAULT_CULTURE  # reported under its own name
+        value = self.raw(name)
+        listed = [item.strip() for item in value.split(",")] if value else []
+        if any(not is_culture(item) for item in listed):
+            raise ConfigError(name, f"must be cultures {CULTURE_RULE}, comma-separated")
+        return tuple(dict.fromkeys([default, *listed]))
 
     def boolean(self, name: str) -> bool:
         value = (self.raw(name) or "false").lower()

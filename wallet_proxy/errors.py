@@ -189,6 +189,15 @@ class TriggerQueueFull(WalletProxyError):
     retry_after = 30
 
 
+class StoreUnavailable(WalletProxyError):
+    """The store of staff sessions and history (Redis, or the data folder's SQLite file)."""
+
+    status = 503
+    code = "store_unavailable"
+    message = "The staff session store is unavailable; try again shortly."
+    retry_after = 5
+
+
 class TriggerStoreUnavailable(WalletProxyError):
     """The trigger outbox (disk or Redis) failed; nothing was stored."""
 

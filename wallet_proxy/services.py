@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from .service import WalletService
     from .sessionm import ConnectClient
     from .sessionm_core import CoreClient
-    from .support.staff import LoginThrottle
+    from .support.history import StaffHistory
+    from .support.sessions import StaffSessions
+    from .support.throttle import HashSlots, LoginThrottle
     from .triggers.setup import Triggers
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ class Services:
     idempotency: Idempotency
     login_throttle: LoginThrottle
     triggers: Triggers | None  # None: Braze triggers are not configured
+    hash_slots: HashSlots
+    # The support pages' shared state; None without staff accounts (no pages).
+    staff_sessions: StaffSessions | None
+    staff_history: StaffHistory | None
 
 
 def services(app: Flask | None = None) -> Services:
@@ -94,7 +100,10 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     from .cache import MemoryCache, RedisCache, WalletCache
     from .idempotency import Idempotency, MemoryStore, RedisStore
     from .service import WalletService
-    from .support.staff import LoginThrottle
+    from .stores import shared_store
+    from .support.history import StaffHistory
+    from .support.sessions import StaffSessions
+    from .support.throttle import HashSlots, LoginThrottle
     from .triggers.setup import build_triggers
     from .upstream import CircuitBreaker, UpstreamGuard
 
@@ -126,6 +135,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
             "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
             "several workers, a retried counter-tag call may be applied twice"
         )
+    store = shared_store(settings, shared, unix_time) if settings.staff_users else None
     return Services(
         settings=settings,
         clock=clock,
@@ -137,8 +147,11 @@ def build_services(settings: Settings, clock: Clock) -> Services:
             RedisStore(shared) if shared is not None else MemoryStore(),
             lease=settings.core_timeout + LEASE_MARGIN,
         ),
-        login_throttle=LoginThrottle(timer=unix_time),
+        login_throttle=LoginThrottle(timer=unix_time, staff_names=settings.staff_users.keys()),
         triggers=build_triggers(settings, unix_time),
+        hash_slots=HashSlots(),
+        staff_sessions=StaffSessions(store) if store is not None else None,
+        staff_history=StaffHistory(store, clock) if store is not None else None,
     )
 
 

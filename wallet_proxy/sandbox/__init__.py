@@ -18,7 +18,8 @@ local test double with demo credentials and must never face a real network.
 
 Layout: `server` (the socket, the Flask app, `/_sandbox/*`), `state` (knobs acting on every
 call, counters, the `Api` protocol), `knobs` (their rules), `connect` and `core` (one API
-each), `braze` (Braze's trigger sends), `customers` (the seeded demo data), `wire` (SessionM's
+each), `braze` (Braze's trigger sends), `logos` (the offers' images,
+`/_sandbox/logos/<name>.png`), `customers` (the seeded demo data), `wire` (SessionM's
 formats). Another API is one more module implementing `state.Api`, listed in
 `server.build_sandbox`.
 """

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .logos import logo_url
 from .wire import dotnet
 
 GROUP_ID = "6a0f0c1e-0000-4000-8000-000000000001"
@@ -23,8 +24,8 @@ def _alice_offers(now: datetime, es: bool) -> list[Offer]:
     def t(english: str, spanish: str) -> str:
         return spanish if es else english
 
-    logo = {"uri": "https://example.com/coffee-logo.png", "category_name": "Logo"}
-    hero = {"uri": "https://example.com/coffee-hero.jpg", "category_name": "Hero"}
+    logo = {"uri": logo_url("coffee-logo"), "category_name": "Logo"}
+    hero = {"uri": logo_url("coffee-hero"), "category_name": "Hero"}
     return [
         {
             "id": "a11ce000-0000-4000-8000-000000000003",

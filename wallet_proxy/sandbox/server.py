@@ -11,6 +11,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from .braze import DEMO_BRAZE_API_KEY, Braze
 from .connect import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, Connect
 from .core import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET, Core
+from .logos import Logos
 from .state import Sandbox
 from .wire import Clock, error
 
@@ -39,6 +40,7 @@ def build_sandbox(
             Connect(connect_auth, retailer_id, now),
             Core(core_api_key, core_api_secret, now),
             Braze(braze_api_key),
+            Logos(),
         ]
     )
 
