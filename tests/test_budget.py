@@ -424,6 +424,7 @@ def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock
         SESSIONM_CORE_API_KEY=DEMO_CORE_API_KEY,
         SESSIONM_CORE_API_SECRET=DEMO_CORE_API_SECRET,
         WALLET_PROXY_SESSIONM_CORE_RATE=0.5,
+        WALLET_PROXY_CORE_TIMEOUT=1,  # the relay waits half of it for budget
     )
     client = app.test_client()
 
@@ -435,7 +436,7 @@ def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock
         )
 
     assert tag("user-1").status_code == 200
-    refused = tag("user-2")  # Core's next slot is 2 s away, past half the deadline
+    refused = tag("user-2")  # Core's next slot is 2 s away, past half the timeout
     assert refused.status_code == 503
     assert refused.get_json()["error"]["code"] == "upstream_unavailable"
     assert refused.headers["Retry-After"] in ("1", "2")

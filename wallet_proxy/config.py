@@ -134,6 +134,10 @@ class Settings:
     public_url: str | None = None
     image_hosts: tuple[str, ...] = ()
     cultures: tuple[str, ...] = (DEFAULT_CULTURE,)
+    core_timeout: float = 5.0
+    max_wallet_offers: int = 10_000
+    max_wallet_bytes: int = 20 * 1024 * 1024
+    max_answer_bytes: int = 1_000_000
     # SessionM's request budget for the whole fleet (wallet_proxy/budget.py)
     sessionm_rate: float = 50.0  # requests/s to Connect; 0: no budget
     sessionm_core_rate: float = 50.0  # the same for Core (tags relay and tags import)
@@ -204,6 +208,14 @@ class Settings:
             public_url=read.origin("WALLET_PROXY_PUBLIC_URL"),
             image_hosts=read.origins("WALLET_PROXY_IMAGE_HOSTS"),
             cultures=read.cultures("WALLET_PROXY_CULTURES", "WALLET_PROXY_DEFAULT_CULTURE"),
+            core_timeout=read.number("WALLET_PROXY_CORE_TIMEOUT", 5, low=0.1, high=30),
+            max_wallet_offers=read.integer("WALLET_PROXY_MAX_WALLET_OFFERS", 10_000, 1, 50_000),
+            max_wallet_bytes=read.integer(
+                "WALLET_PROXY_MAX_WALLET_BYTES", 20 * 1024 * 1024, 100_000, 1_000_000_000
+            ),
+            max_answer_bytes=read.integer(
+                "WALLET_PROXY_MAX_ANSWER_BYTES", 1_000_000, 10_000, 100_000_000
+            ),
             sessionm_rate=read.per_second("WALLET_PROXY_SESSIONM_RATE", 50),
             sessionm_core_rate=read.per_second("WALLET_PROXY_SESSIONM_CORE_RATE", 50),
             bulk_share=read.share("WALLET_PROXY_SESSIONM_BULK_SHARE", 0.8),

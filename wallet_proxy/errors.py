@@ -23,6 +23,7 @@ connection dropped or cut after sending             UpstreamUnavailable     mayb
 other 5xx (a gateway may give up, SessionM not)     UpstreamServerError     maybe
 a 2xx we cannot read                                InvalidUpstreamPayload  maybe
 an answer over 5 MB, a 3xx                          UpstreamError           maybe
+a wallet over our caps (offers or bytes, all pages) WalletTooLarge          maybe
 
 Whether SessionM is failing (what the circuit breaker counts: timeouts, 5xx,
 unavailability, never our own `UpstreamBusy`) is a separate question, answered by
@@ -98,6 +99,13 @@ class UpstreamError(WalletProxyError):
 
 class InvalidUpstreamPayload(UpstreamError):
     message = "SessionM returned a payload of an unexpected shape."
+
+
+class WalletTooLarge(UpstreamError):
+    """SessionM's wallet for a customer is past our caps: refused, not cached, and the
+    refusal remembered for WALLET_PROXY_NEGATIVE_TTL so renders don't download it again."""
+
+    message = "This customer's wallet in SessionM is too large to serve."
 
 
 class UpstreamRejected(NotApplied, UpstreamError):

@@ -35,7 +35,14 @@ from datetime import datetime
 
 from .budget import UNLIMITED, Budget, Claim, Priority
 from .cache import Entry, WalletCache, WalletKey
-from .errors import UpstreamBusy, UpstreamError, UpstreamTimeout, UserNotFound, WalletProxyError
+from .errors import (
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamTimeout,
+    UserNotFound,
+    WalletProxyError,
+    WalletTooLarge,
+)
 from .sessionm import ConnectClient
 from .upstream import UpstreamGuard
 from .wallet import Wallet
@@ -333,6 +340,8 @@ class WalletService:
         except UserNotFound:
             now = self._now()
             entry = Entry(None, now, now + self.negative_ttl, now + self.negative_ttl)
+        except WalletTooLarge as error:
+            entry = self._refusal(request.key, error)
         else:
             now = self._now()
             if request.fresh_for is not None:
@@ -343,8 +352,24 @@ class WalletService:
         self.cache.put(request.key, entry)
         return entry
 
+    def _refusal(self, key: WalletKey, error: WalletTooLarge) -> Entry:
+        """A refused wallet, remembered like a not-found so renders don't download it
+        again; the last good copy, if still usable, goes on being served as stale."""
+        now = self._now()
+        until = now + self.negative_ttl
+        previous = self.cache.get(key)
+        if previous is None or previous.wallet is None or previous.stale_until <= now:
+            return Entry(None, now, until, until, refused=error.message)
+        return Entry(
+            previous.wallet, now, until, max(until, previous.stale_until), refused=error.message
+        )
+
 
 def _lookup(entry: Entry, state: str) -> Lookup:
+    if entry.refused is not None:
+        if entry.wallet is None:
+            raise WalletTooLarge(entry.refused)
+        return Lookup(entry.wallet, STALE)
     if entry.wallet is None:
         raise UserNotFound()
     return Lookup(entry.wallet, state)

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXTENSION = "wallet_proxy"
-# An Idempotency-Key's claim lasts the call itself (the deadline) and this margin, then
-# it is abandoned.
+# An Idempotency-Key's claim lasts the call itself (WALLET_PROXY_CORE_TIMEOUT) and this
+# margin, then it is abandoned.
 LEASE_MARGIN = 30.0
 
 REDIS_CONNECTIONS = 512  # per process
@@ -77,7 +77,8 @@ def core_client(
 ) -> CoreClient | None:
     """The SessionM Core client, None without Core settings.
 
-    The relay's defaults answer within the deadline; `tags import` passes its own.
+    The relay's defaults answer within WALLET_PROXY_CORE_TIMEOUT; `tags import` passes
+    its own.
     """
     from .sessionm import connect_timeout_for, pooled_session
     from .sessionm_core import CoreClient
@@ -95,7 +96,7 @@ def core_client(
         secret,
         session=pooled_session(pool_size or settings.upstream_concurrency),
         connect_timeout=connect_timeout or connect_timeout_for(settings.deadline),
-        read_timeout=read_timeout or settings.deadline,
+        read_timeout=read_timeout or settings.core_timeout,
         budget=budget,
     )
 
@@ -182,14 +183,14 @@ def build_services(settings: Settings, clock: Clock) -> Services:
         settings=settings,
         clock=clock,
         wallet_service=wallet_service,
-        answers=AnswerMemo(),
+        answers=AnswerMemo(max_bytes=settings.max_answer_bytes),
         redis=shared,
         core=core_client(settings, core_budget),
         connect_budget=connect_budget,
         core_budget=core_budget,
         idempotency=Idempotency(
             RedisStore(shared) if shared is not None else MemoryStore(),
-            lease=settings.deadline + LEASE_MARGIN,
+            lease=settings.core_timeout + LEASE_MARGIN,
         ),
         login_throttle=LoginThrottle(timer=unix_time, staff_names=settings.staff_users.keys()),
         triggers=build_triggers(settings, unix_time),
@@ -229,5 +230,7 @@ def connect_client(settings: Settings, clock: Clock, budget: Budget) -> ConnectC
         connect_timeout=connect_timeout_for(settings.deadline),
         read_timeout=settings.upstream_timeout,
         clock=clock,
+        max_offers=settings.max_wallet_offers,
+        max_bytes=settings.max_wallet_bytes,
         budget=budget,
     )

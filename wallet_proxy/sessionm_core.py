@@ -35,7 +35,7 @@ class CoreClient:
         self._app_url = f"{base_url.rstrip('/')}/priv/v1/apps/{quote(api_key, safe='')}"
         self._auth = (api_key, api_secret)
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        self.transport = Transport(session, connect_timeout, read_timeout, budget)
+        self.transport = Transport(session, connect_timeout, read_timeout, budget=budget)
 
     def __repr__(self) -> str:
         return "CoreClient(<credentials hidden>)"

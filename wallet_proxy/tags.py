@@ -12,6 +12,7 @@ import json
 import time
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .auth import require_api_key
 from .budget import Claim, Priority
@@ -35,7 +36,10 @@ def require_core_and_small_body():
             "SessionM Core is not configured (SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY, "
             "SESSIONM_CORE_API_SECRET)."
         )
-    request.max_content_length = MAX_BODY_BYTES
+    # A declared length over the cap is refused before reading. A chunked body has none,
+    # and werkzeug then stops at the limit without saying whether more was coming (so valid
+    # JSON and 1 MB of spaces was accepted): one byte over the cap tells (see _json_body).
+    request.max_content_length = MAX_BODY_BYTES + 1
 
 
 @bp.post("/users/<path:user_id>/tags", defaults={"external": False})
@@ -52,10 +56,11 @@ def add_tags(user_id: str, external: bool):
     def call() -> Answer:
         assert found.core is not None  # require_core_and_small_body
         started = time.monotonic()
-        # Core's budget first, waiting at most half the deadline so the call keeps the rest.
+        # Core's budget first, waiting at most half the timeout so the call keeps the rest.
         # A refusal is a 503 with the queue's Retry-After, and releases the Idempotency-Key.
-        found.core_budget.acquire(Claim(Priority.WAITING, started + found.settings.deadline / 2))
-        deadline = started + found.settings.deadline
+        timeout = found.settings.core_timeout
+        found.core_budget.acquire(Claim(Priority.WAITING, started + timeout / 2))
+        deadline = started + timeout
         found.core.add_tags(
             user_id, body["tags"], body["ttl"], external=external, deadline=deadline
         )
@@ -78,8 +83,11 @@ def add_tags(user_id: str, external: bool):
 
 
 def _json_body() -> object:
+    data = request.get_data(cache=False)  # at most MAX_BODY_BYTES + 1, however it's sent
+    if len(data) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge(f"The body is over {MAX_BODY_BYTES // 1024} KB.")
     try:
-        return json.loads(request.get_data(cache=False))
+        return json.loads(data)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
         raise InvalidRequest(
             'The body must be JSON like {"tags": ["braze_test"], "ttl": 2592000}.'

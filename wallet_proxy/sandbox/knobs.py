@@ -15,8 +15,14 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "trickle": 0.0,
     "garbage": False,
     "huge": False,
+    "trickle_headers": 0.0,
+    "deep": False,
+    "generated_offers": 3,
+    "extra_offers": [],
 }
 _KNOB_LIMIT_SECONDS = 3600.0
+MAX_GENERATED_OFFERS = 100_000
+MAX_EXTRA_OFFERS = 100
 
 
 def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +44,21 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
         elif name == "rate_limit":
             if value is not None and not (is_int(value) and 1 <= value <= 100_000):
                 raise ValueError("rate_limit must be calls per second (1-100000) or null")
+        elif name == "generated_offers":
+            if not (is_int(value) and 0 <= value <= MAX_GENERATED_OFFERS):
+                raise ValueError(
+                    f"generated_offers must be a whole number 0-{MAX_GENERATED_OFFERS}"
+                )
+        elif name == "extra_offers":
+            if not (
+                isinstance(value, list)
+                and len(value) <= MAX_EXTRA_OFFERS
+                and all(isinstance(offer, dict) for offer in value)
+            ):
+                raise ValueError(
+                    f"extra_offers must be a list of at most {MAX_EXTRA_OFFERS} objects"
+                )
+            value = list(value)
         else:
             upper = 1.0 if name == "error_rate" else _KNOB_LIMIT_SECONDS
             if not (isinstance(value, int | float) and not isinstance(value, bool)):

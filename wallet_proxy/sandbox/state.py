@@ -26,6 +26,7 @@ Produce = Callable[[], tuple[int, dict[str, Any]]]
 _HUGE_PADDING = 7 * 1024 * 1024
 _WINDOW = 1.0  # seconds: the sliding window of `rate_limit` and of `busiest_second`
 _GARBAGE = b"<html><body><h1>502 Bad Gateway</h1><p>upstream hiccup</p></body></html>"
+_DEPTH = 1_000_000  # `deep`: valid JSON nested far past any parser's recursion limit
 
 
 class Api(Protocol):
@@ -96,6 +97,11 @@ class Sandbox:
         with self._changed:
             self._changed.notify_all()
 
+    def knobs(self) -> dict[str, Any]:
+        """The knobs as set now, for an API whose answers they shape."""
+        with self._lock:
+            return dict(self._knobs)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             stats: dict[str, Any] = {
@@ -141,6 +147,10 @@ class Sandbox:
             with self._lock:
                 knobs = dict(self._knobs)
                 failing = self._next_call_fails(knobs["error_rate"])
+            if knobs["trickle_headers"]:
+                self._trickle_headers(sock, knobs["trickle_headers"])
+                _shutdown(sock)
+                return Response(status=503)  # never delivered: the socket is shut
             response = self._respond(knobs, failing, produce)
             if answered is not None:
                 with self._lock:
@@ -196,12 +206,26 @@ class Sandbox:
             status, body = 500, error("INTERNAL", "injected by the sandbox's error_rate knob")
         elif knobs["garbage"]:
             return Response(_GARBAGE, 200, mimetype="text/html")
+        elif knobs["deep"]:
+            return Response(b"[" * _DEPTH + b"]" * _DEPTH, 200, mimetype="application/json")
         else:
             status, body = produce()
         if knobs["huge"]:
             body = {**body, "padding": "x" * _HUGE_PADDING}
         data = json.dumps(body, ensure_ascii=False)
         return Response(data, status, headers, mimetype="application/json")
+
+    def _trickle_headers(self, sock: socket.socket | None, delay: float) -> None:
+        """A status line, then one byte of an endless header per `delay` seconds, until the
+        client hangs up or the server stops: read timeouts per socket read never trip."""
+        if sock is None:
+            return
+        try:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nX-Trickle: ")
+            while not self.closing.wait(delay):
+                sock.sendall(b"x")
+        except OSError:
+            return  # the client hung up
 
     def _trickle(self, data: bytes, delay: float, sock: socket.socket | None) -> Iterator[bytes]:
         """Send one byte per `delay` seconds; cut the connection if the server stops meanwhile."""
