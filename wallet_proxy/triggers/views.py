@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 
 from flask import Blueprint, Response, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..auth import key_matches, presented_key
 from ..errors import InvalidRequest, NotConfigured, Unauthorized
 from ..idempotency import valid_key
+from ..rules import json_body
 from ..services import services
 from .schema import load_trigger_body
 
@@ -33,9 +33,7 @@ def configured_key_and_size() -> None:
         )
     if not key_matches(presented_key(request), triggers.keys):
         raise Unauthorized("A valid trigger key (WALLET_PROXY_TRIGGER_KEYS) is required.")
-    # A declared length over the cap is refused before reading. A chunked body has none,
-    # and werkzeug then stops at the limit without saying whether more was coming: one
-    # byte over the cap tells (see _json_body).
+    # One byte over the cap, so a chunked body that goes on is told apart (rules.json_body).
     request.max_content_length = MAX_BODY_BYTES + 1
 
 
@@ -59,13 +57,8 @@ def accept_trigger():
 
 
 def _json_body() -> object:
-    data = request.get_data(cache=False)  # at most MAX_BODY_BYTES + 1, however it's sent
-    if len(data) > MAX_BODY_BYTES:
-        raise RequestEntityTooLarge(f"The body is over {MAX_BODY_BYTES // 1024} KB.")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
-        raise InvalidRequest(
-            'The body must be JSON like {"braze_campaign_id": "...", "customer": '
-            '{"external_id": "..."}}.'
-        ) from None
+    return json_body(
+        request.get_data(cache=False),
+        max_bytes=MAX_BODY_BYTES,
+        example='{"braze_campaign_id": "...", "customer": {"external_id": "..."}}',
+    )
