@@ -122,8 +122,15 @@ class GunicornInstance:
     installed app) on its own port, started and stopped as a process manager would."""
 
     def __init__(
-        self, sandbox_url: str, log: Path | None = None, workers: int = 2, **settings: object
+        self,
+        sandbox_url: str,
+        log: Path | None = None,
+        workers: int = 2,
+        *,
+        access_log: Path | None = None,
+        **settings: object,
     ):
+        self.access_log = access_log
         self.address = f"127.0.0.1:{free_port()}"
         self.url = f"http://{self.address}"
         self.workers = workers
@@ -148,7 +155,10 @@ class GunicornInstance:
     def start(self) -> GunicornInstance:
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
-                gunicorn_command(bind=self.address, options=["--access-logfile", "/dev/null"]),
+                gunicorn_command(
+                    bind=self.address,
+                    options=["--access-logfile", str(self.access_log or "/dev/null")],
+                ),
                 env=self.env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,

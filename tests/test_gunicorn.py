@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.helpers import GunicornInstance
+from tests.helpers import GunicornInstance, wait_until
 from wallet_proxy.sandbox import SandboxServer
 
 pytestmark = pytest.mark.slow
@@ -102,3 +102,14 @@ def test_redis_killed_mid_run_and_the_service_still_answers(sandbox, redis_url, 
     assert [r.status_code for r in before + during + after] == [200] * 21
     assert ready.status_code == 200
     assert ready.json()["checks"]["redis"].startswith("unreachable")
+
+
+def test_a_newline_in_the_path_cannot_forge_an_access_log_line(sandbox, tmp_path):
+    access_log = tmp_path / "access.log"
+    with GunicornInstance(sandbox.url, workers=1, access_log=access_log) as server:
+        forged = '/v1/wallets/x%0a127.0.0.1%20"GET%20/v1/wallets/FORGED"%20200'
+        assert requests.get(server.url + forged, timeout=10).status_code == 404
+        wait_until(lambda: "x\\x0a127.0.0.1" in access_log.read_text(), timeout=10)
+    lines = access_log.read_text().splitlines()
+    assert not any(line.startswith('127.0.0.1 "GET /v1/wallets/FORGED"') for line in lines)
+    assert len([line for line in lines if "/v1/wallets/x" in line]) == 1

@@ -37,6 +37,8 @@ import logging
 from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from .logtext import escape_controls
+
 log = logging.getLogger(__name__)
 
 
@@ -255,5 +257,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, escape_controls(request.path))
         return _respond(WalletProxyError())

@@ -10,6 +10,10 @@ worker model.
 import os
 import sys
 
+from gunicorn.glogging import Logger
+
+from wallet_proxy.logtext import escape_controls
+
 # Where to listen. Braze only calls ports 80/443: put a TLS-terminating load
 # balancer or ingress in front and bind the service to an internal port.
 bind = os.environ.get("WALLET_PROXY_BIND", "0.0.0.0:8000")
@@ -51,6 +55,21 @@ errorlog = "-"
 loglevel = os.environ.get("WALLET_PROXY_LOG_LEVEL", "info")
 # No query strings (%(U)s is the path only) and no Authorization header in access logs.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms "%(a)s"'
+
+
+class EscapingLogger(Logger):
+    """gunicorn's logger with control characters in a request's parts escaped: a path
+    holding %0a would otherwise end the line and write one of its own."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        return {
+            name: escape_controls(value) if isinstance(value, str) else value
+            for name, value in atoms.items()
+        }
+
+
+logger_class = EscapingLogger
 
 
 def on_starting(server):
