@@ -147,14 +147,15 @@ def _attacker(url: str, index: int, spread: bool, stop, answers) -> None:
                 f"{url}/support/", headers=headers, timeout=10, allow_redirects=False
             ).status_code
         except requests.RequestException:
-            status = 0
+            status = NO_ANSWER
         counts[status] += 1
     for status, count in counts.items():
         with answers.get_lock():
             answers[_SLOTS.index(status) if status in _SLOTS else 0] += count
 
 
-_SLOTS = (0, 401, 429, 200, 500, 503)  # 0: anything else, or no answer
+NO_ANSWER = -1  # the attacker gave up waiting (10 s)
+_SLOTS = (0, 401, 429, 200, 500, 503, NO_ANSWER)  # 0: any other status
 
 
 def _attack(url: str, attackers: int, spread: bool, stop, answers) -> None:

@@ -377,6 +377,9 @@ def test_reset_forgets_counters_tags_and_knobs(server):
     assert stats["tag_state"] == {}
     assert server.configure() == {
         "latency": 0.0,
+        "latency_spread": 0.0,
+        "rate_limit": None,
+        "retry_after": 1,
         "error_rate": 0.0,
         "status": None,
         "hang": False,
