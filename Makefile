@@ -6,24 +6,29 @@ BIND ?= 127.0.0.1:8000
 
 .PHONY: run test lint format bench system-deps clean
 
+# Installing says one line and then nothing unless something goes wrong, so that what
+# `make run` prints first is the demo's banner.
 $(BIN)/python:
-	bash scripts/system-deps.sh venv
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@bash scripts/system-deps.sh venv
+	@echo "make: creating the virtualenv $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Re-installs only when the dependencies change.
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
-	touch $@
+	@echo "make: installing wallet-proxy into $(VENV)"
+	@$(BIN)/python -m pip install --quiet -e .
+	@touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@
+	@echo "make: installing the test dependencies into $(VENV)"
+	@$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
 
 # With no SESSIONM_CONNECT_URL, the SessionM sandbox starts too and the demo
 # credentials are used; with it, the real configuration must be complete.
 run: $(VENV)/.installed
-	$(BIN)/wallet-proxy serve --bind $(BIND) $(if $(SESSIONM_CONNECT_URL),,--sandbox)
+	@$(BIN)/wallet-proxy serve --bind $(BIND) $(if $(SESSIONM_CONNECT_URL),,--sandbox)
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -4,7 +4,8 @@
 #   system-deps.sh        also what the tests and benchmarks need: redis-server (shared
 #                         cache tests), chromium and a font (browser tests), wrk (benchmarks),
 #                         and for the deploy tests: nginx (front proxy), podman and runc
-#                         (the image), debootstrap (its base), systemd (systemd-analyze)
+#                         (the image), debootstrap (its base), systemd (systemd-analyze),
+#                         openssl (a self-signed certificate for a TLS test)
 set -euo pipefail
 
 missing=()
@@ -21,6 +22,7 @@ if [ "${1:-all}" != venv ]; then
   has runc || missing+=(runc)
   has debootstrap || missing+=(debootstrap)
   has systemd-analyze || missing+=(systemd)
+  has openssl || missing+=(openssl)  # a TLS SessionM stand-in's certificate
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -37,6 +37,10 @@ def env(sandbox) -> dict:
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
         "WALLET_PROXY_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+        # The SessionM budgets are out of the way of tests that measure something else
+        # (caps, single-flight, counts); tests/test_budget.py turns them on.
+        "WALLET_PROXY_SESSIONM_RATE": "0",
+        "WALLET_PROXY_SESSIONM_CORE_RATE": "0",
     }
 
 

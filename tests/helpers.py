@@ -148,6 +148,9 @@ class GunicornInstance:
             "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
             "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
             "WALLET_PROXY_API_KEYS": API_KEY,
+            # No SessionM budget unless a test sets one (tests/test_budget.py): the others
+            # count single-flight, the cap, the breaker, and a budget would change the count.
+            "WALLET_PROXY_SESSIONM_RATE": "0",
             "WEB_CONCURRENCY": str(workers),
             **{k: str(v) for k, v in settings.items()},
         }
@@ -156,7 +159,7 @@ class GunicornInstance:
         with self.log.open("a") as log, contextlib.ExitStack() as files:
             out = files.enter_context(self.out.open("a")) if self.out else subprocess.DEVNULL
             self.process = subprocess.Popen(
-                gunicorn_command(bind=self.address, options=["--access-logfile", "/dev/null"]),
+                gunicorn_command(bind=self.address),
                 env=self.env,
                 stdout=out,
                 stderr=log,

@@ -25,6 +25,7 @@ WALLET_KEYS = {
     "offers",
     "fetched_at",
     "stale",
+    "offers_truncated",
 }
 OFFER_KEYS = {
     "user_offer_id",
@@ -53,6 +54,7 @@ def test_alice_live_offers_only(client, auth):
     body = response.get_json()
     assert set(body) == WALLET_KEYS
     assert (body["user_id"], body["culture"], body["stale"]) == ("demo-alice", "en-US", False)
+    assert body["offers_truncated"] is False
     assert (body["available_points"], body["total_points"]) == (1250, 4000)
     assert body["offer_count"] == len(body["offers"]) == 3
     assert body["has_offers"] is True

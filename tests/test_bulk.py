@@ -53,6 +53,9 @@ def cli(args: list[str], env: dict):
     return result
 
 
+USER_IDS = ("user_id", "email")
+
+
 def write_csv(path: Path, rows: list[list], header=("external_id", "email")) -> Path:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -170,8 +173,26 @@ def test_a_bad_tag_option_is_a_usage_error(tmp_path, core_env, sandbox):
 def test_without_core_settings_nothing_is_sent(tmp_path, env, sandbox):
     result = cli(["tags", "import", segment(tmp_path / "s.csv", 2), "--tag", "a"], env)
     assert result.exit_code == 2
-    assert "SESSIONM_CORE_URL" in result.output
+    assert result.output.splitlines() == [
+        "Error: 3 configuration errors:",
+        *(
+            f"  SESSIONM_CORE_{name}: is required for SessionM Core (customer tags)"
+            for name in ("URL", "API_KEY", "API_SECRET")
+        ),
+    ]
     assert sandbox.stats()["core_calls"] == []
+
+
+def test_tags_import_needs_only_the_core_settings(tmp_path, sandbox):
+    """No Connect settings, no API keys: a Core-only command asks for Core only."""
+    core_only = {
+        "SESSIONM_CORE_URL": sandbox.url,
+        "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
+        "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
+    }
+    result = cli(["tags", "import", segment(tmp_path / "s.csv", 2), "--tag", "a"], core_only)
+    assert result.exit_code == 0, result.output
+    assert len(accepted(sandbox)) == 2
 
 
 # --- what is read and sent -----------------------------------------------------------
@@ -198,26 +219,38 @@ def test_braze_export_quirks_and_per_row_tags_and_ttl(tmp_path, core_env, sandbo
     assert "done 3, skipped 0, failed 0, unknown 0" in result.stderr
 
 
+_BOTH = ["user-1", "user-2"]
+
+
 @pytest.mark.parametrize(
-    ("header", "extra", "expected_ids"),
+    ("header", "extra", "expected_ids", "external"),
     [
-        (("email", "user_id"), [], ["user-1", "user-2"]),
-        (("user_id", "external_id"), [], ["ext-1", "ext-2"]),
-        (("customer", "email"), [], ["user-1", "user-2"]),
-        (("email", "Customer"), ["--id-column", "customer"], ["user-1", "user-2"]),
+        (("email", "user_id"), [], ["user-1", "user-2"], False),
+        (("user_id", "external_id"), [], ["ext-1", "ext-2"], True),
+        (("user_id", "External_ID"), ["--id-type", "user"], ["ext-1", "ext-2"], False),
+        (("user_id", "external_id"), ["--id-column", "user_id"], ["user-1", "user-2"], False),
+        (("customer", "email"), [], ["user-1", "user-2"], False),
+        (("email", "Customer"), ["--id-column", "customer"], ["user-1", "user-2"], False),
+        (("email", "Customer"), ["--id-column", "customer", "--id-type", "external"], _BOTH, True),
     ],
 )
-def test_the_id_column(tmp_path, core_env, sandbox, header, extra, expected_ids):
+def test_the_id_column_and_the_id_type_it_implies(
+    tmp_path, core_env, sandbox, header, extra, expected_ids, external
+):
+    """`external_id` holds external ids and anything else user ids, unless --id-type says."""
     rows = {
         ("email", "user_id"): [["a@x", "user-1"], ["b@x", "user-2"]],
         ("user_id", "external_id"): [["user-1", "ext-1"], ["user-2", "ext-2"]],
         ("customer", "email"): [["user-1", "a@x"], ["user-2", "b@x"]],
+        ("user_id", "External_ID"): [["user-1", "ext-1"], ["user-2", "ext-2"]],
         ("email", "Customer"): [["a@x", "user-1"], ["b@x", "user-2"]],
     }[header]
     path = write_csv(tmp_path / "s.csv", rows, header=header)
     result = cli(["tags", "import", path, "--tag", "t", "--ttl", "60", *extra], core_env)
     assert result.exit_code == 0, result.output
-    assert sorted(call["user_id"] for call in sandbox.stats()["core_calls"]) == expected_ids
+    calls = sandbox.stats()["core_calls"]
+    assert sorted(call["user_id"] for call in calls) == expected_ids
+    assert {call["external"] for call in calls} == {external}
 
 
 def test_external_ids_go_to_the_external_route(tmp_path, core_env, sandbox):
@@ -301,7 +334,7 @@ def test_a_row_journaled_as_sending_is_not_resent_blindly(tmp_path, core_env, sa
     path = write_csv(
         tmp_path / "s.csv",
         [["user-1", "", ""], ["user-2", "", "60"], ["user-3", "", ""]],
-        header=("external_id", "tags", "ttl"),
+        header=("user_id", "tags", "ttl"),
     )
     path.write_text(path.read_text().replace(",,", ",visits,"))
     journal = Path(f"{path}.journal")
@@ -321,7 +354,7 @@ def test_a_row_journaled_as_sending_is_not_resent_blindly(tmp_path, core_env, sa
     assert report.exit_code == 1
     assert sorted(accepted(sandbox)) == ["user-2", "user-3"]
     (row,) = failed_rows(path)
-    assert (row["external_id"], row["line"]) == ("user-1", "2")
+    assert (row["user_id"], row["line"]) == ("user-1", "2")
     assert row["reason"].startswith("outcome unknown")
     assert "--unknown resend" in report.stderr
 
@@ -503,6 +536,140 @@ def test_a_torn_last_journal_line_is_ignored_and_a_damaged_one_refused(tmp_path,
     assert "line 1 is not a journal record" in result.output
 
 
+def test_the_order_of_the_tags_is_not_new_work(tmp_path, core_env, sandbox):
+    """Counter tags sent again because `--tag` came in another order would count twice."""
+    path = segment(tmp_path / "s.csv", 3)
+    assert cli(["tags", "import", path, "--tag", "x", "--tag", "y"], core_env).exit_code == 0
+    again = cli(["tags", "import", path, "--tag", "y", "--tag", "x"], core_env)
+    assert again.exit_code == 0
+    assert "done 0, skipped 3" in again.stderr
+    assert set(tag_counts(sandbox, "x").values()) == set(tag_counts(sandbox, "y").values()) == {1}
+
+
+def test_a_journal_written_in_the_tags_given_order_is_still_read(tmp_path, core_env, sandbox):
+    """Journals of earlier versions kept the tags in the order given."""
+    path = segment(tmp_path / "s.csv", 2)
+    Path(f"{path}.journal").write_text(
+        "".join(
+            json.dumps(
+                {"event": "accepted", "id_type": "external", "id": f"user-{n:05d}"}
+                | {"tags": ["y", "x"], "ttl": None, "line": n + 2, "at": "2026-11-28T15:00Z"}
+            )
+            + "\n"
+            for n in range(2)
+        )
+    )
+    result = cli(["tags", "import", path, "--tag", "x", "--tag", "y"], core_env)
+    assert result.exit_code == 0
+    assert "done 0, skipped 2" in result.stderr
+    assert sandbox.stats()["core_calls"] == []
+
+
+def _link_journal_elsewhere(folder: Path, path: Path) -> Path:
+    target = folder / "precious.txt"
+    target.write_text("keep me\n")
+    Path(f"{path}.journal").symlink_to(target)
+    return target
+
+
+def _dangling_journal_link(folder: Path, path: Path) -> Path:
+    target = folder / "created-through-the-link"
+    Path(f"{path}.journal").symlink_to(target)
+    return target
+
+
+def _folder_as_journal(folder: Path, path: Path) -> Path:
+    Path(f"{path}.journal").mkdir()
+    return Path(f"{path}.journal")
+
+
+def _link_failed_csv_elsewhere(folder: Path, path: Path) -> Path:
+    target = folder / "precious.txt"
+    target.write_text("keep me\n")
+    Path(f"{path}.failed.csv").symlink_to(target)
+    return target
+
+
+def _folder_as_failed_csv(folder: Path, path: Path) -> Path:
+    Path(f"{path}.failed.csv").mkdir()
+    return Path(f"{path}.failed.csv")
+
+
+@pytest.mark.parametrize(
+    ("plant", "expected"),
+    [
+        (_link_journal_elsewhere, "s.csv.journal is a symbolic link, which is never followed"),
+        (_dangling_journal_link, "s.csv.journal is a symbolic link, which is never followed"),
+        (_folder_as_journal, "s.csv.journal is a directory; move it away, then run again"),
+        (_link_failed_csv_elsewhere, "s.csv.failed.csv is a symbolic link, which is never"),
+        (_folder_as_failed_csv, "s.csv.failed.csv is not a regular file; move it away"),
+    ],
+)
+def test_what_sits_at_the_sidecar_names_is_not_trusted(
+    tmp_path, core_env, sandbox, plant, expected
+):
+    """A link is never written through, nothing else is mistaken for the file: one line, exit 2,
+    nothing sent."""
+    path = segment(tmp_path / "s.csv", 2)
+    target = plant(tmp_path, path)
+    before = target.read_text() if target.is_file() else None
+    result = cli(["tags", "import", path, "--tag", "t"], core_env)
+    assert result.exit_code == 2
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: ") and expected in line
+    assert sandbox.stats()["core_calls"] == []
+    if before is None:
+        assert not target.exists() or target.is_dir()
+    else:
+        assert target.read_text() == before
+
+
+def test_a_link_at_the_old_temporary_name_is_left_alone(tmp_path, core_env, sandbox):
+    """FILE.failed.csv is written under a fresh temporary name, never a guessable one."""
+    path = write_csv(tmp_path / "s.csv", [["user-1", ""], ["nobody-1", ""]])
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    Path(f"{path}.failed.csv.tmp").symlink_to(target)
+    result = cli(["tags", "import", path, "--tag", "t", "--ttl", "60"], core_env)
+    assert result.exit_code == 1
+    assert [row["external_id"] for row in failed_rows(path)] == ["nobody-1"]
+    assert target.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "precious.txt",
+        "s.csv",
+        "s.csv.failed.csv",
+        "s.csv.failed.csv.tmp",
+        "s.csv.journal",
+    ]
+
+
+def test_a_folder_it_cannot_write_to_is_one_line(tmp_path, core_env, sandbox):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    segment(folder / "s.csv", 2)
+    command = [sys.executable, "-m", "wallet_proxy.cli", "tags", "import", "s.csv", "--tag", "t"]
+    if os.geteuid() == 0:  # root writes anywhere unless it gives up overriding permissions
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    folder.chmod(0o555)
+    try:
+        result = subprocess.run(
+            command,
+            cwd=folder,
+            env={**os.environ, **core_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: cannot write s.csv.journal (Permission denied): it is kept next to the CSV, "
+        "so run from a folder you can write to"
+    ]
+    assert sandbox.stats()["core_calls"] == []
+
+
 # --- progress ------------------------------------------------------------------------
 
 
@@ -564,7 +731,7 @@ def warm_env(core_env, redis_url) -> dict:
 
 def test_warm_then_a_burst_is_served_with_zero_sessionm_calls(tmp_path, warm_env, sandbox):
     users = ["demo-alice", "demo-bob", "demo-carol", "demo-mallory"]
-    path = write_csv(tmp_path / "send.csv", [[user_id, ""] for user_id in users])
+    path = write_csv(tmp_path / "send.csv", [[u, ""] for u in users], header=USER_IDS)
     result = cli(["warm", path, "--culture", "es-ES"], warm_env)
     assert result.exit_code == 0, result.output
     assert "warmed 4, not found 0, failed 0" in result.stderr
@@ -587,13 +754,13 @@ def test_warm_then_a_burst_is_served_with_zero_sessionm_calls(tmp_path, warm_env
 
 
 def test_warm_counts_not_found_and_failures(tmp_path, warm_env, sandbox):
-    path = write_csv(tmp_path / "send.csv", [["demo-alice", ""], ["nobody", ""]])
+    path = write_csv(tmp_path / "send.csv", [["demo-alice", ""], ["nobody", ""]], header=USER_IDS)
     result = cli(["warm", path, "--rate", "100"], warm_env)
     assert result.exit_code == 0, result.output
     assert "warmed 1, not found 1, failed 0" in result.stderr
 
     sandbox.configure(garbage=True)
-    unwarmed = write_csv(tmp_path / "later.csv", [["demo-bob", ""]])
+    unwarmed = write_csv(tmp_path / "later.csv", [["demo-bob", ""]], header=USER_IDS)
     failing = cli(["warm", unwarmed], warm_env)
     assert failing.exit_code == 1
     assert "warmed 0, not found 0, failed 1" in failing.stderr
@@ -601,14 +768,43 @@ def test_warm_counts_not_found_and_failures(tmp_path, warm_env, sandbox):
 
 
 def test_warm_refuses_without_a_shared_cache_and_checks_ids(tmp_path, core_env, sandbox):
-    path = write_csv(tmp_path / "send.csv", [["demo-alice", ""]])
+    path = write_csv(tmp_path / "send.csv", [["demo-alice", ""]], header=USER_IDS)
     result = cli(["warm", path], core_env)
     assert result.exit_code == 2
-    assert "WALLET_PROXY_REDIS_URL" in result.output
+    assert result.output.strip().splitlines() == [
+        "Error: configuration error: WALLET_PROXY_REDIS_URL: is required to warm the cache "
+        "the service shares: without it the wallets would only land in this command's memory"
+    ]
 
-    bad = write_csv(tmp_path / "bad.csv", [["demo-alice", ""], ["not an id", ""]])
+    bad = write_csv(tmp_path / "bad.csv", [["demo-alice", ""], ["not an id", ""]], header=USER_IDS)
     result = cli(["warm", bad, "--dry-run"], core_env)
     assert result.exit_code == 2
     assert "line 3: 'not an id': user_id must be 1 to 128 characters" in result.output
     assert cli(["warm", path, "--dry-run"], core_env).exit_code == 0
     assert sandbox.stats()["calls"] == 0
+
+
+def test_warm_needs_user_ids_not_an_external_id_column(tmp_path, warm_env, sandbox):
+    both = write_csv(
+        tmp_path / "send.csv", [["ext-1", "demo-alice"]], header=("external_id", "user_id")
+    )
+    refused = cli(["warm", both], warm_env)
+    assert refused.exit_code == 2
+    assert refused.output.splitlines() == [
+        f"Error: {both}: the ids would come from column 'external_id', but wallets are fetched "
+        "by SessionM user id (Connect takes no external id): name the user-id column with "
+        "--id-column, e.g. --id-column user_id"
+    ]
+    assert cli(["warm", both, "--id-column", "external_id", "--dry-run"], warm_env).exit_code == 2
+    assert sandbox.stats()["calls"] == 0
+    named = cli(["warm", both, "--id-column", "user_id"], warm_env)
+    assert named.exit_code == 0, named.output
+    assert sandbox.stats()["calls_by_user"] == {"demo-alice": 1}
+
+
+def test_warm_needs_connect_and_redis_but_no_api_key(tmp_path, warm_env, sandbox):
+    without_keys = {k: v for k, v in warm_env.items() if k != "WALLET_PROXY_API_KEYS"}
+    path = write_csv(tmp_path / "send.csv", [["demo-bob", ""]], header=USER_IDS)
+    result = cli(["warm", path], without_keys)
+    assert result.exit_code == 0, result.output
+    assert "warmed 1" in result.stderr

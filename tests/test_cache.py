@@ -263,7 +263,7 @@ def test_a_shared_failure_keeps_its_class_even_a_new_one(env, clock, redis_url, 
 
     calls = []
 
-    def fetch_wallet(user_id, culture, *, deadline):
+    def fetch_wallet(user_id, culture, *, deadline, claim):
         calls.append(user_id)
         time.sleep(0.2)  # a slow failure, so the other instance is waiting on it
         raise SessionMOnFire()

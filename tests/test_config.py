@@ -8,8 +8,18 @@ import sys
 
 import pytest
 
+from tests.helpers import free_port
 from wallet_proxy import create_app
-from wallet_proxy.config import ConfigError, Settings
+from wallet_proxy.config import (
+    CONNECT,
+    CORE,
+    SHARED_CACHE,
+    ConfigError,
+    Settings,
+    declared_variables,
+    examine,
+)
+from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 from wallet_proxy.serving import gunicorn_command
 
 GOOD = {
@@ -50,6 +60,10 @@ def test_good_settings_and_defaults():
         ({"WALLET_PROXY_STAFF_USERS": "ann:md5$salt$abc"}, "WALLET_PROXY_STAFF_USERS"),
         ({"WALLET_PROXY_STAFF_USERS": "ann:scrypt:1$a$b"}, "WALLET_PROXY_SECRET_KEY"),
         ({"SESSIONM_CORE_URL": "https://core.example.test"}, "SESSIONM_CORE_API_KEY"),
+        ({"WALLET_PROXY_THREADS": "many"}, "WALLET_PROXY_THREADS"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+        ({"WALLET_PROXY_LOG_LEVEL": "loud"}, "WALLET_PROXY_LOG_LEVEL"),
+        ({"WALLET_PROXY_BIND": "localhost"}, "WALLET_PROXY_BIND"),
     ],
 )
 def test_one_line_naming_the_variable(change, variable):
@@ -94,7 +108,156 @@ def test_check_config_command():
 
 def test_gunicorn_refuses_to_start_with_one_line():
     env = {k: v for k, v in GOOD.items() if k != "WALLET_PROXY_API_KEYS"}
+    env["WALLET_PROXY_API_KEY"] = "key-aaaaaaaa"  # the usual slip: one letter short
     result = run(*gunicorn_command(bind="127.0.0.1:0", app="wsgi:app")[2:], env=env)
     assert result.returncode != 0
     assert "WALLET_PROXY_API_KEYS: is required" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert (
+        "WALLET_PROXY_API_KEY is not a wallet-proxy setting and is ignored; "
+        "did you mean WALLET_PROXY_API_KEYS?"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr and "key-aaaa" not in result.stderr
+
+
+# --- every problem at once, and only what a command needs ------------------------------
+
+
+def test_every_problem_is_reported_at_once():
+    env = {
+        "SESSIONM_CONNECT_URL": "ftp://connect.example.test",
+        "WALLET_PROXY_DEADLINE": "soon",
+        "WALLET_PROXY_STAFF_USERS": "ann:scrypt:1$a$b",
+        "SESSIONM_CONNECT_AUTH": "super-secret-basic",
+    }
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == "SESSIONM_CONNECT_URL"
+    assert caught.value.problems == (
+        "SESSIONM_CONNECT_URL: must be an http:// or https:// URL",
+        "SESSIONM_RETAILER_ID: is required",
+        "WALLET_PROXY_API_KEYS: is required",
+        "WALLET_PROXY_DEADLINE: must be a number of seconds (0.1 to 30)",
+        "WALLET_PROXY_SECRET_KEY: required when WALLET_PROXY_STAFF_USERS is set",
+    )
+    assert "\n" not in str(caught.value) and "super-secret" not in str(caught.value)
+
+
+def test_each_command_needs_only_its_parts():
+    core = {
+        "SESSIONM_CORE_URL": "https://core.example.test",
+        "SESSIONM_CORE_API_KEY": "core-key",
+        "SESSIONM_CORE_API_SECRET": "core-secret",
+    }
+    assert Settings.from_env(core, (CORE,)).sessionm_core_url == "https://core.example.test"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(GOOD, (CORE,))
+    assert [line.split(":")[0] for line in caught.value.problems] == list(core)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(GOOD, (CONNECT, SHARED_CACHE))
+    assert caught.value.problems == (
+        "WALLET_PROXY_REDIS_URL: is required to warm the cache the service shares: without it "
+        "the wallets would only land in this command's memory",
+    )
+    # Whatever is set is still checked, needed or not.
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**core, "SESSIONM_RETAILER_ID": "retailer-1"}, (CORE,))
+    assert caught.value.variable == "SESSIONM_RETAILER_ID"
+
+
+def test_misspelt_variables_are_warned_about_with_the_closest_name(caplog):
+    env = {
+        **GOOD,
+        "WALLET_PROXY_API_KEY": "key-cccccccc",
+        "WALLET_PROXY_CACHE_TTLS": "5",
+        "SESSIONM_CONECT_AUTH": "x",
+        "BRAZE_SOMETHING_ELSE": "1",
+        "WALLET_PROXY_THREADS": "8",  # gunicorn's, declared with the others
+        "WEB_CONCURRENCY": "2",
+        "HOME": "/root",
+    }
+    assert examine(env).warnings == (
+        "BRAZE_SOMETHING_ELSE is not a wallet-proxy setting and is ignored",
+        "SESSIONM_CONECT_AUTH is not a wallet-proxy setting and is ignored; "
+        "did you mean SESSIONM_CONNECT_AUTH?",
+        "WALLET_PROXY_API_KEY is not a wallet-proxy setting and is ignored; "
+        "did you mean WALLET_PROXY_API_KEYS?",
+        "WALLET_PROXY_CACHE_TTLS is not a wallet-proxy setting and is ignored; "
+        "did you mean WALLET_PROXY_CACHE_TTL?",
+    )
+    with caplog.at_level("WARNING", logger="wallet_proxy.config"):
+        create_app({**env, "TESTING": True})
+    logged = [r.getMessage() for r in caplog.records if r.name == "wallet_proxy.config"]
+    assert logged == list(examine(env).warnings)
+    assert not any("key-cccc" in line for line in logged)
+
+
+def test_the_known_variables_are_the_declared_ones():
+    """One declaration: what Settings reads is what is known, gunicorn's variables included."""
+    known = declared_variables()
+    assert len(known) == len(set(known))
+    assert {"SESSIONM_CONNECT_URL", "WALLET_PROXY_API_KEYS", "SESSIONM_CORE_API_SECRET"} < set(
+        known
+    )
+    assert {"WALLET_PROXY_BIND", "WALLET_PROXY_THREADS", "WALLET_PROXY_LOG_LEVEL"} < set(known)
+    assert examine({name: "" for name in known}).warnings == ()
+
+
+# --- check-config ----------------------------------------------------------------------
+
+
+def test_check_config_lists_every_problem_and_warning_from_an_empty_environment():
+    result = run("wallet_proxy.cli", "check-config", env={"WALLET_PROXY_CACHE_TTLS": "5"})
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "warning: WALLET_PROXY_CACHE_TTLS is not a wallet-proxy setting and is ignored; "
+        "did you mean WALLET_PROXY_CACHE_TTL?",
+        "Error: 4 configuration errors:",
+        "  SESSIONM_CONNECT_URL: is required (an http:// or https:// base URL)",
+        "  SESSIONM_CONNECT_AUTH: is required",
+        "  SESSIONM_RETAILER_ID: is required",
+        "  WALLET_PROXY_API_KEYS: is required",
+    ]
+
+
+@pytest.mark.slow
+def test_check_config_pings_redis(redis_url):
+    reachable = run(
+        "wallet_proxy.cli", "check-config", env={**GOOD, "WALLET_PROXY_REDIS_URL": redis_url}
+    )
+    assert reachable.returncode == 0, reachable.stderr
+    assert "cache: Redis (reachable)" in reachable.stdout
+
+    nobody_home = f"redis://:redis-secret-pw@127.0.0.1:{free_port()}/0"
+    result = run(
+        "wallet_proxy.cli", "check-config", env={**GOOD, "WALLET_PROXY_REDIS_URL": nobody_home}
+    )
+    assert result.returncode == 1
+    assert "cache: Redis (NOT reachable)" in result.stdout
+    (problem,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert problem.startswith(
+        "Error: WALLET_PROXY_REDIS_URL: Redis does not answer PING (ConnectionError: "
+    )
+    assert "redis-secret-pw" not in result.stdout + result.stderr
+
+
+def test_check_config_probe_makes_one_harmless_call(sandbox):
+    env = {
+        **GOOD,
+        "SESSIONM_CONNECT_URL": sandbox.url,
+        "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
+        "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
+    }
+    good = run("wallet_proxy.cli", "check-config", "--probe", env=env)
+    assert good.returncode == 0, good.stderr
+    assert "SessionM Connect probe: answered: wallet-proxy-probe-" in good.stdout
+    assert "is unknown, as expected (credentials accepted)" in good.stdout
+    (made_up,) = sandbox.stats()["calls_by_user"]
+    assert made_up.startswith("wallet-proxy-probe-")
+
+    wrong = {**env, "SESSIONM_CONNECT_AUTH": "d3JvbmctYXV0aC1zZWNyZXQ="}
+    bad = run("wallet_proxy.cli", "check-config", "--probe", env=wrong)
+    assert bad.returncode == 1
+    assert "SessionM Connect probe: failed: " in bad.stderr
+    output = bad.stdout + bad.stderr
+    assert "d3JvbmctYXV0aC1zZWNyZXQ=" not in output and "key-aaaa" not in output
+    assert sum(sandbox.stats()["calls_by_user"].values()) == 2

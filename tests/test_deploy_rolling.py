@@ -107,7 +107,7 @@ def test_hup_reloads_gunicorn_without_dropping_a_request(sandbox, tmp_path):
                 lambda before=before: (
                     len(server.worker_pids() - before) == 2 and not server.worker_pids() & before
                 ),
-                timeout=10,
+                timeout=30,  # booting two workers: slow on a loaded machine
             )
     load.check("kill -HUP twice")
 

@@ -3,13 +3,14 @@ and the sandbox over HTTP, each test with its own sandbox so the counts are its 
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.helpers import GunicornInstance
+from tests.helpers import GunicornInstance, wait_until
 from wallet_proxy.sandbox import SandboxServer
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,11 @@ def test_stale_served_while_sessionm_is_down(sandbox, redis_url):
 
 
 def test_deadline_held_while_sessionm_hangs(sandbox):
-    with GunicornInstance(sandbox.url, workers=3, WALLET_PROXY_DEADLINE=0.5) as server:
+    # Slots for every request even if one worker accepts them all (a loaded machine spreads
+    # connections unevenly): a request still queued for a slot would rightly be a 503.
+    with GunicornInstance(
+        sandbox.url, workers=3, WALLET_PROXY_DEADLINE=0.5, WALLET_PROXY_UPSTREAM_CONCURRENCY=32
+    ) as server:
         sandbox.configure(hang=True)
 
         def timed(i):
@@ -98,3 +103,16 @@ def test_redis_killed_mid_run_and_the_service_still_answers(sandbox, redis_url, 
     assert [r.status_code for r in before + during + after] == [200] * 21
     assert ready.status_code == 200
     assert ready.json()["checks"]["redis"].startswith("unreachable")
+
+
+def test_a_newline_in_the_path_cannot_forge_a_log_line(sandbox, tmp_path):
+    """gunicorn's text access log is replaced by the app's JSON request line (see also
+    tests/test_logs.py): the forged path is not even in it, and every line is JSON."""
+    out, err = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with GunicornInstance(sandbox.url, err, workers=1, out=out) as server:
+        forged = '/v1/wallets/x%0a127.0.0.1%20"GET%20/v1/wallets/FORGED"%20200'
+        assert requests.get(server.url + forged, timeout=10).status_code == 404
+        wait_until(lambda: '"route":"unmatched"' in out.read_text(), timeout=10)
+    lines = out.read_text().splitlines() + err.read_text().splitlines()
+    assert not any(line.startswith('127.0.0.1 "GET /v1/wallets/FORGED"') for line in lines)
+    assert all(isinstance(json.loads(line), dict) for line in lines)

@@ -1,8 +1,9 @@
-"""The README's Braze snippets, rendered as Braze would against real answers of the service.
+"""The Braze snippets of the docs, rendered as Braze would against real answers of the service.
 
-The snippets are read from the README itself, so the documentation cannot drift from what is
-tested. python-liquid plays Braze's Liquid; the two Braze-only tags (`connected_content` and
-`abort_message`) and the `${attribute}` syntax are emulated below, as Braze documents them.
+The snippets are read from README.md and docs/braze.md, so the documentation cannot drift
+from what is tested. python-liquid plays Braze's Liquid; the two Braze-only tags
+(`connected_content` and `abort_message`) and the `${attribute}` syntax are emulated below,
+as Braze documents them.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from liquid.token import TOKEN_EXPRESSION, TOKEN_LPAREN, TOKEN_RPAREN, TOKEN_STR
 
 from tests.helpers import API_KEY
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+# The README shows one snippet; docs/braze.md shows them all (the README's one too).
+DOCS = (ROOT / "README.md", ROOT / "docs" / "braze.md")
 SNIPPET = re.compile(
     r"^<!-- liquid-test: (?P<name>\S+) -->\n```liquid\n(?P<source>.*?)^```$", re.M | re.S
 )
-SNIPPETS = {match["name"]: match["source"] for match in SNIPPET.finditer(README.read_text())}
+FOUND = [(doc, m["name"], m["source"]) for doc in DOCS for m in SNIPPET.finditer(doc.read_text())]
+SNIPPETS = {name: source for _doc, name, source in FOUND}
 
 PLACEHOLDER_HOST = "https://wallet-proxy.example.com"
 # `:name value`, where a value is a JSON object (for :headers) or one word; :retry has none.
@@ -159,10 +163,13 @@ def braze(live_server) -> Braze:
     return Braze(live_server.url, API_KEY)
 
 
-def test_readme_marks_the_snippets_these_tests_render():
+def test_the_docs_mark_the_snippets_these_tests_render():
     """A renamed or unmarked snippet must fail here, not silently go untested."""
     assert set(SNIPPETS) == {"points-and-offers", "first-offer-es", "bearer-header"}
-    assert README.read_text().count("<!-- liquid-test:") == len(SNIPPETS)
+    assert sum(doc.read_text().count("<!-- liquid-test:") for doc in DOCS) == len(FOUND)
+    # A snippet shown in two places is the same snippet in both.
+    assert all(source == SNIPPETS[name] for _doc, name, source in FOUND)
+    assert {name for doc, name, _ in FOUND if doc.name == "README.md"} == {"points-and-offers"}
 
 
 @pytest.mark.parametrize("snippet", ["points-and-offers", "first-offer-es", "bearer-header"])

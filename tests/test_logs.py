@@ -20,9 +20,10 @@ from werkzeug.security import generate_password_hash
 
 from tests.helpers import API_KEY, OTHER_KEY, GunicornInstance
 from wallet_proxy import create_app, request_log
-from wallet_proxy.cli import main
+from wallet_proxy.cli import DEMO_TRIGGER, main
 from wallet_proxy.logs import JsonLines, UserIds, json_handler
 from wallet_proxy.sandbox import (
+    DEMO_BRAZE_API_KEY,
     DEMO_CONNECT_AUTH,
     DEMO_CORE_API_KEY,
     DEMO_CORE_API_SECRET,
@@ -225,6 +226,8 @@ SECRETS = {
     "secret key": "flask-secret-key-for-tests-0001",
     "metrics token": "metrics-token-for-tests-0001",
     "log hash key": HASH_KEY,
+    "Braze key": DEMO_BRAZE_API_KEY,
+    "trigger key": "trigger-key-for-tests-0001",
 }
 
 
@@ -233,7 +236,10 @@ class Captured(GunicornInstance):
 
     def __init__(self, sandbox, folder):
         super().__init__(
-            sandbox.url, log=folder / "stderr.log", out=folder / "stdout.log", **settings(sandbox)
+            sandbox.url,
+            log=folder / "stderr.log",
+            out=folder / "stdout.log",
+            **settings(sandbox, folder),
         )
 
     def stdout(self) -> str:
@@ -244,8 +250,12 @@ class Captured(GunicornInstance):
         return self.log.read_text()
 
 
-def settings(sandbox) -> dict:
+def settings(sandbox, folder) -> dict:
     return {
+        "BRAZE_REST_URL": sandbox.url,
+        "BRAZE_REST_API_KEY": DEMO_BRAZE_API_KEY,
+        "WALLET_PROXY_TRIGGER_KEYS": SECRETS["trigger key"],
+        "WALLET_PROXY_DATA_DIR": str(folder),
         "SESSIONM_CORE_URL": sandbox.url,
         "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
@@ -303,7 +313,15 @@ def test_no_line_can_be_forged(sandbox, tmp_path):
 @pytest.mark.slow
 def test_no_secret_and_no_user_id_in_any_line(sandbox, tmp_path):
     """The suite's kinds of requests against real gunicorn; then every line is searched."""
-    user_ids = ["demo-alice", "demo-bob", "user-secret-1", "nobody-here", "tag-target-7"]
+    user_ids = [
+        "demo-alice",
+        "demo-bob",
+        "user-secret-1",
+        "nobody-here",
+        "tag-target-7",
+        "ext-alice",
+    ]
+    trigger = {"Authorization": f"Bearer {SECRETS['trigger key']}"}
     with Captured(sandbox, tmp_path) as server:
         get = lambda path, **kw: requests.get(server.url + path, timeout=10, **kw)  # noqa: E731
         post = lambda path, **kw: requests.post(server.url + path, timeout=10, **kw)  # noqa: E731
@@ -331,6 +349,9 @@ def test_no_secret_and_no_user_id_in_any_line(sandbox, tmp_path):
             get("/metrics", headers=AUTH),
             get("/readyz"),
             get("/openapi.json"),
+            post("/v1/braze/triggers", headers=trigger, data=DEMO_TRIGGER),
+            post("/v1/braze/triggers", headers=trigger, json={"customer": {}}),
+            post("/v1/braze/triggers", headers=AUTH, data=DEMO_TRIGGER),
         ]
         session = requests.Session()
         sent.append(session.get(f"{server.url}/support/login", timeout=10))
@@ -344,7 +365,7 @@ def test_no_secret_and_no_user_id_in_any_line(sandbox, tmp_path):
         sent.append(get("/v1/wallets/user-secret-1", headers=AUTH))
         sandbox.configure(status=None)
     statuses = {r.status_code for r in sent}
-    assert {200, 400, 401, 404, 502} <= statuses
+    assert {200, 202, 400, 401, 404, 502} <= statuses
     out, err = server.stdout(), server.stderr()
     every_line_is_json(out + err)
     for name, secret in SECRETS.items():

@@ -3,6 +3,8 @@ answers, and holds under schemathesis against the live app."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 import schemathesis
@@ -22,12 +24,15 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.helpers import API_KEY, LiveServer
 from wallet_proxy import create_app
+from wallet_proxy.cli import DEMO_TRIGGER
 from wallet_proxy.errors import InvalidRequest
 from wallet_proxy.openapi import ROUTES, ErrorAnswer, TagsAnswer, WalletAnswer
 from wallet_proxy.rules import WalletQuerySchema, load_tags, parse_wallet_query
-from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
+from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+TRIGGER_KEY = "trigger-key-for-tests-1"
+TRIGGER_AUTH = {"Authorization": f"Bearer {TRIGGER_KEY}"}
 CHECKS = [
     status_code_conformance,
     content_type_conformance,
@@ -74,7 +79,7 @@ def test_every_status_has_the_error_shape(client):
         for method, operation in item.items():
             for status, answer in operation["responses"].items():
                 schema = answer["content"]["application/json"]["schema"]["$ref"]
-                if status != "200":
+                if not status.startswith("2"):
                     assert schema.endswith("/ErrorAnswer"), (method, path, status)
 
 
@@ -111,6 +116,7 @@ def test_the_answer_schema_refuses_drift():
         "offers": [],
         "fetched_at": "2026-01-01T00:00:00Z",
         "stale": False,
+        "offers_truncated": False,
     }
     WalletAnswer().load(answer)
     for broken in (
@@ -180,14 +186,19 @@ def test_a_whole_ttl_written_with_a_point_is_a_whole_number():
 
 
 @pytest.fixture
-def contract_url(env, sandbox):
-    """The app as deployed with the relay on (Connect and Core on the sandbox), over HTTP."""
+def contract_url(env, sandbox, tmp_path):
+    """The app as deployed with every route on (Connect, Core and Braze all on the
+    sandbox), over HTTP."""
     app = create_app(
         {
             **env,
             "SESSIONM_CORE_URL": sandbox.url,
             "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
             "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
+            "BRAZE_REST_URL": sandbox.url,
+            "BRAZE_REST_API_KEY": DEMO_BRAZE_API_KEY,
+            "WALLET_PROXY_TRIGGER_KEYS": TRIGGER_KEY,
+            "WALLET_PROXY_DATA_DIR": str(tmp_path),
         }
     )
     with LiveServer(app) as server:
@@ -217,6 +228,9 @@ def test_the_live_app_keeps_the_contract(contract_url, route, mode):
         # Random ids are unknown customers (404): mix in ones the sandbox knows.
         known = [operation.as_strategy(mode, path_parameters={"user_id": u}) for u in KNOWN_IDS]
         strategy = st.one_of(strategy, *known)
+    if route.path == "/v1/braze/triggers" and mode is GenerationMode.POSITIVE:
+        # Generated bodies rarely meet the rules across fields: mix in the demo's trigger.
+        strategy = st.one_of(strategy, operation.as_strategy(mode, body=json.loads(DEMO_TRIGGER)))
     statuses: list[int] = []
 
     @given(case=strategy)
@@ -227,10 +241,20 @@ def test_the_live_app_keeps_the_contract(contract_url, route, mode):
         suppress_health_check=list(HealthCheck),
     )
     def check(case) -> None:
-        response = case.call_and_validate(headers=AUTH, checks=CHECKS)
+        response = case.call_and_validate(headers=auth, checks=checks)
         statuses.append(response.status_code)
         assert response.status_code != 500
 
+    auth = TRIGGER_AUTH if route.path == "/v1/braze/triggers" else AUTH
+    checks = CHECKS
+    if route.path == "/v1/braze/triggers":
+        # Its body takes SessionM's loose values (ids as numbers, null for nothing) and
+        # has rules across fields (one of two ids, a customer unless broadcast) that JSON
+        # Schema doesn't state: valid-or-not by the document is not valid-or-not by
+        # the route. Every answer must still be as documented, and never a 500.
+        checks = [
+            c for c in CHECKS if c not in (positive_data_acceptance, negative_data_rejection)
+        ]
     check()
     if mode is GenerationMode.POSITIVE:
-        assert 200 in statuses
+        assert route.ok_status in statuses

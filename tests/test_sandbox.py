@@ -1,5 +1,6 @@
 """The SessionM sandbox over real HTTP: contract, seeded users, knobs, stats and Core tags."""
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -129,7 +130,7 @@ def test_alice_has_the_reference_envelope_and_every_offer_case(server):
     expired = offers["Free pastry with any drink"]
     assert expired["expiration_date"] == "2024-04-29T12:00:00.123Z"
     assert expired["media"][0] == {
-        "uri": "https://example.com/coffee-logo.png",
+        "uri": f"{server.url}/_sandbox/logos/coffee-logo.png",
         "category_name": "Logo",
     }
     soon = offers["10% off your next coffee"]
@@ -287,6 +288,49 @@ def test_trickle_knob_streams_the_body_slowly(server):
     wait_until(lambda: server.stats()["in_flight"] == 0, timeout=2)
 
 
+def test_trickle_headers_knob_sends_a_status_line_then_a_header_byte_at_a_time(server):
+    server.configure(trickle_headers=0.05)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        body = b'{"user_id": "demo-alice"}'
+        sock.sendall(
+            b"POST /offers/api/2.0/offers/get_user_offers HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        received = b""
+        while received.count(b"x") < 5:
+            received += sock.recv(100)
+        assert received.startswith(b"HTTP/1.1 200 OK\r\nX-Trickle: x")
+        assert b"\r\n\r\n" not in received  # the headers never end
+    wait_until(lambda: server.stats()["in_flight"] == 0, timeout=5)  # it saw us hang up
+
+
+def test_deep_knob_answers_json_nested_a_million_deep(server):
+    server.configure(deep=True)
+    response = get_offers(server)
+    assert response.status_code == 200
+    assert response.content == b"[" * 1_000_000 + b"]" * 1_000_000
+
+
+def test_generated_offers_knob_sizes_every_user_star_wallet(server):
+    server.configure(generated_offers=2500)
+    page = get_offers(server, "user-9", skip=2000).json()["payload"]
+    assert (page["total_records"], len(page["user_offers"])) == (2500, 500)
+    assert title(page["user_offers"][-1]) == "Offer 2500"
+    assert get_offers(server, "demo-bob").json()["payload"]["total_records"] == 0
+
+
+def test_extra_offers_knob_puts_raw_offers_first_in_every_wallet(server):
+    odd = [{"id": "odd-1", "expiration_date": "0001-01-01T00:00:00+01:00"}, {"id": "odd-2"}]
+    server.configure(extra_offers=odd)
+    first = get_offers(server, take=3).json()["payload"]
+    assert first["total_records"] == 5 + 2
+    assert first["user_offers"][:2] == odd
+    rest = get_offers(server, skip=3, take=10).json()["payload"]["user_offers"]
+    assert len(first["user_offers"]) + len(rest) == 7
+    assert not any(offer in odd for offer in rest)
+
+
 def test_unknown_or_bad_knobs_are_refused(server):
     response = requests.post(f"{server.url}/_sandbox/config", json={"latnecy": 1}, timeout=5)
     assert response.status_code == 400
@@ -294,6 +338,16 @@ def test_unknown_or_bad_knobs_are_refused(server):
         server.configure(error_rate=2)
     with pytest.raises(ValueError, match="hang"):
         server.configure(hang="yes")
+    for knobs in (
+        {"generated_offers": -1},
+        {"generated_offers": 1.5},
+        {"extra_offers": {"id": "x"}},
+        {"extra_offers": ["x"]},
+        {"extra_offers": [{}] * 101},
+        {"trickle_headers": -1},
+    ):
+        with pytest.raises(ValueError, match=next(iter(knobs))):
+            server.configure(**knobs)
     assert requests.get(f"{server.url}/_sandbox/config", timeout=5).json()["error_rate"] == 0
 
 
@@ -323,12 +377,19 @@ def test_reset_forgets_counters_tags_and_knobs(server):
     assert stats["tag_state"] == {}
     assert server.configure() == {
         "latency": 0.0,
+        "latency_spread": 0.0,
+        "rate_limit": None,
+        "retry_after": 1,
         "error_rate": 0.0,
         "status": None,
         "hang": False,
         "trickle": 0.0,
         "garbage": False,
         "huge": False,
+        "trickle_headers": 0.0,
+        "deep": False,
+        "generated_offers": 3,
+        "extra_offers": [],
     }
 
 

@@ -3,10 +3,16 @@ failure says about SessionM having acted on the call over real HTTP to the sandb
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
+import tracemalloc
 from datetime import UTC, datetime
 
 import pytest
@@ -26,11 +32,21 @@ from wallet_proxy.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     UserNotFound,
+    WalletTooLarge,
 )
-from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
-from wallet_proxy.sessionm import GET_USER_OFFERS, MAX_BODY_BYTES, ConnectClient, pooled_session
+from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
+from wallet_proxy.schemas import MAX_MEDIA, OFFER_SCHEMA
+from wallet_proxy.sessionm import (
+    GET_USER_OFFERS,
+    MAX_BODY_BYTES,
+    MAX_PAGES,
+    ConnectClient,
+    parse_envelope,
+    pooled_session,
+)
 from wallet_proxy.sessionm_core import CoreClient, maybe_applied
 from wallet_proxy.upstream import is_outage
+from wallet_proxy.wallet import iso_z
 
 BASE = "https://connect.example.test"
 URL = BASE + GET_USER_OFFERS
@@ -138,9 +154,10 @@ def test_stops_paging_on_an_empty_page(client, requests_mock):
 
 
 def test_endless_paging_is_refused(client, requests_mock):
-    requests_mock.post(URL, json=ok([{"id": "a"}], total=10**9))
+    requests_mock.post(URL, json=ok([{"id": "a"}], total=5000))  # one offer a page, forever
     with pytest.raises(InvalidUpstreamPayload):
         fetch(client)
+    assert requests_mock.call_count == MAX_PAGES
 
 
 def test_field_variants(client, requests_mock):
@@ -281,8 +298,9 @@ class RawServer:
     """A socket server that reads one request at a time and answers with `reply(conn)`:
     for SessionM failures that a well-behaved HTTP server can't produce."""
 
-    def __init__(self, reply):
+    def __init__(self, reply, tls: ssl.SSLContext | None = None):
         self.reply = reply
+        self.tls = tls
         self.requests = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -294,6 +312,8 @@ class RawServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             with conn:
                 conn.recv(65536)
                 self.requests += 1
@@ -471,3 +491,261 @@ def test_a_marked_class_answers_and_counts_as_the_class_it_refines(marked, paren
         old.retry_after,
     )
     assert is_outage(new) == is_outage(old)
+
+
+# --- A hostile SessionM: a wall clock on every call, bounded work on every answer -------
+
+
+class TrickledHeaders:
+    """A reply that sends a status line, then one header byte a second, until the client
+    hangs up: each socket read gets a byte in time, so no read timeout ever trips."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.hung_up = threading.Event()
+
+    def __call__(self, conn):
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while True:
+                time.sleep(self.interval)
+                conn.sendall(b"x")
+        except OSError:
+            self.hung_up.set()
+
+
+def connect_client(url: str, auth: str = "c2VjcmV0OmtleQ==", **kwargs) -> ConnectClient:
+    return ConnectClient(
+        url,
+        auth,
+        RETAILER,
+        session=pooled_session(2),
+        connect_timeout=0.5,
+        read_timeout=1.5,
+        **kwargs,
+    )
+
+
+def ok_reply(conn, body: bytes | None = None):
+    body = body or json.dumps(ok([{"id": "a"}])).encode()
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+@pytest.mark.parametrize("api", ["connect", "core"])
+def test_trickled_headers_are_cut_at_the_deadline_and_the_socket_closed(api):
+    trickle = TrickledHeaders()
+    server = RawServer(trickle)
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamTimeout):
+            if api == "connect":
+                connect_client(server.url).fetch_wallet("u-1", "en-US", deadline=started + 1)
+            else:
+                add_visit(core_client(server.url), within=1)
+        elapsed = time.monotonic() - started
+        # The server only learns of it at its next byte or the one after.
+        assert trickle.hung_up.wait(10), "the connection was never closed"
+    finally:
+        server.close()
+    assert 1 <= elapsed < 2.5  # the deadline, not the 1.5 s read timeout nor forever
+
+
+def test_trickled_headers_over_tls_are_cut_at_the_deadline(tmp_path, monkeypatch):
+    """SessionM is HTTPS: the cut must also end a read blocked inside TLS."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is not installed: run `make test` (it installs it)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    trickle = TrickledHeaders(interval=0.3)
+    server = RawServer(trickle, tls=context)
+    for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # they would override `verify`
+        monkeypatch.delenv(variable, raising=False)
+    client = connect_client(server.url.replace("http://", "https://"))
+    client.transport.session.verify = str(cert)
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamTimeout):
+            client.fetch_wallet("u-1", "en-US", deadline=started + 1)
+        elapsed = time.monotonic() - started
+        assert trickle.hung_up.wait(10), "the connection was never closed"
+    finally:
+        server.close()
+    assert 1 <= elapsed < 2.5
+
+
+def test_a_connection_cut_at_the_deadline_is_discarded_not_reused():
+    trickle = TrickledHeaders(interval=0.2)
+    server = RawServer(lambda conn: trickle(conn) if server.requests == 1 else ok_reply(conn))
+    client = connect_client(server.url)
+    try:
+        with pytest.raises(UpstreamTimeout):
+            client.fetch_wallet("u-1", "en-US", deadline=time.monotonic() + 0.5)
+        assert trickle.hung_up.wait(10)
+        assert [o.user_offer_id for o in fetch(client).offers] == ["a"]
+    finally:
+        server.close()
+    assert server.requests == 2  # a new connection: the cut one was not pooled
+
+
+def test_a_deadline_that_passes_after_its_call_never_cuts_the_next_call(sandbox):
+    """The keep-alive connection a finished call leaves in the pool is the next call's."""
+    client = connect_client(sandbox.url, DEMO_CONNECT_AUTH)
+    client.fetch_wallet("user-1", "en-US", deadline=time.monotonic() + 0.4)
+    sandbox.configure(latency=0.8)  # the next call outlives the first one's deadline
+    wallet = client.fetch_wallet("user-2", "en-US", deadline=time.monotonic() + 5)
+    assert len(wallet.offers) == 3
+
+
+def test_redirects_are_not_followed():
+    elsewhere = RawServer(ok_reply)
+    server = RawServer(
+        lambda conn: conn.sendall(
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %s%s\r\nContent-Length: 0\r\n\r\n"
+            % (elsewhere.url.encode(), GET_USER_OFFERS.encode())
+        )
+    )
+    try:
+        with pytest.raises(UpstreamError, match="HTTP 307"):
+            fetch(connect_client(server.url))
+    finally:
+        server.close()
+        elsewhere.close()
+    assert elsewhere.requests == 0
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it():
+    bomb = gzip.compress(b" " * (64 * 1024 * 1024), compresslevel=6)  # 64 MB in 64 KB
+    server = RawServer(
+        lambda conn: conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(bomb), bomb)
+        )
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamError, match="5 MB"):
+            fetch(connect_client(server.url))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.close()
+    assert peak < 24 * 1024 * 1024  # the 5 MB cap and a chunk, not 64 MB
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 1_000_000 + b"]" * 1_000_000,
+        b'{"status": "error", "errors": {"code": ' + b"[" * 900 + b"]" * 900 + b"}}",
+        b'{"status": "ok", "payload": {"user_offers": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    ],
+    ids=["a-million-deep", "deep-error-code", "deep-offers"],
+)
+def test_absurdly_nested_json_is_an_unusable_payload_not_a_crash(client, requests_mock, payload):
+    requests_mock.post(URL, content=payload)
+    with pytest.raises(UpstreamError) as caught:
+        fetch(client)
+    assert caught.value.status == 502
+
+
+def test_an_error_code_is_repeated_only_as_a_short_code():
+    code = "BAD\r\nX-Injected: 1 <script>" + "A" * 4_000_000
+    error = parse_error({"status": "error", "errors": {"code": code}})
+    assert error.message == f"SessionM answered with error {'BADX-INJECTED1SCRIPT' + 'A' * 44}."
+    assert parse_error({"status": "error", "errors": {"code": {"nested": 1}}}).message == (
+        "SessionM answered with error without a code."
+    )
+
+
+def parse_error(document: dict) -> UpstreamError:
+    with pytest.raises(UpstreamError) as caught:
+        parse_envelope(200, {}, json.dumps(document).encode())
+    return caught.value
+
+
+def test_a_page_with_more_offers_than_asked_for_is_refused(client, requests_mock):
+    requests_mock.post(URL, json=ok([{"id": "a"}] * 1001, total=5000))
+    with pytest.raises(InvalidUpstreamPayload, match="more offers than a page holds"):
+        fetch(client)
+
+
+def test_only_an_offers_first_media_are_read(client, requests_mock):
+    media = [{"uri": f"https://x/{n}.jpg", "category_name": "Hero"} for n in range(MAX_MEDIA)]
+    media.append({"uri": "https://x/logo.png", "category_name": "Logo"})  # one too far
+    requests_mock.post(URL, json=ok([{"id": "a", "media": media}]))
+    assert fetch(client).offers[0].logo_url == "https://x/0.jpg"
+
+
+def test_unreadable_offers_are_logged_once_per_wallet(client, requests_mock, caplog):
+    bad = [{"id": f"bad-{n}", "expiration_date": "soon"} for n in range(500)]
+    requests_mock.post(URL, json=ok([*bad, "junk", {"id": "good"}]))
+    with caplog.at_level(logging.WARNING, logger="wallet_proxy.sessionm"):
+        assert [o.user_offer_id for o in fetch(client).offers] == ["good"]
+    (line,) = caplog.messages
+    assert line == "dropped 501 unreadable offers for u-1 (fields: _schema, expires_at)"
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:30:00-01:00",  # after year 9999 in UTC
+        "0000-01-01T00:00:00Z",
+        "2026-01-01T00:00:00+24:00",
+        "2026-01-01T00:00:00-99:00",
+        "2026-02-30T00:00:00Z",
+        "99999-01-01T00:00:00Z",
+        "",
+    ],
+)
+def test_an_offer_with_an_impossible_date_is_dropped_and_the_rest_answered(
+    client, requests_mock, date
+):
+    offers = [{"id": "odd", "expiration_date": date}, {"id": "good"}]
+    requests_mock.post(URL, json=ok(offers))
+    ids = [o.user_offer_id for o in fetch(client).offers]
+    assert ids == (["odd", "good"] if date == "" else ["good"])  # "" means never expires
+
+
+def test_dates_at_the_edges_of_the_calendar_are_kept():
+    first = OFFER_SCHEMA.load({"id": "a", "expiration_date": "0001-01-01T00:00:00-01:00"})
+    last = OFFER_SCHEMA.load({"id": "b", "expiration_date": "9999-12-31T23:30:00+01:00"})
+    assert first.expires_at == datetime(1, 1, 1, 1, 0, tzinfo=UTC)
+    assert last.expires_at == datetime(9999, 12, 31, 22, 30, tzinfo=UTC)
+    assert iso_z(first.expires_at) == "0001-01-01T01:00:00Z"
+
+
+def test_wallet_caps_count_every_page(requests_mock):
+    client = connect_client(BASE, max_offers=2000, max_bytes=10_000_000)
+    requests_mock.post(URL, json=ok([{"id": "a"}] * 1000, total=2001))
+    with pytest.raises(WalletTooLarge, match="more than 2,000 offers"):
+        fetch(client)
+    assert requests_mock.call_count == 1  # total_records on the first page already tells
+
+    page = ok([{"id": "a", "description": "x" * 900} for _ in range(1000)], total=3000)
+    requests_mock.post(URL, json=page)
+    client = connect_client(BASE, max_offers=10_000, max_bytes=2_500_000)
+    with pytest.raises(WalletTooLarge, match="larger than 2,500,000 bytes"):
+        fetch(client)
+    assert requests_mock.call_count == 1 + 3  # about 1 MB a page: refused at the third
+
+
+def test_a_lone_surrogate_in_a_text_becomes_a_replacement_character(client, requests_mock):
+    offer = r'{"id": "a", "name": "x\ud800y", "description": "\ud83d\ude00 pair"}'
+    requests_mock.post(URL, text=f'{{"status": "ok", "payload": {{"user_offers": [{offer}]}}}}')
+    (read,) = fetch(client).offers
+    assert (read.title, read.description) == ("x\ufffdy", "\U0001f600 pair")

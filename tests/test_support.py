@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import html
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -12,41 +12,25 @@ from click.testing import CliRunner
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from tests.helpers import API_KEY, free_port
+from tests.staff import (
+    PASSWORD,
+    PW_HASH,
+    STAFF,
+    STAFF_SETTINGS,
+    assert_page,
+    basic,
+    log_in,
+    staff_env,
+    token_in,
+)
 from wallet_proxy import cli, create_app
-from wallet_proxy.support import SECURITY_HEADERS, age_text, expiry_text, staff
+from wallet_proxy.support import age_text, expiry_text, security_headers, staff
 from wallet_proxy.wallet import iso_z
-
-STAFF, PASSWORD = "agent", "correct horse battery"
-# Cheap on purpose: these tests hash on every Basic request. The browser test uses the default.
-PW_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
-SECRET = "support-test-secret-key-0123456789"
-STAFF_SETTINGS = ("WALLET_PROXY_STAFF_USERS", "WALLET_PROXY_SECRET_KEY")
 
 
 @pytest.fixture
-def env(env):
-    return {
-        **env,
-        "WALLET_PROXY_STAFF_USERS": f"{STAFF}:{PW_HASH}",
-        "WALLET_PROXY_SECRET_KEY": SECRET,
-    }
-
-
-def basic(name: str, password: str) -> dict:
-    token = base64.b64encode(f"{name}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def token_in(page: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
-def log_in(client, name=STAFF, password=PASSWORD, next_=None, **kwargs):
-    token = token_in(client.get("/support/login", **kwargs).text)
-    form = {"csrf_token": token, "name": name, "password": password}
-    if next_ is not None:
-        form["next"] = next_
-    return client.post("/support/login", data=form, **kwargs)
+def env(env, tmp_path):
+    return staff_env(env, tmp_path / "data")
 
 
 @pytest.fixture
@@ -61,13 +45,6 @@ def braze_json(page: str) -> str:
 
 def fetched_at(page: str) -> str:
     return re.search(r'<time id="fetched-at" datetime="([^"]+)"', page).group(1)
-
-
-def assert_page(response, status: int) -> None:
-    assert response.status_code == status
-    assert response.mimetype == "text/html"
-    assert "Traceback" not in response.text
-    assert f">{status}<" in response.text
 
 
 # Who gets in
@@ -231,10 +208,14 @@ def test_wallet_page_shows_points_offers_and_what_was_left_out(staff_client):
         ("demo-mallory", "fr"),
     ],
 )
-def test_json_panel_is_byte_identical_to_what_braze_gets(staff_client, auth, user_id, culture):
+def test_json_panel_shows_what_braze_gets(staff_client, auth, user_id, culture):
     page = staff_client.get(f"/support/wallets/{user_id}?culture={culture}").text
     api = staff_client.get(f"/v1/wallets/{user_id}?culture={culture}", headers=auth)
-    assert braze_json(page).encode() == api.data
+    assert json.loads(braze_json(page)) == api.get_json()
+    assert braze_json(page) == json.dumps(api.get_json(), indent=2, ensure_ascii=False)
+    exact = re.search(r'<a id="exact-json" href="([^"]+)"', page).group(1)
+    raw = staff_client.get(html.unescape(exact))
+    assert (raw.mimetype, raw.data) == ("application/json", api.data)
 
 
 def test_connected_content_snippet_uses_this_services_url(client):
@@ -256,7 +237,7 @@ def test_everything_from_sessionm_is_escaped(staff_client):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(2)&gt;" in page
     assert "&lt;b&gt;html&lt;/b&gt; &amp; &#34;quotes&#34;" in page
-    assert "<script" not in page and "<img src=x" not in page and "<b>" not in page
+    assert "<script>" not in page and "<img src=x" not in page and "<b>" not in page
 
 
 def test_lookup_form_lands_on_the_wallet_page(staff_client):
@@ -377,10 +358,13 @@ def test_security_headers_on_every_support_response(client, staff_client):
         staff_client.get("/support/no-such-page"),
         staff_client.post("/support/wallets/demo-alice/refresh"),
     ]
+    expected = security_headers(())
     for response in responses:
-        for name, value in SECURITY_HEADERS.items():
+        for name, value in expected.items():
             assert response.headers.get(name) == value, (response.request.path, name)
-    assert "unsafe-inline" not in SECURITY_HEADERS["Content-Security-Policy"]
+    policy = expected["Content-Security-Policy"]
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    assert "script-src 'self';" in policy and "img-src 'self' data:;" in policy
     assert "Content-Security-Policy" not in client.get("/healthz").headers
 
 
@@ -391,8 +375,15 @@ def test_pages_have_no_inline_script_or_style(client, staff_client):
         staff_client.get("/support/wallets/demo-alice").text,
         staff_client.get("/support/wallets/nobody").text,
     ]
+    only_script = '<script src="/support/static/support.js" defer></script>'
     for page in pages:
-        assert "<script" not in page and "<style" not in page and " style=" not in page
+        assert page.count("<script") == page.count(only_script) <= 1
+        assert (
+            "<style" not in page
+            and " style=" not in page
+            and not re.search(r"<[^>]* on\w+=", page)
+        )
+    assert client.get("/support/static/support.js").mimetype == "text/javascript"
 
 
 # Helpers and commands
@@ -450,7 +441,8 @@ def test_hash_password_reads_stdin_for_scripts():
     assert short.exit_code == 1 and "at least 8 characters" in short.output
 
 
-def test_demo_has_a_staff_login(capsys):
+def test_demo_has_a_staff_login(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo keeps its data in ./demo-data
     env: dict = {}
     process = cli._start_sandbox(free_port(), env)
     try:
@@ -461,6 +453,10 @@ def test_demo_has_a_staff_login(capsys):
         client = create_app({**env, "TESTING": True}).test_client()
         demo = basic(cli.DEMO_STAFF_USER, cli.DEMO_STAFF_PASSWORD)
         assert client.get("/support/wallets/demo-bob", headers=demo).status_code == 200
+        # The demo shows the sandbox's own logos.
+        assert env["WALLET_PROXY_IMAGE_HOSTS"] == env["SESSIONM_CONNECT_URL"]
+        alice = client.get("/support/wallets/demo-alice", headers=demo).text
+        assert f'<img class="logo" src="{env["SESSIONM_CONNECT_URL"]}/_sandbox/logos/' in alice
     finally:
         cli._stop([process])
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
+import socket
 import threading
 import time
 from urllib.parse import quote, urlsplit
@@ -55,6 +58,7 @@ def core_env(core) -> dict:
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
         "WALLET_PROXY_API_KEYS": API_KEY,
+        "WALLET_PROXY_SESSIONM_CORE_RATE": "0",  # no budget here: tests/test_budget.py has it
         "SESSIONM_CORE_URL": core.url,
         "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
@@ -140,6 +144,96 @@ def test_the_api_key_also_works_as_the_basic_auth_password(relay, core):
     )
     assert response.status_code == 200
     assert len(calls(core)) == 1
+
+
+class CountedInput:
+    """A WSGI input that counts what the app reads from it."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.read_bytes = 0
+
+    def read(self, *args):
+        data = self.stream.read(*args)
+        self.read_bytes += len(data)
+        return data
+
+
+def counting_reads(app) -> list[CountedInput]:
+    inputs: list[CountedInput] = []
+    wsgi_app = app.wsgi_app
+
+    def middleware(environ, start_response):
+        environ["wsgi.input"] = counted = CountedInput(environ["wsgi.input"])
+        inputs.append(counted)
+        return wsgi_app(environ, start_response)
+
+    app.wsgi_app = middleware
+    return inputs
+
+
+def post_chunked(base_url: str, chunks: list[bytes]) -> tuple[int, dict]:
+    """POST a chunked body on a raw socket, sending from a thread while the answer is read:
+    a server that refuses early may stop reading (and reset) before the body's end."""
+    host, port = urlsplit(base_url).netloc.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/users/user-7/tags HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            % (host.encode(), API_KEY.encode())
+        )
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                for chunk in chunks:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sock.sendall(b"0\r\n\r\n")
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        body = json.loads(answer.read())
+        sender.join(10)
+    return answer.status, body
+
+
+VALID = b'{"tags": ["braze_test"], "ttl": 600}'
+PADDED = [VALID] + [b" " * 65536] * 16  # valid JSON, then 1 MB of spaces
+
+
+def test_a_chunked_body_over_16_kb_is_413_and_read_no_further(core_app, core):
+    from tests.helpers import LiveServer
+
+    inputs = counting_reads(core_app)
+    with LiveServer(core_app) as server:
+        status, body = post_chunked(server.url, PADDED)
+    assert (status, body["error"]["code"]) == (413, "request_entity_too_large")
+    assert calls(core) == []
+    assert inputs[0].read_bytes <= 16 * 1024 + 1
+
+
+def test_a_chunked_body_of_exactly_16_kb_is_accepted(core_app, core):
+    from tests.helpers import LiveServer
+
+    padding = 16 * 1024 - len(VALID)
+    with LiveServer(core_app) as server:
+        assert post_chunked(server.url, [VALID, b" " * padding])[0] == 200
+        assert post_chunked(server.url, [VALID, b" " * (padding + 1)])[0] == 413
+    assert counts(core, "user-7") == {"braze_test": 1}
+
+
+@pytest.mark.slow
+def test_a_chunked_body_over_16_kb_is_413_under_gunicorn(core, core_env):
+    from tests.helpers import GunicornInstance
+
+    settings = {k: v for k, v in core_env.items() if k != "SESSIONM_CONNECT_URL"}
+    with GunicornInstance(core.url, workers=1, **settings) as server:
+        status, body = post_chunked(server.url, PADDED)
+        small = post_chunked(server.url, [VALID])
+    assert (status, body["error"]["code"]) == (413, "request_entity_too_large")
+    assert small[0] == 200
+    assert counts(core, "user-7") == {"braze_test": 1}
 
 
 def test_over_real_http_with_a_chunked_body(core_app, core):
@@ -305,12 +399,33 @@ def test_sessionm_errors_map_to_the_wallet_error_shape(relay, core, knobs, user_
         assert response.headers["Retry-After"] == "1"
 
 
-def test_a_slow_sessionm_is_a_504_within_the_deadline(core_env, core):
-    app = create_app({**core_env, "WALLET_PROXY_DEADLINE": "0.3", "TESTING": True})
+def test_a_slow_sessionm_is_a_504_within_the_core_timeout(core_env, core):
+    app = create_app({**core_env, "WALLET_PROXY_CORE_TIMEOUT": "0.3", "TESTING": True})
     core.configure(latency=1)
     started = time.monotonic()
     assert_error(post(app.test_client()), 504, "upstream_timeout")
     assert time.monotonic() - started < 1.0
+
+
+def test_a_core_trickling_its_headers_is_a_504_within_the_core_timeout(core_env, core):
+    from tests.helpers import LiveServer
+
+    app = create_app({**core_env, "WALLET_PROXY_CORE_TIMEOUT": "1", "TESTING": True})
+    core.configure(trickle_headers=0.2)  # a header byte every 0.2 s: no read timeout trips
+    with LiveServer(app) as server:
+        started = time.monotonic()
+        response = requests.post(
+            f"{server.url}/v1/users/user-1/tags", json={"tags": ["a"]}, headers=AUTH, timeout=10
+        )
+        elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert 1 <= elapsed < 2.5
+    wait_until(lambda: core.stats()["in_flight"] == 0, timeout=5)  # we hung up
+
+
+def test_core_json_nested_a_million_deep_is_a_502(relay, core):
+    core.configure(deep=True)
+    assert_error(post(relay), 502, "upstream_error")
 
 
 def test_secrets_never_reach_answers_or_logs(core_env, core, caplog):
@@ -388,7 +503,7 @@ def test_a_malformed_idempotency_key_is_400(relay, core, value):
 
 def test_a_timed_out_counter_is_not_sent_again(core_env, core):
     """SessionM may apply a call we gave up on: the retry must not count it twice."""
-    app = create_app({**core_env, "WALLET_PROXY_DEADLINE": "0.3", "TESTING": True})
+    app = create_app({**core_env, "WALLET_PROXY_CORE_TIMEOUT": "0.3", "TESTING": True})
     core.configure(latency=0.8)
     key = {"Idempotency-Key": "slow-1"}
     assert_error(

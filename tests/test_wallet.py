@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from wallet_proxy.wallet import (
@@ -103,6 +104,7 @@ def test_answer_shape_limit_and_count():
         "offers",
         "fetched_at",
         "stale",
+        "offers_truncated",
     }
 
 
@@ -121,3 +123,22 @@ def test_answer_changes_at_next_expiry_or_midnight():
 def test_round_trips_through_a_dict():
     original = wallet(offer("a", NOW + timedelta(days=1)), offer("b"))
     assert Wallet.from_dict(original.to_dict()) == original
+
+
+def test_an_answer_is_cut_to_its_size_limit_from_the_latest_expiring_end():
+    from wallet_proxy.answers import render_uncached
+    from wallet_proxy.service import HIT, Lookup
+
+    offers = [offer(f"o{n}", NOW + timedelta(days=n)) for n in range(1, 6)]
+    lookup = Lookup(wallet(*reversed(offers)), HIT)
+    whole = render_uncached(lookup, NOW, None, max_bytes=10**6)
+    assert json.loads(whole)["offers_truncated"] is False
+    assert render_uncached(lookup, NOW, None, max_bytes=len(whole)) == whole
+
+    cut = json.loads(render_uncached(lookup, NOW, None, max_bytes=len(whole) - 1))
+    assert cut["offers_truncated"] is True and cut["offer_count"] == 5
+    assert [o["user_offer_id"] for o in cut["offers"]] == ["o1", "o2", "o3", "o4"]
+
+    envelope = json.loads(render_uncached(lookup, NOW, None, max_bytes=400))
+    assert (envelope["offers"], envelope["offers_truncated"]) == ([], True)
+    assert envelope["has_offers"] is True  # there are offers; none fitted

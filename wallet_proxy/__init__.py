@@ -35,6 +35,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping({k: v for k, v in source.items() if not _is_setting(k)})
     register_logging(app, settings)
+    register_front_proxies(app, settings)
     register_services(app, settings, clock)
     register_sessions(app, settings)
     register_blueprints(app)
@@ -58,6 +59,13 @@ def register_logging(app: Flask, settings: Settings) -> None:
     request_log.install(app, user_ids)
 
 
+def register_front_proxies(app: Flask, settings: Settings) -> None:
+    """Which X-Forwarded-For entries to believe (ProxyFix), and our public URL."""
+    from .forwarding import wire_front_proxies
+
+    wire_front_proxies(app, settings)
+
+
 def register_services(app: Flask, settings: Settings, clock: Callable[[], datetime]) -> None:
     """Every service in one typed container, reached through `services()`."""
     from .services import EXTENSION, build_services
@@ -76,6 +84,7 @@ def register_sessions(app: Flask, settings: Settings) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from . import api, health, openapi, prometheus, support, tags
+    from .triggers import views as triggers
 
     app.register_blueprint(health.bp)
     app.register_blueprint(prometheus.bp)
@@ -83,6 +92,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api.bp)
     app.register_blueprint(support.bp)
     app.register_blueprint(tags.bp)
+    app.register_blueprint(triggers.bp)
 
 
 def register_error_handlers(app: Flask) -> None:

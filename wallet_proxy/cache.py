@@ -57,21 +57,31 @@ class Entry:
     fetched_at: float  # Unix time of SessionM's answer,
     fresh_until: float  # a plain HIT before this,
     stale_until: float  # a STALE answer (and a background refresh) before this.
+    # Set when SessionM's answer was refused (a wallet too large): why, remembered until
+    # `fresh_until` like a not-found. `wallet` is then the last good copy, if any, served
+    # as stale meanwhile.
+    refused: str | None = None
 
     def is_fresh(self, now: float) -> bool:
         return now < self.fresh_until
 
     def dumps(self) -> str:
         wallet = self.wallet.to_dict() if self.wallet else None
-        return json.dumps(
-            {"w": wallet, "t": self.fetched_at, "f": self.fresh_until, "s": self.stale_until}
-        )
+        data: dict[str, object] = {
+            "w": wallet,
+            "t": self.fetched_at,
+            "f": self.fresh_until,
+            "s": self.stale_until,
+        }
+        if self.refused is not None:
+            data["r"] = self.refused
+        return json.dumps(data)
 
     @classmethod
     def loads(cls, text: bytes | str) -> Entry:
         data = json.loads(text)
         wallet = Wallet.from_dict(data["w"]) if data["w"] else None
-        return cls(wallet, data["t"], data["f"], data["s"])
+        return cls(wallet, data["t"], data["f"], data["s"], data.get("r"))
 
 
 class WalletCache(Protocol):

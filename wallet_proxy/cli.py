@@ -1,26 +1,43 @@
-"""The `wallet-proxy` command: serve, sandbox, check-config, log-id."""
+"""The `wallet-proxy` command: serve, sandbox, check-config, hash-password, log-id (and bulk/)."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import click
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import generate_password_hash
 
 from .bulk.commands import tags_group, warm_command
-from .config import ConfigError, Settings, log_id_settings
+from .bulk.plan import plan_command
+from .config import ConfigError, Settings, examine, log_id_settings
 from .serving import CONFIG, gunicorn_command
-from .support.staff import hash_password
+from .support.staff import MIN_PASSWORD_LENGTH
+from .triggers.commands import triggers_group
 
 DEMO_API_KEY = "demo-api-key-not-secret"
+DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
 DEMO_STAFF_USER = "support"
 DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo credential
+# One process, so that the cache, single-flight, Idempotency-Key replay and the login
+# throttle behave as they do in one process (a deployment shares them through Redis).
+DEMO_WORKERS, DEMO_THREADS = 1, 64
+REDIS_PING_TIMEOUT = 1.0
+DEMO_TRIGGER = (
+    '{"braze_campaign_id": "demo-campaign", "customer": {"external_id": "ext-alice", '
+    '"sessionm_user_id": "demo-alice"}, "enrich": ["wallet"], '
+    '"offer": {"title": "Double points"}, "points": {"award_amount": 100}}'
+)
 
 
 @click.group()
@@ -30,19 +47,123 @@ def main() -> None:
 
 
 @main.command("check-config")
-def check_config() -> None:
-    """Validate the environment's settings; exit non-zero naming the first problem."""
-    try:
-        settings = Settings.from_env(os.environ)
-    except ConfigError as error:
-        raise click.ClickException(f"configuration error: {error}") from None
-    click.echo("configuration OK")
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also make one harmless call to SessionM Connect (a made-up customer's wallet).",
+)
+def check_config(probe: bool) -> None:
+    """Validate the service's settings: every problem at once, then Redis (and SessionM).
+
+    Variables that look like ours but that no setting reads are warned about, with the
+    closest known name. Exits 1 on any problem; warnings alone don't fail.
+    """
+    verdict = examine(os.environ)
+    for warning in verdict.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    settings = verdict.settings
+    if settings is None:
+        raise click.ClickException(ConfigError.listing(verdict.problems).report())
+    failures: list[str] = []
+    cache = "in-process"
+    if settings.redis_url:
+        problem = _redis_problem(settings.redis_url)
+        cache = "Redis (reachable)" if problem is None else "Redis (NOT reachable)"
+        if problem:
+            failures.append(f"WALLET_PROXY_REDIS_URL: {problem}")
+    click.echo("configuration OK" if not failures else "configuration read, but:")
     click.echo(f"  SessionM Connect: {settings.sessionm_connect_url}")
-    click.echo(
-        f"  API keys: {len(settings.api_keys)}; cache: "
-        f"{'Redis' if settings.redis_url else 'in-process'}, TTL {settings.cache_ttl:g}s; "
-        f"deadline {settings.deadline:g}s"
+    core = settings.sessionm_core_url or "not configured (the tags routes answer 503)"
+    click.echo(f"  SessionM Core: {core}")
+    staff = f"{len(settings.staff_users)} staff users" if settings.staff_users else "off"
+    click.echo(f"  API keys: {len(settings.api_keys)}; support pages: {staff}")
+    click.echo(f"  cache: {cache}, TTL {settings.cache_ttl:g}s; deadline {settings.deadline:g}s")
+    if settings.triggers_configured:
+        store = "Redis" if settings.redis_url else f"SQLite in {settings.data_dir}"
+        click.echo(
+            f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
+            f"SessionM keys; outbox: {store}"
+        )
+    if probe:
+        answered, outcome = _probe_connect(settings)
+        click.echo(f"  SessionM Connect probe: {outcome}")
+        if not answered:
+            failures.append(f"SessionM Connect probe: {outcome}")
+    if failures:
+        raise click.ClickException("\n".join(failures))
+
+
+def _redis_problem(url: str) -> str | None:
+    """None if Redis answers PING within a second, else why not (without the password)."""
+    import redis
+
+    client = redis.Redis.from_url(
+        url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
     )
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        message = str(error)
+        password = urlsplit(url).password
+        if password:
+            message = message.replace(password, "***")
+        return f"Redis does not answer PING ({type(error).__name__}: {message})"
+    finally:
+        client.close()
+    return None
+
+
+def _probe_connect(settings: Settings) -> tuple[bool, str]:
+    """(answered as expected, what happened): get_user_offers for a customer nobody has.
+
+    Harmless: it reads, and a made-up id is unknown to SessionM. A not-found answer proves
+    the URL, the credentials and the retailer id; nothing secret is shown either way.
+    """
+    from .budget import UNLIMITED
+    from .errors import UserNotFound, WalletProxyError
+    from .services import connect_client
+
+    # One call an operator asks for: not worth a place in the fleet's SessionM budget.
+    client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)
+    made_up = f"wallet-proxy-probe-{secrets.token_hex(6)}"
+    try:
+        client.fetch_wallet(
+            made_up,
+            settings.default_culture,
+            deadline=time.monotonic() + settings.upstream_timeout,
+        )
+    except UserNotFound:
+        return True, f"answered: {made_up} is unknown, as expected (credentials accepted)"
+    except WalletProxyError as error:
+        return False, f"failed: {error.message} ({error.code})"
+    return True, f"answered with a wallet for the made-up id {made_up} (credentials accepted)"
+
+
+@main.command("hash-password")
+@click.option(
+    "--stdin",
+    "from_stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input instead of prompting.",
+)
+def hash_password(from_stdin: bool) -> None:
+    """Print a password hash for WALLET_PROXY_STAFF_USERS (name:hash); never the password.
+
+    At a terminal the password is asked twice and never echoed. Piped in, it is the first
+    line; a second line, if there is one, must repeat it (as at the prompt).
+    """
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+        repeated = sys.stdin.readline()
+        if repeated and repeated.rstrip("\r\n") != password:
+            raise click.ClickException("the two lines piped in do not match")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise click.ClickException(f"use at least {MIN_PASSWORD_LENGTH} characters")
+    click.echo(generate_password_hash(password))
 
 
 @main.command("log-id")
@@ -71,11 +192,11 @@ def sandbox(host: str, port: int) -> None:
     """Run the SessionM stand-in (demo customers, knobs under /_sandbox/)."""
     from . import sandbox as sandbox_module
 
-    click.echo(f"SessionM sandbox on http://{host}:{port}")
-    click.echo(f"  Connect auth (Basic): {sandbox_module.DEMO_CONNECT_AUTH}")
-    click.echo(f"  retailer id: {sandbox_module.DEMO_RETAILER_ID}")
+    url = f"http://{host}:{port}"
+    click.echo(f"SessionM sandbox on {url}  (its knobs: docs/sandbox.md)")
     for user_id, about in sandbox_module.SEEDED_USERS.items():
         click.echo(f"  {user_id:14} {about}")
+    click.echo(f"\nIn another shell, this points wallet-proxy at it:\n{_exports(url)}")
     sandbox_module.serve(host, port)
 
 
@@ -91,7 +212,8 @@ def sandbox(host: str, port: int) -> None:
     "--sandbox",
     "with_sandbox",
     is_flag=True,
-    help="Also start the SessionM sandbox and point the service at it (demo).",
+    help="Demo: also start the SessionM sandbox, and use it with the demo's own credentials "
+    f"({DEMO_WORKERS} worker, {DEMO_THREADS} threads).",
 )
 @click.option("--sandbox-port", default=8001, show_default=True, type=int)
 def serve(
@@ -100,17 +222,20 @@ def serve(
     """Run the service under gunicorn."""
     env = dict(os.environ)
     children: list[subprocess.Popen] = []
+    options: list[str] = []
     if with_sandbox:
         children.append(_start_sandbox(sandbox_port, env))
+        options = ["--workers", str(DEMO_WORKERS), "--threads", str(DEMO_THREADS)]
     try:
         Settings.from_env(env)
     except ConfigError as error:
         _stop(children)
-        raise click.ClickException(f"configuration error: {error}") from None
+        raise click.ClickException(error.report()) from None
     if with_sandbox:
         address = bind or env.get("WALLET_PROXY_BIND") or "0.0.0.0:8000"
-        _print_demo(address.replace("0.0.0.0", "127.0.0.1"), env)  # noqa: S104 - display only
-    command = gunicorn_command(bind=bind, config=config_path or CONFIG)
+        replaced = [name for name, value in env.items() if os.environ.get(name, value) != value]
+        _print_demo(address.replace("0.0.0.0", "127.0.0.1"), env, replaced)  # noqa: S104
+    command = gunicorn_command(bind=bind, config=config_path or CONFIG, options=options)
     gunicorn = subprocess.Popen(command, env=env)  # noqa: S603 - our interpreter and arguments
     children.insert(0, gunicorn)
     # Ctrl-C, or SIGTERM from systemd or a container runtime: stop the children too,
@@ -132,9 +257,54 @@ def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
-def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
+def _second_shell(sandbox_url: str) -> dict[str, str]:
+    """What a command in another shell needs to use the demo: SessionM Connect and Core and
+    Braze's trigger endpoints pointed at the sandbox, the demo's keys and its data folder
+    (the triggers' outbox lives in the checkout)."""
     from . import sandbox as sandbox_module
 
+    return {
+        "SESSIONM_CONNECT_URL": sandbox_url,
+        "SESSIONM_CONNECT_AUTH": sandbox_module.DEMO_CONNECT_AUTH,
+        "SESSIONM_RETAILER_ID": sandbox_module.DEMO_RETAILER_ID,
+        "SESSIONM_CORE_URL": sandbox_url,
+        "SESSIONM_CORE_API_KEY": sandbox_module.DEMO_CORE_API_KEY,
+        "SESSIONM_CORE_API_SECRET": sandbox_module.DEMO_CORE_API_SECRET,
+        "WALLET_PROXY_API_KEYS": DEMO_API_KEY,
+        "BRAZE_REST_URL": sandbox_url,
+        "BRAZE_REST_API_KEY": sandbox_module.DEMO_BRAZE_API_KEY,
+        "WALLET_PROXY_TRIGGER_KEYS": DEMO_TRIGGER_KEY,
+        "WALLET_PROXY_DATA_DIR": os.path.abspath("demo-data"),
+    }
+
+
+def _demo_credentials(sandbox_url: str) -> dict[str, str]:
+    """Every credential the demo service runs with (and its data folder): its own, whatever
+    the environment holds, so a real key in the shell is neither used nor shown."""
+    demo_staff = f"{DEMO_STAFF_USER}:{generate_password_hash(DEMO_STAFF_PASSWORD)}"
+    return {
+        **_second_shell(sandbox_url),
+        "WALLET_PROXY_STAFF_USERS": demo_staff,
+        "WALLET_PROXY_SECRET_KEY": secrets.token_urlsafe(32),
+        # The support pages show the sandbox's own offer logos.
+        "WALLET_PROXY_IMAGE_HOSTS": sandbox_url,
+    }
+
+
+def _exports(sandbox_url: str) -> str:
+    """`export` lines to paste into a second shell (and the virtualenv's bin on PATH)."""
+    lines = []
+    bin_dir = os.path.dirname(sys.executable)
+    found = shutil.which("wallet-proxy")
+    if sys.prefix != sys.base_prefix and (found is None or os.path.dirname(found) != bin_dir):
+        lines.append(f'export PATH={shlex.quote(bin_dir)}:"$PATH"')
+    for name, value in _second_shell(sandbox_url).items():
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return "\n".join(f"  {line}" for line in lines)
+
+
+def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
+    """Start `wallet-proxy sandbox` and give `env` the demo's credentials for it."""
     if _listening("127.0.0.1", port):
         raise click.ClickException(f"port {port} is taken; pick another with --sandbox-port")
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
@@ -147,42 +317,47 @@ def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
             _stop([process])
             raise click.ClickException("the SessionM sandbox did not start")
         time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    env.update(
-        SESSIONM_CONNECT_URL=url,
-        SESSIONM_CONNECT_AUTH=sandbox_module.DEMO_CONNECT_AUTH,
-        SESSIONM_RETAILER_ID=sandbox_module.DEMO_RETAILER_ID,
-        SESSIONM_CORE_URL=url,
-        SESSIONM_CORE_API_KEY=sandbox_module.DEMO_CORE_API_KEY,
-        SESSIONM_CORE_API_SECRET=sandbox_module.DEMO_CORE_API_SECRET,
-    )
-    env.setdefault("WALLET_PROXY_API_KEYS", DEMO_API_KEY)
-    demo_staff = f"{DEMO_STAFF_USER}:{generate_password_hash(DEMO_STAFF_PASSWORD)}"
-    env.setdefault("WALLET_PROXY_STAFF_USERS", demo_staff)
-    env.setdefault("WALLET_PROXY_SECRET_KEY", secrets.token_urlsafe(32))
+    env.update(_demo_credentials(f"http://127.0.0.1:{port}"))
     return process
 
 
-def _print_demo(bind: str, env: dict) -> None:
+def _print_demo(bind: str, env: Mapping[str, str], ignored: Sequence[str] = ()) -> None:
     base = f"http://{bind}"
-    key = env["WALLET_PROXY_API_KEYS"].split(",")[0]
+    key = DEMO_API_KEY
+    bearer = f"curl -s -H 'Authorization: Bearer {key}'"
     click.echo(
         "\nwallet-proxy demo: the SessionM sandbox stands in for SessionM at "
         f"{env['SESSIONM_CONNECT_URL']}\n"
+        f"  {DEMO_WORKERS} worker process with {DEMO_THREADS} threads: the cache, "
+        "single-flight and Idempotency-Key replay\n"
+        "  behave as in one process (a deployment runs a worker per core, sharing them "
+        "through Redis).\n"
+    )
+    if ignored:
+        click.echo(
+            f"  Ignored from your environment (the demo uses its own): {', '.join(ignored)}\n"
+        )
+    click.echo(
         f"  API key: {key}\n\n"
         "Try:\n"
-        f"  curl -s -H 'Authorization: Bearer {key}' {base}/v1/wallets/demo-alice\n"
-        f"  curl -s -H 'Authorization: Bearer {key}' "
-        f"'{base}/v1/wallets/demo-alice?culture=es-ES&limit=2'\n"
+        f"  {bearer} {base}/v1/wallets/demo-alice\n"
+        f"  {bearer} '{base}/v1/wallets/demo-alice?culture=es-ES&limit=2'\n"
+        f"  {bearer} '{base}/v1/wallets/demo-alice?culture=fr-FR'"
+        "   # no French texts: English, as SessionM falls back\n"
         f"  curl -s -u braze:{key} {base}/v1/wallets/demo-bob\n"
-        f"  curl -s -H 'Authorization: Bearer {key}' {base}/v1/wallets/nobody   # 404\n"
-        f"  curl -s {base}/readyz\n"
+        f"  {bearer} {base}/v1/wallets/nobody   # 404\n"
+        f"  curl -s {base}/readyz\n\n"
+        "A SessionM-triggered Braze message (the sandbox records what Braze got):\n"
+        f"  curl -s -H 'Authorization: Bearer {DEMO_TRIGGER_KEY}' "
+        f"-H 'Content-Type: application/json' -d '{DEMO_TRIGGER}' {base}/v1/braze/triggers\n"
+        f"  curl -s {env['BRAZE_REST_URL']}/_sandbox/braze/stats\n"
+        "  wallet-proxy triggers status   # in the second shell (below)\n\n"
+        f"Support pages: {base}/support/  (login: {DEMO_STAFF_USER} / {DEMO_STAFF_PASSWORD})\n"
+        "Make SessionM slow or down: docs/sandbox.md\n\n"
+        "In a second shell, this points wallet-proxy's commands at the demo "
+        "(tags import: docs/bulk.md):\n"
+        f"{_exports(env['SESSIONM_CONNECT_URL'])}\n"
     )
-    name, _, pw_hash = env.get("WALLET_PROXY_STAFF_USERS", "").split(",")[0].partition(":")
-    if name == DEMO_STAFF_USER and check_password_hash(pw_hash, DEMO_STAFF_PASSWORD):
-        click.echo(
-            f"Support pages: {base}/support/  (login: {DEMO_STAFF_USER} / {DEMO_STAFF_PASSWORD})\n"
-        )
 
 
 def _listening(host: str, port: int) -> bool:
@@ -202,9 +377,10 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.kill()
 
 
-main.add_command(hash_password)
 main.add_command(tags_group)
 main.add_command(warm_command)
+main.add_command(plan_command)
+main.add_command(triggers_group)
 
 if __name__ == "__main__":
     main()

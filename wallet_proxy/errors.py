@@ -23,6 +23,7 @@ connection dropped or cut after sending             UpstreamUnavailable     mayb
 other 5xx (a gateway may give up, SessionM not)     UpstreamServerError     maybe
 a 2xx we cannot read                                InvalidUpstreamPayload  maybe
 an answer over 5 MB, a 3xx                          UpstreamError           maybe
+a wallet over our caps (offers or bytes, all pages) WalletTooLarge          maybe
 
 Whether SessionM is failing (what the circuit breaker counts: timeouts, 5xx,
 unavailability, never our own `UpstreamBusy`) is a separate question, answered by
@@ -35,6 +36,8 @@ import logging
 
 from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from .logtext import escape_controls
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,13 @@ class UpstreamError(WalletProxyError):
 
 class InvalidUpstreamPayload(UpstreamError):
     message = "SessionM returned a payload of an unexpected shape."
+
+
+class WalletTooLarge(UpstreamError):
+    """SessionM's wallet for a customer is past our caps: refused, not cached, and the
+    refusal remembered for WALLET_PROXY_NEGATIVE_TTL so renders don't download it again."""
+
+    message = "This customer's wallet in SessionM is too large to serve."
 
 
 class UpstreamRejected(NotApplied, UpstreamError):
@@ -172,6 +182,33 @@ class IdempotencyUnavailable(WalletProxyError):
     retry_after = 2
 
 
+class TriggerQueueFull(WalletProxyError):
+    """WALLET_PROXY_TRIGGER_MAX_QUEUED triggers wait for Braze already; nothing was stored."""
+
+    status = 503
+    code = "trigger_queue_full"
+    message = "Too many triggers are waiting for Braze; try again later."
+    retry_after = 30
+
+
+class StoreUnavailable(WalletProxyError):
+    """The store of staff sessions and history (Redis, or the data folder's SQLite file)."""
+
+    status = 503
+    code = "store_unavailable"
+    message = "The staff session store is unavailable; try again shortly."
+    retry_after = 5
+
+
+class TriggerStoreUnavailable(WalletProxyError):
+    """The trigger outbox (disk or Redis) failed; nothing was stored."""
+
+    status = 503
+    code = "trigger_store_unavailable"
+    message = "The trigger store is unavailable; nothing was accepted. Try again shortly."
+    retry_after = 5
+
+
 def error_body(error: WalletProxyError) -> dict:
     return {"error": {"code": error.code, "message": error.message}}
 
@@ -220,5 +257,5 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, escape_controls(request.path))
         return _respond(WalletProxyError())

@@ -106,3 +106,18 @@ def child_exit(server, worker):
 def on_exit(server):
     for path in _made_metrics_dir:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def post_worker_init(worker):
+    """Offer each worker as the instance's trigger deliverer; a lock lets exactly one
+    deliver (wallet_proxy/triggers/running.py), and another takes over if it dies."""
+    from wallet_proxy.triggers.running import start_in_worker
+
+    start_in_worker(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    """Let the deliverer finish its call to Braze before the worker goes."""
+    from wallet_proxy.triggers.running import stop_in_worker
+
+    stop_in_worker()

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
-from gunicorn import glogging  # type: ignore[import-untyped]
+from gunicorn import glogging
 from pythonjsonlogger.json import JsonFormatter
 
 from . import tally

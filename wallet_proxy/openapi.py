@@ -29,6 +29,8 @@ from .rules import (
     TagsBody,
     WalletQuerySchema,
 )
+from .triggers.model import STATES
+from .triggers.schema import TriggerBody
 from .version import __version__
 
 bp = Blueprint("openapi", __name__)
@@ -88,6 +90,12 @@ class WalletAnswer(_Strict):
         falsy={False},
         metadata={"description": "An older copy, answered while SessionM could not be asked."},
     )
+    offers_truncated = fields.Boolean(
+        required=True,
+        truthy={True},
+        falsy={False},
+        metadata={"description": "Offers were left out to keep the answer under Braze's 1 MB."},
+    )
 
 
 class ErrorDetail(_Strict):
@@ -114,6 +122,15 @@ class TagsAnswer(_Strict):
     )
 
 
+class TriggerAccepted(_Strict):
+    trigger_id = fields.String(required=True)
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(STATES),
+        metadata={"description": "The trigger's state now (a repeat answers the first's)."},
+    )
+
+
 class LiveAnswer(_Strict):
     status = fields.String(required=True, validate=validate.OneOf(["ok"]))
 
@@ -131,7 +148,7 @@ STATUSES = {
     401: "No valid API key (Bearer, or the password of HTTP Basic).",
     404: "SessionM does not know this customer.",
     409: "A request with this Idempotency-Key is still being processed; retry shortly.",
-    413: "The body is larger than 16 KB.",
+    413: "The body is larger than the route's cap.",
     422: "This Idempotency-Key was used with a different body.",
     502: "SessionM answered with something unusable.",
     503: "SessionM is unavailable, or calls to it are paused; see Retry-After.",
@@ -156,21 +173,24 @@ class Route:
     summary: str
     tag: str
     ok: type[Schema]
-    statuses: Mapping[int, str | None]  # besides 200; None: the meaning in STATUSES
+    statuses: Mapping[int, str | None]  # besides `ok_status`; None: the meaning in STATUSES
     parameters: tuple[dict[str, Any], ...] = ()
     body: type[Schema] | None = None
     ok_headers: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     secured: bool = True
+    ok_status: int = 200
+    description: str = ""
 
     def operation(self) -> dict[str, Any]:
         responses: dict[str, Any] = {
-            "200": _answer("OK", self.ok, {**REQUEST_ID, **self.ok_headers}),
+            str(self.ok_status): _answer("OK", self.ok, {**REQUEST_ID, **self.ok_headers}),
         }
         for status, meaning in sorted(self.statuses.items()):
             headers = {**REQUEST_ID, **(RETRY_AFTER if status in (409, 503) else {})}
             responses[str(status)] = _answer(meaning or STATUSES[status], ErrorAnswer, headers)
         operation: dict[str, Any] = {
             "summary": self.summary,
+            **({"description": self.description} if self.description else {}),
             "tags": [self.tag],
             "operationId": f"{self.method}_{re.sub(r'[^a-z]+', '_', self.path).strip('_')}",
             "parameters": list(self.parameters),
@@ -274,6 +294,29 @@ ROUTES: list[Route] = [
         parameters=(CUSTOMER_ID, IDEMPOTENCY_KEY),
         body=TagsBody,
         ok_headers=REPLAYED,
+    ),
+    Route(
+        "post",
+        "/v1/braze/triggers",
+        "A message for Braze from a SessionM campaign, stored, then delivered",
+        "triggers",
+        TriggerAccepted,
+        {
+            400: None,
+            401: "No valid trigger key (WALLET_PROXY_TRIGGER_KEYS; Bearer, or Basic's password).",
+            413: None,
+            422: None,
+            503: "Braze is not configured, the queue is full or the outbox can't store; "
+            "see Retry-After.",
+        },
+        parameters=(IDEMPOTENCY_KEY,),
+        body=TriggerBody,
+        ok_headers=REPLAYED,
+        ok_status=202,
+        description="Exactly one of braze_campaign_id and braze_canvas_id; a customer unless "
+        "broadcast is true, never with it; enrich [wallet] needs customer.sessionm_user_id. "
+        "202 once stored durably; a repeat (same Idempotency-Key within 7 days, or the same "
+        "body without one within 10 minutes) answers the first trigger's id and state.",
     ),
     Route(
         "get", "/healthz", "Liveness: the process answers", "health", LiveAnswer, {}, secured=False

@@ -8,12 +8,14 @@ callers outside HTTP (settings, CSV rows) reword it for their reader.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import InvalidRequest
 
@@ -180,6 +182,21 @@ def load_tags(data: Any) -> Tags:
         return cast(Tags, TAGS_BODY.load(data))
     except ValidationError as exc:
         raise InvalidRequest(problem(exc.messages)) from None
+
+
+def json_body(data: bytes, *, max_bytes: int, example: str) -> Any:
+    """A JSON request body of at most `max_bytes`, decoded.
+
+    The view reads at most `max_bytes + 1` (its `max_content_length`): a declared length
+    over the cap is refused before reading, and a chunked body has none, so one byte over
+    the cap is how a body that goes on is told from one that ends at the cap.
+    """
+    if len(data) > max_bytes:
+        raise RequestEntityTooLarge(f"The body is over {max_bytes // 1024} KB.")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
+        raise InvalidRequest(f"The body must be JSON like {example}.") from None
 
 
 # X-Request-ID from a front proxy or a caller: kept when it looks like an id (a UUID,

@@ -4,16 +4,27 @@ Liberal in what they accept (SessionM's fields vary by tenant and version, see
 docs in shared/reference): unknown fields are excluded, alternative spellings
 are folded together, empty values become "" or 0. An offer that can't be read
 is dropped by the caller rather than spoiling the whole wallet; an offer whose
-expiry can't be read is one of those, since we could not prove it live.
+expiry can't be read is one of those, since we could not prove it live (that
+includes dates that exist in SessionM's time zone but not in UTC, such as
+0001-01-01T00:00:00+01:00).
+
+Their work is bounded whatever SessionM sends: a page's offers are read one by
+one by the caller (who caps their number), and only an offer's first few media.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
 
 from .wallet import Offer
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Media read per offer: the logo is among the first few, and a list of a million
+# entries would cost seconds of CPU.
+MAX_MEDIA = 20
 
 
 class _NullTolerant(fields.Field):
@@ -30,14 +41,23 @@ class _NullTolerant(fields.Field):
 
 
 class Text(_NullTolerant):
-    """A string that is never None: ids may arrive as numbers, missing texts as null."""
+    """A string that is never None: ids may arrive as numbers, missing texts as null.
+
+    JSON may carry a lone surrogate (`"\\ud800"`), which no UTF-8 answer can hold: it
+    becomes U+FFFD here rather than failing every answer made from this wallet.
+    """
 
     def _deserialize(self, value, attr, data, **kwargs):
         if value is None:
             return ""
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValidationError("Not a text value.")
-        return str(value)
+        text = str(value)
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return LONE_SURROGATE.sub("\ufffd", text)
+        return text
 
 
 class WholeNumber(_NullTolerant):
@@ -67,11 +87,13 @@ class UtcDateTime(_NullTolerant):
             raise ValidationError("Not a date.")
         try:
             moment = datetime.fromisoformat(value.strip())
+            if moment.tzinfo is None:
+                return moment.replace(tzinfo=UTC)
+            return moment.astimezone(UTC)
         except ValueError:
             raise ValidationError("Not an ISO 8601 date.") from None
-        if moment.tzinfo is None:
-            return moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC)
+        except OverflowError:  # year 1 east of UTC, year 9999 west of it
+            raise ValidationError("A date out of range in UTC.") from None
 
 
 class MediaSchema(Schema):
@@ -117,7 +139,9 @@ class OfferSchema(Schema):
                 )
         for name in ("id", "name", "expiration_date", "redemption_end_date"):
             data.pop(name, None)
-        if not isinstance(data.get("media"), list):
+        if isinstance(data.get("media"), list):
+            data["media"] = data["media"][:MAX_MEDIA]
+        else:
             data.pop("media", None)
         return data
 
@@ -147,6 +171,18 @@ def _logo_url(media: list[dict]) -> str:
     return uris[0]["uri"] if uris else ""
 
 
+class RawList(_NullTolerant):
+    """A list left as it is (null is an empty one): its items are read one by one later,
+    so a page of a million items costs nothing here."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValidationError("Not a list.")
+        return value
+
+
 class PageSchema(Schema):
     """One page of `get_user_offers`' payload; offers are read one by one afterwards."""
 
@@ -154,15 +190,10 @@ class PageSchema(Schema):
         unknown = EXCLUDE
 
     user_id = Text(load_default="")
-    user_offers = fields.List(fields.Raw(), load_default=list, allow_none=True)
+    user_offers = RawList(load_default=list)
     total_records = WholeNumber(load_default=None, allow_none=True)
     total_points = WholeNumber(load_default=0)
     available_points = WholeNumber(load_default=0)
-
-    @post_load
-    def no_none_lists(self, data, **kwargs):
-        data["user_offers"] = data["user_offers"] or []
-        return data
 
 
 PAGE_SCHEMA = PageSchema()

@@ -15,6 +15,11 @@ does; the flight itself may run on (to WALLET_PROXY_UPSTREAM_TIMEOUT) so a slow
 answer still fills the cache for Braze's next render. The flight first takes
 that key's lock from the cache: Redis grants it to one process, which fetches
 while the others wait for its result; the in-process cache always grants it.
+
+Each SessionM request asks the fleet's budget (budget.py) with the flight's
+priority: a render waits for room until its deadline, a background refresh goes
+only if there is room now (else it is skipped and the stale copy stays), and
+`warm` takes the bulk share, storing entries fresh for as long as it was told.
 """
 
 from __future__ import annotations
@@ -29,8 +34,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import metrics, tally
+from .budget import UNLIMITED, Budget, Claim, Priority
 from .cache import Entry, WalletCache, WalletKey
-from .errors import UpstreamBusy, UpstreamError, UpstreamTimeout, UserNotFound, WalletProxyError
+from .errors import (
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamTimeout,
+    UserNotFound,
+    WalletProxyError,
+    WalletTooLarge,
+)
 from .logs import UserRef
 from .sessionm import ConnectClient
 from .upstream import UpstreamGuard
@@ -46,6 +59,10 @@ SEND_MARGIN = 0.1
 JITTER = 0.1  # fresh lifetimes vary by up to 10 %, so a campaign's users don't expire together
 ERROR_TTL = 1.0  # seconds a failure stays visible to other processes waiting on the same key
 POLL_INTERVAL = 0.25  # safety net under pub/sub wake-ups, bounded by the deadline anyway
+BULK_PATIENCE = 10.0  # seconds a warm-up fetch waits for budget before it counts as failed
+# A render waits for budget this share of its deadline at most; the rest is for SessionM's
+# answer. Booked later, every render of a saturated budget would answer too late.
+QUEUE_SHARE = 2 / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +89,9 @@ class _Request:
     slot_until: float | None  # a `timer()` instant to wait for a SessionM slot; None: don't
     fetch_by: float  # a `timer()` instant the SessionM call must end by
     since: float  # Unix time the flight was asked for
+    priority: Priority = Priority.WAITING  # its standing for the SessionM budget
+    budget_until: float | None = None  # a `timer()` instant to wait for budget; None: don't
+    fresh_for: float | None = None  # seconds the entry stays fresh; None: the cache TTL
 
 
 class _Flight:
@@ -112,8 +132,10 @@ class WalletService:
         clock: Callable[[], datetime],
         rng: Callable[[], float] = random.random,
         timer: Callable[[], float] = time.monotonic,
+        budget: Budget = UNLIMITED,
     ):
         self.client = client
+        self.budget = budget  # SessionM Connect's, also the client's for further pages
         self.cache = cache
         self.guard = guard
         self.retailer_id = retailer_id
@@ -145,12 +167,21 @@ class WalletService:
                 return _lookup(cached, HIT)
             if cached.wallet is not None:
                 metrics.cache_result("stale")
-                self._flight(self._request(key, slot_until=None, refresh=False))
+                self._flight(
+                    self._request(key, slot_until=None, refresh=False, priority=Priority.REFRESH)
+                )
                 return Lookup(cached.wallet, STALE)
         metrics.cache_result("miss")
         stale = cached.wallet if cached is not None else None
         answer_by = started + self.deadline - min(SEND_MARGIN, self.deadline / 10)
-        flight = self._flight(self._request(key, slot_until=answer_by, refresh=refresh))
+        flight = self._flight(
+            self._request(
+                key,
+                slot_until=answer_by,
+                refresh=refresh,
+                budget_until=started + self.deadline * QUEUE_SHARE,
+            )
+        )
         with metrics.waiting_for_flight():
             landed = flight.done.wait(max(0.0, answer_by - self.timer()))
         if not landed:
@@ -164,7 +195,47 @@ class WalletService:
             return Lookup(stale, STALE)
         raise copy.copy(error)  # a copy: other threads raise the same failure
 
-    def _request(self, key: WalletKey, *, slot_until: float | None, refresh: bool) -> _Request:
+    def freshness_left(self, user_id: str, culture: str) -> float:
+        """Seconds the cached wallet stays fresh from now; 0 when none is."""
+        cached = self.cache.get(self.key(user_id, culture))
+        return 0.0 if cached is None else max(0.0, cached.fresh_until - self._now())
+
+    def warm(self, user_id: str, culture: str, *, fresh_for: float) -> Lookup:
+        """Fetch the wallet at the budget's bulk share and keep it fresh for `fresh_for`
+        seconds.
+
+        No jitter on these lifetimes: entries expire at the pace they were warmed, which
+        the budget already spreads.
+        """
+        key = self.key(user_id, culture)
+        slot_until = self.timer() + BULK_PATIENCE
+        request = _Request(
+            key,
+            refresh=True,
+            slot_until=slot_until,
+            fetch_by=slot_until + self.upstream_timeout,
+            since=self._now(),
+            priority=Priority.BULK,
+            budget_until=slot_until,
+            fresh_for=fresh_for,
+        )
+        flight = self._flight(request)
+        if not flight.done.wait(max(0.0, request.fetch_by - self.timer()) + 1):
+            raise flight.timed_out()
+        if flight.error is not None:
+            raise copy.copy(flight.error)
+        assert flight.entry is not None  # a flight ends with an entry or an error
+        return _lookup(flight.entry, MISS)
+
+    def _request(
+        self,
+        key: WalletKey,
+        *,
+        slot_until: float | None,
+        refresh: bool,
+        priority: Priority = Priority.WAITING,
+        budget_until: float | None = None,
+    ) -> _Request:
         """`slot_until` None: a background refresh, which never waits for a slot."""
         return _Request(
             key,
@@ -172,6 +243,8 @@ class WalletService:
             slot_until=slot_until,
             fetch_by=self.timer() + self.upstream_timeout,
             since=self._now(),
+            priority=priority,
+            budget_until=budget_until,
         )
 
     def _flight(self, request: _Request) -> _Flight:
@@ -219,7 +292,8 @@ class WalletService:
         entry = self._landed(request)
         if entry is not None:
             return entry
-        while (token := self.cache.lock(request.key, lease=self.upstream_timeout + 1)) is None:
+        lease = request.fetch_by - self.timer() + 1  # the whole call, budget wait included
+        while (token := self.cache.lock(request.key, lease=lease)) is None:
             flight.calling = True  # another process's call is under way
             entry = self._await_other_process(request)
             if entry is not None:
@@ -257,27 +331,52 @@ class WalletService:
 
     def _fetch(self, flight: _Flight) -> Entry:
         request = flight.request
+        claim = Claim(request.priority, request.budget_until)
 
         def call() -> Wallet:
             flight.calling = True
             return self.client.fetch_wallet(
-                request.key.user_id, request.key.culture, deadline=request.fetch_by
+                request.key.user_id, request.key.culture, deadline=request.fetch_by, claim=claim
             )
 
+        # The budget comes first: waiting for it holds no concurrency slot, and a refusal
+        # (UpstreamBusy, with the queue's Retry-After) never reaches the breaker.
+        self.budget.acquire(claim)
         try:
             wallet = self.guard.call(call, wait_until=request.slot_until)
         except UserNotFound:
             now = self._now()
             entry = Entry(None, now, now + self.negative_ttl, now + self.negative_ttl)
+        except WalletTooLarge as error:
+            entry = self._refusal(request.key, error)
         else:
             now = self._now()
-            fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
+            if request.fresh_for is not None:
+                fresh_until = now + request.fresh_for
+            else:
+                fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
             entry = Entry(wallet, now, fresh_until, fresh_until + self.stale_ttl)
         self.cache.put(request.key, entry)
         return entry
 
+    def _refusal(self, key: WalletKey, error: WalletTooLarge) -> Entry:
+        """A refused wallet, remembered like a not-found so renders don't download it
+        again; the last good copy, if still usable, goes on being served as stale."""
+        now = self._now()
+        until = now + self.negative_ttl
+        previous = self.cache.get(key)
+        if previous is None or previous.wallet is None or previous.stale_until <= now:
+            return Entry(None, now, until, until, refused=error.message)
+        return Entry(
+            previous.wallet, now, until, max(until, previous.stale_until), refused=error.message
+        )
+
 
 def _lookup(entry: Entry, state: str) -> Lookup:
+    if entry.refused is not None:
+        if entry.wallet is None:
+            raise WalletTooLarge(entry.refused)
+        return Lookup(entry.wallet, STALE)
     if entry.wallet is None:
         raise UserNotFound()
     return Lookup(entry.wallet, state)

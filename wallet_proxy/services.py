@@ -20,19 +20,25 @@ if TYPE_CHECKING:
     import redis
 
     from .answers import AnswerMemo
+    from .budget import Budget
     from .config import Settings
     from .idempotency import Idempotency
     from .service import WalletService
     from .sessionm import ConnectClient
     from .sessionm_core import CoreClient
-    from .support.staff import LoginThrottle
+    from .support.history import StaffHistory
+    from .support.sessions import StaffSessions
+    from .support.throttle import HashSlots, LoginThrottle
+    from .triggers.setup import Triggers
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "wallet_proxy"
-# An Idempotency-Key's claim lasts the call itself (the deadline) and this margin, then
-# it is abandoned.
+# An Idempotency-Key's claim lasts the call itself (WALLET_PROXY_CORE_TIMEOUT) and this
+# margin, then it is abandoned.
 LEASE_MARGIN = 30.0
+
+REDIS_CONNECTIONS = 512  # per process
 
 Clock = Callable[[], datetime]  # an aware UTC datetime; tests move it by hand
 
@@ -45,8 +51,15 @@ class Services:
     answers: AnswerMemo
     redis: redis.Redis | None
     core: CoreClient | None  # None: SessionM Core is not configured
+    connect_budget: Budget  # requests/s to SessionM Connect, for the whole fleet
+    core_budget: Budget  # the same for Core
     idempotency: Idempotency
     login_throttle: LoginThrottle
+    triggers: Triggers | None  # None: Braze triggers are not configured
+    hash_slots: HashSlots
+    # The support pages' shared state; None without staff accounts (no pages).
+    staff_sessions: StaffSessions | None
+    staff_history: StaffHistory | None
 
 
 def services(app: Flask | None = None) -> Services:
@@ -56,6 +69,7 @@ def services(app: Flask | None = None) -> Services:
 
 def core_client(
     settings: Settings,
+    budget: Budget,
     *,
     pool_size: int | None = None,
     connect_timeout: float | None = None,
@@ -63,7 +77,8 @@ def core_client(
 ) -> CoreClient | None:
     """The SessionM Core client, None without Core settings.
 
-    The relay's defaults answer within the deadline; `tags import` passes its own.
+    The relay's defaults answer within WALLET_PROXY_CORE_TIMEOUT; `tags import` passes
+    its own.
     """
     from .sessionm import connect_timeout_for, pooled_session
     from .sessionm_core import CoreClient
@@ -81,8 +96,43 @@ def core_client(
         secret,
         session=pooled_session(pool_size or settings.upstream_concurrency),
         connect_timeout=connect_timeout or connect_timeout_for(settings.deadline),
-        read_timeout=read_timeout or settings.deadline,
+        read_timeout=read_timeout or settings.core_timeout,
+        budget=budget,
     )
+
+
+def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Budget, Budget]:
+    """(Connect's, Core's) request budgets: for the fleet in Redis, else per process."""
+    from .budget import UNLIMITED, Fleet, LocalBudget, Priority, SharedBudget
+
+    shares = {
+        Priority.WAITING: 1.0,
+        Priority.BULK: settings.bulk_share,
+        Priority.REFRESH: settings.refresh_share,
+    }
+    rates = {"connect": settings.sessionm_rate, "core": settings.sessionm_core_rate}
+    if shared is None:
+        processes = settings.fleet_size or 1
+        if any(rates.values()):
+            log.warning(
+                "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL: each "
+                "process may send %g requests/s to Connect and %g to Core (the rates / "
+                "WALLET_PROXY_FLEET_SIZE), however many processes run",
+                rates["connect"] / processes,
+                rates["core"] / processes,
+            )
+        per_process = {
+            name: LocalBudget(rate / processes, shares) if rate else UNLIMITED
+            for name, rate in rates.items()
+        }
+        return per_process["connect"], per_process["core"]
+    fleet = Fleet(shared, configured=settings.fleet_size)
+    fleet.touch()
+    fleetwide = {
+        name: SharedBudget(shared, name, rate, shares, fleet) if rate else UNLIMITED
+        for name, rate in rates.items()
+    }
+    return fleetwide["connect"], fleetwide["core"]
 
 
 def build_services(settings: Settings, clock: Clock) -> Services:
@@ -91,7 +141,11 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     from .cache import MemoryCache, RedisCache, WalletCache
     from .idempotency import Idempotency, MemoryStore, RedisStore
     from .service import WalletService
-    from .support.staff import LoginThrottle
+    from .stores import shared_store
+    from .support.history import StaffHistory
+    from .support.sessions import StaffSessions
+    from .support.throttle import HashSlots, LoginThrottle
+    from .triggers.setup import build_triggers
     from .upstream import CircuitBreaker, UpstreamGuard
 
     def unix_time() -> float:
@@ -102,11 +156,12 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     shared = redis_client(settings)
     if shared is not None:
         cache = RedisCache(shared, fallback=memory, unix_time=unix_time)
+    connect_budget, core_budget = sessionm_budgets(settings, shared)
     breaker = CircuitBreaker(
         threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown
     )
     wallet_service = WalletService(
-        client=connect_client(settings, clock),
+        client=connect_client(settings, clock, connect_budget),
         cache=cache,
         guard=UpstreamGuard(concurrency=settings.upstream_concurrency, breaker=breaker),
         retailer_id=settings.sessionm_retailer_id,
@@ -116,24 +171,32 @@ def build_services(settings: Settings, clock: Clock) -> Services:
         stale_ttl=settings.stale_ttl,
         negative_ttl=settings.negative_ttl,
         clock=clock,
+        budget=connect_budget,
     )
     if shared is None and settings.core_configured:
         log.warning(
             "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
             "several workers, a retried counter-tag call may be applied twice"
         )
+    store = shared_store(settings, shared, unix_time) if settings.staff_users else None
     return Services(
         settings=settings,
         clock=clock,
         wallet_service=wallet_service,
-        answers=AnswerMemo(),
+        answers=AnswerMemo(max_bytes=settings.max_answer_bytes),
         redis=shared,
-        core=core_client(settings),
+        core=core_client(settings, core_budget),
+        connect_budget=connect_budget,
+        core_budget=core_budget,
         idempotency=Idempotency(
             RedisStore(shared) if shared is not None else MemoryStore(),
-            lease=settings.deadline + LEASE_MARGIN,
+            lease=settings.core_timeout + LEASE_MARGIN,
         ),
-        login_throttle=LoginThrottle(timer=unix_time),
+        login_throttle=LoginThrottle(timer=unix_time, staff_names=settings.staff_users.keys()),
+        triggers=build_triggers(settings, unix_time),
+        hash_slots=HashSlots(),
+        staff_sessions=StaffSessions(store) if store is not None else None,
+        staff_history=StaffHistory(store, clock) if store is not None else None,
     )
 
 
@@ -149,10 +212,13 @@ def redis_client(settings: Settings) -> redis.Redis | None:
         socket_timeout=0.25,
         socket_connect_timeout=0.25,
         health_check_interval=15,
+        # redis-py 8 caps a pool at 100 connections: fewer than a worker's request threads
+        # and their flights together, when SessionM's budget keeps many of them waiting.
+        max_connections=REDIS_CONNECTIONS,
     )
 
 
-def connect_client(settings: Settings, clock: Clock) -> ConnectClient:
+def connect_client(settings: Settings, clock: Clock, budget: Budget) -> ConnectClient:
     """The SessionM Connect client (get_user_offers) the wallet service calls."""
     from .sessionm import ConnectClient, connect_timeout_for, pooled_session
 
@@ -164,4 +230,7 @@ def connect_client(settings: Settings, clock: Clock) -> ConnectClient:
         connect_timeout=connect_timeout_for(settings.deadline),
         read_timeout=settings.upstream_timeout,
         clock=clock,
+        max_offers=settings.max_wallet_offers,
+        max_bytes=settings.max_wallet_bytes,
+        budget=budget,
     )

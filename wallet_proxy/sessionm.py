@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -16,9 +17,9 @@ from datetime import UTC, datetime
 import requests
 import urllib3
 from marshmallow import ValidationError
-from requests.adapters import HTTPAdapter
 
 from . import metrics
+from .budget import NO_WAIT, UNLIMITED, Budget, Claim
 from .errors import (
     InvalidUpstreamPayload,
     UpstreamConnectRefused,
@@ -30,11 +31,13 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     UserNotFound,
+    WalletTooLarge,
 )
 from .logs import UserRef
 from .schemas import OFFER_SCHEMA, PAGE_SCHEMA
 from .version import __version__
-from .wallet import Wallet
+from .wallet import Offer, Wallet
+from .watchdog import Watchdog, WatchedAdapter, process_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,13 @@ GET_USER_OFFERS = "/offers/api/2.0/offers/get_user_offers"
 PAGE_SIZE = 1000
 MAX_PAGES = 50  # 50,000 offers: past that the upstream is paging wrong, not generous.
 MAX_BODY_BYTES = 5 * 1024 * 1024
+# Defaults of WALLET_PROXY_MAX_WALLET_OFFERS and _BYTES: a whole wallet, every page.
+MAX_WALLET_OFFERS = 10_000
+MAX_WALLET_BYTES = 20 * 1024 * 1024
 NOT_FOUND_CODES = {"user_not_found", "not_found"}
+# What of SessionM's error code we repeat: a code, not 5 MB of whatever it sent.
+ERROR_CODE_RE = re.compile(r"[^A-Za-z0-9_.-]")
+MAX_ERROR_CODE = 64
 CHUNK = 64 * 1024
 
 
@@ -53,9 +62,10 @@ def connect_timeout_for(deadline: float) -> float:
 
 
 def pooled_session(pool_size: int) -> requests.Session:
-    """One keep-alive pool per process; no urllib3 retries (Braze's :retry is enough)."""
+    """One keep-alive pool per process; no urllib3 retries (Braze's :retry is enough);
+    connections a `Watchdog` can cut at a call's deadline."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    adapter = WatchedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = f"wallet-proxy/{__version__}"
@@ -67,13 +77,27 @@ class Transport:
 
     Shared by every SessionM client (Connect offers, Core tags): timeouts cut to
     what is left of the deadline, the 5 MB cap, one retry of a refused connect,
-    and requests' exceptions turned into our error tree.
+    and requests' exceptions turned into our error tree. The deadline is a wall
+    clock on the whole call, headers included: the watchdog cuts the connection
+    when it passes, however slowly SessionM trickles bytes. Redirects are not
+    followed: SessionM has no reason to send us elsewhere. SessionM's 429 is
+    passed on to the request budget, which pauses the whole fleet.
     """
 
-    def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float):
+    def __init__(
+        self,
+        session: requests.Session,
+        connect_timeout: float,
+        read_timeout: float,
+        *,
+        watchdog: Watchdog | None = None,
+        budget: Budget = UNLIMITED,
+    ):
         self.session = session
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.watchdog = watchdog or process_watchdog()
+        self.budget = budget
 
     def post(
         self, url: str, body: dict, headers: dict, deadline: float, *, auth=None
@@ -84,13 +108,31 @@ class Transport:
             if remaining <= 0:
                 raise UpstreamTimeout()
             timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-            try:
-                with self.session.post(
-                    url, json=body, headers=headers, auth=auth, timeout=timeout, stream=True
-                ) as response:
-                    return response.status_code, response.headers, read_capped(response, deadline)
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                error = _our_error(exc)
+            with self.watchdog.watch(deadline) as watch:
+                try:
+                    with self.session.post(
+                        url,
+                        json=body,
+                        headers=headers,
+                        auth=auth,
+                        timeout=timeout,
+                        stream=True,
+                        allow_redirects=False,
+                    ) as response:
+                        if response.status_code == 429:  # every process holds back, not just us
+                            retry_after = response.headers.get("Retry-After")
+                            self.budget.pause(retry_after_seconds(retry_after))
+                        answer = (
+                            response.status_code,
+                            response.headers,
+                            read_capped(response, deadline),
+                        )
+                except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                    error = UpstreamTimeout() if watch.expired else _our_error(exc)
+                else:
+                    if watch.expired:  # cut at the deadline: the body may look complete
+                        raise UpstreamTimeout()
+                    return answer
             # Only a refused connection is tried again: nothing was sent, and it fails fast.
             # A second refusal means SessionM (or the path to it) is really down.
             if (
@@ -124,7 +166,11 @@ def _refused(error: requests.ConnectionError) -> bool:
 
 
 class ConnectClient:
-    """`get_user_offers` for one retailer, with every page merged into one Wallet."""
+    """`get_user_offers` for one retailer, with every page merged into one Wallet.
+
+    A whole wallet, every page together, is refused (`WalletTooLarge`) past
+    `max_offers` offers or `max_bytes` bytes of SessionM's JSON.
+    """
 
     def __init__(
         self,
@@ -136,41 +182,73 @@ class ConnectClient:
         connect_timeout: float,
         read_timeout: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_offers: int = MAX_WALLET_OFFERS,
+        max_bytes: int = MAX_WALLET_BYTES,
+        budget: Budget = UNLIMITED,
     ):
         self.url = base_url.rstrip("/") + GET_USER_OFFERS
         self.retailer_id = retailer_id
-        self.transport = Transport(session, connect_timeout, read_timeout)
+        self.transport = Transport(session, connect_timeout, read_timeout, budget=budget)
         self.clock = clock
+        self.max_offers = max_offers
+        self.max_bytes = max_bytes
         self._headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             "Authorization": f"Basic {auth}",
         }
 
-    def fetch_wallet(self, user_id: str, culture: str, *, deadline: float) -> Wallet:
-        """Every page of the user's offers; `deadline` is a `time.monotonic()` instant."""
-        offers, first, skip = [], None, 0
+    def fetch_wallet(
+        self, user_id: str, culture: str, *, deadline: float, claim: Claim = NO_WAIT
+    ) -> Wallet:
+        """Every page of the user's offers; `deadline` is a `time.monotonic()` instant.
+
+        Each page is one request against the budget: the caller asks for the first (before
+        it takes a concurrency slot), each further page asks here with `claim`.
+        """
+        offers: list[Offer] = []
+        first: dict | None = None
+        skip = size = 0
+        unreadable = _Unreadable()
         for _ in range(MAX_PAGES):
-            page = self._page(user_id, culture, skip, deadline)
+            if first is not None:
+                self.transport.budget.acquire(claim)
+            page, page_size = self._page(user_id, culture, skip, deadline)
             first = first or page
-            offers.extend(page["user_offers"])
-            skip += len(page["user_offers"])
-            total = page["total_records"]
-            if not page["user_offers"] or total is None or skip >= total:
+            size += page_size
+            raw_offers, total = page["user_offers"], page["total_records"]
+            if len(raw_offers) > PAGE_SIZE:
+                raise InvalidUpstreamPayload("SessionM sent more offers than a page holds.")
+            if max(total or 0, skip + len(raw_offers)) > self.max_offers:
+                raise WalletTooLarge(
+                    f"This customer's wallet in SessionM has more than {self.max_offers:,} "
+                    "offers, more than this service serves."
+                )
+            if size > self.max_bytes:
+                raise WalletTooLarge(
+                    f"This customer's wallet in SessionM is larger than {self.max_bytes:,} "
+                    "bytes, more than this service serves."
+                )
+            offers.extend(unreadable.skipped(raw_offers))
+            skip += len(raw_offers)
+            if not raw_offers or total is None or skip >= total:
                 break
         else:
             raise InvalidUpstreamPayload("SessionM kept paging past the page limit.")
+        unreadable.log(user_id)
+        assert first is not None  # the loop ran at least once
         return Wallet(
             user_id=user_id,
             culture=culture,
             available_points=first["available_points"],
             total_points=first["total_points"],
-            offers=tuple(_readable_offers(offers, user_id)),
+            offers=tuple(offers),
             fetched_at=self.clock(),
         )
 
     @metrics.sessionm_call("get_user_offers")
-    def _page(self, user_id: str, culture: str, skip: int, deadline: float) -> dict:
+    def _page(self, user_id: str, culture: str, skip: int, deadline: float) -> tuple[dict, int]:
+        """One page of the payload, and the size of SessionM's answer in bytes."""
         body = {
             "retailer_id": self.retailer_id,
             "user_id": user_id,
@@ -182,7 +260,7 @@ class ConnectClient:
         status, headers, raw = self.transport.post(self.url, body, self._headers, deadline)
         payload = parse_envelope(status, headers, raw)
         try:
-            return PAGE_SCHEMA.load(payload)
+            return PAGE_SCHEMA.load(payload), len(raw)
         except ValidationError as exc:
             raise InvalidUpstreamPayload(
                 f"SessionM's payload has unexpected fields: {sorted(exc.messages)}"
@@ -213,12 +291,15 @@ def read_capped(response: requests.Response, deadline: float) -> bytes:
 
 
 def _error_code(document: object) -> str:
+    """SessionM's error code, lower case: only a string is a code, cut to a code's size."""
     errors = document.get("errors") if isinstance(document, dict) else None
     if isinstance(errors, list) and errors:
         errors = errors[0]
     if isinstance(errors, dict):
-        return str(errors.get("code") or "").lower()
-    return str(errors or "").lower()
+        errors = errors.get("code")
+    if not isinstance(errors, str):
+        return ""
+    return ERROR_CODE_RE.sub("", errors[: MAX_ERROR_CODE * 4])[:MAX_ERROR_CODE].lower()
 
 
 def parse_envelope(
@@ -231,7 +312,7 @@ def parse_envelope(
     try:
         document = json.loads(raw) if raw.strip() else None
         parsed = True
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
         document, parsed = None, False
     if status == 404:
         if not parsed:
@@ -275,9 +356,29 @@ def retry_after_seconds(value: str | None) -> int:
         return 5
 
 
-def _readable_offers(raw_offers: list, user_id: str):
-    for raw in raw_offers:
-        try:
-            yield OFFER_SCHEMA.load(raw)
-        except ValidationError as exc:
-            log.warning("dropped an unreadable offer for %s: %s", UserRef(user_id), exc.messages)
+class _Unreadable:
+    """Offers that can't be read are dropped, and said so in one log line per wallet."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.fields: set[str] = set()
+
+    def skipped(self, raw_offers: list) -> list[Offer]:
+        readable = []
+        for raw in raw_offers:
+            try:
+                readable.append(OFFER_SCHEMA.load(raw))
+            except ValidationError as exc:
+                self.count += 1
+                messages = exc.messages
+                self.fields.update(map(str, messages) if isinstance(messages, dict) else ["?"])
+        return readable
+
+    def log(self, user_id: str) -> None:
+        if self.count:
+            log.warning(
+                "dropped %d unreadable offers for %s (fields: %s)",
+                self.count,
+                UserRef(user_id),
+                ", ".join(sorted(self.fields)[:10]),
+            )

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import requests
 
 from . import metrics
+from .budget import UNLIMITED, Budget
 from .errors import InvalidRequest, NotApplied, UpstreamServerDeclined
 from .sessionm import Transport, parse_envelope, retry_after_seconds
 
@@ -30,11 +31,12 @@ class CoreClient:
         session: requests.Session,
         connect_timeout: float,
         read_timeout: float,
+        budget: Budget = UNLIMITED,
     ):
         self._app_url = f"{base_url.rstrip('/')}/priv/v1/apps/{quote(api_key, safe='')}"
         self._auth = (api_key, api_secret)
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        self.transport = Transport(session, connect_timeout, read_timeout)
+        self.transport = Transport(session, connect_timeout, read_timeout, budget=budget)
 
     def __repr__(self) -> str:
         return "CoreClient(<credentials hidden>)"
@@ -64,7 +66,8 @@ class CoreClient:
 
         Returns SessionM's payload. Raises our error tree, whose classes say whether
         the call may have been applied (see `maybe_applied`). `deadline` is a
-        `time.monotonic()` instant.
+        `time.monotonic()` instant. The caller asks Core's budget for the request first, so
+        a refusal is known before anything is journaled or sent.
         """
         url = self.tags_url(user_id, external=external)
         body: dict = {"tags": list(tags)}

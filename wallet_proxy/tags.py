@@ -14,9 +14,10 @@ import time
 from flask import Blueprint, Response, request
 
 from .auth import require_api_key
+from .budget import Claim, Priority
 from .errors import InvalidRequest, NotConfigured
 from .idempotency import Answer, valid_key
-from .rules import check_customer_id, load_tags
+from .rules import check_customer_id, json_body, load_tags
 from .services import services
 
 bp = Blueprint("tags", __name__, url_prefix="/v1")
@@ -34,7 +35,9 @@ def require_core_and_small_body():
             "SessionM Core is not configured (SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY, "
             "SESSIONM_CORE_API_SECRET)."
         )
-    request.max_content_length = MAX_BODY_BYTES
+    # One byte over the cap, so a chunked body that goes on is told apart (rules.json_body;
+    # werkzeug alone stops at the limit, which let valid JSON and 1 MB of spaces through).
+    request.max_content_length = MAX_BODY_BYTES + 1
 
 
 @bp.post("/users/<path:user_id>/tags", defaults={"external": False})
@@ -50,7 +53,12 @@ def add_tags(user_id: str, external: bool):
 
     def call() -> Answer:
         assert found.core is not None  # require_core_and_small_body
-        deadline = time.monotonic() + found.settings.deadline
+        started = time.monotonic()
+        # Core's budget first, waiting at most half the timeout so the call keeps the rest.
+        # A refusal is a 503 with the queue's Retry-After, and releases the Idempotency-Key.
+        timeout = found.settings.core_timeout
+        found.core_budget.acquire(Claim(Priority.WAITING, started + timeout / 2))
+        deadline = started + timeout
         found.core.add_tags(
             user_id, body["tags"], body["ttl"], external=external, deadline=deadline
         )
@@ -73,9 +81,8 @@ def add_tags(user_id: str, external: bool):
 
 
 def _json_body() -> object:
-    try:
-        return json.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
-        raise InvalidRequest(
-            'The body must be JSON like {"tags": ["braze_test"], "ttl": 2592000}.'
-        ) from None
+    return json_body(
+        request.get_data(cache=False),
+        max_bytes=MAX_BODY_BYTES,
+        example='{"tags": ["braze_test"], "ttl": 2592000}',
+    )

@@ -59,6 +59,12 @@ class CircuitBreaker:
             self._maybe_half_open()
             return self._state
 
+    @property
+    def failures(self) -> int:
+        """Outages in a row so far; the breaker opens when they reach `threshold`."""
+        with self._lock:
+            return self._failures
+
     def _maybe_half_open(self) -> None:
         if self._state == OPEN and self.timer() >= self._opened_at + self.cooldown:
             self._state, self._probing = HALF_OPEN, False

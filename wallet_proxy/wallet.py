@@ -65,7 +65,8 @@ class LiveView:
 
 
 def iso_z(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: "%Y" drops the leading zeros of years before 1000.
+    return moment.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"
 
 
 def parse_iso(text: str | None) -> datetime | None:
@@ -120,7 +121,11 @@ def offer_answer(offer: Offer, now: datetime) -> dict:
 
 
 def wallet_answer(wallet: Wallet, now: datetime, *, limit: int | None, stale: bool) -> dict:
-    """The flat, Liquid-friendly object Braze receives: every key, stable types."""
+    """The flat, Liquid-friendly object Braze receives: every key, stable types.
+
+    `offers_truncated` is False here; answers.py sets it when it cuts offers to fit
+    the answer's size limit.
+    """
     live = live_view(wallet, now).live
     shown = live if limit is None else live[:limit]
     return {
@@ -133,6 +138,7 @@ def wallet_answer(wallet: Wallet, now: datetime, *, limit: int | None, stale: bo
         "offers": [offer_answer(offer, now) for offer in shown],
         "fetched_at": iso_z(wallet.fetched_at),
         "stale": stale,
+        "offers_truncated": False,
     }
 
 

@@ -1,14 +1,15 @@
 """Bulk work from a CSV of customers: `wallet-proxy tags import` and `wallet-proxy warm`.
 
 Both read the same files (a Braze segment export or any CSV with a header), refuse a
-malformed file before sending anything, pace themselves (`--rate`, `--concurrency`),
-back off when SessionM pushes back, show progress, and end with a summary and an exit
+malformed file before sending anything, take the bulk share of the fleet's SessionM
+budget (budget.py) and pace themselves further (`--rate`, `--concurrency`), back off
+when SessionM pushes back, show progress, and end with a summary and an exit
 code: 0 all done, 1 some rows failed, 2 nothing sent (bad file, options or settings),
 130 interrupted.
 
 `tags import` must tag each customer exactly once even if it is killed, because a tag
 without `ttl` is a counter. It keeps a journal next to the file (FILE.journal), one
-fsync'd JSON line per event, keyed by what is sent (id type, id, tags, ttl):
+fsync'd JSON line per event, keyed by what is sent (id type, id, tags in any order, ttl):
 
 - `sending` is written, durably, before each call to SessionM;
 - `accepted` after SessionM said yes; `not_applied` after an answer that says nothing
@@ -32,14 +33,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import click
 
-from ..config import ConfigError, Settings
-from ..errors import UpstreamUnavailable, UserNotFound, WalletProxyError
+from ..budget import Budget, Claim, Priority
+from ..config import CONNECT, CORE, SHARED_CACHE, ConfigError, Part, Settings
+from ..errors import UserNotFound, WalletProxyError
 from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, is_culture
-from ..services import core_client, services
+from ..service import BULK_PATIENCE, WalletService
+from ..services import build_services, core_client, redis_client, sessionm_budgets
 from ..sessionm_core import CoreClient, maybe_applied
 from .csvinput import (
     MAX_PROBLEMS,
@@ -51,6 +56,7 @@ from .csvinput import (
     tag_rows,
     wallet_ids,
 )
+from .durations import Duration, spoken
 from .journal import ACCEPTED, NOT_APPLIED, SENDING, Journal, read_journal
 from .runner import (
     MAX_ATTEMPTS,
@@ -60,8 +66,11 @@ from .runner import (
     pause_before_retry,
     run_parallel,
 )
+from .sidecars import check_replaceable, replace_with
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+MIN_FRESH_FOR, MAX_FRESH_FOR = 60.0, 4 * 3600.0
+WARM_SKIP = 0.9  # warm skips a wallet already fresh for this share of --fresh-for
 FAILED, UNKNOWN = "failed", "unknown"  # row outcomes besides ACCEPTED
 
 
@@ -98,11 +107,12 @@ file_argument = click.argument(
 )
 
 
-def load_settings() -> Settings:
+def load_settings(*needs: Part) -> Settings:
+    """The settings a command uses: `needs` are the parts it can't run without."""
     try:
-        return Settings.from_env(os.environ)
+        return Settings.from_env(os.environ, needs)
     except ConfigError as error:
-        raise BadInput(f"configuration error: {error}") from None
+        raise BadInput(error.report()) from None
 
 
 # --- tags import ---------------------------------------------------------------------
@@ -139,9 +149,8 @@ def tags_group() -> None:
 @click.option(
     "--id-type",
     type=click.Choice(["user", "external"]),
-    default="user",
-    show_default=True,
-    help="SessionM user ids (Braze's ${user_id} on the partner page) or SessionM external ids.",
+    help="SessionM user ids (Braze's ${user_id} on the partner page) or SessionM external "
+    "ids  [default: external for a column named external_id, else user]",
 )
 @click.option(
     "--tag", "tags", multiple=True, help="Tag for every row (repeatable); else the tags column."
@@ -173,7 +182,7 @@ def tags_group() -> None:
 def import_tags(
     file: Path,
     id_column: str | None,
-    id_type: str,
+    id_type: str | None,
     tags: tuple[str, ...],
     ttl: int | None,
     concurrency: int,
@@ -191,23 +200,23 @@ def import_tags(
         if not TAG_RE.match(tag):
             raise click.BadParameter(f"{tag!r} must be {TAG_RULE}", param_hint="--tag")
     table = read_table(file, id_column)
+    id_type = id_type or ("external" if table.external_ids else "user")
     rows = tag_rows(table, tags, ttl, external=id_type == "external")
     journal_file = sidecar(file, ".journal")
     if dry_run:
         _import_dry_run(table, rows, read_journal(journal_file)[0], id_type)
         return
-    settings = load_settings()
+    settings = load_settings(CORE)
+    _, budget = sessionm_budgets(settings, redis_client(settings))
     client = core_client(
         settings,
+        budget,
         pool_size=concurrency,
         connect_timeout=min(3.0, timeout),
         read_timeout=timeout,
     )
-    if client is None:
-        raise BadInput(
-            "tags import needs SESSIONM_CORE_URL, SESSIONM_CORE_API_KEY and "
-            "SESSIONM_CORE_API_SECRET"
-        )
+    assert client is not None, "load_settings(CORE) requires every Core setting"
+    check_replaceable(sidecar(file, ".failed.csv"))
     started = time.monotonic()
     journal = Journal(journal_file)
     run = ImportRun()
@@ -231,7 +240,7 @@ def import_tags(
         progress = Progress("tags import", len(to_send))
 
         def handle(row: TagRow) -> None:
-            outcome, reason = _send_row(row, client, journal, limiter, stop, timeout)
+            outcome, reason = _send_row(row, client, budget, journal, limiter, stop, timeout)
             if outcome is not None:
                 run.add(outcome, row, reason)
                 progress.advance()
@@ -249,6 +258,7 @@ def import_tags(
 def _send_row(
     row: TagRow,
     client: CoreClient,
+    budget: Budget,
     journal: Journal,
     limiter: RateLimiter,
     stop: threading.Event,
@@ -258,8 +268,10 @@ def _send_row(
     for attempt in range(1, MAX_ATTEMPTS + 1):
         if not limiter.wait(stop):
             return None, ""
-        journal.record(SENDING, row)
         try:
+            # Core's budget before the journal: a row refused for budget was never sent.
+            budget.acquire(Claim(Priority.BULK, time.monotonic() + BULK_PATIENCE))
+            journal.record(SENDING, row)
             client.add_tags(
                 row.id,
                 list(row.tags),
@@ -290,7 +302,7 @@ def _import_dry_run(
     users = "external/users" if id_type == "external" else "users"
     click.echo(
         f"{table.path} is valid: {len(rows)} rows, ids from column {table.id_name!r} "
-        f"as SessionM {id_type} ids."
+        f"as SessionM {id_type} ids (--id-type to change)."
     )
     click.echo(f"Already done (journal): {done}; outcome unknown: {unknown}.")
     click.echo(
@@ -315,14 +327,18 @@ def _write_failed(file: Path, id_name: str, run: ImportRun) -> None:
     if not failures:
         target.unlink(missing_ok=True)
         return
-    scratch = sidecar(file, ".failed.csv.tmp")
-    with scratch.open("w", newline="", encoding="utf-8") as handle:
+
+    def write(handle: TextIO) -> None:
         writer = csv.writer(handle)
         writer.writerow([id_name, "tags", "ttl", "line", "reason"])
         for row, reason in failures:
             ttl = "" if row.ttl is None else row.ttl
             writer.writerow([row.id, ";".join(row.tags), ttl, row.line, reason])
-    scratch.replace(target)
+
+    try:
+        replace_with(target, write)
+    except OSError as error:
+        raise click.ClickException(f"could not write {target}: {error.strerror}") from None
 
 
 def _import_summary(run: ImportRun, skipped: int, seconds: float) -> str:
@@ -363,6 +379,14 @@ def _explain_and_exit(file: Path, run: ImportRun, interrupted: bool) -> None:
 @file_argument
 @id_column_option
 @click.option("--culture", help="Culture of the offer texts (default: the service's).")
+@click.option(
+    "--fresh-for",
+    type=Duration(MIN_FRESH_FOR, MAX_FRESH_FOR),
+    default="1h",
+    show_default=True,
+    help="How long each warmed wallet stays fresh (at most 4h; the longer, the likelier a "
+    "customer sees an offer redeemed since). Wallets already fresh for 90 % of it are skipped.",
+)
 @concurrency_option(8)
 @rate_option(50.0)
 @click.option("--dry-run", is_flag=True, help="Validate and show what would be fetched.")
@@ -370,14 +394,17 @@ def warm_command(
     file: Path,
     id_column: str | None,
     culture: str | None,
+    fresh_for: float,
     concurrency: int,
     rate: float,
     dry_run: bool,
 ) -> None:
     """Fetch each wallet of FILE from SessionM into the shared cache, before a send.
 
-    Run it minutes before a Connected Content campaign: Braze's burst is then served
-    from Redis instead of becoming a burst on SessionM.
+    The wallets stay fresh for --fresh-for, so a Connected Content campaign inside that
+    window is served from Redis without a SessionM call. It takes warm's share of the
+    fleet's SessionM budget, so it can run while the service serves; a rerun skips what
+    is already warm. `wallet-proxy plan` says how long it will take.
     """
     if culture is not None and not is_culture(culture):
         raise click.BadParameter(f"must look {CULTURE_RULE}", param_hint="--culture")
@@ -385,69 +412,116 @@ def warm_command(
     if dry_run:
         click.echo(
             f"{file} is valid: {len(records)} user ids. Would fetch each wallet "
-            f"(culture {culture or 'default'}) into the shared cache. Nothing was fetched."
+            f"(culture {culture or 'default'}) into the shared cache, fresh for "
+            f"{spoken(fresh_for)}. Nothing was fetched."
         )
         return
-    settings = load_settings()
-    if not settings.redis_url:
-        raise BadInput(
-            "warm needs WALLET_PROXY_REDIS_URL: without the shared cache the wallets "
-            "would only land in this command's memory"
-        )
-    from .. import create_app
+    settings = load_settings(CONNECT, SHARED_CACHE)
+    service = build_services(settings, lambda: datetime.now(UTC)).wallet_service
+    if settings.sessionm_rate:
+        rate = min(rate, settings.sessionm_rate * settings.bulk_share)
+    click.echo(
+        f"warm: {len(records):,} wallets at up to {rate:g}/s, fresh for {spoken(fresh_for)}",
+        err=True,
+    )
+    counts = warm_all(
+        service,
+        records,
+        culture or settings.default_culture,
+        fresh_for=fresh_for,
+        concurrency=concurrency,
+        rate=rate,
+    )
+    if counts.interrupted:
+        click.echo("Interrupted: run the same command again to do the rest.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if counts.failed:
+        sys.exit(EXIT_FAILED)
 
-    service = services(create_app()).wallet_service
-    culture = culture or settings.default_culture
+
+@dataclass
+class WarmRun:
+    """Outcomes of one `warm` run, shared by the workers."""
+
+    warmed: int = 0
+    not_found: int = 0
+    failed: int = 0
+    skipped: int = 0  # already fresh for long enough
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def summary(self) -> str:
+        return (
+            f"warmed {self.warmed}, not found {self.not_found}, failed {self.failed}, "
+            f"skipped (already fresh) {self.skipped}"
+        )
+
+
+def warm_all(
+    service: WalletService,
+    records: list[Record],
+    culture: str,
+    *,
+    fresh_for: float,
+    concurrency: int,
+    rate: float,
+) -> WarmRun:
+    """Warm every record's wallet; progress and the summary go to stderr."""
     started = time.monotonic()
-    counts = {"warmed": 0, "not found": 0, "failed": 0}
-    failures: list[str] = []
-    lock = threading.Lock()
+    run = WarmRun()
     stop = threading.Event()
     limiter = RateLimiter(rate)
     progress = Progress("warm", len(records))
 
     def handle(record: Record) -> None:
-        outcome, reason = _warm_one(service, record.id, culture, limiter, stop)
+        outcome, reason = _warm_one(service, record.id, culture, fresh_for, limiter, stop)
         if outcome is None:
             return
-        with lock:
-            counts[outcome] += 1
+        with run.lock:
+            setattr(run, outcome, getattr(run, outcome) + 1)
             if reason:
-                failures.append(f"line {record.line}: {record.id}: {reason}")
+                run.failures.append(f"line {record.line}: {record.id}: {reason}")
         progress.advance()
 
     run_parallel(records, handle, concurrency, stop)
     progress.close()
     seconds = time.monotonic() - started
-    summary = ", ".join(f"{name} {count}" for name, count in counts.items())
-    click.echo(f"warm: {summary} in {seconds:.1f} s ({progress.done / seconds:.1f}/s)", err=True)
-    for failure in sorted(failures)[:MAX_PROBLEMS]:
+    click.echo(
+        f"warm: {run.summary()} in {seconds:.1f} s ({progress.done / seconds:.1f}/s)", err=True
+    )
+    for failure in sorted(run.failures)[:MAX_PROBLEMS]:
         click.echo(f"  {failure}", err=True)
-    if progress.done < len(records):
-        click.echo("Interrupted.", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    if counts["failed"]:
-        sys.exit(EXIT_FAILED)
+    run.interrupted = progress.done < len(records)
+    return run
 
 
-def _warm_one(service, user_id: str, culture: str, limiter: RateLimiter, stop) -> tuple:
-    """(outcome, reason); every fetch is safe to repeat, so every transient error is retried."""
+def _warm_one(
+    service: WalletService,
+    user_id: str,
+    culture: str,
+    fresh_for: float,
+    limiter: RateLimiter,
+    stop: threading.Event,
+) -> tuple[str | None, str]:
+    """(outcome, reason); every fetch is safe to repeat, so every transient error is retried.
+
+    A wallet already fresh for WARM_SKIP of `fresh_for` is skipped before the rate
+    limiter, so a rerun after an interruption goes through what was done at once.
+    """
+    if service.freshness_left(user_id, culture) >= WARM_SKIP * fresh_for:
+        return "skipped", ""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         if not limiter.wait(stop):
             return None, ""
         try:
-            lookup = service.lookup(user_id, culture, refresh=True)
-            if not lookup.stale:
-                return "warmed", ""
-            error: WalletProxyError = UpstreamUnavailable(
-                "SessionM did not answer; only a stale copy is cached."
-            )
+            service.warm(user_id, culture, fresh_for=fresh_for)
+            return "warmed", ""
         except UserNotFound:
-            return "not found", ""
-        except WalletProxyError as exc:
-            error = exc
-        if not isinstance(error, TRANSIENT) or attempt == MAX_ATTEMPTS:
-            return "failed", error.message
-        if not pause_before_retry(error, attempt, limiter, stop):
-            return None, ""
+            return "not_found", ""
+        except WalletProxyError as error:
+            if not isinstance(error, TRANSIENT) or attempt == MAX_ATTEMPTS:
+                return "failed", error.message
+            if not pause_before_retry(error, attempt, limiter, stop):
+                return None, ""
     raise AssertionError("unreachable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,8 @@ from ..rules import check_customer_id, check_user_id, load_tags
 
 MAX_LINE_BYTES = 64 * 1024
 MAX_PROBLEMS = 20
-ID_COLUMNS = ("external_id", "user_id")
+EXTERNAL_ID_COLUMN = "external_id"
+ID_COLUMNS = (EXTERNAL_ID_COLUMN, "user_id")
 TAG_SEPARATORS = re.compile(r"[\s,;|]+")
 
 
@@ -47,6 +48,11 @@ class Table:
     @property
     def id_name(self) -> str:
         return self.header[self.id_index]
+
+    @property
+    def external_ids(self) -> bool:
+        """Whether the id column's name says it holds SessionM external ids."""
+        return self.id_name.strip().lower() == EXTERNAL_ID_COLUMN
 
     def column(self, name: str) -> int | None:
         names = [cell.strip().lower() for cell in self.header]
@@ -172,7 +178,12 @@ class TagRow:
     @property
     def key(self) -> tuple:
         """What is sent, which is what the journal remembers."""
-        return ("external" if self.external else "user", self.id, self.tags, self.ttl)
+        return tag_key("external" if self.external else "user", self.id, self.tags, self.ttl)
+
+
+def tag_key(id_type: str, user_id: str, tags: Iterable[str], ttl: int | None) -> tuple:
+    """A row's journal key: the same tags in another order are the same call."""
+    return (id_type, user_id, tuple(sorted(tags)), ttl)
 
 
 def tag_rows(
@@ -209,6 +220,12 @@ def tag_rows(
 
 
 def wallet_ids(table: Table) -> list[Record]:
+    if table.external_ids:
+        raise BadInput(
+            f"{table.path}: the ids would come from column {table.id_name!r}, but wallets are "
+            "fetched by SessionM user id (Connect takes no external id): name the user-id "
+            "column with --id-column, e.g. --id-column user_id"
+        )
     problems = Problems(table.path)
     for record in table.records:
         try:

@@ -9,7 +9,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .csvinput import BadInput, TagRow
+from .csvinput import BadInput, TagRow, tag_key
+from .sidecars import open_no_follow
 
 SENDING, ACCEPTED, NOT_APPLIED = "sending", "accepted", "not_applied"
 EVENTS = (SENDING, ACCEPTED, NOT_APPLIED)
@@ -17,16 +18,31 @@ EVENTS = (SENDING, ACCEPTED, NOT_APPLIED)
 
 def read_journal(path: Path) -> tuple[dict[tuple, str], int]:
     """(last event per row key, bytes of whole lines): a torn last line is ignored."""
-    states: dict[tuple, str] = {}
+    if not os.path.lexists(path):
+        return {}, 0
+    fd = open_no_follow(path, os.O_RDONLY)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return states, 0
+        return _parse(path, _read_all(fd))
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _parse(path: Path, data: bytes) -> tuple[dict[tuple, str], int]:
+    states: dict[tuple, str] = {}
     whole = data.rfind(b"\n") + 1
     for number, line in enumerate(data[:whole].split(b"\n")[:-1], 1):
         try:
             entry = json.loads(line)
-            key = (entry["id_type"], entry["id"], tuple(entry["tags"]), entry["ttl"])
+            # Tags sorted: journals written before the key ignored their order read the same.
+            key = tag_key(entry["id_type"], entry["id"], entry["tags"], entry["ttl"])
             if entry["event"] not in EVENTS:
                 raise ValueError(entry["event"])
         except (ValueError, KeyError, TypeError):
@@ -47,15 +63,15 @@ class Journal:
 
     def __init__(self, path: Path):
         self.path = path
-        created = not path.exists()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        created = not os.path.lexists(path)
+        self._fd = open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
             raise BadInput(f"another run is using {path}; wait for it to finish") from None
         try:
-            self.states, whole = read_journal(path)
+            self.states, whole = _parse(path, _read_all(self._fd))
         except BadInput:
             os.close(self._fd)
             raise

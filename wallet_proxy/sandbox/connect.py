@@ -1,12 +1,13 @@
 """Connect's get_user_offers over the seeded customers, counting calls per customer."""
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
 
 from flask import Flask, Response, request
 
-from .customers import CATEGORY_ID, GROUP_ID, wallet_for
+from .customers import CATEGORY_ID, GENERATED_OFFERS, GROUP_ID, wallet_for
 from .state import Sandbox
 from .wire import Clock, error, is_int
 
@@ -52,8 +53,14 @@ class Connect:
             body = request.get_json(silent=True)
             authorization = request.headers.get("Authorization")
             user_id = body.get("user_id") if isinstance(body, dict) else None
+            knobs = sandbox.knobs()
             return sandbox.answer(
-                lambda: self.user_offers(authorization, body),
+                lambda: self.user_offers(
+                    authorization,
+                    body,
+                    generated_offers=knobs["generated_offers"],
+                    extra_offers=knobs["extra_offers"],
+                ),
                 arrived=lambda: self._count(user_id),
             )
 
@@ -62,8 +69,19 @@ class Connect:
         if isinstance(user_id, str):
             self._calls_by_user[user_id] = self._calls_by_user.get(user_id, 0) + 1
 
-    def user_offers(self, authorization: str | None, body: Any) -> tuple[int, dict[str, Any]]:
-        """get_user_offers, with SessionM's habit of errors inside HTTP 200."""
+    def user_offers(
+        self,
+        authorization: str | None,
+        body: Any,
+        *,
+        generated_offers: int = GENERATED_OFFERS,
+        extra_offers: Sequence[dict[str, Any]] = (),
+    ) -> tuple[int, dict[str, Any]]:
+        """get_user_offers, with SessionM's habit of errors inside HTTP 200.
+
+        `generated_offers` is the size of every `user-*` wallet; `extra_offers` (raw, as
+        SessionM might send them) come first in every wallet.
+        """
         if authorization != f"Basic {self.auth}":
             return 401, error("INVALID_API_KEY", "Authorization does not match the Connect key")
         problem = _body_problem(body)
@@ -72,13 +90,22 @@ class Connect:
         if body.get("retailer_id") != self.retailer_id:
             return 200, error("ACCESS_DENIED", "this key has no access to that retailer_id")
         user_id = body["user_id"]
-        wallet = wallet_for(user_id)
+        wallet = wallet_for(user_id, generated_offers)
         if wallet is None:
             return 200, error("user_not_found", f"no user with id {user_id}")
+        # Texts exist in English and Spanish; any other culture gets English, as SessionM
+        # falls back to the retailer's default language without saying so.
         spanish = (body.get("culture") or "en-US").lower().startswith("es")
         skip = body.get("skip") or 0
         take = _MAX_TAKE if body.get("take") is None else min(body["take"], _MAX_TAKE)
-        offers, total = wallet.offers(self.clock().astimezone(UTC), spanish, skip, take)
+        extra = list(extra_offers)[skip : skip + take]
+        offers, total = wallet.offers(
+            self.clock().astimezone(UTC),
+            spanish,
+            max(0, skip - len(extra_offers)),
+            take - len(extra),
+        )
+        offers, total = extra + offers, total + len(extra_offers)
         everything = "Todas las ofertas" if spanish else "All Offers"
         payload = {
             "user": {"opted_in": wallet.opted_in, "activated": wallet.activated},

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .logos import logo_url
 from .wire import dotnet
 
 GROUP_ID = "6a0f0c1e-0000-4000-8000-000000000001"
@@ -23,8 +24,8 @@ def _alice_offers(now: datetime, es: bool) -> list[Offer]:
     def t(english: str, spanish: str) -> str:
         return spanish if es else english
 
-    logo = {"uri": "https://example.com/coffee-logo.png", "category_name": "Logo"}
-    hero = {"uri": "https://example.com/coffee-hero.jpg", "category_name": "Hero"}
+    logo = {"uri": logo_url("coffee-logo"), "category_name": "Logo"}
+    hero = {"uri": logo_url("coffee-hero"), "category_name": "Hero"}
     return [
         {
             "id": "a11ce000-0000-4000-8000-000000000003",
@@ -232,18 +233,30 @@ _WALLETS = {
         _listed(_mallory_offers),
     ),
 }
-# Any `user-*` id has this small wallet, so load tests and benchmarks can use as many
-# distinct customers as they like (each still a separate SessionM call and cache key).
-_GENERATED = Wallet(
-    "any user-* id: 120 points, 3 live offers (for load tests)",
-    True,
-    True,
-    500,
-    120,
-    _listed(lambda now, es: [_carol_offer(n, now, es) for n in (1, 2, 3)]),
-)
+GENERATED_OFFERS = 3  # the default of the `generated_offers` knob
+
+
+def _generated(count: int) -> Wallet:
+    """Any `user-*` id has this wallet (3 offers unless the `generated_offers` knob says
+    otherwise), so load tests and benchmarks can use as many distinct customers as they like
+    (each still a separate SessionM call and cache key)."""
+
+    def page(now: datetime, es: bool, skip: int, take: int) -> tuple[list[Offer], int]:
+        stop = min(skip + take, count)
+        return [_carol_offer(n, now, es) for n in range(skip + 1, stop + 1)], count
+
+    return Wallet(
+        f"any user-* id: 120 points, {count:,} live offers (for load tests)",
+        True,
+        True,
+        500,
+        120,
+        page,
+    )
+
+
 SEEDED_USERS = {user_id: wallet.description for user_id, wallet in _WALLETS.items()}
-SEEDED_USERS["user-*"] = _GENERATED.description
+SEEDED_USERS["user-*"] = _generated(GENERATED_OFFERS).description
 
 
 def customer_exists(user_id: str) -> bool:
@@ -251,6 +264,8 @@ def customer_exists(user_id: str) -> bool:
     return user_id in _WALLETS or user_id.startswith(("user-", "ext-"))
 
 
-def wallet_for(user_id: str) -> Wallet | None:
+def wallet_for(user_id: str, generated_offers: int = GENERATED_OFFERS) -> Wallet | None:
     """The Connect wallet of a seeded or generated (`user-*`) customer."""
-    return _WALLETS.get(user_id) or (_GENERATED if user_id.startswith("user-") else None)
+    if user_id in _WALLETS:
+        return _WALLETS[user_id]
+    return _generated(generated_offers) if user_id.startswith("user-") else None

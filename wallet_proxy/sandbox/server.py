@@ -8,8 +8,10 @@ from typing import Any, Self
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from .braze import DEMO_BRAZE_API_KEY, Braze
 from .connect import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, Connect
 from .core import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET, Core
+from .logos import Logos
 from .state import Sandbox
 from .wire import Clock, error
 
@@ -24,6 +26,7 @@ def build_sandbox(
     core_api_key: str = DEMO_CORE_API_KEY,
     core_api_secret: str = DEMO_CORE_API_SECRET,
     clock: Clock | None = None,
+    braze_api_key: str = DEMO_BRAZE_API_KEY,
 ) -> Sandbox:
     """Every API the sandbox speaks; credentials are parameters so tests can prove the proxy
     sends its own.
@@ -33,7 +36,12 @@ def build_sandbox(
     """
     now = clock or _utc_now
     return Sandbox(
-        [Connect(connect_auth, retailer_id, now), Core(core_api_key, core_api_secret, now)]
+        [
+            Connect(connect_auth, retailer_id, now),
+            Core(core_api_key, core_api_secret, now),
+            Braze(braze_api_key),
+            Logos(),
+        ]
     )
 
 
@@ -86,6 +94,8 @@ class SandboxServer:
         )
         self.url = f"http://{host}:{self._server.server_port}"
         self._thread: threading.Thread | None = None
+        # Braze's stand-in has knobs of its own, so Braze can fail while SessionM answers.
+        self.braze = next(api for api in self._sandbox.apis if isinstance(api, Braze))
 
     def start(self) -> Self:
         """Serve from a daemon thread; a short poll interval keeps `stop()` fast."""

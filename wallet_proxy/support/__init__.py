@@ -1,16 +1,22 @@
 """Support pages: what Braze gets for one customer, and why, for staff in a browser.
 
-Server-rendered and script-free, so the strict Content-Security-Policy costs nothing.
-The pages read through the same wallet service and renderer as the API, so what
-they show is what Braze gets. They exist only when staff accounts are configured.
+Server-rendered; one small script from 'self' adds copy buttons and local times, so
+the strict Content-Security-Policy (no inline script, no eval) costs nothing. The
+pages read through the same wallet service and renderer as the API, so what they
+show is what Braze gets. They exist only when staff accounts are configured.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     flash,
     g,
@@ -21,23 +27,16 @@ from flask import (
 )
 
 from .. import api
+from ..cache import Entry
+from ..origins import origin_of
 from ..rules import check_culture, check_user_id
+from ..service import Lookup
 from ..services import services
 from ..wallet import EXPIRED, NOT_REDEEMABLE, days_left, iso_z, live_view
-from . import staff
+from . import listing, staff
 
 bp = Blueprint("support", __name__, url_prefix="/support", static_folder="static")
 
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self' https: data:; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
 PUBLIC_ENDPOINTS = {"support.static", "support.login"}
 REASONS = {
     EXPIRED: ("Expired", "its expiry date has passed, so the API leaves it out."),
@@ -46,13 +45,33 @@ REASONS = {
         "SessionM marks it is_redeemable: false (for example, not enough points).",
     ),
 }
+# Above this size the page shows the answer with its offers cut short, and links the
+# exact bytes: a 2,500-offer wallet is over 800 KB of JSON.
+JSON_PREVIEW_BYTES = 32_000
+JSON_PREVIEW_OFFERS = 3
+
+
+@functools.lru_cache(maxsize=4)
+def security_headers(image_hosts: tuple[str, ...]) -> dict[str, str]:
+    """Images only from the listed origins (WALLET_PROXY_IMAGE_HOSTS); scripts only ours."""
+    images = " ".join(("'self'", "data:", *image_hosts))
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'none'; script-src 'self'; style-src 'self'; img-src {images}; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        ),
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
 
 
 @bp.after_app_request
 def _security_headers(response):
-    """On every answer under /support/, errors and the stylesheet included."""
+    """On every answer under /support/, errors and the static files included."""
     if request.path == bp.url_prefix or request.path.startswith(f"{bp.url_prefix}/"):
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(security_headers(services().settings.image_hosts))
     return response
 
 
@@ -75,6 +94,7 @@ def _guard():
 
 @bp.context_processor
 def _template_helpers() -> dict:
+    settings = services().settings
     return {
         "csrf_token": staff.csrf_token,
         "utc": utc,
@@ -82,6 +102,10 @@ def _template_helpers() -> dict:
         "expiry_text": expiry_text,
         "age_text": age_text,
         "reasons": REASONS,
+        "image_src": image_src,
+        "cultures": settings.cultures,
+        "default_culture": settings.default_culture,
+        "looked_up": looked_up(),
     }
 
 
@@ -108,8 +132,7 @@ def logout():
 def index():
     """The lookup form; submitting it (GET) lands on the customer's wallet page."""
     if "user_id" not in request.args:
-        default_culture = services().settings.default_culture
-        return render_template("support/index.html", default_culture=default_culture)
+        return render_template("support/index.html")
     user_id, culture = _checked(request.args["user_id"], request.args.get("culture"))
     return redirect(url_for(".wallet", user_id=user_id, culture=culture), 303)
 
@@ -117,24 +140,46 @@ def index():
 @bp.get("/wallets/<user_id>")
 def wallet(user_id: str):
     user_id, culture = _checked(user_id, request.args.get("culture"))
+    shown = listing.parse(request.args)
     found = services()
-    lookup = found.wallet_service.lookup(user_id, culture)
+    lookup, entry = look_up(user_id, culture)
     now = found.clock()
     braze_json = api.render(lookup, now, None)
+    view = live_view(lookup.wallet, now)
+    live = listing.page([o for o in view.live if listing.matches(o, shown.q)], shown.page)
+    left_out = listing.page(
+        [pair for pair in view.left_out if listing.matches(pair[0], shown.q)], shown.left_page
+    )
     query = _culture_query(culture)
     return render_template(
         "support/wallet.html",
         lookup=lookup,
         wallet=lookup.wallet,
-        view=live_view(lookup.wallet, now),
+        view=view,
+        live=live,
+        left_out=left_out,
+        shown=shown,
+        page_url=functools.partial(_page_url, user_id, culture, shown),
+        freshness=freshness(lookup, entry, now),
+        history=staff.staff_history().visit(user_id, g.staff, culture),
         now=now,
         culture=culture,
         api_path=f"/v1/wallets/{user_id}{query}",
-        braze_json=braze_json.decode(),
+        braze_json=json_preview(braze_json),
         braze_size=len(braze_json),
+        json_preview_bytes=JSON_PREVIEW_BYTES,
+        json_preview_offers=JSON_PREVIEW_OFFERS,
         snippet=connected_content(query),
-        cache_ttl=found.settings.cache_ttl,
     )
+
+
+@bp.get("/wallets/<user_id>/braze.json")
+def braze_json(user_id: str):
+    """Byte for byte what Braze gets right now, for the cases the page's preview cuts."""
+    user_id, culture = _checked(user_id, request.args.get("culture"))
+    found = services()
+    lookup = found.wallet_service.lookup(user_id, culture)
+    return Response(api.render(lookup, found.clock(), None), mimetype="application/json")
 
 
 @bp.post("/wallets/<user_id>/refresh")
@@ -142,6 +187,7 @@ def refresh(user_id: str):
     """Fetch from SessionM now (bypassing and then updating the cache), then show the page."""
     user_id, culture = _checked(user_id, request.form.get("culture"))
     lookup = services().wallet_service.lookup(user_id, culture, refresh=True)
+    staff.staff_history().refreshed(user_id, g.staff, culture)
     if lookup.stale:
         flash("SessionM did not answer: this is still the older copy.", "error")
     else:
@@ -161,9 +207,70 @@ def _culture_query(culture: str) -> str:
     return "" if culture == default else f"?culture={culture}"
 
 
+def _page_url(user_id: str, culture: str, shown: listing.Shown, **changes: int) -> str:
+    """This wallet page with some of its listing parameters changed; defaults left out."""
+    values: dict[str, Any] = {"q": shown.q, "page": shown.page, "left_page": shown.left_page}
+    params = {k: v for k, v in (values | changes).items() if v and v != 1}
+    return url_for(".wallet", user_id=user_id, culture=culture, **params)
+
+
+def looked_up() -> str:
+    """The customer id this request is about (also on error pages), as the agent typed it."""
+    value = (request.view_args or {}).get("user_id") or request.args.get("user_id") or ""
+    return str(value).strip()[:200]
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """When the shown copy stops (or stopped) being fresh: the badge and its text agree."""
+
+    stale: bool
+    fresh_until: datetime | None  # None: the cache holds another copy by now
+
+
+def look_up(user_id: str, culture: str) -> tuple[Lookup, Entry | None]:
+    """The wallet, as Braze would get it now, and the cache entry holding that copy.
+
+    The entry is read before the lookup too: a stale copy starts a refresh in the
+    background, which may replace the entry before the page is rendered.
+    """
+    service = services().wallet_service
+    key = service.key(user_id, culture)
+    before = service.cache.get(key)
+    lookup = service.lookup(user_id, culture)
+    shown = lookup.wallet.fetched_at
+    for entry in (before, service.cache.get(key)):
+        if entry is not None and entry.wallet is not None and entry.wallet.fetched_at == shown:
+            return lookup, entry
+    return lookup, None
+
+
+def freshness(lookup: Lookup, entry: Entry | None, now: datetime) -> Freshness:
+    """From the entry's own fresh-until (lifetimes vary by up to 10 %, on purpose)."""
+    if entry is None:
+        return Freshness(lookup.stale, None)
+    until = datetime.fromtimestamp(entry.fresh_until, UTC)
+    return Freshness(now >= until, until)
+
+
+def json_preview(body: bytes) -> str:
+    """Braze's answer, indented; a large one with its offers cut to the first few."""
+    answer = json.loads(body)
+    if len(body) > JSON_PREVIEW_BYTES:
+        answer["offers"] = answer["offers"][:JSON_PREVIEW_OFFERS]
+    return json.dumps(answer, indent=2, ensure_ascii=False)
+
+
+def image_src(url: str) -> str | None:
+    """The URL when its origin is one of WALLET_PROXY_IMAGE_HOSTS, else None (shown as text)."""
+    origin = origin_of(url)
+    return url if origin is not None and origin in services().settings.image_hosts else None
+
+
 def connected_content(query: str) -> str:
-    """The README's Connected Content call, pointed at this service as staff reach it."""
-    url = f"{request.host_url}v1/wallets/{{{{${{user_id}}}}}}{query}"
+    """The Connected Content call of docs/braze.md, pointed at this service's public URL
+    (WALLET_PROXY_PUBLIC_URL; without it, the URL staff reached the page at)."""
+    url = f"{request.url_root}v1/wallets/{{{{${{user_id}}}}}}{query}"
     return (
         f"{{% connected_content {url} :basic_auth wallet_proxy :retry :save wallet %}}\n"
         "{% if wallet.__http_status_code__ != 200 %}{% abort_message('no wallet') %}{% endif %}"
@@ -190,3 +297,7 @@ def age_text(seconds: int) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min"
     return f"{seconds // 3600} h"
+
+
+# Pages for SessionM-triggered Braze messages, on the same blueprint (its guard, its CSRF).
+from . import triggers as _triggers  # noqa: E402, F401

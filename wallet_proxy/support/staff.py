@@ -1,9 +1,11 @@
 """Who may open the support pages: staff accounts, by login form or HTTP Basic.
 
 Staff accounts (`WALLET_PROXY_STAFF_USERS`) are separate from Braze's API keys, so
-neither opens the other's door. A form login keeps the staff name in Flask's signed
-session cookie; HTTP Basic is checked on every request (for curl). Browsers resend
-both without asking, so every POST also carries a per-session CSRF token.
+neither opens the other's door. A form login keeps the staff name and a session id in
+Flask's signed cookie, and the id in the shared store (sessions.py), so signing out
+ends it everywhere; HTTP Basic is checked on every request (for curl), within the
+limits of throttle.py. Browsers resend both without asking, so every POST also
+carries a per-session CSRF token.
 """
 
 from __future__ import annotations
@@ -11,67 +13,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import math
+import re
 import secrets
-import sys
-import threading
-from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
+from collections.abc import Mapping
+from urllib.parse import unquote
 
-import click
-from cachetools import TTLCache
 from flask import request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from ..errors import InvalidRequest, TooManyAttempts, Unauthorized
+from ..errors import InvalidRequest, Unauthorized
 from ..services import services
+from .history import StaffHistory
+from .sessions import SESSION_SECONDS, StaffSessions
 
 CSRF_FIELD = "csrf_token"
-# A form login lasts one working day, however long the browser keeps the cookie.
-SESSION_SECONDS = 12 * 3600
 MIN_PASSWORD_LENGTH = 8
-# Password guessing: after this many failures for one name, each less than the window
-# apart, that name is refused until a window has passed since the last failure.
-MAX_FAILURES = 10
-FAILURE_WINDOW = 15 * 60
-
-
-class LoginThrottle:
-    """Failed logins per staff name, in this process (so per worker without shared state).
-
-    Keyed by name rather than address: behind a load balancer every agent shares one
-    address. An attacker can hold one name locked, but can't guess at leisure.
-    """
-
-    def __init__(
-        self,
-        *,
-        timer: Callable[[], float],
-        limit: int = MAX_FAILURES,
-        window: float = FAILURE_WINDOW,
-    ):
-        self.limit = limit
-        self.window = window
-        self.timer = timer
-        self._failures: TTLCache = TTLCache(maxsize=10_000, ttl=window, timer=timer)
-        self._lock = threading.Lock()
-
-    def wait(self, name: str) -> int:
-        """Seconds before `name` may try again; 0 when it may now."""
-        with self._lock:
-            count, last = self._failures.get(name[:64], (0, 0.0))
-        if count < self.limit:
-            return 0
-        return max(1, math.ceil(last + self.window - self.timer()))
-
-    def record(self, name: str, *, success: bool) -> None:
-        with self._lock:
-            if success:
-                self._failures.pop(name[:64], None)
-            else:
-                count, _ = self._failures.get(name[:64], (0, 0.0))
-                self._failures[name[:64]] = (count + 1, self.timer())
+# What a login may send back to: a path on the support pages, in plain URL characters
+# (no control characters, spaces or backslashes; they'd break or bend the Location header).
+NEXT_RE = re.compile(r"^/support/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*\Z")
 
 
 class StaffSessionInterface(SecureCookieSessionInterface):
@@ -110,22 +70,35 @@ def _dummy_hash(method: str) -> str:
 def check_credentials(name: str, password: str) -> bool:
     """True for a staff account's password; unknown names cost the same hash time.
 
-    Raises TooManyAttempts while the name is throttled, right password or not.
+    Raises TooManyAttempts, without hashing, while the client's address or the name
+    is throttled (right password or not) or while the process hashes enough already.
     """
-    throttle = services().login_throttle
-    wait = throttle.wait(name)
-    if wait:
-        raise TooManyAttempts(retry_after=wait)
+    found = services()
+    address = request.remote_addr or ""
+    found.login_throttle.check(name, address)
     users = staff_users()
     known = users.get(name)
     if known is None:
         method = next(iter(users.values())).partition("$")[0]
-        check_password_hash(_dummy_hash(method), password)
+        # Made inside the slot too: the first burst must not make one hash per thread.
+        found.hash_slots.run(lambda: check_password_hash(_dummy_hash(method), password))
         valid = False
     else:
-        valid = check_password_hash(known, password)
-    throttle.record(name, success=valid)
+        valid = found.hash_slots.run(lambda: check_password_hash(known, password))
+    found.login_throttle.record(name, address, success=valid)
     return valid
+
+
+def staff_sessions() -> StaffSessions:
+    found = services().staff_sessions
+    assert found is not None  # the pages exist only with staff accounts, and so does this
+    return found
+
+
+def staff_history() -> StaffHistory:
+    found = services().staff_history
+    assert found is not None  # as staff_sessions
+    return found
 
 
 def _hash_tag(pw_hash: str) -> str:
@@ -136,6 +109,7 @@ def _hash_tag(pw_hash: str) -> str:
 def log_in(name: str) -> None:
     """Start a fresh session (new CSRF token too), so a planted cookie is never reused."""
     session.clear()
+    session["sid"] = staff_sessions().start(name)
     session["staff"] = name
     session["tag"] = _hash_tag(staff_users()[name])
     session["since"] = int(services().clock().timestamp())
@@ -143,16 +117,28 @@ def log_in(name: str) -> None:
 
 
 def log_out() -> None:
+    """End the session in the store too, so a copy of the cookie stops working everywhere."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        staff_sessions().end(session_id)
     session.clear()
 
 
 def session_staff() -> str | None:
-    """The staff name of a live form login, if any."""
-    name = session.get("staff")
+    """The staff name of a live form login, if any.
+
+    Live: the session is still in the shared store (not signed out), was opened with
+    the account's current password, and is less than a working day old.
+    """
+    name, session_id = session.get("staff"), session.get("sid")
     pw_hash = staff_users().get(name) if isinstance(name, str) else None
-    if pw_hash is None or not hmac.compare_digest(session.get("tag", ""), _hash_tag(pw_hash)):
+    if pw_hash is None or not isinstance(session_id, str):
+        return None
+    if not hmac.compare_digest(session.get("tag", ""), _hash_tag(pw_hash)):
         return None
     if services().clock().timestamp() - session.get("since", 0) > SESSION_SECONDS:
+        return None
+    if staff_sessions().holder(session_id) != name:
         return None
     return name
 
@@ -184,28 +170,12 @@ def check_csrf() -> None:
 
 
 def safe_next(target: str | None, default: str) -> str:
-    """Only a path inside the support pages, so the login form is no open redirect."""
-    if not target:
+    """Only a plain path inside the support pages: the login form is no open redirect,
+    and nothing it sends back can break the Location header."""
+    if not target or not NEXT_RE.match(target):
         return default
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or "\\" in target or not target.startswith(default):
+    # No way out of /support/ by dot segments (browsers also read %2e as a dot).
+    path = target.partition("?")[0]
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
         return default
     return target
-
-
-@click.command("hash-password")
-@click.option(
-    "--stdin",
-    "from_stdin",
-    is_flag=True,
-    help="Read the password from the first line of standard input instead of prompting.",
-)
-def hash_password(from_stdin: bool) -> None:
-    """Print a password hash for WALLET_PROXY_STAFF_USERS (name:hash); never the password."""
-    if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise click.ClickException(f"use at least {MIN_PASSWORD_LENGTH} characters")
-    click.echo(generate_password_hash(password))

@@ -1,0 +1,82 @@
+"""The reference pages in docs/ against the code they describe: nothing missing, nothing extra."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
+
+from wallet_proxy import errors
+from wallet_proxy.cli import main
+from wallet_proxy.config import declared_variables
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def table_rows(page: str) -> list[list[str]]:
+    """The cells of every table row of a docs page (header and rule lines left out)."""
+    rows = []
+    for line in (DOCS / page).read_text().splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            rows.append(cells)
+    return rows
+
+
+def test_the_configuration_table_is_the_declared_settings():
+    documented = [row[0].strip("`") for row in table_rows("configuration.md")[1:]]
+    assert len(documented) == len(set(documented))
+    assert set(documented) == set(declared_variables())
+
+
+def _commands(group: click.Group, path: str = "wallet-proxy"):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, f"{path} {name}")
+        else:
+            yield f"{path} {name}", command
+
+
+def test_the_commands_table_has_every_command_and_option():
+    rows = {row[0]: row for row in table_rows("cli.md")[1:]}
+    for path, command in _commands(main):
+        usages = [cell for cell in rows if cell.startswith(f"`{path} ") or cell == f"`{path}`"]
+        assert len(usages) == 1, f"docs/cli.md needs one row for {path}"
+        usage = usages[0]
+        for param in command.params:
+            if isinstance(param, click.Argument):
+                assert param.name.upper() in usage, (path, param.name)
+                continue
+            option = max(param.opts, key=len)
+            assert option in usage, (path, option)
+            default = param.default
+            if not param.is_flag and isinstance(default, int | float | str):
+                shown = f"{default:g}" if isinstance(default, float) else str(default)
+                assert f"{option} {shown}" in usage, (path, option, default)
+            for choice in getattr(param.type, "choices", ()):
+                assert choice in usage, (path, option, choice)
+
+
+def _error_codes() -> set[tuple[int, str]]:
+    def tree(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from tree(sub)
+
+    ours = {(cls.status, cls.code) for cls in tree(errors.WalletProxyError)}
+    # Werkzeug's own, as errors.py names them: an unknown route, a wrong method, a big body.
+    werkzeug = {
+        (exc.code, errors._http_code(exc()))
+        for exc in (NotFound, MethodNotAllowed, RequestEntityTooLarge)
+    }
+    return ours | werkzeug
+
+
+def test_the_error_table_has_every_code_the_service_answers():
+    rows = table_rows("api.md")
+    (header,) = [row for row in rows if row[:2] == ["status", "code"]]
+    documented = {(int(row[0]), row[1].strip("`")) for row in rows if row[0].isdecimal()}
+    assert documented == _error_codes()
+    assert header == ["status", "code", "when"]

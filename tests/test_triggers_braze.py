@@ -1,0 +1,243 @@
+"""The Braze client over real HTTP against the stand-in: what each answer proves."""
+
+from __future__ import annotations
+
+import logging
+import time
+from email.utils import formatdate
+
+import pytest
+
+from tests.helpers import free_port
+from wallet_proxy.triggers.braze import (
+    BrazeClient,
+    BrazeNotProcessed,
+    BrazeOutcomeUnknown,
+    BrazeRejected,
+    RateLimit,
+    call_body,
+    retry_after_seconds,
+)
+from wallet_proxy.triggers.model import CANVAS, Trigger
+
+from .triggers_helpers import BRAZE_KEY, BrazeServer, trigger
+
+
+@pytest.fixture(scope="module")
+def braze_server():
+    with BrazeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def braze(braze_server):
+    braze_server.reset()
+    yield braze_server
+    braze_server.reset()
+
+
+@pytest.fixture
+def client(braze):
+    return BrazeClient(braze.url, BRAZE_KEY, answer_timeout=5.0)
+
+
+def one(recipient="ana", **props):
+    made = trigger(recipient, **props)
+    return call_body([(made, made.properties)])
+
+
+def test_success_keeps_the_dispatch_id_and_the_rate_limit(client, braze):
+    sent = client.send("campaign", one())
+    assert len(sent.dispatch_id) == 32 and not sent.queued
+    assert sent.rate.limit == 250_000 and sent.rate.remaining == 250_000 - 1
+    assert sent.rate.reset == pytest.approx(time.time() + 3600, abs=5)
+    (message,) = braze.messages()
+    assert message["external_user_id"] == "ana" and message["target"] == "camp-1"
+    assert message["properties"] == {"offer_title": "10 % off"}
+    assert message["dispatch_id"] == sent.dispatch_id
+
+
+def test_canvas_calls_carry_context(client, braze):
+    made = trigger("bo", "canvas-9", kind=CANVAS)
+    body = call_body([(made, made.properties)])
+    assert body == {
+        "canvas_id": "canvas-9",
+        "recipients": [{"external_user_id": "bo", "context": {"offer_title": "10 % off"}}],
+    }
+    client.send(CANVAS, body)
+    assert braze.messages()[0]["kind"] == "canvas"
+    assert braze.calls()[0]["status"] == 201
+
+
+def test_call_bodies_for_broadcasts_and_attributes():
+    cast = trigger(None)
+    assert call_body([(cast, {"a": 1})]) == {
+        "campaign_id": "camp-1",
+        "broadcast": True,
+        "trigger_properties": {"a": 1},
+    }
+    canvas_cast = Trigger(CANVAS, "cv", True, None, {}, {})
+    assert call_body([(canvas_cast, {"a": 1})])["context"] == {"a": 1}
+    with_email = Trigger("campaign", "c", False, "x", {"email": "x@example.com"}, {})
+    assert call_body([(with_email, {})])["recipients"][0]["attributes"] == {
+        "email": "x@example.com"
+    }
+    with pytest.raises(ValueError, match="at most 50"):
+        call_body([(trigger(f"u{i}"), {}) for i in range(51)])
+    with pytest.raises(ValueError, match="alone"):
+        call_body([(cast, {}), (cast, {})])
+
+
+def test_maintenance_queued_counts_as_sent(client, braze):
+    braze.set(maintenance=True)
+    sent = client.send("campaign", one())
+    assert sent.queued and sent.dispatch_id == ""
+
+
+@pytest.mark.parametrize(
+    ("knobs", "wait"),
+    [
+        ({"status": 429, "retry_after": 7}, 7.0),
+        ({"status": 429, "reset_in": 20}, 20.0),  # no Retry-After: the rate-limit reset
+        ({"status": 503, "retry_after": 3}, 3.0),
+    ],
+)
+def test_429_and_503_are_not_processed_and_say_when_to_retry(client, braze, knobs, wait):
+    braze.set(**knobs)
+    with pytest.raises(BrazeNotProcessed) as caught:
+        client.send("campaign", one())
+    assert caught.value.retry_after == pytest.approx(wait, abs=1.5)
+    assert caught.value.status == knobs["status"]
+    assert braze.messages() == []
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_other_5xx_may_have_been_delivered(client, braze, status):
+    braze.set(status=status)
+    with pytest.raises(BrazeOutcomeUnknown, match=f"HTTP {status}"):
+        client.send("campaign", one())
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_other_4xx_are_final(client, braze, status):
+    braze.set(status=status)
+    with pytest.raises(BrazeRejected) as caught:
+        client.send("campaign", one())
+    assert caught.value.status == status and not caught.value.may_have_applied
+
+
+def test_braze_refusing_a_bad_body_is_final(client, braze):
+    body = one()
+    body["recipients"].append(dict(body["recipients"][0]))
+    with pytest.raises(BrazeRejected, match="appears twice"):
+        client.send("campaign", body)
+
+
+def test_a_refused_key_waits_without_leaking_the_key(braze, caplog):
+    client = BrazeClient(braze.url, "wrong-secret-key-123")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BrazeNotProcessed) as caught:
+        client.send("campaign", one())
+    assert caught.value.status == 401 and caught.value.retry_after == 60
+    assert "wrong-secret-key-123" not in caplog.text + str(caught.value)
+
+
+def test_a_slow_braze_is_outcome_unknown_and_did_deliver(braze):
+    client = BrazeClient(braze.url, BRAZE_KEY, answer_timeout=1.0)
+    braze.set(latency=5)
+    started = time.monotonic()
+    with pytest.raises(BrazeOutcomeUnknown, match="in time"):
+        client.send("campaign", one())
+    assert time.monotonic() - started < 4
+    assert len(braze.messages()) == 1  # which is why it must not be sent again
+
+
+def test_a_dropped_connection_is_outcome_unknown(client, braze):
+    braze.set(drop=True)
+    with pytest.raises(BrazeOutcomeUnknown, match="dropped"):
+        client.send("campaign", one())
+
+
+def test_a_refused_connection_was_not_processed():
+    client = BrazeClient(f"http://127.0.0.1:{free_port()}", BRAZE_KEY)
+    with pytest.raises(BrazeNotProcessed, match="refused"):
+        client.send("campaign", one())
+
+
+def test_retry_after_forms():
+    now = time.time()
+    assert retry_after_seconds({"Retry-After": "12"}, now) == 12
+    date = formatdate(now + 30, usegmt=True)
+    assert retry_after_seconds({"Retry-After": date}, now) == pytest.approx(30, abs=1.5)
+    assert retry_after_seconds({"X-RateLimit-Reset": str(int(now) + 9)}, now) == pytest.approx(
+        9, abs=1.5
+    )
+    assert retry_after_seconds({"Retry-After": "soon"}, now) is None
+    assert retry_after_seconds({"Retry-After": "-5"}, now) == 0
+    assert retry_after_seconds({"Retry-After": "99999999"}, now) == 3600
+    assert retry_after_seconds({}, now) is None
+    reset = {"X-RateLimit-Reset": str(int(now) + 9)}
+    assert retry_after_seconds(reset, now, rate_limited=False) is None  # a 503's own reset
+
+
+def test_rate_limit_says_when_it_is_used_up():
+    now = 1000.0
+    spent = RateLimit.from_headers(
+        {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1030"}
+    )
+    assert spent.exhausted_until(now) == 1030
+    assert spent.exhausted_until(1031) is None
+    left = RateLimit.from_headers({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": "1030"})
+    assert left.exhausted_until(now) is None
+    assert RateLimit.from_headers({"X-RateLimit-Remaining": "zero"}).remaining is None
+
+
+def test_the_stand_in_refuses_what_braze_refuses(braze):
+    import requests
+
+    def post(path, body, key=BRAZE_KEY):
+        headers = {"Authorization": f"Bearer {key}"}
+        return requests.post(braze.url + path, json=body, headers=headers, timeout=5)
+
+    ok = {"external_user_id": "a"}
+    cases = [
+        ("/canvas/trigger/send", {"canvas_id": "c", "trigger_properties": {}, "broadcast": True}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok], "context": {}}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "broadcast": True, "recipients": [ok]}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok] * 2}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": []}),
+        (
+            "/campaigns/trigger/send",
+            {"campaign_id": "c", "recipients": [{"external_user_id": str(i)} for i in range(51)]},
+        ),
+        (
+            "/campaigns/trigger/send",
+            {"campaign_id": "c", "recipients": [{**ok, "trigger_properties": {"x": "y" * 51200}}]},
+        ),
+        ("/canvas/trigger/send", {"campaign_id": "c", "broadcast": True}),
+    ]
+    for path, body in cases:
+        assert post(path, body).status_code == 400, body
+    assert (
+        post("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok]}, "no").status_code
+        == 401
+    )
+    assert braze.messages() == []
+    answer = requests.post(braze.url + "/_sandbox/braze/config", json={"statsu": 429}, timeout=5)
+    assert answer.status_code == 400 and "statsu" in answer.json()["message"]
+    set_over_http = requests.post(
+        braze.url + "/_sandbox/braze/config", json={"status": 503, "times": 1}, timeout=5
+    )
+    assert set_over_http.json()["status"] == 503
+    assert (
+        post("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok]}).status_code
+        == 503
+    )
+    assert (
+        post("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok]}).status_code
+        == 201
+    )
+    stats = requests.get(braze.url + "/_sandbox/braze/stats", timeout=5).json()
+    assert len(stats["braze_messages"]) == 1
+    braze.reset()
+    assert braze.calls() == [] and braze.set()["status"] is None

@@ -1,0 +1,315 @@
+"""Delivering the outbox to Braze: batched, paced, retried only when nothing was sent.
+
+One loop, `run_once` at a time:
+
+1. claim the next batch: every queued trigger of the campaign or Canvas whose oldest
+   has waited WALLET_PROXY_TRIGGER_BATCH_MS (so triggers arriving together go together);
+2. expire what has waited past WALLET_PROXY_TRIGGER_MAX_AGE (dead letters);
+3. add the wallet where asked (within a budget; -1 when it can't be had in time);
+4. split into calls: a broadcast alone (within Braze's 250 a minute), others up to 50
+   recipients, never one recipient twice in a call;
+5. per call: mark `sending` (durably), call Braze, then mark by what Braze's answer
+   proves: `sent`; `queued` again with a backoff if Braze certainly did nothing (and
+   pause every call for as long); `unknown` if it may have delivered; `dead` on a final
+   refusal. A batch refused with a 400 is sent again one trigger at a time, so one bad
+   recipient doesn't sink 49 others.
+
+Braze's X-RateLimit-* headers are obeyed before it has to answer 429: when an answer
+says none are left, calls wait for the reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from typing import Protocol
+
+from .braze import (
+    MAX_RECIPIENTS,
+    BrazeNotProcessed,
+    BrazeOutcomeUnknown,
+    BrazeRejected,
+    RateLimit,
+    Sent,
+    call_body,
+)
+from .model import Record
+from .outbox import Outbox, OutboxError
+from .properties import WALLET_UNKNOWN, with_wallet
+
+log = logging.getLogger(__name__)
+
+CLAIM_LIMIT = 500
+CLAIM_LEASE = 30.0  # from claim to `sending`: enough for the wallet budget and the batch
+SEND_LEASE = 60.0  # a call's connect and answer timeouts (13 s), with room to record it
+IDLE_WAIT = 0.05
+PURGE_EVERY = 60.0
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 300.0
+WALLET_BUDGET = 2.0  # seconds for the whole batch's wallets
+WALLET_THREADS = 8
+
+
+class Sender(Protocol):
+    def send(self, kind: str, body: dict) -> Sent: ...
+
+
+class Wallets(Protocol):
+    def summary(self, user_id: str) -> tuple[int, int] | None:
+        """(available points, live offer count), or None if it can't be had now."""
+        ...
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def split_calls(records: list[Record]) -> list[list[Record]]:
+    """Recipients' triggers in calls of at most 50, each recipient at most once per call.
+
+    First fit keeps a recipient's triggers in the order they were accepted.
+    """
+    calls: list[tuple[list[Record], set]] = []
+    for record in records:
+        recipient = record.trigger.recipient
+        for members, seen in calls:
+            if len(members) < MAX_RECIPIENTS and recipient not in seen:
+                members.append(record)
+                seen.add(recipient)
+                break
+        else:
+            calls.append(([record], {recipient}))
+    return [members for members, _ in calls]
+
+
+class Deliverer:
+    def __init__(
+        self,
+        outbox: Outbox,
+        sender: Sender,
+        *,
+        window: float,
+        max_age: float,
+        wallets: Wallets | None = None,
+        clock: Callable[[], float] = time.time,
+        owner: str | None = None,
+        rng: Callable[[], float] = random.random,
+        wallet_budget: float = WALLET_BUDGET,
+    ):
+        self.outbox = outbox
+        self.sender = sender
+        self.window = window
+        self.max_age = max_age
+        self.wallets = wallets
+        self.clock = clock
+        self.owner = owner or default_owner()
+        self.rng = rng
+        self.wallet_budget = wallet_budget
+        self.paused_until = 0.0
+        self._pool: ThreadPoolExecutor | None = None
+        self._stop: threading.Event | None = None
+
+    # --- the loop ------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until `stop` is set; store failures are logged and waited out."""
+        log.info("trigger deliverer %s started", self.owner)
+        self._stop = stop  # also ends a batch early: the calls not yet made are released
+        last_purge = 0.0
+        while not stop.is_set():
+            try:
+                handled = self.run_once()
+                now = self.clock()
+                if now - last_purge >= PURGE_EVERY:
+                    removed = self.outbox.purge(now=now)
+                    if removed:
+                        log.info("purged %d old triggers", removed)
+                    last_purge = now
+            except OutboxError as exc:
+                log.warning("trigger deliverer: %s; retrying in 1 s", exc)
+                stop.wait(1.0)
+                continue
+            except Exception:
+                log.exception("trigger deliverer failed; retrying in 1 s")
+                stop.wait(1.0)
+                continue
+            if not handled:
+                stop.wait(max(IDLE_WAIT, min(1.0, self.paused_until - self.clock())))
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        log.info("trigger deliverer %s stopped", self.owner)
+
+    def run_once(self) -> int:
+        """Claim one batch and send it; the number of triggers handled (0: nothing due)."""
+        now = self.clock()
+        if now < self.paused_until:
+            return 0
+        records = self.outbox.claim(
+            owner=self.owner, now=now, window=self.window, lease=CLAIM_LEASE, limit=CLAIM_LIMIT
+        )
+        if not records:
+            return 0
+        live = self._expire(records, now)
+        properties = self._properties(live)
+        waiting: list[Record] = []
+        for record in [r for r in live if r.trigger.broadcast]:
+            if self._paused():
+                waiting.append(record)
+                continue
+            wait = self.outbox.take_broadcast_slot(now=self.clock())
+            if wait > 0:  # Braze allows 250 broadcasts a minute
+                self._move("release", [record], due_at=self.clock() + wait)
+                continue
+            self._call([record], properties)
+        for call in split_calls([r for r in live if not r.trigger.broadcast]):
+            if self._paused():
+                waiting += call
+                continue
+            self._call(call, properties)
+        if waiting:
+            self._move("release", waiting, due_at=max(self.paused_until, self.clock()))
+        return len(records)
+
+    # --- steps -----------------------------------------------------------------------
+
+    def _expire(self, records: list[Record], now: float) -> list[Record]:
+        live = []
+        for record in records:
+            if now - record.queued_at <= self.max_age:
+                live.append(record)
+                continue
+            last = f" (last: {record.reason})" if record.reason else ""
+            self._move("dead", [record], reason=f"{self._too_old()}{last}")
+        return live
+
+    def _too_old(self) -> str:
+        return f"not delivered within {self.max_age / 3600:g} h"
+
+    def _properties(self, records: list[Record]) -> dict[str, dict]:
+        """Each trigger's properties as sent: with its wallet summary where asked."""
+        found = {r.id: r.trigger.properties for r in records}
+        asking = [r for r in records if r.trigger.wallet_user_id]
+        if not asking or self.wallets is None:
+            return found
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WALLET_THREADS, thread_name_prefix="trigger-wallet")
+        wallets = self.wallets
+        futures = {
+            r.id: self._pool.submit(wallets.summary, r.trigger.wallet_user_id or "")
+            for r in asking
+        }
+        wait_for(futures.values(), timeout=self.wallet_budget)
+        for record in asking:
+            future = futures[record.id]
+            summary = future.result() if future.done() and not future.exception() else None
+            points, offers = summary if summary is not None else (WALLET_UNKNOWN, WALLET_UNKNOWN)
+            found[record.id] = with_wallet(record.trigger.properties, points, offers)
+        return found
+
+    def _call(self, records: list[Record], properties: dict[str, dict]) -> None:
+        now = self.clock()
+        marked = set(
+            self.outbox.move(
+                "sending",
+                [r.id for r in records],
+                now=now,
+                owner=self.owner,
+                lease_until=now + SEND_LEASE,
+            )
+        )
+        mine = [r for r in records if r.id in marked]  # a claim lost to another instance
+        if mine:
+            self._send(mine, properties)
+
+    def _send(self, records: list[Record], properties: dict[str, dict]) -> None:
+        """Records are `sending` and ours; afterwards each is sent, queued, unknown or dead."""
+        kind = records[0].trigger.kind
+        body = call_body([(r.trigger, properties[r.id]) for r in records])
+        try:
+            sent = self.sender.send(kind, body)
+        except BrazeNotProcessed as failure:
+            self._note_rate(failure.rate)
+            self._retry(records, failure)
+        except BrazeOutcomeUnknown as failure:
+            self._note_rate(failure.rate)
+            log.warning(
+                "%d triggers for %s: outcome unknown (%s); see `wallet-proxy triggers status`",
+                len(records),
+                records[0].trigger.target,
+                failure.reason,
+            )
+            self._move("unknown", records, reason=failure.reason)
+        except BrazeRejected as failure:
+            self._note_rate(failure.rate)
+            if failure.status == 400 and len(records) > 1:
+                log.info("Braze refused a batch of %d; sending each alone", len(records))
+                self._one_by_one(records, properties)
+                return
+            log.warning("trigger for %s refused: %s", records[0].trigger.target, failure.reason)
+            self._move("dead", records, reason=failure.reason)
+        else:
+            self._note_rate(sent.rate)
+            note = "; ".join(sent.notes) or (
+                "queued by Braze (maintenance)" if sent.queued else ""
+            )
+            self._move("sent", records, dispatch_id=sent.dispatch_id, reason=note)
+
+    def _one_by_one(self, records: list[Record], properties: dict[str, dict]) -> None:
+        for index, record in enumerate(records):
+            if self._paused():
+                self._move(
+                    "retry",
+                    records[index:],
+                    due_at=max(self.paused_until, self.clock()),
+                    reason="waiting for Braze after a refused batch",
+                )
+                return
+            now = self.clock()
+            if self._move("renew", [record], lease_until=now + SEND_LEASE):
+                self._send([record], properties)
+
+    def _retry(self, records: list[Record], failure: BrazeNotProcessed) -> None:
+        now = self.clock()
+        attempts = max(r.attempts for r in records) + 1
+        if failure.retry_after is not None:
+            wait = failure.retry_after
+        else:
+            wait = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempts - 1)) * (0.5 + self.rng() / 2)
+        due = now + wait
+        # 429, 503, a refused connection, a refused key: every call would fare the same.
+        self.paused_until = max(self.paused_until, due)
+        log.warning(
+            "Braze did not take %d triggers (%s); retrying in %.1f s",
+            len(records),
+            failure.reason,
+            wait,
+        )
+        too_old = [r for r in records if due - r.queued_at > self.max_age]
+        rest = [r for r in records if due - r.queued_at <= self.max_age]
+        if too_old:
+            self._move("dead", too_old, reason=f"{self._too_old()}: {failure.reason}")
+        self._move("retry", rest, due_at=due, reason=failure.reason)
+
+    def _note_rate(self, rate: RateLimit) -> None:
+        until = rate.exhausted_until(self.clock())
+        if until is not None and until > self.paused_until:
+            log.info("Braze's rate limit is used up; waiting %.0f s", until - self.clock())
+            self.paused_until = until
+
+    def _paused(self) -> bool:
+        """Braze asked us to wait, or we are stopping: make no more calls now."""
+        stopping = self._stop is not None and self._stop.is_set()
+        return stopping or self.clock() < self.paused_until
+
+    def _move(self, move: str, records: list[Record], **changes) -> list[str]:
+        return self.outbox.move(
+            move, [r.id for r in records], now=self.clock(), owner=self.owner, **changes
+        )

@@ -1,0 +1,58 @@
+"""What a trigger is once accepted: the message to send, and the outbox's record of it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+CAMPAIGN, CANVAS = "campaign", "canvas"
+
+# Outbox states. `queued` may carry a deliverer's claim (a lease); `sending` is written
+# before the call to Braze and `sent` after it, so a crash in between leaves `sending`,
+# which becomes `unknown` when its lease runs out: Braze may or may not have it.
+QUEUED, SENDING, SENT, UNKNOWN, DEAD = "queued", "sending", "sent", "unknown", "dead"
+STATES = (QUEUED, SENDING, SENT, UNKNOWN, DEAD)
+WAITING = (QUEUED, SENDING)  # what WALLET_PROXY_TRIGGER_MAX_QUEUED bounds
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One message for Braze: which campaign or Canvas, to whom, with which properties."""
+
+    kind: str  # CAMPAIGN or CANVAS
+    target_id: str  # the Braze campaign or Canvas id
+    broadcast: bool
+    recipient: str | None  # Braze external_user_id; None for a broadcast
+    attributes: dict  # set on the Braze profile before the send ({} or {"email": ...})
+    properties: dict  # flat, every key present; trigger_properties or context
+    wallet_user_id: str | None = None  # SessionM user id, when the wallet is to be added
+
+    @property
+    def target(self) -> str:
+        """Triggers with the same target may share one call to Braze."""
+        return f"{self.kind}:{self.target_id}"
+
+    def to_json(self, *, canonical: bool = False) -> str:
+        """`canonical`: keys sorted at every level, so equal triggers give equal text."""
+        # Field by field: dataclasses.asdict deep-copies every nested property first.
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=canonical)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Trigger:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A trigger in the outbox, with its delivery so far (times are epoch seconds)."""
+
+    id: str
+    trigger: Trigger
+    state: str
+    accepted_at: float
+    queued_at: float  # when its current delivery began: accepted, or re-queued by an operator
+    attempts: int = 0
+    dispatch_id: str = ""
+    reason: str = ""
+    updated_at: float = 0.0

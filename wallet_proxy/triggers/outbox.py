@@ -1,0 +1,163 @@
+"""The outbox: where an accepted trigger lives until Braze has it, and a while after.
+
+Two backends behind one `Outbox` protocol: SQLite in WALLET_PROXY_DATA_DIR (one
+instance), Redis when WALLET_PROXY_REDIS_URL is set (any instance delivers what another
+accepted). Both apply the same `MOVES`, so a trigger's life is decided in one place:
+
+    accepted -> queued --claim (lease)--> queued, owned --> sending --> sent
+                  ^                            |              |   \\--> unknown (maybe sent)
+                  |<-- retry / lease expired --+              \\-----> dead (final, expired)
+                  |<-- operator: requeue dead, resend unknown;  unknown --mark-done--> sent
+
+A claim is a lease: a deliverer that dies loses its claims when the lease ends and
+another takes them (nothing was sent). A trigger at `sending` whose lease ends was in
+flight when its deliverer died: Braze has no idempotency key, so it becomes `unknown`
+rather than being sent again.
+
+Times are epoch seconds passed in by the caller, so tests move time by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record, Trigger
+
+SENT_RETENTION = 7 * 86_400
+DEAD_RETENTION = 30 * 86_400
+KEY_WINDOW = 7 * 86_400  # an Idempotency-Key answers the same trigger this long
+BODY_WINDOW = 600  # an identical body without a key is the same trigger this long
+BROADCASTS_PER_MINUTE = 250  # Braze's limit for broadcast calls
+RECENT_PER_CUSTOMER = 50
+STALE_SENDING = "the deliverer stopped while sending; Braze may or may not have it"
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One transition: from which states, to which, and whether only the claim's owner may."""
+
+    sources: tuple[str, ...]
+    target: str
+    owned: bool
+    counts_attempt: bool = False
+
+
+MOVES = {
+    # the deliverer's, on triggers it claimed
+    "sending": Move((QUEUED,), SENDING, owned=True),
+    # `unknown` too: a slow call may outlive its lease and still learn that Braze has it
+    "sent": Move((SENDING, UNKNOWN), SENT, owned=True),
+    "retry": Move((QUEUED, SENDING, UNKNOWN), QUEUED, owned=True, counts_attempt=True),
+    "release": Move((QUEUED,), QUEUED, owned=True),
+    # a longer lease for a trigger sent again alone after Braze refused its batch
+    "renew": Move((SENDING,), SENDING, owned=True),
+    "unknown": Move((SENDING,), UNKNOWN, owned=True),
+    "dead": Move((QUEUED, SENDING), DEAD, owned=True),
+    # the operator's
+    "requeue_dead": Move((DEAD,), QUEUED, owned=False),
+    "resend_unknown": Move((UNKNOWN,), QUEUED, owned=False),
+    "mark_done": Move((UNKNOWN,), SENT, owned=False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What `add` did: the trigger's id, its state now, and whether this call created it."""
+
+    trigger_id: str
+    state: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Dedupe:
+    """How a repeat is recognised: a hashed key (Idempotency-Key or body) and its window."""
+
+    key: str
+    fingerprint: str
+    window: float
+
+    @classmethod
+    def of(cls, trigger: Trigger, idempotency_key: str | None) -> Dedupe:
+        fingerprint = hashlib.sha256(trigger.to_json(canonical=True).encode()).hexdigest()
+        if idempotency_key is None:
+            return cls(f"body:{fingerprint}", fingerprint, BODY_WINDOW)
+        hashed = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        return cls(f"key:{hashed}", fingerprint, KEY_WINDOW)
+
+
+class OutboxFull(Exception):
+    """WALLET_PROXY_TRIGGER_MAX_QUEUED triggers are waiting already."""
+
+
+class DedupeConflict(Exception):
+    """The Idempotency-Key was used with another body."""
+
+
+class OutboxError(Exception):
+    """The store failed (disk, Redis): nothing was accepted or changed."""
+
+
+class Outbox(Protocol):
+    """The durable store. Every method is atomic; `ids` not matching a move are skipped."""
+
+    def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
+        """Store durably before returning; raises OutboxFull or DedupeConflict."""
+        ...
+
+    def claim(
+        self, *, owner: str, now: float, window: float, lease: float, limit: int
+    ) -> list[Record]:
+        """Up to `limit` queued triggers of the target whose oldest has waited `window`.
+
+        Expired leases are settled first (claims freed, `sending` made `unknown`).
+        """
+        ...
+
+    def move(
+        self,
+        move: str,
+        ids: Sequence[str],
+        *,
+        now: float,
+        owner: str = "",
+        due_at: float | None = None,
+        lease_until: float | None = None,
+        reason: str | None = None,
+        dispatch_id: str | None = None,
+    ) -> list[str]:
+        """Apply `MOVES[move]`; returns the ids that moved."""
+        ...
+
+    def get(self, trigger_id: str) -> Record | None: ...
+
+    def listed(self, state: str, *, limit: int) -> list[Record]:
+        """Oldest first for queued states, newest first for finished ones."""
+        ...
+
+    def recent(self, recipient: str, *, limit: int = RECENT_PER_CUSTOMER) -> list[Record]:
+        """A customer's latest triggers, newest first."""
+        ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def oldest_queued(self) -> float | None:
+        """When the longest-waiting queued trigger was accepted."""
+        ...
+
+    def take_broadcast_slot(self, *, now: float) -> float:
+        """0 if a broadcast may go now (and it is counted), else seconds until one may."""
+        ...
+
+    def purge(self, *, now: float) -> int:
+        """Forget sent triggers after SENT_RETENTION and dead ones after DEAD_RETENTION."""
+        ...
+
+    def close(self) -> None: ...
+
+
+ALL_STATES = (QUEUED, SENDING, SENT, UNKNOWN, DEAD)
+FINISHED = (SENT, UNKNOWN, DEAD)

@@ -1,0 +1,96 @@
+"""Building the triggers feature for the services container, and a deliverer on demand.
+
+Nothing is opened unless Braze is configured: without BRAZE_REST_URL the route answers
+503 not_configured and no data folder is needed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..config import ConfigError, Settings
+from .outbox import Outbox, OutboxError
+
+if TYPE_CHECKING:  # imported where used: a service without Braze never loads them
+    from .deliverer import Deliverer, Wallets
+    from .intake import Intake
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Triggers:
+    """What the route and the deliverer share in one process."""
+
+    outbox: Outbox
+    intake: Intake
+    keys: tuple[str, ...]
+
+
+def open_outbox(settings: Settings) -> Outbox:
+    """Redis when the service has one (every instance shares it), else SQLite in the data
+    folder. Raises ConfigError naming the variable when the store can't be opened."""
+    from .redis_outbox import RedisOutbox, persistence_warnings
+    from .sqlite_outbox import SqliteOutbox
+
+    try:
+        if settings.redis_url:
+            # The folder still holds the lock that keeps one deliverer per instance.
+            Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+            if not os.access(settings.data_dir, os.W_OK):
+                raise OSError(errno.EACCES, "not writable")
+            shared = RedisOutbox.from_url(settings.redis_url)
+            for warning in persistence_warnings(shared.client):
+                log.warning(warning)
+            return shared
+        return SqliteOutbox(settings.data_dir)
+    except (OSError, OutboxError) as exc:
+        problem = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            "WALLET_PROXY_DATA_DIR", f"can't hold the trigger outbox or its lock: {problem}"
+        ) from None
+
+
+def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Triggers | None:
+    """The outbox and the intake, or None when Braze isn't configured (then the route
+    answers 503 not_configured and no data folder is needed)."""
+    from .intake import Intake
+
+    if not settings.triggers_configured:
+        return None
+    outbox = open_outbox(settings)
+    intake = Intake(
+        outbox,
+        max_queued=settings.trigger_max_queued,
+        set_email=settings.trigger_set_email,
+        clock=unix_time,
+    )
+    return Triggers(outbox, intake, settings.trigger_keys)
+
+
+def build_deliverer(
+    settings: Settings,
+    outbox: Outbox,
+    *,
+    wallets: Wallets | None = None,
+    clock: Callable[[], float],
+) -> Deliverer:
+    from .braze import BrazeClient
+    from .deliverer import Deliverer
+
+    if not settings.braze_rest_url or not settings.braze_rest_api_key:
+        raise ConfigError("BRAZE_REST_URL", "required to deliver triggers")
+    return Deliverer(
+        outbox,
+        BrazeClient(settings.braze_rest_url, settings.braze_rest_api_key),
+        window=settings.trigger_batch_ms / 1000,
+        max_age=settings.trigger_max_age,
+        wallets=wallets,
+        clock=clock,
+    )
