@@ -7,8 +7,16 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import API_KEY, OTHER_KEY, Clock, LiveServer, RedisServer
-from wallet_proxy import create_app
+from wallet_proxy import create_app, request_log
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
+
+
+@pytest.fixture(autouse=True)
+def _request_lines_written():
+    """Request lines are queued and written by a thread: write a test's own before the next
+    test begins, so no test reads another's lines in what it captures."""
+    yield
+    request_log.flush_all()
 
 
 @pytest.fixture

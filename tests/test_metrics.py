@@ -51,8 +51,15 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def app(env, clock):
+    # The budget at its default, so its metrics are there to be scraped.
     return create_app(
-        {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_METRICS_TOKEN": TOKEN}
+        {
+            **env,
+            "TESTING": True,
+            "CLOCK": clock,
+            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
+            "WALLET_PROXY_SESSIONM_RATE": "50",
+        }
     )
 
 
@@ -95,6 +102,11 @@ def test_prometheus_text_with_every_metric(client):
         "wallet_proxy_breaker_state",
         "wallet_proxy_singleflight_waiters",
         "wallet_proxy_redis_errors",
+        "wallet_proxy_sessionm_budget_wait_seconds",
+        "wallet_proxy_sessionm_budget_denied",
+        "wallet_proxy_sessionm_budget_pauses",
+        "wallet_proxy_triggers",
+        "wallet_proxy_trigger_queue_depth",
     } <= families
 
 
@@ -195,6 +207,47 @@ def test_redis_errors_counted(env, clock, sandbox):
     before = scrape(client)
     assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200
     assert delta(before, scrape(client), "wallet_proxy_redis_errors_total") >= 1
+
+
+def test_budget_waits_refusals_and_pauses_counted(env, clock, sandbox):
+    client = create_app(
+        {
+            **env,
+            "TESTING": True,
+            "CLOCK": clock,
+            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
+            "WALLET_PROXY_SESSIONM_RATE": "0.2",  # one request, then the next in 5 s
+            "WALLET_PROXY_BREAKER_THRESHOLD": "100",
+        }
+    ).test_client()
+    before = scrape(client)
+    assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 200
+    assert client.get("/v1/wallets/user-2", headers=AUTH).status_code == 503
+    after = scrape(client)
+    waited = "wallet_proxy_sessionm_budget_wait_seconds_count"
+    assert delta(before, after, waited, api="connect") == 1
+    denied = "wallet_proxy_sessionm_budget_denied_total"
+    assert delta(before, after, denied, api="connect", priority="waiting") == 1
+    assert delta(before, after, denied, api="connect", priority="refresh") == 0
+    assert delta(before, after, "wallet_proxy_sessionm_budget_pauses_total") == 0
+
+
+def test_a_429_counted_as_a_pause(env, clock, sandbox):
+    client = create_app(
+        {
+            **env,
+            "TESTING": True,
+            "CLOCK": clock,
+            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
+            "WALLET_PROXY_DEADLINE": "0.5",
+            "WALLET_PROXY_SESSIONM_RATE": "20",
+        }
+    ).test_client()
+    before = scrape(client)
+    sandbox.configure(status=429, retry_after=3)
+    assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 503
+    pauses = "wallet_proxy_sessionm_budget_pauses_total"
+    assert delta(before, scrape(client), pauses, api="connect") == 1
 
 
 def test_dashboard_panels_query_metrics_we_export(client, sandbox):

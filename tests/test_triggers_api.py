@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import threading
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from tests.helpers import API_KEY, LiveServer
+from tests.helpers import API_KEY, LiveServer, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.services import services
@@ -324,3 +325,36 @@ def test_with_redis_the_data_dir_still_holds_the_deliverer_lock(trigger_env, red
                 "WALLET_PROXY_DATA_DIR": str(blocker / "sub"),
             }
         )
+
+
+def test_trigger_outcomes_and_queue_depth_in_the_metrics(trigger_env, clock):
+    from prometheus_client import REGISTRY
+
+    app = create_app({**trigger_env, "TESTING": True, "CLOCK": clock})
+
+    def metric(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    counted = {o: metric("wallet_proxy_triggers_total", outcome=o) for o in ("accepted", "repeat")}
+    sent_before = metric("wallet_proxy_triggers_total", outcome="sent")
+    with LiveServer(app) as live:
+        for body in (BODY, {**BODY, "customer": {"external_id": "ext-bob"}}):
+            assert post(live, body, {**AUTH, "Idempotency-Key": str(body)}).status_code == 202
+        assert post(live, BODY, {**AUTH, "Idempotency-Key": str(BODY)}).status_code == 202
+    assert metric("wallet_proxy_triggers_total", outcome="accepted") == counted["accepted"] + 2
+    assert metric("wallet_proxy_triggers_total", outcome="repeat") == counted["repeat"] + 1
+
+    # The deliverer reads the depth while the triggers wait for their batch window...
+    deliverer = deliverer_for(app)
+    stop = threading.Event()
+    running = threading.Thread(target=deliverer.run, args=(stop,))
+    running.start()
+    try:
+        wait_until(lambda: metric("wallet_proxy_trigger_queue_depth") == 2, timeout=5)
+        # ...and again once they are sent.
+        clock.advance(seconds=5)
+        wait_until(lambda: metric("wallet_proxy_trigger_queue_depth") == 0, timeout=5)
+    finally:
+        stop.set()
+        running.join()
+    assert metric("wallet_proxy_triggers_total", outcome="sent") == sent_before + 2

@@ -37,8 +37,6 @@ import logging
 from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from .logtext import escape_controls
-
 log = logging.getLogger(__name__)
 
 
@@ -257,5 +255,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, escape_controls(request.path))
+        # The route's pattern, not the path: paths hold user ids.
+        rule = request.url_rule
+        log.exception("unhandled error on %s %s", request.method, rule.rule if rule else "?")
         return _respond(WalletProxyError())

@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar, get_args
 
 from prometheus_client import (
     REGISTRY,
@@ -33,13 +33,18 @@ from prometheus_client.context_managers import InprogressTracker
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import tally
-from .errors import WalletProxyError
+from .budget import Priority
+from .errors import UpstreamBusy, WalletProxyError
 from .tally import CacheResult
+
+if TYPE_CHECKING:
+    from .budget import Budget, Claim
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 CACHE_RESULTS: tuple[CacheResult, ...] = ("hit", "stale", "negative", "miss")
+TriggerOutcome = Literal["accepted", "repeat", "sent", "retry", "unknown", "dead"]
 BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
 
 # Braze gives up at 2 s and the service answers by WALLET_PROXY_DEADLINE (1.5 s): the
@@ -92,12 +97,52 @@ REDIS_ERRORS = Counter(
     "Failed calls to the shared Redis cache (answers then come from the worker's own cache).",
 )
 
+# Budget waits run from nothing (room now) to a bulk job's patience.
+BUDGET_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+BUDGET_WAIT = Histogram(
+    "wallet_proxy_sessionm_budget_wait_seconds",
+    "Time a request to SessionM waited for the fleet's request budget before it went, by API.",
+    ["api"],
+    buckets=BUDGET_BUCKETS,
+)
+BUDGET_DENIED = Counter(
+    "wallet_proxy_sessionm_budget_denied",
+    "Requests to SessionM the budget refused (a render answered 503 or stale, a refresh "
+    "skipped, bulk work out of patience), by API and priority.",
+    ["api", "priority"],
+)
+BUDGET_RATE = Gauge(
+    "wallet_proxy_sessionm_budget_rate",
+    "The configured request budget per second for the whole fleet, by API (absent: no budget).",
+    ["api"],
+    multiprocess_mode="livemax",
+)
+BUDGET_PAUSES = Counter(
+    "wallet_proxy_sessionm_budget_pauses",
+    "SessionM 429s that paused the whole fleet's calls to that API.",
+    ["api"],
+)
+TRIGGERS = Counter(
+    "wallet_proxy_triggers",
+    "Triggers by what happened to them: accepted, repeat (an earlier trigger answered), "
+    "sent, retry, unknown (Braze may have it), dead.",
+    ["outcome"],
+)
+# Set by the one deliverer of an instance (the other workers hold 0), so `livesum` is the
+# instance's outbox; with a Redis outbox shared by instances, take the max across them.
+TRIGGER_QUEUE = Gauge(
+    "wallet_proxy_trigger_queue_depth",
+    "Triggers waiting for Braze (queued or being sent) in this instance's outbox.",
+    multiprocess_mode="livesum",
+)
+
 LOG_LINES_DROPPED = Counter(
     "wallet_proxy_log_lines_dropped",
     "Request lines dropped because standard output did not take them fast enough.",
 )
 
 _cache_children = {result: CACHE.labels(result) for result in CACHE_RESULTS}
+_trigger_children = {outcome: TRIGGERS.labels(outcome) for outcome in get_args(TriggerOutcome)}
 # Resolved once per (route, status): `labels()` costs more than the increment itself.
 _answer_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
@@ -175,6 +220,40 @@ def waiting_for_flight() -> InprogressTracker:
 
 def redis_error() -> None:
     REDIS_ERRORS.inc()
+
+
+class MeteredBudget:
+    """A SessionM budget (budget.Budget) whose waits, refusals and pauses are counted."""
+
+    def __init__(self, api: str, budget: Budget):
+        self.api = api
+        self.budget = budget
+        self.rate = budget.rate
+        self._wait = BUDGET_WAIT.labels(api)
+        self._pauses = BUDGET_PAUSES.labels(api)
+        self._denied = {p: BUDGET_DENIED.labels(api, p.value) for p in Priority}
+        BUDGET_RATE.labels(api).set(budget.rate)
+
+    def acquire(self, claim: Claim) -> None:
+        started = time.perf_counter()
+        try:
+            self.budget.acquire(claim)
+        except UpstreamBusy:
+            self._denied[claim.priority].inc()
+            raise
+        self._wait.observe(time.perf_counter() - started)
+
+    def pause(self, seconds: float) -> None:
+        self._pauses.inc()
+        self.budget.pause(seconds)
+
+
+def trigger_outcome(outcome: TriggerOutcome, count: int = 1) -> None:
+    _trigger_children[outcome].inc(count)
+
+
+def trigger_queue_depth(depth: int) -> None:
+    TRIGGER_QUEUE.set(depth)
 
 
 def log_line_dropped() -> None:

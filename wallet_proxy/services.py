@@ -104,6 +104,7 @@ def core_client(
 def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Budget, Budget]:
     """(Connect's, Core's) request budgets: for the fleet in Redis, else per process."""
     from .budget import UNLIMITED, Fleet, LocalBudget, Priority, SharedBudget
+    from .metrics import MeteredBudget
 
     shares = {
         Priority.WAITING: 1.0,
@@ -122,14 +123,16 @@ def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Bu
                 rates["core"] / processes,
             )
         per_process = {
-            name: LocalBudget(rate / processes, shares) if rate else UNLIMITED
+            name: MeteredBudget(name, LocalBudget(rate / processes, shares)) if rate else UNLIMITED
             for name, rate in rates.items()
         }
         return per_process["connect"], per_process["core"]
     fleet = Fleet(shared, configured=settings.fleet_size)
     fleet.touch()
     fleetwide = {
-        name: SharedBudget(shared, name, rate, shares, fleet) if rate else UNLIMITED
+        name: MeteredBudget(name, SharedBudget(shared, name, rate, shares, fleet))
+        if rate
+        else UNLIMITED
         for name, rate in rates.items()
     }
     return fleetwide["connect"], fleetwide["core"]

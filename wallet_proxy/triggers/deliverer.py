@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from typing import Protocol
 
+from .. import metrics
+from ..logs import UserRef
 from .braze import (
     MAX_RECIPIENTS,
     BrazeNotProcessed,
@@ -41,7 +43,7 @@ from .braze import (
     Sent,
     call_body,
 )
-from .model import Record
+from .model import WAITING, Record
 from .outbox import Outbox, OutboxError
 from .properties import WALLET_UNKNOWN, with_wallet
 
@@ -51,6 +53,14 @@ CLAIM_LIMIT = 500
 CLAIM_LEASE = 30.0  # from claim to `sending`: enough for the wallet budget and the batch
 SEND_LEASE = 60.0  # a call's connect and answer timeouts (13 s), with room to record it
 IDLE_WAIT = 0.05
+DEPTH_EVERY = 1.0  # seconds between readings of the outbox's depth for the metrics
+# The moves the metrics count, as the outcomes they are.
+COUNTED_MOVES: dict[str, metrics.TriggerOutcome] = {
+    "sent": "sent",
+    "retry": "retry",
+    "unknown": "unknown",
+    "dead": "dead",
+}
 PURGE_EVERY = 60.0
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
@@ -123,11 +133,15 @@ class Deliverer:
         """Deliver until `stop` is set; store failures are logged and waited out."""
         log.info("trigger deliverer %s started", self.owner)
         self._stop = stop  # also ends a batch early: the calls not yet made are released
-        last_purge = 0.0
+        last_purge = last_depth = 0.0
         while not stop.is_set():
             try:
                 handled = self.run_once()
                 now = self.clock()
+                if now - last_depth >= DEPTH_EVERY:
+                    counts = self.outbox.counts()
+                    metrics.trigger_queue_depth(sum(counts[state] for state in WAITING))
+                    last_depth = now
                 if now - last_purge >= PURGE_EVERY:
                     removed = self.outbox.purge(now=now)
                     if removed:
@@ -253,7 +267,15 @@ class Deliverer:
                 log.info("Braze refused a batch of %d; sending each alone", len(records))
                 self._one_by_one(records, properties)
                 return
-            log.warning("trigger for %s refused: %s", records[0].trigger.target, failure.reason)
+            trigger = records[0].trigger
+            to = UserRef(trigger.recipient) if trigger.recipient is not None else "everyone"
+            log.warning(
+                "trigger %s for %s to %s refused: %s",
+                records[0].id,
+                trigger.target,
+                to,
+                failure.reason,
+            )
             self._move("dead", records, reason=failure.reason)
         else:
             self._note_rate(sent.rate)
@@ -310,6 +332,9 @@ class Deliverer:
         return stopping or self.clock() < self.paused_until
 
     def _move(self, move: str, records: list[Record], **changes) -> list[str]:
-        return self.outbox.move(
+        moved = self.outbox.move(
             move, [r.id for r in records], now=self.clock(), owner=self.owner, **changes
         )
+        if move in COUNTED_MOVES:
+            metrics.trigger_outcome(COUNTED_MOVES[move], len(moved))
+        return moved

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from .. import metrics
 from ..errors import (
     IdempotencyConflict,
     TriggerQueueFull,
@@ -30,7 +31,9 @@ class Intake:
         trigger = build_trigger(body, set_email=self.set_email)
         dedupe = Dedupe.of(trigger, idempotency_key)
         try:
-            return self.outbox.add(trigger, dedupe, now=self.clock(), max_waiting=self.max_queued)
+            accepted = self.outbox.add(
+                trigger, dedupe, now=self.clock(), max_waiting=self.max_queued
+            )
         except OutboxFull:
             raise TriggerQueueFull() from None
         except DedupeConflict:
@@ -38,3 +41,5 @@ class Intake:
         except OutboxError as exc:
             log.error("could not store a trigger: %s", exc)
             raise TriggerStoreUnavailable() from None
+        metrics.trigger_outcome("accepted" if accepted.created else "repeat")
+        return accepted
