@@ -124,6 +124,7 @@ def gunicorn(
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
         "WALLET_PROXY_API_KEYS": API_KEY,
+        "WALLET_PROXY_LOG_HASH_KEY": "bench-log-hash-key",  # one key for all: no warning
         # No SessionM budget unless a benchmark sets one (campaign.py): the others measure
         # the service itself, and a budget would cap what they measure.
         "WALLET_PROXY_SESSIONM_RATE": "0",

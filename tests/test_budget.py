@@ -30,6 +30,7 @@ from wallet_proxy.budget import (
     LocalBudget,
     Priority,
     SharedBudget,
+    paced_rate,
 )
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.errors import UpstreamBusy
@@ -42,6 +43,7 @@ from wallet_proxy.services import services
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ROOT = Path(__file__).resolve().parent.parent
 SHARES = {Priority.WAITING: 1.0, Priority.BULK: 0.8, Priority.REFRESH: 0.5}
+PACED = paced_rate(20)  # what a budget of 20/s sustains: 22 in any 1.2 s
 
 
 class Timeline:
@@ -105,7 +107,8 @@ def test_waiting_requests_queue_to_their_deadline_and_no_second_sees_more_than_1
             sent.append(moment)
         timeline.now += 0.01
     assert busiest_second(sent) <= 22  # 1.1 x 20
-    assert len(sent) >= 20 * (4 + 1.4) - 2  # the rest were told to come back
+    assert PACED == 22 / 1.2
+    assert len(sent) >= PACED * (4 + 1.4) - 2  # the rest were told to come back
 
 
 def test_a_render_refused_is_told_when_the_queue_has_room():
@@ -135,7 +138,7 @@ def test_a_waiting_render_beats_bulk_and_refreshes():
     went = [moment for moment in others if moment is not None]
     # The rest of the budget goes to the others, and never more than the whole of it.
     assert busiest_second(renders + went) <= 22
-    assert len(renders) + len(went) >= 0.9 * 20 * 10
+    assert len(renders) + len(went) >= 0.9 * PACED * 10
 
 
 def test_bulk_and_refreshes_are_capped_at_their_share_when_alone():
@@ -147,7 +150,7 @@ def test_bulk_and_refreshes_are_capped_at_their_share_when_alone():
             went += ask(budget, timeline, priority) is not None
             timeline.now += 0.001
         # At most its share; a little less, as each ask lands a little after a slot.
-        assert 0.9 * 20 * share * 10 <= went <= 20 * share * 10 + 2, (priority, went)
+        assert 0.9 * PACED * share * 10 <= went <= PACED * share * 10 + 2, (priority, went)
 
 
 def test_bulk_waits_for_room_instead_of_queueing_ahead_of_renders():
@@ -178,9 +181,9 @@ def test_a_pause_holds_every_priority_back():
 
 
 def test_threads_waking_late_do_not_go_out_in_a_bunch():
-    # 28 renders book 1.4 s of queue at 20/s; the threads of the first 21 all wake at
-    # the same moment, 1 s on (a busy machine): checking in as they go, no second sees
-    # more than 20 of them go, and none is lost.
+    # 28 renders book 1.5 s of queue at 20/s (paced: 18.3/s); the threads of the first 21
+    # all wake at the same moment, 1 s on (a busy machine): checking in as they go, no
+    # second sees more than 22 of them go, and none is lost.
     budget = LocalBudget(20, SHARES)
     started = time.monotonic()
     woken = threading.Semaphore(21)
@@ -196,14 +199,14 @@ def test_threads_waking_late_do_not_go_out_in_a_bunch():
     budget.sleep = late_for_some
 
     def render(_: int) -> None:
-        assert admitted(budget, Claim(Priority.WAITING, started + 1.45))
+        assert admitted(budget, Claim(Priority.WAITING, started + 1.6))
         with lock:
             sent.append(time.monotonic())
 
     with ThreadPoolExecutor(28) as pool:
         list(pool.map(render, range(28)))
     assert len(sent) == 28
-    assert busiest_second(sent) <= 21  # 20, and one for this test's own threads
+    assert busiest_second(sent) <= 23  # 22, and one for this test's own threads
 
 
 # --- the same rules in Redis -------------------------------------------------------
@@ -238,9 +241,9 @@ def test_the_redis_budget_is_one_budget_for_several_processes(redis_url, prefix)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(render, range(16)))
     assert busiest_second(sent) <= 22  # 1.1 x 20
-    # The budget's own count, kept in Redis for monitoring, of what it let go.
-    assert int(budgets[0].client.get(budgets[0].peak_key)) == 20
-    assert len(sent) >= 20 * 2.5  # the budget is granted, not just refused
+    # The budget's own count, kept in Redis for monitoring, of what it let go in a second.
+    assert PACED - 1 <= int(budgets[0].client.get(budgets[0].peak_key)) <= 22
+    assert len(sent) >= PACED * 2.5  # the budget is granted, not just refused
 
 
 def test_priorities_in_the_lua_script(redis_url, prefix):
@@ -293,7 +296,8 @@ def test_redis_down_each_process_takes_rate_over_the_fleet_size(redis_url, redis
     budget = fleet[0]
     budget.timer, budget.sleep = timeline, timeline.sleep
     redis_server.kill()
-    assert 0.9 * 10 * 5 <= asked_for_5_seconds(budget, timeline) <= 10 * 5 + 1  # 40 / 4
+    paced = paced_rate(40 / 4)
+    assert 0.9 * paced * 5 <= asked_for_5_seconds(budget, timeline) <= paced * 5 + 1
 
 
 def test_a_redis_stall_refuses_requests_a_longer_failure_falls_back(
@@ -320,7 +324,8 @@ def test_redis_down_without_a_report_uses_the_fleet_size_setting(redis_server, r
     redis_server.kill()
     timeline = Timeline()
     budget = shared(redis_url, prefix, 40, fleet_size=5, timer=timeline, sleep=timeline.sleep)
-    assert 0.9 * 8 * 5 <= asked_for_5_seconds(budget, timeline) <= 8 * 5 + 1  # 40 / 5
+    paced = paced_rate(40 / 5)
+    assert 0.9 * paced * 5 <= asked_for_5_seconds(budget, timeline) <= paced * 5 + 1
 
 
 # --- over HTTP ---------------------------------------------------------------------
@@ -565,13 +570,14 @@ def test_one_budget_across_two_gunicorn_masters(redis_url):
             answers = [a for batch in pool.map(render, range(24)) for a in batch]
         wait_until(lambda: sessionm.stats()["in_flight"] == 0, timeout=10)
         stats = sessionm.stats()
-    # Four processes, each would send 20/s on its own: together they let exactly 20 go in
-    # their busiest second. What SessionM sees adds the scheduling of this 2-core machine,
-    # shared with other suites, between the budget and the socket: 21 to 27 here at a load
-    # of 15 to 25 (docs/benchmarks.md), far from the 80 of four budgets and under
-    # SessionM's own limit of 40.
+    # Four processes, each would send 20/s on its own: together they let at most 22 go in
+    # their busiest second (1.1 x 20). What SessionM sees adds the scheduling of this
+    # 2-core machine, shared with other suites, between the budget and the socket; the
+    # exact bound at SessionM is measured by bench/campaign.py on a quiet machine
+    # (docs/benchmarks.md): here it need only stay far from the 80 of four budgets and
+    # under SessionM's own limit of 40.
     granted = redis.Redis.from_url(redis_url).get("wallet-proxy:budget:{connect}:peak")
-    assert int(granted) == rate
+    assert PACED - 1 <= int(granted) <= 1.1 * rate
     assert stats["busiest_second"] <= 1.5 * rate
     assert stats["rate_limited"] == 0
     assert stats["calls"] >= 2 * rate  # the budget is used, not just refused

@@ -11,11 +11,15 @@ matter. The burst tolerance is 0.05 s worth of requests minus one.
 
 A request first books its slot (FIFO, which is what makes a queue, a deadline
 check and a Retry-After possible), sleeps until then, and checks in again at the
-moment it is sent: a sliding window over what is really sent, at most the rate
-in any second, so threads that wake late on a busy machine can't go out in a
-bunch, yet lose nothing when they do wake late; and the pause. The promise is
-1.1 x the rate in any sliding second at SessionM: the last 10 % is for what
-happens after the check-in (the machine, the network).
+moment it is sent: a sliding window over what is really sent, so threads that
+wake late on a busy machine can't go out in a bunch, yet lose nothing when they
+do wake late; and the pause. The promise is at most 1.1 x the rate in any sliding
+second at SessionM. A request reaches SessionM a little after its check-in (Redis's
+answer coming back, the GIL, the network): up to SEND_SPREAD later, measured on a
+busy 2-core host (bench/campaign.py, docs/benchmarks.md). So the window is 1 s +
+SEND_SPREAD long and holds 1.1 x the rate: whatever second SessionM looks at, its
+requests were checked in within one such window. Bookings are spaced to match
+(`paced_rate`): 1.1 / 1.2, about 92 % of the rate, is what the budget sustains.
 
 Who goes first when the budget is short, without a scheduler:
 
@@ -65,6 +69,9 @@ from .errors import UpstreamBusy
 log = logging.getLogger(__name__)
 
 BURST_SECONDS = 0.05  # the burst allowance: this many seconds' worth of requests at once
+PROMISE = 1.1  # SessionM sees at most this x the rate in any sliding second
+SEND_SPREAD = 0.2  # seconds from a check-in to SessionM the promise allows for
+CHECK_IN_WINDOW = 1.0 + SEND_SPREAD  # seconds over which the check-in counts sends
 FLEET_REPORT_INTERVAL = 5.0  # each process says it is alive this often
 FLEET_WINDOW = 30.0  # and counts in the fleet size this long after its last report
 REDIS_RETRY_INTERVAL = 1.0  # while Redis fails, the local budget is used this long
@@ -206,11 +213,11 @@ class LocalBudget(_Pacer):
         self.shares = dict(shares)
         self.timer = timer
         self.sleep = sleep
-        self._state = _Streams(tat=timer() + 1 / rate if busy else 0.0)
+        self._state = _Streams(tat=timer() + 1 / paced_rate(rate) if busy else 0.0)
         self._lock = threading.Lock()
 
     def _decide(self, priority: Priority, patience: float) -> _Decision:
-        interval = 1 / self.rate
+        interval = 1 / paced_rate(self.rate)
         tolerance = tolerance_for(interval)
         with self._lock:
             now, state = self.timer(), self._state
@@ -236,10 +243,10 @@ class LocalBudget(_Pacer):
             now, state = self.timer(), self._state
             if state.paused_until > now:
                 return _CheckIn(state.paused_until - now, 0.0)
-            while state.sent and state.sent[0] <= now - 1.0:
+            while state.sent and state.sent[0] <= now - CHECK_IN_WINDOW:
                 state.sent.popleft()
             if len(state.sent) >= window_limit(self.rate):
-                return _CheckIn(0.0, state.sent[0] + 1.0 - now)
+                return _CheckIn(0.0, state.sent[0] + CHECK_IN_WINDOW - now)
             state.sent.append(now)
             return _CheckIn(0.0, 0.0)
 
@@ -254,8 +261,13 @@ class LocalBudget(_Pacer):
 
 
 def window_limit(rate: float) -> int:
-    """Requests that may go in any sliding second (the burst is in the booking)."""
-    return max(1, math.floor(rate))
+    """Requests that may go in any CHECK_IN_WINDOW (the burst is in the booking)."""
+    return max(1, math.floor(rate * PROMISE))
+
+
+def paced_rate(rate: float) -> float:
+    """Requests/s the budget books at: what the check-in window lets through, sustained."""
+    return min(rate, window_limit(rate) / CHECK_IN_WINDOW)
 
 
 def tolerance_for(interval: float) -> float:
@@ -293,23 +305,25 @@ store(KEYS[2], math.max(class_tat, now) + class_interval)
 return {1, 0}
 """
 
-# KEYS: sent (a sorted set of the last second's sends), pause, peak. ARGV: the window's
-# limit, a unique member. Returns {paused, wait} in microseconds. `peak` keeps the busiest
-# second the budget has let go (for monitoring: what SessionM sees adds the network).
+# KEYS: sent (a sorted set of the last window's sends), pause, peak. ARGV: the window's
+# limit, a unique member, the window in microseconds. Returns {paused, wait} in
+# microseconds. `peak` keeps the busiest second the budget has let go (for monitoring:
+# what SessionM sees adds the way there).
 _CHECK_IN = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pause > now then return {pause - now, 0} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1000000)
+local window = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, math.max(1, tonumber(oldest[2]) + 1000000 - now)}
+  return {0, math.max(1, tonumber(oldest[2]) + window - now)}
 end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], 2000)
-local sent = redis.call('ZCARD', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window / 1000))
+local sent = redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%.0f', now - 1000000), '+inf')
 if sent > tonumber(redis.call('GET', KEYS[3]) or '0') then
   redis.call('SET', KEYS[3], sent, 'EX', 86400)
 end
@@ -458,7 +472,7 @@ class SharedBudget(_Pacer):
             log.warning("Redis is back: the SessionM budget is shared by the fleet again")
 
     def _decide(self, priority: Priority, patience: float) -> _Decision:
-        interval = 1 / self.rate
+        interval = 1 / paced_rate(self.rate)
         class_interval = interval / self.shares[priority]
         admitted, wait = self._acquire(
             keys=[self._tat_key, f"{self._tat_key}:{priority.value}", self._pause_key],
@@ -475,7 +489,7 @@ class SharedBudget(_Pacer):
     def _check_in(self) -> _CheckIn:
         paused, wait = self._check(
             keys=[self._sent_key, self._pause_key, self.peak_key],
-            args=[window_limit(self.rate), uuid.uuid4().hex],
+            args=[window_limit(self.rate), uuid.uuid4().hex, _micros(CHECK_IN_WINDOW)],
         )
         return _CheckIn(int(paused) / 1_000_000, int(wait) / 1_000_000)
 

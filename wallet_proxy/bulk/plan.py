@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import click
 
+from ..budget import PROMISE, paced_rate
 from ..config import Settings
 from .commands import load_settings
 from .csvinput import BadInput
 from .durations import Duration, spoken
 
-COLD_HEADROOM = 0.9  # of the budget, for Braze's uneven minute, retries and refreshes
+COLD_HEADROOM = 0.95  # of the paced rate, for Braze's uneven minute, retries and refreshes
 WARM_RATE_OPTION = 50.0  # `warm --rate`'s default, a further cap on the warm-up
 RETRY_BACKOFF = (2, 4, 8, 16, 32)  # Braze's :retry, seconds before each retry
 MIN_FRESH_FOR, MAX_FRESH_FOR = 60.0, 4 * 3600.0
@@ -56,6 +57,7 @@ class Plan:
     recipients: int
     renders: int
     rate: float  # SessionM requests/s for the fleet
+    paced: float  # what the budget sustains of it (budget.paced_rate)
     warm_rate: float  # wallets/s a warm-up gets
     warm_seconds: float
     cold_per_minute: int  # the Braze delivery rate limit for a cold send
@@ -69,21 +71,23 @@ def make_plan(
     settings: Settings, recipients: int, renders: int, send_within: float | None
 ) -> Plan:
     rate = settings.sessionm_rate
-    warm_rate = min(rate * settings.bulk_share, WARM_RATE_OPTION)
+    paced = paced_rate(rate)
+    warm_rate = min(paced * settings.bulk_share, WARM_RATE_OPTION)
     warm_seconds = recipients / warm_rate
-    cold_per_minute = max(1, math.floor(rate * 60 * COLD_HEADROOM))
+    cold_per_minute = max(1, math.floor(paced * 60 * COLD_HEADROOM))
     fresh_for = FRESH_FOR_STEP * math.ceil((warm_seconds + (send_within or 0)) / FRESH_FOR_STEP)
     return Plan(
         recipients=recipients,
         renders=renders,
         rate=rate,
+        paced=paced,
         warm_rate=warm_rate,
         warm_seconds=warm_seconds,
         cold_per_minute=cold_per_minute,
         cold_seconds=recipients / (cold_per_minute / 60),
         fresh_for=max(3600.0, fresh_for),
         send_within=send_within,
-        faster=tuple(_faster(recipients, renders, rate, k * rate) for k in FASTER),
+        faster=tuple(_faster(recipients, renders, paced, k * rate) for k in FASTER),
     )
 
 
@@ -107,12 +111,13 @@ def describe(plan: Plan, settings: Settings) -> str:
     fresh_for = min(plan.fresh_for, MAX_FRESH_FOR)
     lines = [
         f"SessionM budget: {plan.rate:g} requests/s for the whole fleet "
-        f"(WALLET_PROXY_SESSIONM_RATE); a warm-up takes at most "
+        f"(WALLET_PROXY_SESSIONM_RATE), sustained at {plan.paced:.3g}/s so that SessionM "
+        f"never sees more than {PROMISE:g} x {plan.rate:g} in a second; a warm-up takes at most "
         f"{settings.bulk_share:.0%} of it, background refreshes {settings.refresh_share:.0%}.",
         "",
         "Warmed send (recommended):",
         f"  Warming {n} customers takes about {spoken(plan.warm_seconds)} "
-        f"({plan.warm_rate:g} wallets/s).",
+        f"({plan.warm_rate:.3g} wallets/s).",
         f"  wallet-proxy warm FILE --fresh-for {_option(fresh_for)}",
         f"  Each wallet stays fresh for {spoken(fresh_for)} after it is warmed, so the "
         f"send must end within {spoken(max(0, fresh_for - plan.warm_seconds))} of the warm-up's "
@@ -131,7 +136,8 @@ def describe(plan: Plan, settings: Settings) -> str:
         "Cold send (not warmed):",
         f"  Set Braze's delivery rate limit to at most {plan.cold_per_minute:,} messages per "
         f"minute. Each message costs one SessionM request (its {plan.renders} renders share "
-        f"it through the cache); that is {COLD_HEADROOM:.0%} of the budget, leaving room for "
+        f"it through the cache); that is {COLD_HEADROOM:.0%} of what the budget sustains, "
+        "leaving room for "
         "Braze's uneven minute and its retries.",
         f"  The send then takes about {spoken(plan.cold_seconds)}.",
     ]
@@ -156,7 +162,7 @@ def describe(plan: Plan, settings: Settings) -> str:
         f"  Renders the budget can't serve before their {settings.deadline:g} s deadline get "
         "503 with Retry-After; with :retry, Braze sends the message again later, up to 5 "
         f"times over at least {sum(RETRY_BACKOFF)} s, then aborts it. Until then SessionM "
-        f"serves {plan.rate:g} wallets/s: whoever is left risks being aborted.",
+        f"serves {plan.paced:.3g} wallets/s: whoever is left risks being aborted.",
         "",
         "Connected Content (with :retry, so a render refused for budget comes back):",
         *(f"  {line}" for line in SNIPPET.splitlines()),
