@@ -80,3 +80,32 @@ def test_the_error_table_has_every_code_the_service_answers():
     documented = {(int(row[0]), row[1].strip("`")) for row in rows if row[0].isdecimal()}
     assert documented == _error_codes()
     assert header == ["status", "code", "when"]
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped,
+    spaces as hyphens (code fences skipped)."""
+    anchors, fenced = set(), False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (heading := re.match(r"#{1,6} +(.*)", line)):
+            text = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def test_every_link_between_the_pages_leads_somewhere():
+    pages = [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]
+    checked = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), (page.name, target)
+            if anchor and linked.suffix == ".md":
+                assert anchor in heading_anchors(linked), (page.name, target)
+            checked += 1
+    assert checked > 30
