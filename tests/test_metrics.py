@@ -51,7 +51,15 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def app(env, clock):
-    # The budget at its default, so its metrics are there to be scraped.
+    return create_app(
+        {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_METRICS_TOKEN": TOKEN}
+    )
+
+
+@pytest.fixture
+def budgeted(env, clock):
+    """A client of an app with the SessionM budget at its default, as deployed: its
+    metrics are there to be scraped too."""
     return create_app(
         {
             **env,
@@ -60,7 +68,7 @@ def app(env, clock):
             "WALLET_PROXY_METRICS_TOKEN": TOKEN,
             "WALLET_PROXY_SESSIONM_RATE": "50",
         }
-    )
+    ).test_client()
 
 
 def scrape(client) -> Samples:
@@ -88,8 +96,8 @@ def test_only_the_metrics_token_opens_them(client, header):
     assert b"wallet_proxy_" not in response.data
 
 
-def test_prometheus_text_with_every_metric(client):
-    response = client.get("/metrics", headers=SCRAPE)
+def test_prometheus_text_with_every_metric(budgeted):
+    response = budgeted.get("/metrics", headers=SCRAPE)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
     families = {f.name for f in text_string_to_metric_families(response.get_data(as_text=True))}
@@ -250,11 +258,11 @@ def test_a_429_counted_as_a_pause(env, clock, sandbox):
     assert delta(before, scrape(client), pauses, api="connect") == 1
 
 
-def test_dashboard_panels_query_metrics_we_export(client, sandbox):
+def test_dashboard_panels_query_metrics_we_export(budgeted, sandbox):
     """Every panel of deploy/grafana-dashboard.json asks for series a scrape really has."""
-    client.get("/v1/wallets/demo-alice", headers=AUTH)
-    client.get("/v1/wallets/demo-alice", headers=AUTH)
-    exported = {name for name, _ in scrape(client)}
+    budgeted.get("/v1/wallets/demo-alice", headers=AUTH)
+    budgeted.get("/v1/wallets/demo-alice", headers=AUTH)
+    exported = {name for name, _ in scrape(budgeted)}
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     panels = [
         panel
