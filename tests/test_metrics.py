@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,6 +50,19 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return total(after, name, **labels) - total(before, name, **labels)
 
 
+def metered(env, clock, **settings) -> FlaskClient:
+    """A client of an app with the metrics token, and `settings` on top of `env`'s."""
+    return create_app(
+        {
+            **env,
+            "TESTING": True,
+            "CLOCK": clock,
+            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
+            **{name: str(value) for name, value in settings.items()},
+        }
+    ).test_client()
+
+
 @pytest.fixture
 def app(env, clock):
     return create_app(
@@ -60,15 +74,7 @@ def app(env, clock):
 def budgeted(env, clock):
     """A client of an app with the SessionM budget at its default, as deployed: its
     metrics are there to be scraped too."""
-    return create_app(
-        {
-            **env,
-            "TESTING": True,
-            "CLOCK": clock,
-            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
-            "WALLET_PROXY_SESSIONM_RATE": "50",
-        }
-    ).test_client()
+    return metered(env, clock, WALLET_PROXY_SESSIONM_RATE="50")
 
 
 def scrape(client) -> Samples:
@@ -154,16 +160,9 @@ def test_lookups_counted_by_what_the_cache_held(client, sandbox, clock):
 
 
 def test_outcomes_and_the_breaker_state(env, clock, sandbox):
-    client = create_app(
-        {
-            **env,
-            "TESTING": True,
-            "CLOCK": clock,
-            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
-            "WALLET_PROXY_BREAKER_THRESHOLD": "1",
-            "WALLET_PROXY_BREAKER_COOLDOWN": "0.2",
-        }
-    ).test_client()
+    client = metered(
+        env, clock, WALLET_PROXY_BREAKER_THRESHOLD="1", WALLET_PROXY_BREAKER_COOLDOWN="0.2"
+    )
     before = scrape(client)
     sandbox.configure(status=500)
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 502
@@ -203,31 +202,18 @@ def test_waiters_counted_while_they_wait(app, client, sandbox):
 
 
 def test_redis_errors_counted(env, clock, sandbox):
-    client = create_app(
-        {
-            **env,
-            "TESTING": True,
-            "CLOCK": clock,
-            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
-            "WALLET_PROXY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nobody there
-        }
-    ).test_client()
+    nobody_there = f"redis://127.0.0.1:{free_port()}/0"
+    client = metered(env, clock, WALLET_PROXY_REDIS_URL=nobody_there)
     before = scrape(client)
     assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200
     assert delta(before, scrape(client), "wallet_proxy_redis_errors_total") >= 1
 
 
 def test_budget_waits_refusals_and_pauses_counted(env, clock, sandbox):
-    client = create_app(
-        {
-            **env,
-            "TESTING": True,
-            "CLOCK": clock,
-            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
-            "WALLET_PROXY_SESSIONM_RATE": "0.2",  # one request, then the next in 5 s
-            "WALLET_PROXY_BREAKER_THRESHOLD": "100",
-        }
-    ).test_client()
+    # One request, then the next in 5 s.
+    client = metered(
+        env, clock, WALLET_PROXY_SESSIONM_RATE=0.2, WALLET_PROXY_BREAKER_THRESHOLD=100
+    )
     before = scrape(client)
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 200
     assert client.get("/v1/wallets/user-2", headers=AUTH).status_code == 503
@@ -241,16 +227,7 @@ def test_budget_waits_refusals_and_pauses_counted(env, clock, sandbox):
 
 
 def test_a_429_counted_as_a_pause(env, clock, sandbox):
-    client = create_app(
-        {
-            **env,
-            "TESTING": True,
-            "CLOCK": clock,
-            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
-            "WALLET_PROXY_DEADLINE": "0.5",
-            "WALLET_PROXY_SESSIONM_RATE": "20",
-        }
-    ).test_client()
+    client = metered(env, clock, WALLET_PROXY_DEADLINE="0.5", WALLET_PROXY_SESSIONM_RATE="20")
     before = scrape(client)
     sandbox.configure(status=429, retry_after=3)
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 503

@@ -273,27 +273,22 @@ ROUTES: list[Route] = [
             },
         },
     ),
-    Route(
-        "post",
-        "/v1/users/{user_id}/tags",
-        "Tag a customer by SessionM user id (Braze webhook to SessionM Core)",
-        "tags",
-        TagsAnswer,
-        TAGS_STATUSES,
-        parameters=(CUSTOMER_ID, IDEMPOTENCY_KEY),
-        body=TagsBody,
-        ok_headers=REPLAYED,
-    ),
-    Route(
-        "post",
-        "/v1/external-users/{user_id}/tags",
-        "Tag a customer by external id (Braze webhook to SessionM Core)",
-        "tags",
-        TagsAnswer,
-        TAGS_STATUSES,
-        parameters=(CUSTOMER_ID, IDEMPOTENCY_KEY),
-        body=TagsBody,
-        ok_headers=REPLAYED,
+    *(
+        Route(
+            "post",
+            path,
+            f"Tag a customer by {named_by} (Braze webhook to SessionM Core)",
+            "tags",
+            TagsAnswer,
+            TAGS_STATUSES,
+            parameters=(CUSTOMER_ID, IDEMPOTENCY_KEY),
+            body=TagsBody,
+            ok_headers=REPLAYED,
+        )
+        for path, named_by in (
+            ("/v1/users/{user_id}/tags", "SessionM user id"),
+            ("/v1/external-users/{user_id}/tags", "external id"),
+        )
     ),
     Route(
         "post",
