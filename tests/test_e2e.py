@@ -130,7 +130,7 @@ def demo(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_PREFIXES)}
     env.update(WEB_CONCURRENCY="2", WALLET_PROXY_API_KEYS=REAL_KEY, WALLET_PROXY_CACHE_TTL="3")
     log_path = tmp_path_factory.mktemp("demo") / "serve.log"
-    log = log_path.open("w+")
+    log = log_path.open("w")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -159,8 +159,9 @@ def demo(tmp_path_factory):
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "did not start"
             time.sleep(0.1)
-        log.seek(0)
-        banner = log.read()
+        # Read through a file of its own: seeking `log` would move the server's offset too
+        # (they share one open file), and its next line would overwrite the banner.
+        banner = log_path.read_text()
         yield Demo(
             base, f"http://127.0.0.1:{sandbox_port}", banner, port, sandbox_port, log_path, process
         )
