@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import re
 import time
 
 import pytest
 
 from tests.helpers import wait_until
+from wallet_proxy.logs import json_handler
 from wallet_proxy.triggers.braze import BrazeClient
 from wallet_proxy.triggers.deliverer import Deliverer, split_calls
 from wallet_proxy.triggers.model import CANVAS, DEAD, QUEUED, SENT, UNKNOWN, Record
@@ -217,6 +222,25 @@ def test_a_400_batch_is_sent_again_one_by_one(outbox, braze, clock):
     assert "invalid recipient" in outbox.get(ids[2]).reason
     assert [len(c["body"]["recipients"]) for c in braze.calls()] == [5, 1, 1, 1, 1, 1]
     assert sorted(m["external_user_id"] for m in braze.messages()) == ["c0", "c1", "c3", "c4"]
+
+
+def test_a_refused_triggers_line_names_it_and_its_hashed_recipient(outbox, braze, clock):
+    written = io.StringIO()
+    handler = json_handler(written)
+    logger = logging.getLogger("wallet_proxy.triggers.deliverer")
+    logger.addHandler(handler)
+    try:
+        trigger_id = accept(outbox, clock, trigger("customer-77"))
+        clock.advance(WINDOW)
+        braze.set(reject=["customer-77"])
+        drain(deliverer(outbox, braze, clock))
+    finally:
+        logger.removeHandler(handler)
+    assert outbox.get(trigger_id).state == DEAD
+    (line,) = [json.loads(text) for text in written.getvalue().splitlines()]
+    hashed = rf"trigger {trigger_id} for campaign:\S+ to [0-9a-f]{{16}} refused: "
+    assert re.fullmatch(hashed + r"Braze answered HTTP 400: .*<recipient>", line["message"])
+    assert "customer-77" not in written.getvalue()
 
 
 def test_404_is_a_dead_letter(outbox, braze, clock):

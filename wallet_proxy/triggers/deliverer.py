@@ -82,6 +82,15 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def loggable(reason: str, records: list[Record]) -> str:
+    """Braze's words for a log line: its messages may quote the recipients' ids, which
+    logs never carry in the clear (the outbox keeps the words as they were)."""
+    for record in records:
+        if record.trigger.recipient:
+            reason = reason.replace(record.trigger.recipient, "<recipient>")
+    return reason
+
+
 def split_calls(records: list[Record]) -> list[list[Record]]:
     """Recipients' triggers in calls of at most 50, each recipient at most once per call.
 
@@ -258,7 +267,7 @@ class Deliverer:
                 "%d triggers for %s: outcome unknown (%s); see `wallet-proxy triggers status`",
                 len(records),
                 records[0].trigger.target,
-                failure.reason,
+                loggable(failure.reason, records),
             )
             self._move("unknown", records, reason=failure.reason)
         except BrazeRejected as failure:
@@ -267,15 +276,7 @@ class Deliverer:
                 log.info("Braze refused a batch of %d; sending each alone", len(records))
                 self._one_by_one(records, properties)
                 return
-            trigger = records[0].trigger
-            to = UserRef(trigger.recipient) if trigger.recipient is not None else "everyone"
-            log.warning(
-                "trigger %s for %s to %s refused: %s",
-                records[0].id,
-                trigger.target,
-                to,
-                failure.reason,
-            )
+            self._refused(records, failure.reason)
             self._move("dead", records, reason=failure.reason)
         else:
             self._note_rate(sent.rate)
@@ -283,6 +284,18 @@ class Deliverer:
                 "queued by Braze (maintenance)" if sent.queued else ""
             )
             self._move("sent", records, dispatch_id=sent.dispatch_id, reason=note)
+
+    @staticmethod
+    def _refused(records: list[Record], reason: str) -> None:
+        """One line for what Braze refused for good: a trigger alone names its recipient
+        (hashed, logs.py), so support can find it."""
+        target, reason = records[0].trigger.target, loggable(reason, records)
+        if len(records) > 1:
+            log.warning("%d triggers for %s refused: %s", len(records), target, reason)
+            return
+        recipient = records[0].trigger.recipient
+        to = UserRef(recipient) if recipient is not None else "everyone"
+        log.warning("trigger %s for %s to %s refused: %s", records[0].id, target, to, reason)
 
     def _one_by_one(self, records: list[Record], properties: dict[str, dict]) -> None:
         for index, record in enumerate(records):
@@ -311,7 +324,7 @@ class Deliverer:
         log.warning(
             "Braze did not take %d triggers (%s); retrying in %.1f s",
             len(records),
-            failure.reason,
+            loggable(failure.reason, records),
             wait,
         )
         too_old = [r for r in records if due - r.queued_at > self.max_age]
