@@ -112,6 +112,7 @@ def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Bu
         Priority.REFRESH: settings.refresh_share,
     }
     rates = {"connect": settings.sessionm_rate, "core": settings.sessionm_core_rate}
+    made: Callable[[str, float], Budget]
     if shared is None:
         processes = settings.fleet_size or 1
         if any(rates.values()):
@@ -122,20 +123,22 @@ def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Bu
                 rates["connect"] / processes,
                 rates["core"] / processes,
             )
-        per_process = {
-            name: MeteredBudget(name, LocalBudget(rate / processes, shares)) if rate else UNLIMITED
-            for name, rate in rates.items()
-        }
-        return per_process["connect"], per_process["core"]
-    fleet = Fleet(shared, configured=settings.fleet_size)
-    fleet.touch()
-    fleetwide = {
-        name: MeteredBudget(name, SharedBudget(shared, name, rate, shares, fleet))
-        if rate
-        else UNLIMITED
+
+        def made(name: str, rate: float) -> Budget:
+            return LocalBudget(rate / processes, shares)
+
+    else:
+        fleet = Fleet(shared, configured=settings.fleet_size)
+        fleet.touch()
+
+        def made(name: str, rate: float) -> Budget:
+            return SharedBudget(shared, name, rate, shares, fleet)
+
+    budgets = {
+        name: MeteredBudget(name, made(name, rate)) if rate else UNLIMITED
         for name, rate in rates.items()
     }
-    return fleetwide["connect"], fleetwide["core"]
+    return budgets["connect"], budgets["core"]
 
 
 def build_services(settings: Settings, clock: Clock) -> Services:
