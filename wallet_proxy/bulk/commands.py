@@ -39,7 +39,7 @@ from typing import TextIO
 
 import click
 
-from ..budget import Budget, Claim, Priority
+from ..budget import Budget, Claim, Priority, paced_rate
 from ..config import CONNECT, CORE, SHARED_CACHE, ConfigError, Part, Settings
 from ..errors import UserNotFound, WalletProxyError
 from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, is_culture
@@ -418,8 +418,8 @@ def warm_command(
         return
     settings = load_settings(CONNECT, SHARED_CACHE)
     service = build_services(settings, lambda: datetime.now(UTC)).wallet_service
-    if settings.sessionm_rate:
-        rate = min(rate, settings.sessionm_rate * settings.bulk_share)
+    if settings.sessionm_rate:  # what the budget lets warm have, as `plan` counts it
+        rate = min(rate, paced_rate(settings.sessionm_rate) * settings.bulk_share)
     click.echo(
         f"warm: {len(records):,} wallets at up to {rate:g}/s, fresh for {spoken(fresh_for)}",
         err=True,
