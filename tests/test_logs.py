@@ -212,6 +212,22 @@ def test_a_flights_records_carry_its_request_id_and_no_user_id(app, client, monk
     assert "demo-alice" not in stream.getvalue()
 
 
+def test_an_unhandled_error_is_logged_by_its_route_not_its_path(app, client, monkeypatch):
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    logging.getLogger("wallet_proxy").addHandler(handler)
+    monkeypatch.setattr(services(app).wallet_service, "lookup", lambda *a, **k: 1 / 0)
+    try:
+        response = client.get("/v1/wallets/demo-alice", headers=AUTH)
+    finally:
+        logging.getLogger("wallet_proxy").removeHandler(handler)
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "internal_error"
+    (record,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert record["message"] == "unhandled error on GET /v1/wallets/<user_id>"
+    assert "demo-alice" not in stream.getvalue()
+
+
 # Under real gunicorn: every line it writes is captured and read.
 
 STAFF, PASSWORD = "support-lead", "staff-password-for-tests-1"

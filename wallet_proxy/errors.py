@@ -255,7 +255,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
-        # The route's pattern, not the path: paths hold user ids.
-        rule = request.url_rule
-        log.exception("unhandled error on %s %s", request.method, rule.rule if rule else "?")
+        from .request_log import route_of
+
+        log.exception("unhandled error on %s %s", request.method, route_of(request))
         return _respond(WalletProxyError())

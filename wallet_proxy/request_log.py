@@ -189,6 +189,13 @@ def flush_all() -> None:
         log.flush()
 
 
+def route_of(req: Request) -> str:
+    """What logs and metrics name a request by: its URL rule's pattern, never the path,
+    which holds user ids."""
+    rule = req.url_rule
+    return rule.rule if rule is not None else UNMATCHED
+
+
 def install(app: Flask, user_ids: UserIds, *, out: int = 1) -> None:
     """The request line and request metrics for every request `app` answers, written to `out`.
 
@@ -212,13 +219,12 @@ def install(app: Flask, user_ids: UserIds, *, out: int = 1) -> None:
         response.headers[HEADER] = current.request_id
         # Once: each attribute read through Flask's proxy costs about a microsecond.
         req = cast("LocalProxy[Request]", request)._get_current_object()
-        rule = req.url_rule
         log.add(
             Answered(
                 time.time(),
                 current.request_id,
                 req.method,
-                rule.rule if rule is not None else UNMATCHED,
+                route_of(req),
                 response.status_code,
                 seconds,
                 current.cache,
