@@ -7,10 +7,8 @@ import gzip
 import json
 import logging
 import shutil
-import socket
 import ssl
 import subprocess
-import threading
 import time
 import tracemalloc
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ import requests
 import urllib3
 
 from tests.helpers import free_port, wait_until
+from tests.raw_servers import RawServer, TrickledHeaders
 from wallet_proxy.errors import (
     InvalidUpstreamPayload,
     NotApplied,
@@ -42,7 +41,7 @@ from wallet_proxy.sessionm import (
     MAX_PAGES,
     ConnectClient,
     parse_envelope,
-    pooled_session,
+    sessionm_http,
 )
 from wallet_proxy.sessionm_core import CoreClient, maybe_applied
 from wallet_proxy.upstream import is_outage
@@ -60,9 +59,7 @@ def client():
         BASE,
         "c2VjcmV0OmtleQ==",
         RETAILER,
-        session=pooled_session(4),
-        connect_timeout=0.5,
-        read_timeout=1.5,
+        http=sessionm_http(4, 0.5, 1.5),
         clock=lambda: FETCHED,
     )
 
@@ -294,35 +291,6 @@ def test_no_retry_when_the_request_may_have_arrived(client, requests_mock):
     assert requests_mock.call_count == 1
 
 
-class RawServer:
-    """A socket server that reads one request at a time and answers with `reply(conn)`:
-    for SessionM failures that a well-behaved HTTP server can't produce."""
-
-    def __init__(self, reply, tls: ssl.SSLContext | None = None):
-        self.reply = reply
-        self.tls = tls
-        self.requests = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(conn, server_side=True)
-            with conn:
-                conn.recv(65536)
-                self.requests += 1
-                self.reply(conn)
-
-    def close(self):
-        self.sock.close()
-
-
 def partial_body(conn):
     conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{"status":')
 
@@ -341,9 +309,7 @@ def test_failures_while_reading_are_our_errors_and_never_resent(reply, error):
         server.url,
         "c2VjcmV0OmtleQ==",
         RETAILER,
-        session=pooled_session(2),
-        connect_timeout=0.5,
-        read_timeout=0.5,
+        http=sessionm_http(2, 0.5, 0.5),
     )
     try:
         with pytest.raises(error):
@@ -388,9 +354,7 @@ def core_client(url: str) -> CoreClient:
         url,
         DEMO_CORE_API_KEY,
         DEMO_CORE_API_SECRET,
-        session=pooled_session(2),
-        connect_timeout=0.5,
-        read_timeout=2,
+        http=sessionm_http(2, 0.5, 2),
     )
 
 
@@ -496,32 +460,12 @@ def test_a_marked_class_answers_and_counts_as_the_class_it_refines(marked, paren
 # --- A hostile SessionM: a wall clock on every call, bounded work on every answer -------
 
 
-class TrickledHeaders:
-    """A reply that sends a status line, then one header byte a second, until the client
-    hangs up: each socket read gets a byte in time, so no read timeout ever trips."""
-
-    def __init__(self, interval: float = 1.0):
-        self.interval = interval
-        self.hung_up = threading.Event()
-
-    def __call__(self, conn):
-        try:
-            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-            while True:
-                time.sleep(self.interval)
-                conn.sendall(b"x")
-        except OSError:
-            self.hung_up.set()
-
-
 def connect_client(url: str, auth: str = "c2VjcmV0OmtleQ==", **kwargs) -> ConnectClient:
     return ConnectClient(
         url,
         auth,
         RETAILER,
-        session=pooled_session(2),
-        connect_timeout=0.5,
-        read_timeout=1.5,
+        http=sessionm_http(2, 0.5, 1.5),
         **kwargs,
     )
 
@@ -575,7 +519,7 @@ def test_trickled_headers_over_tls_are_cut_at_the_deadline(tmp_path, monkeypatch
     for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # they would override `verify`
         monkeypatch.delenv(variable, raising=False)
     client = connect_client(server.url.replace("http://", "https://"))
-    client.transport.session.verify = str(cert)
+    client.calls.http.session.verify = str(cert)
     started = time.monotonic()
     try:
         with pytest.raises(UpstreamTimeout):

@@ -25,7 +25,7 @@ from wallet_proxy.sandbox import (
     DEMO_RETAILER_ID,
     SandboxServer,
 )
-from wallet_proxy.sessionm import pooled_session
+from wallet_proxy.sessionm import sessionm_http
 from wallet_proxy.sessionm_core import CoreClient
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -364,9 +364,7 @@ def test_the_core_url_keeps_every_id_inside_its_segment():
         "https://core.example.com/base/",
         "app key/1",
         "secret",
-        session=pooled_session(1),
-        connect_timeout=1,
-        read_timeout=1,
+        http=sessionm_http(1, 1, 1),
     )
     for user_id in ("a/b", "../..", "?x=1", "#f", "%2F", "a b", "ü"):
         parts = urlsplit(client.tags_url(user_id, external=False))

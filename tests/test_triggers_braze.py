@@ -9,6 +9,7 @@ from email.utils import formatdate
 import pytest
 
 from tests.helpers import free_port
+from tests.raw_servers import RawServer, TrickledHeaders
 from wallet_proxy.triggers.braze import (
     BrazeClient,
     BrazeNotProcessed,
@@ -21,6 +22,10 @@ from wallet_proxy.triggers.braze import (
 from wallet_proxy.triggers.model import CANVAS, Trigger
 
 from .triggers_helpers import BRAZE_KEY, BrazeServer, trigger
+
+# What a cut call may take past its deadline on a loaded machine: the watchdog's wake-up
+# and the blocked read's return.
+TRICKLE_ALLOWANCE = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +155,25 @@ def test_a_slow_braze_is_outcome_unknown_and_did_deliver(braze):
         client.send("campaign", one())
     assert time.monotonic() - started < 4
     assert len(braze.messages()) == 1  # which is why it must not be sent again
+
+
+@pytest.mark.parametrize("interval", [0.5, 0.05])
+def test_a_braze_trickling_headers_is_cut_at_the_answer_timeout(interval):
+    """Per-read timeouts never trip when a byte comes every `interval`: the call still ends
+    at its answer timeout, headers included, and the connection is closed (a Braze that
+    never finishes would otherwise hold the instance's one deliverer for ever)."""
+    trickle = TrickledHeaders(interval)
+    server = RawServer(trickle)
+    client = BrazeClient(server.url, BRAZE_KEY, answer_timeout=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BrazeOutcomeUnknown, match="in time"):
+            client.send("campaign", one())
+        elapsed = time.monotonic() - started
+        assert trickle.hung_up.wait(10), "the connection was never closed"
+    finally:
+        server.close()
+    assert 1.0 <= elapsed < 1.0 + TRICKLE_ALLOWANCE
 
 
 def test_a_dropped_connection_is_outcome_unknown(client, braze):

@@ -121,7 +121,7 @@ def _probe_connect(settings: Settings) -> tuple[bool, str]:
     """
     from .budget import UNLIMITED
     from .errors import UserNotFound, WalletProxyError
-    from .services import connect_client
+    from .sessionm import connect_client
 
     # One call an operator asks for: not worth a place in the fleet's SessionM budget.
     client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .config import Settings
     from .idempotency import Idempotency
     from .service import WalletService
-    from .sessionm import ConnectClient
     from .sessionm_core import CoreClient
     from .support.history import StaffHistory
     from .support.sessions import StaffSessions
@@ -65,40 +64,6 @@ class Services:
 def services(app: Flask | None = None) -> Services:
     """The container of `app`, or of the app handling the current request."""
     return cast(Services, (app or current_app).extensions[EXTENSION])
-
-
-def core_client(
-    settings: Settings,
-    budget: Budget,
-    *,
-    pool_size: int | None = None,
-    connect_timeout: float | None = None,
-    read_timeout: float | None = None,
-) -> CoreClient | None:
-    """The SessionM Core client, None without Core settings.
-
-    The relay's defaults answer within WALLET_PROXY_CORE_TIMEOUT; `tags import` passes
-    its own.
-    """
-    from .sessionm import connect_timeout_for, pooled_session
-    from .sessionm_core import CoreClient
-
-    url, key, secret = (
-        settings.sessionm_core_url,
-        settings.sessionm_core_api_key,
-        settings.sessionm_core_api_secret,
-    )
-    if url is None or key is None or secret is None:  # all or none: Settings checks
-        return None
-    return CoreClient(
-        url,
-        key,
-        secret,
-        session=pooled_session(pool_size or settings.upstream_concurrency),
-        connect_timeout=connect_timeout or connect_timeout_for(settings.deadline),
-        read_timeout=read_timeout or settings.core_timeout,
-        budget=budget,
-    )
 
 
 def sessionm_budgets(settings: Settings, shared: redis.Redis | None) -> tuple[Budget, Budget]:
@@ -147,6 +112,8 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     from .cache import MemoryCache, RedisCache, WalletCache
     from .idempotency import Idempotency, MemoryStore, RedisStore
     from .service import WalletService
+    from .sessionm import connect_client
+    from .sessionm_core import core_client
     from .stores import shared_store
     from .support.history import StaffHistory
     from .support.sessions import StaffSessions
@@ -221,22 +188,4 @@ def redis_client(settings: Settings) -> redis.Redis | None:
         # redis-py 8 caps a pool at 100 connections: fewer than a worker's request threads
         # and their flights together, when SessionM's budget keeps many of them waiting.
         max_connections=REDIS_CONNECTIONS,
-    )
-
-
-def connect_client(settings: Settings, clock: Clock, budget: Budget) -> ConnectClient:
-    """The SessionM Connect client (get_user_offers) the wallet service calls."""
-    from .sessionm import ConnectClient, connect_timeout_for, pooled_session
-
-    return ConnectClient(
-        settings.sessionm_connect_url,
-        settings.sessionm_connect_auth,
-        settings.sessionm_retailer_id,
-        session=pooled_session(settings.upstream_concurrency),
-        connect_timeout=connect_timeout_for(settings.deadline),
-        read_timeout=settings.upstream_timeout,
-        clock=clock,
-        max_offers=settings.max_wallet_offers,
-        max_bytes=settings.max_wallet_bytes,
-        budget=budget,
     )

@@ -1,4 +1,4 @@
-"""HTTP to SessionM Connect: one pooled session, timeouts from the deadline, paging.
+"""SessionM Connect's offers (get_user_offers), and what every SessionM call shares.
 
 This module knows SessionM's wire format and error envelope and nothing of
 caching or Flask. It turns every way a call can go wrong into one of the
@@ -13,9 +13,8 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import requests
-import urllib3
 from marshmallow import ValidationError
 
 from . import metrics
@@ -33,11 +32,20 @@ from .errors import (
     UserNotFound,
     WalletTooLarge,
 )
+from .http import (
+    AnswerTimeout,
+    AnswerTooLarge,
+    ConnectionRefused,
+    ConnectTimeout,
+    HttpClient,
+    HttpFailure,
+)
 from .logs import UserRef
 from .schemas import OFFER_SCHEMA, PAGE_SCHEMA
-from .version import __version__
 from .wallet import Offer, Wallet
-from .watchdog import Watchdog, WatchedAdapter, process_watchdog
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,6 @@ NOT_FOUND_CODES = {"user_not_found", "not_found"}
 # What of SessionM's error code we repeat: a code, not 5 MB of whatever it sent.
 ERROR_CODE_RE = re.compile(r"[^A-Za-z0-9_.-]")
 MAX_ERROR_CODE = 64
-CHUNK = 64 * 1024
 
 
 def connect_timeout_for(deadline: float) -> float:
@@ -61,108 +68,86 @@ def connect_timeout_for(deadline: float) -> float:
     return min(0.5, deadline / 3)
 
 
-def pooled_session(pool_size: int) -> requests.Session:
-    """One keep-alive pool per process; no urllib3 retries (Braze's :retry is enough);
-    connections a `Watchdog` can cut at a call's deadline."""
-    session = requests.Session()
-    adapter = WatchedAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = f"wallet-proxy/{__version__}"
-    return session
+def sessionm_http(pool_size: int, connect_timeout: float, read_timeout: float) -> HttpClient:
+    """One keep-alive pool per SessionM API and process, its answers capped at 5 MB."""
+    return HttpClient(
+        pool_size=pool_size,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
 
 
-class Transport:
-    """POST JSON to SessionM and read the answer, all within a deadline.
+class SessionmCalls:
+    """POST JSON to SessionM and read the answer, all within a deadline, in our error tree.
 
-    Shared by every SessionM client (Connect offers, Core tags): timeouts cut to
-    what is left of the deadline, the 5 MB cap, one retry of a refused connect,
-    and requests' exceptions turned into our error tree. The deadline is a wall
-    clock on the whole call, headers included: the watchdog cuts the connection
-    when it passes, however slowly SessionM trickles bytes. Redirects are not
-    followed: SessionM has no reason to send us elsewhere. SessionM's 429 is
-    passed on to the request budget, which pauses the whole fleet.
+    Shared by every SessionM client (Connect offers, Core tags): the transport (http.py)
+    holds the call to its deadline, headers included, and caps the answer at 5 MB; here a
+    refused connection is tried once more (nothing was sent, and it fails fast), SessionM's
+    429 is passed on to the request budget, which pauses the whole fleet, and every failure
+    becomes the error class that says whether SessionM may have acted on it.
     """
 
-    def __init__(
-        self,
-        session: requests.Session,
-        connect_timeout: float,
-        read_timeout: float,
-        *,
-        watchdog: Watchdog | None = None,
-        budget: Budget = UNLIMITED,
-    ):
-        self.session = session
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.watchdog = watchdog or process_watchdog()
+    def __init__(self, http: HttpClient, *, budget: Budget = UNLIMITED):
+        self.http = http
         self.budget = budget
 
     def post(
-        self, url: str, body: dict, headers: dict, deadline: float, *, auth=None
+        self,
+        url: str,
+        body: dict,
+        headers: Mapping[str, str],
+        deadline: float,
+        *,
+        auth: tuple[str, str] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body bytes); `deadline` is a `time.monotonic()` instant."""
+        data = json.dumps(body, allow_nan=False).encode()
         for attempt in (1, 2):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise UpstreamTimeout()
-            timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
-            with self.watchdog.watch(deadline) as watch:
-                try:
-                    with self.session.post(
-                        url,
-                        json=body,
-                        headers=headers,
-                        auth=auth,
-                        timeout=timeout,
-                        stream=True,
-                        allow_redirects=False,
-                    ) as response:
-                        if response.status_code == 429:  # every process holds back, not just us
-                            retry_after = response.headers.get("Retry-After")
-                            self.budget.pause(retry_after_seconds(retry_after))
-                        answer = (
-                            response.status_code,
-                            response.headers,
-                            read_capped(response, deadline),
-                        )
-                except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                    error = UpstreamTimeout() if watch.expired else _our_error(exc)
-                else:
-                    if watch.expired:  # cut at the deadline: the body may look complete
-                        raise UpstreamTimeout()
-                    return answer
-            # Only a refused connection is tried again: nothing was sent, and it fails fast.
-            # A second refusal means SessionM (or the path to it) is really down.
-            if (
-                not isinstance(error, UpstreamConnectRefused)
-                or attempt == 2
-                or deadline - time.monotonic() <= self.connect_timeout
-            ):
-                raise error
-            log.info("retrying SessionM after a refused connection")
+            try:
+                answer = self.http.post(url, data, headers, deadline, auth=auth)
+            except ConnectionRefused:
+                # A second refusal means SessionM (or the way to it) is really down.
+                if attempt == 2 or deadline - time.monotonic() <= self.http.connect_timeout:
+                    raise UpstreamConnectRefused() from None
+                log.info("retrying SessionM after a refused connection")
+                continue
+            except HttpFailure as failure:
+                raise _our_error(failure) from None
+            if answer.status == 429:  # every process holds back, not just us
+                self.budget.pause(retry_after_seconds(answer.headers.get("Retry-After")))
+            return answer.status, answer.headers, answer.body
         raise AssertionError("unreachable")
 
 
-def _our_error(
-    exc: requests.RequestException | urllib3.exceptions.HTTPError,
-) -> UpstreamError:
-    """A failed request as our error tree, whose class says whether it may have arrived."""
-    if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError):
+def _our_error(failure: HttpFailure) -> UpstreamError:
+    """A failed call as our error tree, whose class says whether it may have arrived."""
+    if isinstance(failure, AnswerTooLarge):
+        return UpstreamError("SessionM's answer is larger than 5 MB; refused.")
+    if isinstance(failure, ConnectTimeout | AnswerTimeout):
         return UpstreamTimeout()
-    if isinstance(exc, requests.ConnectionError):
-        return UpstreamConnectRefused() if _refused(exc) else UpstreamUnavailable()
-    # urllib3's own errors come from reading the body (read1), which requests doesn't
-    # wrap: a connection cut or a protocol error half-way through.
-    log.warning("SessionM request failed: %s", type(exc).__name__)
     return UpstreamUnavailable()
 
 
-def _refused(error: requests.ConnectionError) -> bool:
-    """Whether the connection was never made (so SessionM received nothing)."""
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+def connect_client(
+    settings: Settings, clock: Callable[[], datetime], budget: Budget
+) -> ConnectClient:
+    """The SessionM Connect client (get_user_offers) the wallet service calls."""
+    http = sessionm_http(
+        settings.upstream_concurrency,
+        connect_timeout_for(settings.deadline),
+        settings.upstream_timeout,
+    )
+    return ConnectClient(
+        settings.sessionm_connect_url,
+        settings.sessionm_connect_auth,
+        settings.sessionm_retailer_id,
+        http=http,
+        clock=clock,
+        max_offers=settings.max_wallet_offers,
+        max_bytes=settings.max_wallet_bytes,
+        budget=budget,
+    )
 
 
 class ConnectClient:
@@ -178,9 +163,7 @@ class ConnectClient:
         auth: str,
         retailer_id: str,
         *,
-        session: requests.Session,
-        connect_timeout: float,
-        read_timeout: float,
+        http: HttpClient,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_offers: int = MAX_WALLET_OFFERS,
         max_bytes: int = MAX_WALLET_BYTES,
@@ -188,7 +171,7 @@ class ConnectClient:
     ):
         self.url = base_url.rstrip("/") + GET_USER_OFFERS
         self.retailer_id = retailer_id
-        self.transport = Transport(session, connect_timeout, read_timeout, budget=budget)
+        self.calls = SessionmCalls(http, budget=budget)
         self.clock = clock
         self.max_offers = max_offers
         self.max_bytes = max_bytes
@@ -212,7 +195,7 @@ class ConnectClient:
         unreadable = _Unreadable()
         for _ in range(MAX_PAGES):
             if first is not None:
-                self.transport.budget.acquire(claim)
+                self.calls.budget.acquire(claim)
             page, page_size = self._page(user_id, culture, skip, deadline)
             first = first or page
             size += page_size
@@ -257,7 +240,7 @@ class ConnectClient:
             "include_pending_extended_data": False,
             "culture": culture,
         }
-        status, headers, raw = self.transport.post(self.url, body, self._headers, deadline)
+        status, headers, raw = self.calls.post(self.url, body, self._headers, deadline)
         payload = parse_envelope(status, headers, raw)
         try:
             return PAGE_SCHEMA.load(payload), len(raw)
@@ -265,29 +248,6 @@ class ConnectClient:
             raise InvalidUpstreamPayload(
                 f"SessionM's payload has unexpected fields: {sorted(exc.messages)}"
             ) from None
-
-
-def read_capped(response: requests.Response, deadline: float) -> bytes:
-    """The body, refused past MAX_BODY_BYTES and abandoned at the deadline.
-
-    `read1` returns whatever one socket read brings, so a peer trickling bytes
-    can't hold us past the deadline the way a fill-the-buffer read would.
-    """
-    declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise UpstreamError("SessionM's answer is larger than 5 MB; refused.")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        if time.monotonic() > deadline:
-            raise UpstreamTimeout()
-        chunk = response.raw.read1(CHUNK, decode_content=True)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise UpstreamError("SessionM's answer is larger than 5 MB; refused.")
-        chunks.append(chunk)
 
 
 def _error_code(document: object) -> str:

@@ -2,21 +2,59 @@
 
 Braze's partner page has Braze (or a script) call Core directly, which puts the Core
 secret in Braze. The relay and `wallet-proxy tags import` call through this client
-instead. It reuses the Connect transport (timeouts, size cap, error tree). Whether a
+instead. It makes its calls as Connect does (sessionm.SessionmCalls: deadline, size cap,
+error tree). Whether a
 failed call may still have been applied by SessionM, which decides whether a counter
 tag may be sent again, is in the class of the error raised (`errors.NotApplied`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-import requests
 
 from . import metrics
 from .budget import UNLIMITED, Budget
 from .errors import InvalidRequest, NotApplied, UpstreamServerDeclined
-from .sessionm import Transport, parse_envelope, retry_after_seconds
+from .http import HttpClient
+from .sessionm import (
+    SessionmCalls,
+    connect_timeout_for,
+    parse_envelope,
+    retry_after_seconds,
+    sessionm_http,
+)
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+
+def core_client(
+    settings: Settings,
+    budget: Budget,
+    *,
+    pool_size: int | None = None,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+) -> CoreClient | None:
+    """The SessionM Core client, None without Core settings.
+
+    The relay's defaults answer within WALLET_PROXY_CORE_TIMEOUT; `tags import` passes
+    its own.
+    """
+    url, key, secret = (
+        settings.sessionm_core_url,
+        settings.sessionm_core_api_key,
+        settings.sessionm_core_api_secret,
+    )
+    if url is None or key is None or secret is None:  # all or none: Settings checks
+        return None
+    http = sessionm_http(
+        pool_size or settings.upstream_concurrency,
+        connect_timeout or connect_timeout_for(settings.deadline),
+        read_timeout or settings.core_timeout,
+    )
+    return CoreClient(url, key, secret, http=http, budget=budget)
 
 
 class CoreClient:
@@ -28,15 +66,13 @@ class CoreClient:
         api_key: str,
         api_secret: str,
         *,
-        session: requests.Session,
-        connect_timeout: float,
-        read_timeout: float,
+        http: HttpClient,
         budget: Budget = UNLIMITED,
     ):
         self._app_url = f"{base_url.rstrip('/')}/priv/v1/apps/{quote(api_key, safe='')}"
         self._auth = (api_key, api_secret)
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        self.transport = Transport(session, connect_timeout, read_timeout, budget=budget)
+        self.calls = SessionmCalls(http, budget=budget)
 
     def __repr__(self) -> str:
         return "CoreClient(<credentials hidden>)"
@@ -73,9 +109,7 @@ class CoreClient:
         body: dict = {"tags": list(tags)}
         if ttl is not None:
             body["ttl"] = ttl
-        status, headers, raw = self.transport.post(
-            url, body, self._headers, deadline, auth=self._auth
-        )
+        status, headers, raw = self.calls.post(url, body, self._headers, deadline, auth=self._auth)
         try:
             # The reference promises Core's envelope, not a payload in its success.
             return parse_envelope(status, headers, raw, require_payload=False)

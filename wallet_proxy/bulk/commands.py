@@ -44,8 +44,8 @@ from ..config import CONNECT, CORE, SHARED_CACHE, ConfigError, Part, Settings
 from ..errors import UserNotFound, WalletProxyError
 from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, is_culture
 from ..service import BULK_PATIENCE, WalletService
-from ..services import build_services, core_client, redis_client, sessionm_budgets
-from ..sessionm_core import CoreClient, maybe_applied
+from ..services import build_services, redis_client, sessionm_budgets
+from ..sessionm_core import CoreClient, core_client, maybe_applied
 from .csvinput import (
     MAX_PROBLEMS,
     BadInput,

@@ -23,11 +23,14 @@ import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-
-from .. import __version__
+from ..http import (
+    AnswerTimeout,
+    AnswerTooLarge,
+    ConnectionRefused,
+    ConnectTimeout,
+    HttpClient,
+    HttpFailure,
+)
 from .model import CAMPAIGN, Trigger
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ CONNECT_TIMEOUT = 3.0
 ANSWER_TIMEOUT = 10.0  # the whole answer, not each socket read
 MAX_ANSWER_BYTES = 256 * 1024
 MAX_WAIT = 3600.0  # a Retry-After or reset further away than this is not believed
-CHUNK = 16 * 1024
+POOL_SIZE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,21 +168,25 @@ def retry_after_seconds(headers, now: float, *, rate_limited: bool = True) -> fl
 
 
 class BrazeClient:
-    """POSTs to one Braze REST endpoint with the trigger-send key; one pooled session."""
+    """POSTs to one Braze REST endpoint with the trigger-send key, each call answered whole
+    within `answer_timeout` of its start (connecting included), whatever Braze does."""
 
     def __init__(
         self,
         base_url: str,
         api_key: str,
         *,
-        session: requests.Session | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         answer_timeout: float = ANSWER_TIMEOUT,
         clock=time.time,
     ):
         self.base_url = base_url.rstrip("/")
-        self.session = session or _session()
-        self.connect_timeout = connect_timeout
+        self.http = HttpClient(
+            pool_size=POOL_SIZE,
+            connect_timeout=connect_timeout,
+            read_timeout=answer_timeout,
+            max_body_bytes=MAX_ANSWER_BYTES,
+        )
         self.answer_timeout = answer_timeout
         self.clock = clock
         self._headers = {
@@ -188,72 +195,35 @@ class BrazeClient:
             "Accept": "application/json",
         }
 
+    def close(self) -> None:
+        self.http.close()
+
     def send(self, kind: str, body: dict) -> Sent:
         """One call; raises a BrazeFailure subclass unless Braze took it."""
         url = self.base_url + PATHS[kind]
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        deadline = time.monotonic() + self.answer_timeout
         try:
-            with self.session.post(
-                url,
-                data=data,
-                headers=self._headers,
-                timeout=(self.connect_timeout, self.answer_timeout),
-                stream=True,
-                allow_redirects=False,
-            ) as response:
-                raw = _read_capped(response, deadline)
-                return _outcome(response.status_code, response.headers, raw, self.clock())
-        except requests.ConnectTimeout:
+            answer = self.http.post(
+                url, data, self._headers, time.monotonic() + self.answer_timeout
+            )
+        except AnswerTooLarge as too_large:  # judged by its status alone
+            return _outcome(too_large.status, too_large.headers, b"", self.clock())
+        except ConnectTimeout:
             raise BrazeNotProcessed("no connection to Braze within the connect timeout") from None
-        except (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, _Deadline):
+        except ConnectionRefused:
+            raise BrazeNotProcessed("Braze refused the connection") from None
+        except AnswerTimeout:
             raise BrazeOutcomeUnknown("Braze did not answer in time") from None
-        except requests.ConnectionError as exc:
-            if _refused(exc):
-                raise BrazeNotProcessed("Braze refused the connection") from None
+        except HttpFailure:
             raise BrazeOutcomeUnknown("the connection to Braze dropped") from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            log.warning("Braze call failed: %s", type(exc).__name__)
-            raise BrazeOutcomeUnknown("the connection to Braze failed") from None
-
-
-class _Deadline(Exception):
-    pass
-
-
-def _session() -> requests.Session:
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = f"wallet-proxy/{__version__}"
-    return session
-
-
-def _refused(error: requests.ConnectionError) -> bool:
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
-
-
-def _read_capped(response: requests.Response, deadline: float) -> bytes:
-    """At most MAX_ANSWER_BYTES, abandoned at the deadline even if Braze trickles bytes."""
-    chunks, size = [], 0
-    while size <= MAX_ANSWER_BYTES:
-        if time.monotonic() > deadline:
-            raise _Deadline()
-        chunk = response.raw.read1(CHUNK, decode_content=True)
-        if not chunk:
-            break
-        size += len(chunk)
-        chunks.append(chunk)
-    return b"".join(chunks)[: MAX_ANSWER_BYTES + 1]
+        return _outcome(answer.status, answer.headers, answer.body, self.clock())
 
 
 def _outcome(status: int, headers, raw: bytes, now: float) -> Sent:
     rate = RateLimit.from_headers(headers)
     try:
-        document = json.loads(raw) if len(raw) <= MAX_ANSWER_BYTES else None
-    except ValueError:
+        document = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
         document = None
     document = document if isinstance(document, dict) else {}
     said = str(document.get("message") or "")[:200]
