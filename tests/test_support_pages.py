@@ -157,6 +157,29 @@ def test_cultures_setting(env):
         Settings.from_env({**env, "WALLET_PROXY_CULTURES": "en-US,english"})
 
 
+def test_cultures_are_one_spelling_in_settings_pages_and_switch(env, clock, sandbox):
+    """`es_ES` (Braze's locale), `ES-es` and `es-es` are es-ES wherever a culture is read."""
+    settings = Settings.from_env(
+        {**env, "WALLET_PROXY_DEFAULT_CULTURE": "EN_us", "WALLET_PROXY_CULTURES": "es_ES, ES-es"}
+    )
+    assert (settings.default_culture, settings.cultures) == ("en-US", ("en-US", "es-ES"))
+    client = make_app(env, clock, WALLET_PROXY_CULTURES="es_ES").test_client()
+    log_in(client)
+    assert client.get("/support/?user_id=demo-alice&culture=ES_es").location == (
+        f"{ALICE}?culture=es-ES"
+    )
+    page = client.get(f"{ALICE}?culture=es-es").text
+    switcher = element(page, r'<nav class="cultures" aria-label="Culture">(.*?)</nav>')
+    assert re.findall(r'aria-current="page">([^<]+)</a>', switcher) == ["es-ES"]
+    assert re.findall(r"<option selected>([^<]+)</option>", lookup_box(page)) == ["es-ES"]
+    assert "/v1/wallets/{{${user_id}}}?culture=es-ES :basic_auth" in html.unescape(page)
+    assert titles(page)[0] == "10 % de descuento en tu próximo café"
+    # An error page's lookup box too: the culture typed, in its one spelling.
+    missing = client.get("/support/wallets/nobody?culture=es_es").text
+    assert re.findall(r"<option selected>([^<]+)</option>", lookup_box(missing)) == ["es-ES"]
+    assert sandbox.stats()["calls_by_culture"] == {"es-ES": 2}
+
+
 def test_every_time_is_machine_readable_for_the_local_clock(staff_client):
     page = staff_client.get(ALICE).text
     times = re.findall(r'<time[^>]* datetime="([^"]+)"', page)

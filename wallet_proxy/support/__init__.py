@@ -29,7 +29,7 @@ from flask import (
 from .. import api
 from ..cache import Entry
 from ..origins import origin_of
-from ..rules import check_culture, check_user_id
+from ..rules import canonical_culture, check_culture, check_user_id
 from ..service import Lookup
 from ..services import services
 from ..wallet import EXPIRED, NOT_REDEEMABLE, days_left, iso_z, live_view
@@ -104,6 +104,7 @@ def _template_helpers() -> dict:
         "reasons": REASONS,
         "image_src": image_src,
         "cultures": settings.cultures,
+        "canonical_culture": canonical_culture,
         "default_culture": settings.default_culture,
         "looked_up": looked_up(),
     }
