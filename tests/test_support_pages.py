@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 
+from tests.helpers import OFFER_WITH_UNKNOWN_EXPIRY
 from tests.staff import (
     PASSWORD,
     STAFF,
@@ -180,7 +181,24 @@ def test_cultures_are_one_spelling_in_settings_pages_and_switch(env, clock, sand
     assert sandbox.stats()["calls_by_culture"] == {"es-ES": 2}
 
 
-def test_every_time_is_machine_readable_for_the_local_clock(staff_client):
+def test_an_offer_without_an_expiry_field_we_know_is_marked(staff_client, sandbox):
+    """Served as never expiring for want of a field we read, which may be wrong: the page
+    says so beside its expiry. SessionM's own "never" (`expiration_date: null`) is not."""
+    assert "no-expiry-field" not in staff_client.get(ALICE).text
+    sandbox.configure(extra_offers=[OFFER_WITH_UNKNOWN_EXPIRY])
+    page = staff_client.get("/support/wallets/demo-bob").text
+    rows = re.findall(
+        r"<tr>(.*?)</tr>", element(page, r'<table id="live-offers"(.*?)</table>'), re.S
+    )
+    (row,) = [row for row in rows if "Odd tenant" in html.unescape(row)]
+    marker = element(row, r'<span class="no-expiry-field">(.*?)</span>')
+    assert "none of the expiry fields this service reads" in marker
+    assert "(expires_at, expiration_date, redemption_end_date)" in marker
+    assert "wallet-proxy check-config --probe --user demo-bob" in re.sub(
+        r"<[^>]+>|\s+", " ", marker
+    )
+    assert "never expires" in row
+
     page = staff_client.get(ALICE).text
     times = re.findall(r'<time[^>]* datetime="([^"]+)"', page)
     assert len(times) >= 6  # fetched, fresh until, 3 expiries, the history's lookup

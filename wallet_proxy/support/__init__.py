@@ -30,6 +30,7 @@ from .. import api
 from ..cache import Entry
 from ..origins import origin_of
 from ..rules import canonical_culture, check_culture, check_user_id
+from ..schemas import EXPIRY_FIELDS
 from ..service import Lookup
 from ..services import services
 from ..wallet import EXPIRED, NOT_REDEEMABLE, days_left, iso_z, live_view
@@ -103,6 +104,7 @@ def _template_helpers() -> dict:
         "age_text": age_text,
         "reasons": REASONS,
         "image_src": image_src,
+        "expiry_fields": EXPIRY_FIELDS,
         "cultures": settings.cultures,
         "canonical_culture": canonical_culture,
         "default_culture": settings.default_culture,
