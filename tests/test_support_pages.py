@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -124,6 +124,21 @@ def test_badge_and_text_both_follow_the_entrys_fresh_until(app, staff_client, cl
     text = element(page, r'<p id="cache-text">(.*?)</p>')
     assert "Fresh until" in text and fresh_until(page) == fresh_until(first)
     assert "older than" not in page  # the old text said 60 s beside a 57 s stale badge
+
+
+def test_the_page_says_how_long_braze_may_keep_showing_this_copy(staff_client, clock):
+    """Braze caches what it gets for 5 minutes by default, 4 hours at most: a redeemed offer
+    may show in messages until then, whatever this service's cache does."""
+    clock.advance(minutes=10)
+    page = staff_client.get(ALICE).text
+    text = re.sub(r"\s+", " ", element(page, r'<p id="braze-cache-text">(.*?)</p>'))
+    times = re.findall(r'<time[^>]* datetime="([^"]+)"', text)
+    assert [datetime.fromisoformat(moment) - clock() for moment in times] == [
+        timedelta(minutes=5),
+        timedelta(hours=4),
+    ]
+    assert "offers redeemed or expired since included" in text
+    assert "<code>:no_cache</code> asks again at every render" in text
 
 
 # Cultures
