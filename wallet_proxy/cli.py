@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
@@ -26,6 +27,9 @@ from .rules import check_user_id
 from .serving import CONFIG, gunicorn_command
 from .support.staff import MIN_PASSWORD_LENGTH
 from .triggers.commands import triggers_group
+
+if TYPE_CHECKING:
+    from .sessionm import ConnectClient
 
 DEMO_API_KEY = "demo-api-key-not-secret"
 DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
@@ -134,25 +138,28 @@ def _redis_problem(url: str) -> str | None:
     return None
 
 
+def _probe_client(settings: Settings) -> tuple[ConnectClient, float]:
+    """A Connect client for a probe and the probe's deadline. One call an operator asks for
+    is not worth a place in the fleet's SessionM budget."""
+    from .budget import UNLIMITED
+    from .services import connect_client
+
+    client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)
+    return client, time.monotonic() + settings.upstream_timeout
+
+
 def _probe_connect(settings: Settings) -> tuple[bool, str]:
     """(answered as expected, what happened): get_user_offers for a customer nobody has.
 
     Harmless: it reads, and a made-up id is unknown to SessionM. A not-found answer proves
     the URL, the credentials and the retailer id; nothing secret is shown either way.
     """
-    from .budget import UNLIMITED
     from .errors import UserNotFound, WalletProxyError
-    from .services import connect_client
 
-    # One call an operator asks for: not worth a place in the fleet's SessionM budget.
-    client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)
+    client, deadline = _probe_client(settings)
     made_up = f"wallet-proxy-probe-{secrets.token_hex(6)}"
     try:
-        client.fetch_wallet(
-            made_up,
-            settings.default_culture,
-            deadline=time.monotonic() + settings.upstream_timeout,
-        )
+        client.fetch_wallet(made_up, settings.default_culture, deadline=deadline)
     except UserNotFound:
         return True, f"answered: {made_up} is unknown, as expected (credentials accepted)"
     except WalletProxyError as error:
@@ -164,18 +171,12 @@ def _probe_offer_fields(settings: Settings, user_id: str) -> tuple[bool, str]:
     """(answered, what happened): one real customer's first page of offers, reported by the
     names of the fields SessionM sent (how many offers carry each, and what the service
     reads each as), never their values. It only reads, like the made-up probe."""
-    from .budget import UNLIMITED
     from .errors import UserNotFound, WalletProxyError
     from .schemas import EXPIRY_FIELDS, OFFER_FIELDS_READ
-    from .services import connect_client
 
-    client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)
+    client, deadline = _probe_client(settings)
     try:
-        found = client.offer_fields(
-            user_id,
-            settings.default_culture,
-            deadline=time.monotonic() + settings.upstream_timeout,
-        )
+        found = client.offer_fields(user_id, settings.default_culture, deadline=deadline)
     except UserNotFound:
         return False, f"SessionM does not know the customer {user_id}"
     except WalletProxyError as error:
