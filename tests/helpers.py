@@ -27,6 +27,17 @@ from wallet_proxy.serving import gunicorn_command
 API_KEY = "test-api-key-1"
 OTHER_KEY = "test-api-key-2"
 
+# An offer as a tenant might send it with its expiry under a name the service doesn't read
+# (for the sandbox's `extra_offers` knob): it loads as never expiring, and is marked so.
+OFFER_WITH_UNKNOWN_EXPIRY = {
+    "user_offer_id": "0dd00000-0000-4000-8000-000000000001",
+    "offer_id": "0dd00000-0000-4000-9000-000000000001",
+    "offer_group_id": "6a0f0c1e-0000-4000-8000-000000000001",
+    "offer_type": "manual_fulfillment",
+    "title": "Odd tenant's offer",
+    "valid_until": "2031-05-17T09:30:00Z",
+}
+
 
 class Clock:
     """Time that tests move by hand: no sleeping to see a TTL pass or an offer expire."""

@@ -11,6 +11,7 @@ import requests_mock as requests_mock_module
 
 from tests.helpers import API_KEY, OTHER_KEY
 from wallet_proxy import create_app
+from wallet_proxy.rules import canonical_culture
 from wallet_proxy.sandbox import SandboxServer
 from wallet_proxy.services import services
 from wallet_proxy.sessionm import GET_USER_OFFERS
@@ -179,7 +180,7 @@ def test_refused_credentials(client, headers, sandbox):
         "/v1/wallets/demo-alice%0A",
         "/v1/wallets/demo-alice?culture=en-US%0A",
         "/v1/wallets/demo-alice?limit=5%0A",
-        "/v1/wallets/demo-alice?culture=en_US",
+        "/v1/wallets/demo-alice?culture=en--US",
         "/v1/wallets/demo-alice?limit=0",
         "/v1/wallets/demo-alice?limit=1001",
         "/v1/wallets/demo-alice?limit=ten",
@@ -198,6 +199,29 @@ def test_every_allowed_character(client, auth, user_id):
     response = client.get(f"/v1/wallets/{user_id}", headers=auth)
     assert response.status_code == 404  # valid, but not a sandbox customer
     assert response.get_json()["error"]["code"] == "user_not_found"
+
+
+@pytest.mark.parametrize(
+    ("written", "culture"),
+    [
+        ("es-ES", "es-ES"),
+        ("es_ES", "es-ES"),
+        ("ES-es", "es-ES"),
+        ("es-es", "es-ES"),
+        ("EN", "en"),
+        ("ES-419", "es-419"),
+        ("zh_hant_tw", "zh-Hant-TW"),
+        ("ZH-HANT", "zh-Hant"),
+        ("fil-ph", "fil-PH"),
+        ("english", None),
+        ("en-", None),
+        ("en_-US", None),
+        ("en-US\n", None),
+    ],
+)
+def test_one_spelling_of_a_culture(written, culture):
+    """BCP 47 tags are case-insensitive; Braze writes locales with `_` (es_ES)."""
+    assert canonical_culture(written) == culture
 
 
 def test_empty_culture_means_the_default(client, auth):

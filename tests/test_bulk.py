@@ -753,6 +753,19 @@ def test_warm_then_a_burst_is_served_with_zero_sessionm_calls(tmp_path, warm_env
     assert sandbox.stats()["calls"] == warmed_calls
 
 
+def test_warm_culture_is_the_apis_however_it_is_spelled(tmp_path, warm_env, sandbox):
+    """`--culture es_es` warms the cache key that `?culture=es-ES` (or ES_es) reads."""
+    path = write_csv(tmp_path / "send.csv", [["demo-alice", ""]], header=USER_IDS)
+    result = cli(["warm", path, "--culture", "es_es"], warm_env)
+    assert result.exit_code == 0, result.output
+    client = create_app({**warm_env, "TESTING": True}).test_client()
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    for culture in ("es-ES", "ES_es"):
+        answer = client.get(f"/v1/wallets/demo-alice?culture={culture}", headers=headers)
+        assert (answer.headers["X-Cache"], answer.get_json()["culture"]) == ("HIT", "es-ES")
+    assert sandbox.stats()["calls_by_culture"] == {"es-ES": 1}
+
+
 def test_warm_counts_not_found_and_failures(tmp_path, warm_env, sandbox):
     path = write_csv(tmp_path / "send.csv", [["demo-alice", ""], ["nobody", ""]], header=USER_IDS)
     result = cli(["warm", path, "--rate", "100"], warm_env)

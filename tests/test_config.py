@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import OFFER_WITH_UNKNOWN_EXPIRY, free_port
 from wallet_proxy import create_app
 from wallet_proxy.config import (
     CONNECT,
@@ -240,21 +240,63 @@ def test_check_config_pings_redis(redis_url):
     assert "redis-secret-pw" not in result.stdout + result.stderr
 
 
-def test_check_config_probe_makes_one_harmless_call(sandbox):
-    env = {
+@pytest.fixture
+def probe_env(sandbox) -> dict:
+    """GOOD, pointed at the sandbox's Connect."""
+    return {
         **GOOD,
         "SESSIONM_CONNECT_URL": sandbox.url,
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
     }
-    good = run("wallet_proxy.cli", "check-config", "--probe", env=env)
+
+
+def test_check_config_probe_names_the_offer_fields_sessionm_sends(sandbox, probe_env):
+    """For one real customer: each field name SessionM sent and what the service reads it as,
+    and the offers with no expiry field we know; never a value."""
+    sandbox.configure(extra_offers=[OFFER_WITH_UNKNOWN_EXPIRY])
+    result = run(
+        "wallet_proxy.cli", "check-config", "--probe", "--user", "demo-alice", env=probe_env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SessionM Connect probe: answered with 6 offers for demo-alice" in result.stdout
+    fields = {
+        line.split()[0]: " ".join(line.split()[2:])
+        for line in result.stdout.splitlines()
+        if line.startswith("    ")
+    }
+    assert fields["valid_until"] == "not read"
+    assert fields["expiration_date"] == "read as expires_at"
+    assert fields["redemption_end_date"] == "read as expires_at"
+    assert fields["name"] == "read as title"
+    assert fields["media"] == "read as logo_url"
+    assert fields["custom_data"] == "not read"
+    expiry_names = "expires_at, expiration_date, redemption_end_date"
+    assert f"offers with none of {expiry_names}: 1 (served as never expiring)" in result.stdout
+    assert "fields read that SessionM did not send: expires_at" in result.stdout
+    for value in ("Odd tenant", "2031", "0dd00000", "Double points", "SAT-2X", "gold"):
+        assert value not in result.stdout + result.stderr
+    assert sandbox.stats()["calls_by_user"] == {"demo-alice": 1}
+
+    unknown = run("wallet_proxy.cli", "check-config", "--probe", "--user", "nobody", env=probe_env)
+    assert unknown.returncode == 1
+    assert "SessionM does not know the customer nobody" in unknown.stderr
+    alone = run("wallet_proxy.cli", "check-config", "--user", "demo-alice", env=probe_env)
+    assert alone.returncode == 2 and "--user goes with --probe" in alone.stderr
+    bad = run("wallet_proxy.cli", "check-config", "--probe", "--user", "a b", env=probe_env)
+    assert bad.returncode == 2 and "Invalid value for --user" in bad.stderr
+    assert sandbox.stats()["calls"] == 2
+
+
+def test_check_config_probe_makes_one_harmless_call(sandbox, probe_env):
+    good = run("wallet_proxy.cli", "check-config", "--probe", env=probe_env)
     assert good.returncode == 0, good.stderr
     assert "SessionM Connect probe: answered: wallet-proxy-probe-" in good.stdout
     assert "is unknown, as expected (credentials accepted)" in good.stdout
     (made_up,) = sandbox.stats()["calls_by_user"]
     assert made_up.startswith("wallet-proxy-probe-")
 
-    wrong = {**env, "SESSIONM_CONNECT_AUTH": "d3JvbmctYXV0aC1zZWNyZXQ="}
+    wrong = {**probe_env, "SESSIONM_CONNECT_AUTH": "d3JvbmctYXV0aC1zZWNyZXQ="}
     bad = run("wallet_proxy.cli", "check-config", "--probe", env=wrong)
     assert bad.returncode == 1
     assert "SessionM Connect probe: failed: " in bad.stderr

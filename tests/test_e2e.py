@@ -68,6 +68,25 @@ def test_a_culture_without_texts_is_answered_as_asked_with_sessionms_fallback(
     assert body["offers"][0]["title"] == "10% off your next coffee"
 
 
+def test_one_culture_however_braze_spells_it_is_one_sessionm_call(live_server, sandbox):
+    """BCP 47 tags are case-insensitive and Braze's locales read es_ES: every spelling of a
+    culture is one cache key, one SessionM call with one `culture`, and one answer's."""
+    spellings = {
+        "en-US": ["en-US", "EN-us", "En-Us", "en-us", "en_US"],
+        "es-ES": ["es_ES", "ES-es", "es-es"],
+    }
+    for canonical, written in spellings.items():
+        for culture in written:
+            response = requests.get(
+                f"{live_server.url}/v1/wallets/demo-alice?culture={culture}",
+                auth=("braze", API_KEY),
+                timeout=5,
+            )
+            assert response.status_code == 200, culture
+            assert response.json()["culture"] == canonical
+    assert sandbox.stats()["calls_by_culture"] == {"en-US": 1, "es-ES": 1}
+
+
 def test_an_unknown_route_is_the_documented_not_found(live_server):
     response = requests.get(f"{live_server.url}/wallets/demo-alice", timeout=5)
     assert response.status_code == 404

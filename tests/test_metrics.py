@@ -20,7 +20,13 @@ from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import API_KEY, GunicornInstance, free_port, wait_until
+from tests.helpers import (
+    API_KEY,
+    OFFER_WITH_UNKNOWN_EXPIRY,
+    GunicornInstance,
+    free_port,
+    wait_until,
+)
 from wallet_proxy import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +127,23 @@ def test_prometheus_text_with_every_metric(budgeted):
         "wallet_proxy_sessionm_budget_pauses",
         "wallet_proxy_triggers",
         "wallet_proxy_trigger_queue_depth",
+        "wallet_proxy_offers_without_expiry_field",
     } <= families
+
+
+def test_offers_without_an_expiry_field_we_know_are_counted(client, sandbox, clock):
+    """Each fetch counts the offers it loads as never expiring for want of a field we read;
+    an offer SessionM marks as never expiring (`expiration_date: null`) is not one."""
+    name = "wallet_proxy_offers_without_expiry_field_total"
+    before = scrape(client)
+    assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200
+    assert delta(before, scrape(client), name) == 0
+    sandbox.configure(extra_offers=[OFFER_WITH_UNKNOWN_EXPIRY])
+    assert client.get("/v1/wallets/demo-bob", headers=AUTH).get_json()["offer_count"] == 1
+    assert delta(before, scrape(client), name) == 1
+    clock.advance(seconds=61)  # past WALLET_PROXY_CACHE_TTL: the refresh is a new fetch
+    assert client.get("/v1/wallets/demo-bob", headers=AUTH).headers["X-Cache"] == "STALE"
+    wait_until(lambda: delta(before, scrape(client), name) == 2, timeout=5)
 
 
 def test_lookups_counted_by_what_the_cache_held(client, sandbox, clock):

@@ -195,6 +195,30 @@ def test_field_variants(client, requests_mock):
     assert (second.title, second.description) == ("", "")
     assert second.logo_url == "https://x/only.png"
     assert second.expires_at is None
+    # The first names its expiry with a name we read, the second says "never" (null).
+    assert (first.no_expiry_field, second.no_expiry_field) == (False, False)
+
+
+def test_an_offer_without_an_expiry_field_we_know_is_marked(client, requests_mock):
+    """It loads as never expiring, which may be wrong: the mark lets it be counted and shown."""
+    requests_mock.post(
+        URL,
+        json=ok(
+            [
+                {"id": "a", "valid_until": "2026-12-01T10:00:00Z"},
+                {"id": "b", "expires_at": None},
+                {"id": "c", "redemption_end_date": ""},
+                {"id": "d", "no_expiry_field": False},
+            ]
+        ),
+    )
+    offers = fetch(client).offers
+    assert [(o.user_offer_id, o.expires_at, o.no_expiry_field) for o in offers] == [
+        ("a", None, True),
+        ("b", None, False),
+        ("c", None, False),
+        ("d", None, True),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,11 @@ from __future__ import annotations
 import html
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
+from tests.helpers import OFFER_WITH_UNKNOWN_EXPIRY
 from tests.staff import (
     PASSWORD,
     STAFF,
@@ -125,6 +126,21 @@ def test_badge_and_text_both_follow_the_entrys_fresh_until(app, staff_client, cl
     assert "older than" not in page  # the old text said 60 s beside a 57 s stale badge
 
 
+def test_the_page_says_how_long_braze_may_keep_showing_this_copy(staff_client, clock):
+    """Braze caches what it gets for 5 minutes by default, 4 hours at most: a redeemed offer
+    may show in messages until then, whatever this service's cache does."""
+    clock.advance(minutes=10)
+    page = staff_client.get(ALICE).text
+    text = re.sub(r"\s+", " ", element(page, r'<p id="braze-cache-text">(.*?)</p>'))
+    times = re.findall(r'<time[^>]* datetime="([^"]+)"', text)
+    assert [datetime.fromisoformat(moment) - clock() for moment in times] == [
+        timedelta(minutes=5),
+        timedelta(hours=4),
+    ]
+    assert "offers redeemed or expired since included" in text
+    assert "<code>:no_cache</code> asks again at every render" in text
+
+
 # Cultures
 
 
@@ -157,7 +173,47 @@ def test_cultures_setting(env):
         Settings.from_env({**env, "WALLET_PROXY_CULTURES": "en-US,english"})
 
 
-def test_every_time_is_machine_readable_for_the_local_clock(staff_client):
+def test_cultures_are_one_spelling_in_settings_pages_and_switch(env, clock, sandbox):
+    """`es_ES` (Braze's locale), `ES-es` and `es-es` are es-ES wherever a culture is read."""
+    settings = Settings.from_env(
+        {**env, "WALLET_PROXY_DEFAULT_CULTURE": "EN_us", "WALLET_PROXY_CULTURES": "es_ES, ES-es"}
+    )
+    assert (settings.default_culture, settings.cultures) == ("en-US", ("en-US", "es-ES"))
+    client = make_app(env, clock, WALLET_PROXY_CULTURES="es_ES").test_client()
+    log_in(client)
+    assert client.get("/support/?user_id=demo-alice&culture=ES_es").location == (
+        f"{ALICE}?culture=es-ES"
+    )
+    page = client.get(f"{ALICE}?culture=es-es").text
+    switcher = element(page, r'<nav class="cultures" aria-label="Culture">(.*?)</nav>')
+    assert re.findall(r'aria-current="page">([^<]+)</a>', switcher) == ["es-ES"]
+    assert re.findall(r"<option selected>([^<]+)</option>", lookup_box(page)) == ["es-ES"]
+    assert "/v1/wallets/{{${user_id}}}?culture=es-ES :basic_auth" in html.unescape(page)
+    assert titles(page)[0] == "10 % de descuento en tu próximo café"
+    # An error page's lookup box too: the culture typed, in its one spelling.
+    missing = client.get("/support/wallets/nobody?culture=es_es").text
+    assert re.findall(r"<option selected>([^<]+)</option>", lookup_box(missing)) == ["es-ES"]
+    assert sandbox.stats()["calls_by_culture"] == {"es-ES": 2}
+
+
+def test_an_offer_without_an_expiry_field_we_know_is_marked(staff_client, sandbox):
+    """Served as never expiring for want of a field we read, which may be wrong: the page
+    says so beside its expiry. SessionM's own "never" (`expiration_date: null`) is not."""
+    assert "no-expiry-field" not in staff_client.get(ALICE).text
+    sandbox.configure(extra_offers=[OFFER_WITH_UNKNOWN_EXPIRY])
+    page = staff_client.get("/support/wallets/demo-bob").text
+    rows = re.findall(
+        r"<tr>(.*?)</tr>", element(page, r'<table id="live-offers"(.*?)</table>'), re.S
+    )
+    (row,) = [row for row in rows if "Odd tenant" in html.unescape(row)]
+    marker = element(row, r'<span class="no-expiry-field">(.*?)</span>')
+    assert "none of the expiry fields this service reads" in marker
+    assert "(expires_at, expiration_date, redemption_end_date)" in marker
+    assert "wallet-proxy check-config --probe --user demo-bob" in re.sub(
+        r"<[^>]+>|\s+", " ", marker
+    )
+    assert "never expires" in row
+
     page = staff_client.get(ALICE).text
     times = re.findall(r'<time[^>]* datetime="([^"]+)"', page)
     assert len(times) >= 6  # fetched, fresh until, 3 expiries, the history's lookup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from wallet_proxy.wallet import (
@@ -121,8 +122,16 @@ def test_answer_changes_at_next_expiry_or_midnight():
 
 
 def test_round_trips_through_a_dict():
-    original = wallet(offer("a", NOW + timedelta(days=1)), offer("b"))
+    unnamed = replace(offer("c"), no_expiry_field=True)
+    original = wallet(offer("a", NOW + timedelta(days=1)), offer("b"), unnamed)
     assert Wallet.from_dict(original.to_dict()) == original
+
+
+def test_a_cached_wallet_from_before_the_expiry_mark_still_loads():
+    """Entries in a shared Redis written before `no_expiry_field` existed."""
+    data = wallet(offer("a")).to_dict()
+    del data["offers"][0]["no_expiry_field"]
+    assert Wallet.from_dict(data).offers[0].no_expiry_field is False
 
 
 def test_an_answer_is_cut_to_its_size_limit_from_the_latest_expiring_end():

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
@@ -21,9 +22,14 @@ from werkzeug.security import generate_password_hash
 from .bulk.commands import tags_group, warm_command
 from .bulk.plan import plan_command
 from .config import ConfigError, Settings, examine, log_id_settings
+from .errors import InvalidRequest
+from .rules import check_user_id
 from .serving import CONFIG, gunicorn_command
 from .support.staff import MIN_PASSWORD_LENGTH
 from .triggers.commands import triggers_group
+
+if TYPE_CHECKING:
+    from .sessionm import ConnectClient
 
 DEMO_API_KEY = "demo-api-key-not-secret"
 DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
@@ -33,6 +39,8 @@ DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo cred
 # throttle behave as they do in one process (a deployment shares them through Redis).
 DEMO_WORKERS, DEMO_THREADS = 1, 64
 REDIS_PING_TIMEOUT = 1.0
+# What `check-config --probe --user` prints of SessionM's offer field names.
+MAX_FIELDS_SHOWN, MAX_FIELD_NAME = 100, 64
 DEMO_TRIGGER = (
     '{"braze_campaign_id": "demo-campaign", "customer": {"external_id": "ext-alice", '
     '"sessionm_user_id": "demo-alice"}, "enrich": ["wallet"], '
@@ -52,12 +60,26 @@ def main() -> None:
     is_flag=True,
     help="Also make one harmless call to SessionM Connect (a made-up customer's wallet).",
 )
-def check_config(probe: bool) -> None:
+@click.option(
+    "--user",
+    "user_id",
+    metavar="ID",
+    help="With --probe: read this real customer's wallet instead, and print the names (never "
+    "the values) of the offer fields SessionM sends and which the service reads.",
+)
+def check_config(probe: bool, user_id: str | None) -> None:
     """Validate the service's settings: every problem at once, then Redis (and SessionM).
 
     Variables that look like ours but that no setting reads are warned about, with the
     closest known name. Exits 1 on any problem; warnings alone don't fail.
     """
+    if user_id is not None:
+        if not probe:
+            raise click.UsageError("--user goes with --probe")
+        try:
+            user_id = check_user_id(user_id)
+        except InvalidRequest as error:
+            raise click.BadParameter(error.message, param_hint="--user") from None
     verdict = examine(os.environ)
     for warning in verdict.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -85,7 +107,10 @@ def check_config(probe: bool) -> None:
             f"SessionM keys; outbox: {store}"
         )
     if probe:
-        answered, outcome = _probe_connect(settings)
+        if user_id is None:
+            answered, outcome = _probe_connect(settings)
+        else:
+            answered, outcome = _probe_offer_fields(settings, user_id)
         click.echo(f"  SessionM Connect probe: {outcome}")
         if not answered:
             failures.append(f"SessionM Connect probe: {outcome}")
@@ -113,30 +138,72 @@ def _redis_problem(url: str) -> str | None:
     return None
 
 
+def _probe_client(settings: Settings) -> tuple[ConnectClient, float]:
+    """A Connect client for a probe and the probe's deadline. One call an operator asks for
+    is not worth a place in the fleet's SessionM budget."""
+    from .budget import UNLIMITED
+    from .sessionm import connect_client
+
+    client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)
+    return client, time.monotonic() + settings.upstream_timeout
+
+
 def _probe_connect(settings: Settings) -> tuple[bool, str]:
     """(answered as expected, what happened): get_user_offers for a customer nobody has.
 
     Harmless: it reads, and a made-up id is unknown to SessionM. A not-found answer proves
     the URL, the credentials and the retailer id; nothing secret is shown either way.
     """
-    from .budget import UNLIMITED
     from .errors import UserNotFound, WalletProxyError
-    from .sessionm import connect_client
 
-    # One call an operator asks for: not worth a place in the fleet's SessionM budget.
-    client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)
+    client, deadline = _probe_client(settings)
     made_up = f"wallet-proxy-probe-{secrets.token_hex(6)}"
     try:
-        client.fetch_wallet(
-            made_up,
-            settings.default_culture,
-            deadline=time.monotonic() + settings.upstream_timeout,
-        )
+        client.fetch_wallet(made_up, settings.default_culture, deadline=deadline)
     except UserNotFound:
         return True, f"answered: {made_up} is unknown, as expected (credentials accepted)"
     except WalletProxyError as error:
         return False, f"failed: {error.message} ({error.code})"
     return True, f"answered with a wallet for the made-up id {made_up} (credentials accepted)"
+
+
+def _probe_offer_fields(settings: Settings, user_id: str) -> tuple[bool, str]:
+    """(answered, what happened): one real customer's first page of offers, reported by the
+    names of the fields SessionM sent (how many offers carry each, and what the service
+    reads each as), never their values. It only reads, like the made-up probe."""
+    from .errors import UserNotFound, WalletProxyError
+    from .schemas import EXPIRY_FIELDS, OFFER_FIELDS_READ
+
+    client, deadline = _probe_client(settings)
+    try:
+        found = client.offer_fields(user_id, settings.default_culture, deadline=deadline)
+    except UserNotFound:
+        return False, f"SessionM does not know the customer {user_id}"
+    except WalletProxyError as error:
+        return False, f"failed: {error.message} ({error.code})"
+    lines = [f"answered with {found.offers:,} offers for {user_id} (the first page)"]
+    if found.offers:
+        lines.append("  offer fields SessionM sent (offers carrying each; never their values):")
+        shown = sorted(found.sent.items(), key=lambda item: (-item[1], item[0]))
+        for name, count in shown[:MAX_FIELDS_SHOWN]:
+            read_as = OFFER_FIELDS_READ.get(name)
+            mapped = f"read as {read_as}" if read_as else "not read"
+            lines.append(f"    {_field_name(name):32} {count:6,}  {mapped}")
+        if len(shown) > MAX_FIELDS_SHOWN:
+            lines.append(f"    … and {len(shown) - MAX_FIELDS_SHOWN:,} more names")
+        missing = sorted(set(OFFER_FIELDS_READ) - set(found.sent))
+        lines.append(f"  fields read that SessionM did not send: {', '.join(missing) or 'none'}")
+        lines.append(
+            f"  offers with none of {', '.join(EXPIRY_FIELDS)}: {found.without_expiry_field:,}"
+            + (" (served as never expiring)" if found.without_expiry_field else "")
+        )
+    return True, "\n".join(lines)
+
+
+def _field_name(name: str) -> str:
+    """A name SessionM chose, safe on a terminal: escaped when it holds controls, and cut."""
+    name = name[:MAX_FIELD_NAME]
+    return name if name.isprintable() else ascii(name)
 
 
 @main.command("hash-password")

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .origins import ORIGIN_RULE, parse_origin
-from .rules import CULTURE_RULE, DEFAULT_CULTURE, is_culture
+from .rules import CULTURE_RULE, DEFAULT_CULTURE, canonical_culture
 
 log = logging.getLogger(__name__)
 
@@ -415,10 +415,11 @@ class _Reader:
         return value
 
     def culture(self, name: str, default: str) -> str:
-        value = self.raw(name) or default
-        if not is_culture(value):
+        """In its one spelling, as the API's cultures are (`es_ES` is es-ES)."""
+        culture = canonical_culture(self.raw(name) or default)
+        if culture is None:
             raise ConfigError(name, f"must be a culture {CULTURE_RULE}")
-        return value
+        return culture
 
     def api_keys(self, name: str, *, required: bool = True) -> tuple[str, ...]:
         if not required and self.raw(name) is None:
@@ -490,14 +491,17 @@ class _Reader:
         return tuple(dict.fromkeys(found))
 
     def cultures(self, name: str, default_name: str) -> tuple[str, ...]:
-        """The default culture (`default_name`'s) first, then the listed ones in their order."""
-        default = self.raw(default_name) or DEFAULT_CULTURE
-        if not is_culture(default):
-            default = DEFAULT_CULTURE  # reported under its own name
+        """The default culture (`default_name`'s) first, then the listed ones in their order,
+        each in its one spelling and once (`es_ES, es-es` is es-ES)."""
+        # A malformed default is reported under its own name.
+        default = canonical_culture(self.raw(default_name) or DEFAULT_CULTURE) or DEFAULT_CULTURE
         value = self.raw(name)
-        listed = [item.strip() for item in value.split(",")] if value else []
-        if any(not is_culture(item) for item in listed):
-            raise ConfigError(name, f"must be cultures {CULTURE_RULE}, comma-separated")
+        listed = []
+        for item in value.split(",") if value else []:
+            culture = canonical_culture(item.strip())
+            if culture is None:
+                raise ConfigError(name, f"must be cultures {CULTURE_RULE}, comma-separated")
+            listed.append(culture)
         return tuple(dict.fromkeys([default, *listed]))
 
     def boolean(self, name: str) -> bool:

@@ -122,6 +122,11 @@ BUDGET_PAUSES = Counter(
     "SessionM 429s that paused the whole fleet's calls to that API.",
     ["api"],
 )
+OFFERS_WITHOUT_EXPIRY_FIELD = Counter(
+    "wallet_proxy_offers_without_expiry_field",
+    "Offers read from SessionM (at each wallet fetch) with none of the expiry fields the "
+    "service knows (expires_at, expiration_date, redemption_end_date): served as never expiring.",
+)
 TRIGGERS = Counter(
     "wallet_proxy_triggers",
     "Triggers by what happened to them: accepted, repeat (an earlier trigger answered), "
@@ -246,6 +251,12 @@ class MeteredBudget:
     def pause(self, seconds: float) -> None:
         self._pauses.inc()
         self.budget.pause(seconds)
+
+
+def offers_without_expiry_field(count: int) -> None:
+    """`count` offers of one fetched wallet had no expiry field the service knows."""
+    if count:
+        OFFERS_WITHOUT_EXPIRY_FIELD.inc(count)
 
 
 def trigger_outcome(outcome: TriggerOutcome, count: int = 1) -> None:

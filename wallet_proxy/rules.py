@@ -28,8 +28,10 @@ CUSTOMER_ID_RULE = "1 to 255 characters without control characters, and not '.' 
 CUSTOMER_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}\Z")
 
 DEFAULT_CULTURE = "en-US"
-CULTURE_RULE = "like en, en-US, es-419 or zh-Hant-TW"
-_CULTURE = r"[A-Za-z]{2,3}(-[A-Za-z]{4})?(-(?:[A-Za-z]{2}|[0-9]{3}))?"
+CULTURE_RULE = "like en, en-US, es-419 or zh-Hant-TW (any case; es_ES as Braze writes locales)"
+# Language, then an optional script and region, joined by - or _ (Braze's most_recent_locale
+# reads es_ES). BCP 47 tags are case-insensitive, so any case is the same culture.
+_CULTURE = r"[A-Za-z]{2,3}([-_][A-Za-z]{4})?([-_](?:[A-Za-z]{2}|[0-9]{3}))?"
 CULTURE_RE = re.compile(rf"^{_CULTURE}\Z")
 OPTIONAL_CULTURE_RE = re.compile(rf"^(?:{_CULTURE})?\Z")  # in a query, empty means the default
 
@@ -42,8 +44,19 @@ MAX_TAGS = 20
 MAX_TTL = 31_536_000
 
 
-def is_culture(value: str) -> bool:
-    return CULTURE_RE.match(value) is not None
+def canonical_culture(value: str) -> str | None:
+    """The one spelling of a culture, or None when `value` is not one.
+
+    `es_ES`, `ES-es` and `es-es` all name es-ES: BCP 47's conventional case (language lower,
+    script title, region upper) joined by hyphens. Every culture the service holds is in this
+    form, so one culture is one cache key, one SessionM call and one answer's `culture`.
+    """
+    if not CULTURE_RE.match(value):
+        return None
+    language, *subtags = value.replace("_", "-").split("-")
+    return "-".join(
+        [language.lower(), *(tag.title() if len(tag) == 4 else tag.upper() for tag in subtags)]
+    )
 
 
 def check_user_id(user_id: str) -> str:
@@ -53,9 +66,11 @@ def check_user_id(user_id: str) -> str:
 
 
 def check_culture(culture: str) -> str:
-    if not is_culture(culture):
+    """The culture in its one spelling (canonical_culture), or InvalidRequest."""
+    canonical = canonical_culture(culture)
+    if canonical is None:
         raise InvalidRequest(f"culture must look {CULTURE_RULE}.")
-    return culture
+    return canonical
 
 
 def check_customer_id(customer_id: str) -> str:
@@ -69,7 +84,7 @@ class WalletQuery:
     """Query of GET /v1/wallets/<id>; unknown parameters (cache-busters) are ignored."""
 
     user_id: str
-    culture: str | None  # None: the service's default
+    culture: str | None  # in its one spelling (canonical_culture); None: the service's default
     limit: int | None
 
 
@@ -81,7 +96,7 @@ def parse_wallet_query(user_id: str, args: Mapping[str, str]) -> WalletQuery:
     # An empty culture (a blank ${language} in Braze) means the default.
     culture = (args["culture"] if "culture" in args else None) or None  # noqa: SIM401
     if culture is not None:
-        check_culture(culture)
+        culture = check_culture(culture)
     raw_limit = args["limit"] if "limit" in args else None  # noqa: SIM401
     limit = None
     if raw_limit is not None:

@@ -10,11 +10,18 @@ includes dates that exist in SessionM's time zone but not in UTC, such as
 
 Their work is bounded whatever SessionM sends: a page's offers are read one by
 one by the caller (who caps their number), and only an offer's first few media.
+
+Only `offer_id`, `offer_group_id` and `offer_type` of an offer are publicly documented;
+the other names read here are our reading of clients and sibling endpoints. An offer
+with none of the expiry names we know is marked (`Offer.no_expiry_field`): it loads as
+never expiring, which may be wrong, so it is counted and shown rather than trusted.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
@@ -25,6 +32,15 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Media read per offer: the logo is among the first few, and a list of a million
 # entries would cost seconds of CPU.
 MAX_MEDIA = 20
+
+# Other names older tenants and sibling endpoints use for the same facts, in the order
+# they are tried when ours is missing or empty.
+SPELLINGS = {
+    "user_offer_id": ("id",),
+    "title": ("name",),
+    "expires_at": ("expiration_date", "redemption_end_date"),
+}
+EXPIRY_FIELDS = ("expires_at", *SPELLINGS["expires_at"])
 
 
 class _NullTolerant(fields.Field):
@@ -121,24 +137,24 @@ class OfferSchema(Schema):
     is_redeemable = fields.Boolean(load_default=True, allow_none=True)
     expires_at = UtcDateTime(load_default=None, allow_none=True)
     media = fields.List(fields.Nested(MediaSchema), load_default=list, allow_none=True)
+    # Set by fold_spellings, never read from SessionM.
+    no_expiry_field = fields.Boolean(load_default=False)
 
     @pre_load
     def fold_spellings(self, data, **kwargs):
         if not isinstance(data, dict):
             raise ValidationError("An offer must be an object.")
         data = dict(data)
-        # Older tenants and sibling endpoints use other names for the same facts.
-        for wanted, fallbacks in (
-            ("user_offer_id", ("id",)),
-            ("title", ("name",)),
-            ("expires_at", ("expiration_date", "redemption_end_date")),
-        ):
+        # A name we know with a null value is SessionM saying "never"; no name at all is not.
+        data["no_expiry_field"] = not any(name in data for name in EXPIRY_FIELDS)
+        for wanted, fallbacks in SPELLINGS.items():
             if data.get(wanted) in (None, ""):
                 data[wanted] = next(
                     (data[name] for name in fallbacks if data.get(name) not in (None, "")), None
                 )
-        for name in ("id", "name", "expiration_date", "redemption_end_date"):
-            data.pop(name, None)
+        for fallbacks in SPELLINGS.values():
+            for name in fallbacks:
+                data.pop(name, None)
         if isinstance(data.get("media"), list):
             data["media"] = data["media"][:MAX_MEDIA]
         else:
@@ -159,6 +175,7 @@ class OfferSchema(Schema):
             points=data["points"],
             is_redeemable=data["is_redeemable"] is not False,
             expires_at=data["expires_at"],
+            no_expiry_field=data["no_expiry_field"],
         )
 
 
@@ -198,3 +215,31 @@ class PageSchema(Schema):
 
 PAGE_SCHEMA = PageSchema()
 OFFER_SCHEMA = OfferSchema()
+
+# Each offer field name SessionM may send that the service reads, and what it reads it as.
+OFFER_FIELDS_READ = {
+    **{name: name for name in OFFER_SCHEMA.fields if name not in ("media", "no_expiry_field")},
+    "media": "logo_url",
+    **{other: ours for ours, others in SPELLINGS.items() for other in others},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OfferFields:
+    """The names (never the values) of the fields SessionM sent in a page of offers: how
+    many offers carry each, and how many carry none of the expiry names we know."""
+
+    offers: int
+    sent: Counter[str]
+    without_expiry_field: int
+
+    @classmethod
+    def of(cls, raw_offers: list) -> OfferFields:
+        objects = [raw for raw in raw_offers if isinstance(raw, dict)]
+        return cls(
+            offers=len(objects),
+            sent=Counter(name for raw in objects for name in raw),
+            without_expiry_field=sum(
+                not any(name in raw for name in EXPIRY_FIELDS) for raw in objects
+            ),
+        )

@@ -41,7 +41,7 @@ from .http import (
     HttpFailure,
 )
 from .logs import UserRef
-from .schemas import OFFER_SCHEMA, PAGE_SCHEMA
+from .schemas import OFFER_SCHEMA, PAGE_SCHEMA, OfferFields
 from .wallet import Offer, Wallet
 
 if TYPE_CHECKING:
@@ -219,6 +219,7 @@ class ConnectClient:
         else:
             raise InvalidUpstreamPayload("SessionM kept paging past the page limit.")
         unreadable.log(user_id)
+        metrics.offers_without_expiry_field(sum(offer.no_expiry_field for offer in offers))
         assert first is not None  # the loop ran at least once
         return Wallet(
             user_id=user_id,
@@ -228,6 +229,12 @@ class ConnectClient:
             offers=tuple(offers),
             fetched_at=self.clock(),
         )
+
+    def offer_fields(self, user_id: str, culture: str, *, deadline: float) -> OfferFields:
+        """The names of the offer fields SessionM sends for this customer (the first page, up
+        to 1,000 offers), for `check-config --probe --user`; their values stay here."""
+        page, _size = self._page(user_id, culture, 0, deadline)
+        return OfferFields.of(page["user_offers"])
 
     @metrics.sessionm_call("get_user_offers")
     def _page(self, user_id: str, culture: str, skip: int, deadline: float) -> tuple[dict, int]:

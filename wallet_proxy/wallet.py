@@ -28,6 +28,9 @@ class Offer:
     points: int
     is_redeemable: bool
     expires_at: datetime | None
+    # SessionM sent none of the expiry fields we know (schemas.EXPIRY_FIELDS), so the offer
+    # is served as never expiring. Defaults so that cached entries from before it still load.
+    no_expiry_field: bool = False
 
 
 @dataclass(frozen=True, slots=True)

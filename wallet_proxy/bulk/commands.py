@@ -42,7 +42,7 @@ import click
 from ..budget import Budget, Claim, Priority, paced_rate
 from ..config import CONNECT, CORE, SHARED_CACHE, ConfigError, Part, Settings
 from ..errors import UserNotFound, WalletProxyError
-from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, is_culture
+from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, canonical_culture
 from ..service import BULK_PATIENCE, WalletService
 from ..services import build_services, redis_client, sessionm_budgets
 from ..sessionm_core import CoreClient, core_client, maybe_applied
@@ -406,8 +406,10 @@ def warm_command(
     fleet's SessionM budget, so it can run while the service serves; a rerun skips what
     is already warm. `wallet-proxy plan` says how long it will take.
     """
-    if culture is not None and not is_culture(culture):
-        raise click.BadParameter(f"must look {CULTURE_RULE}", param_hint="--culture")
+    if culture is not None:
+        culture = canonical_culture(culture)  # as the API spells it, so the cache keys match
+        if culture is None:
+            raise click.BadParameter(f"must look {CULTURE_RULE}", param_hint="--culture")
     records = wallet_ids(read_table(file, id_column))
     if dry_run:
         click.echo(

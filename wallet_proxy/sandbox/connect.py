@@ -32,7 +32,8 @@ def _body_problem(body: Any) -> str | None:
 
 
 class Connect:
-    """The offers API; its stats are `calls` and `calls_by_user` (string user ids only)."""
+    """The offers API; its stats are `calls`, `calls_by_user` and `calls_by_culture` (string
+    values only, the culture as it was sent)."""
 
     def __init__(self, auth: str, retailer_id: str, clock: Clock) -> None:
         self.auth = auth
@@ -43,16 +44,22 @@ class Connect:
     def clear(self) -> None:
         self._calls = 0
         self._calls_by_user: dict[str, int] = {}
+        self._calls_by_culture: dict[str, int] = {}
 
     def stats(self) -> dict[str, Any]:
-        return {"calls": self._calls, "calls_by_user": dict(self._calls_by_user)}
+        return {
+            "calls": self._calls,
+            "calls_by_user": dict(self._calls_by_user),
+            "calls_by_culture": dict(self._calls_by_culture),
+        }
 
     def register(self, app: Flask, sandbox: Sandbox) -> None:
         @app.post("/offers/api/2.0/offers/get_user_offers")
         def get_user_offers() -> Response:
             body = request.get_json(silent=True)
             authorization = request.headers.get("Authorization")
-            user_id = body.get("user_id") if isinstance(body, dict) else None
+            fields = body if isinstance(body, dict) else {}
+            user_id, culture = fields.get("user_id"), fields.get("culture")
             knobs = sandbox.knobs()
             return sandbox.answer(
                 lambda: self.user_offers(
@@ -61,13 +68,15 @@ class Connect:
                     generated_offers=knobs["generated_offers"],
                     extra_offers=knobs["extra_offers"],
                 ),
-                arrived=lambda: self._count(user_id),
+                arrived=lambda: self._count(user_id, culture),
             )
 
-    def _count(self, user_id: Any) -> None:
+    def _count(self, user_id: Any, culture: Any) -> None:
         self._calls += 1
         if isinstance(user_id, str):
             self._calls_by_user[user_id] = self._calls_by_user.get(user_id, 0) + 1
+        if isinstance(culture, str):
+            self._calls_by_culture[culture] = self._calls_by_culture.get(culture, 0) + 1
 
     def user_offers(
         self,

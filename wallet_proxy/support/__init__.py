@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import (
@@ -29,7 +29,8 @@ from flask import (
 from .. import api
 from ..cache import Entry
 from ..origins import origin_of
-from ..rules import check_culture, check_user_id
+from ..rules import canonical_culture, check_culture, check_user_id
+from ..schemas import EXPIRY_FIELDS
 from ..service import Lookup
 from ..services import services
 from ..wallet import EXPIRED, NOT_REDEEMABLE, days_left, iso_z, live_view
@@ -45,6 +46,11 @@ REASONS = {
         "SessionM marks it is_redeemable: false (for example, not enough points).",
     ),
 }
+# How long Braze keeps a Connected Content answer (docs/braze.md quotes its rules): "If a
+# cache time is not specified, the default cache time is five minutes"; with :cache_max_age,
+# "the maximum cache time is four hours".
+BRAZE_CACHE_AGE = timedelta(minutes=5)
+BRAZE_MAX_CACHE_AGE = timedelta(hours=4)
 # Above this size the page shows the answer with its offers cut short, and links the
 # exact bytes: a 2,500-offer wallet is over 800 KB of JSON.
 JSON_PREVIEW_BYTES = 32_000
@@ -103,7 +109,9 @@ def _template_helpers() -> dict:
         "age_text": age_text,
         "reasons": REASONS,
         "image_src": image_src,
+        "expiry_fields": EXPIRY_FIELDS,
         "cultures": settings.cultures,
+        "canonical_culture": canonical_culture,
         "default_culture": settings.default_culture,
         "looked_up": looked_up(),
     }
@@ -161,6 +169,8 @@ def wallet(user_id: str):
         shown=shown,
         page_url=functools.partial(_page_url, user_id, culture, shown),
         freshness=freshness(lookup, entry, now),
+        braze_keeps_until=now + BRAZE_CACHE_AGE,
+        braze_keeps_at_most_until=now + BRAZE_MAX_CACHE_AGE,
         history=staff.staff_history().visit(user_id, g.staff, culture),
         now=now,
         culture=culture,
