@@ -8,6 +8,7 @@ import pytest
 
 from tests.helpers import API_KEY, OTHER_KEY, Clock, LiveServer, RedisServer
 from wallet_proxy import create_app, request_log
+from wallet_proxy.factory import close_app
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
 
 
@@ -54,7 +55,9 @@ def env(sandbox) -> dict:
 
 @pytest.fixture
 def app(env, clock):
-    return create_app({**env, "TESTING": True, "CLOCK": clock})
+    app = create_app({**env, "TESTING": True, "CLOCK": clock})
+    yield app
+    close_app(app)
 
 
 @pytest.fixture

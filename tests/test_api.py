@@ -11,9 +11,9 @@ import requests_mock as requests_mock_module
 
 from tests.helpers import API_KEY, OTHER_KEY
 from wallet_proxy import create_app
+from wallet_proxy.container import services
 from wallet_proxy.rules import canonical_culture
 from wallet_proxy.sandbox import SandboxServer
-from wallet_proxy.services import services
 from wallet_proxy.sessionm import GET_USER_OFFERS
 
 WALLET_KEYS = {

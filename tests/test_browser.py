@@ -210,7 +210,7 @@ def test_agent_sees_alice_and_refreshes_her_wallet(page, context, live_server, s
 
 
 def test_a_culture_switch_and_a_stale_copy(page, clock, app):
-    from wallet_proxy.services import services
+    from wallet_proxy.container import services
 
     services(app).wallet_service.rng = lambda: 0.5  # fresh for 57 s of the 60 s TTL
     log_in(page)

@@ -9,6 +9,8 @@ The limiter across two gunicorn masters sharing one redis-server is the last (sl
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ import requests
 from tests.helpers import API_KEY, GunicornInstance, LiveServer, free_port, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.budget import (
-    FALL_BACK_AFTER,
+    REDIS_STALLED,
     Claim,
     Fleet,
     LocalBudget,
@@ -33,12 +35,13 @@ from wallet_proxy.budget import (
     paced_rate,
 )
 from wallet_proxy.config import ConfigError, Settings
+from wallet_proxy.container import services
 from wallet_proxy.errors import UpstreamBusy
+from wallet_proxy.redis_clients import RENDER, RedisHealth, RedisNotConnected, connect
 from wallet_proxy.sandbox import (
     DEMO_CORE_API_KEY,
     DEMO_CORE_API_SECRET,
 )
-from wallet_proxy.services import services
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,9 +223,12 @@ def prefix() -> str:
 
 def shared(redis_url: str, prefix: str, rate: float, **kwargs) -> SharedBudget:
     """A budget with its own connection, standing for one process."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+    client = connect(redis_url, RENDER)
     fleet = Fleet(client, configured=kwargs.pop("fleet_size", None), prefix=prefix)
-    return SharedBudget(client, "connect", rate, SHARES, fleet, prefix=prefix, **kwargs)
+    health = RedisHealth(timer=kwargs.get("timer", time.monotonic))
+    return SharedBudget(
+        client, "connect", rate, SHARES, fleet, health=health, prefix=prefix, **kwargs
+    )
 
 
 def test_the_redis_budget_is_one_budget_for_several_processes(redis_url, prefix):
@@ -276,10 +282,8 @@ def test_the_pause_is_seen_by_every_process(redis_url, prefix):
 
 
 def asked_for_5_seconds(budget: SharedBudget, timeline: Timeline) -> int:
-    """Requests granted to one asking every millisecond (without waiting) for 5 s, once
-    Redis has failed long enough for the process to take its own share."""
-    assert ask(budget, timeline, Priority.WAITING) is None  # first, refused
-    timeline.now += FALL_BACK_AFTER
+    """Requests granted to one asking every millisecond (without waiting) for 5 s, Redis
+    refusing connections: the process takes its own share at once."""
     went = 0
     for _ in range(5000):
         went += admitted(budget, Claim(Priority.WAITING))
@@ -295,29 +299,63 @@ def test_redis_down_each_process_takes_rate_over_the_fleet_size(redis_url, redis
     timeline = Timeline()
     budget = fleet[0]
     budget.timer, budget.sleep = timeline, timeline.sleep
+    budget.health.timer = timeline
     redis_server.kill()
     paced = paced_rate(40 / 4)
     assert 0.9 * paced * 5 <= asked_for_5_seconds(budget, timeline) <= paced * 5 + 1
 
 
-def test_a_redis_stall_refuses_requests_a_longer_failure_falls_back(
-    redis_server, redis_url, prefix
-):
+def test_a_refused_connection_falls_back_at_once(redis_server, redis_url, prefix):
+    """Nothing was sent, so nothing can have been booked: no render is refused for a Redis
+    that is plainly gone."""
     timeline = Timeline()
     budget = shared(redis_url, prefix, 40, timer=timeline, sleep=timeline.sleep)
     assert ask(budget, timeline, Priority.WAITING) is not None
     redis_server.kill()
-    # A failure may have booked the request in Redis, and a process on its own budget
-    # while the others use Redis's adds to the fleet's rate: refused, Retry-After 1.
     for _ in range(3):
-        timeline.arrive()
-        with pytest.raises(UpstreamBusy) as refused:
-            budget.acquire(Claim(Priority.WAITING, timeline.now + 1))
-        assert refused.value.retry_after == 1
+        assert ask(budget, timeline, Priority.WAITING, patience=1) is not None
         timeline.now += 0.5
-    # Failing for 2 s: Redis is down, the process takes its own share.
-    timeline.now += 0.5
-    assert ask(budget, timeline, Priority.WAITING, patience=1) is not None
+
+
+def test_a_redis_stall_refuses_requests_naming_redis_and_waits_on_it_no_more(
+    redis_server, redis_url, prefix
+):
+    """The script may have run on a connection that then stalled: refused, Retry-After 1,
+    and Redis not asked again for a second, so no render waits on it meanwhile."""
+    timeline = Timeline()
+    budget = shared(redis_url, prefix, 40, timer=timeline, sleep=timeline.sleep)
+    assert ask(budget, timeline, Priority.WAITING) is not None
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            timeline.arrive()
+            started = time.monotonic()
+            with pytest.raises(UpstreamBusy) as refused:
+                budget.acquire(Claim(Priority.WAITING, timeline.now + 1))
+            assert refused.value.retry_after == 1
+            assert refused.value.message == REDIS_STALLED
+            timeline.now += 0.3
+        assert time.monotonic() - started < RENDER.answer_timeout  # the last: not asked
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+
+
+def test_redis_health_falls_back_at_once_on_never_sent_else_after_two_seconds():
+    now = [0.0]
+    health = RedisHealth(timer=lambda: now[0])
+    health.failed(redis.TimeoutError("Timeout reading from socket"))
+    assert not health.usable() and not health.down  # a stall: not asked, not down
+    now[0] += 1.0
+    assert health.usable()
+    health.failed(redis.ConnectionError("Connection closed by server."))
+    assert not health.down  # failing for 1 s
+    now[0] += 1.0
+    health.failed(redis.TimeoutError("Timeout reading from socket"))
+    assert health.down  # failing for 2 s: the local share
+    health.succeeded()
+    assert health.usable() and not health.down
+    health.failed(RedisNotConnected("Error 111 connecting to localhost:6379."))
+    assert health.down  # nothing was sent: at once
 
 
 def test_redis_down_without_a_report_uses_the_fleet_size_setting(redis_server, redis_url, prefix):

@@ -13,11 +13,12 @@ import pytest
 
 from tests.helpers import API_KEY, wait_until
 from wallet_proxy import create_app
-from wallet_proxy.cache import REDIS_RETRY_INTERVAL, Entry
+from wallet_proxy.cache import Entry
+from wallet_proxy.container import services
 from wallet_proxy.errors import UpstreamUnavailable
+from wallet_proxy.redis_clients import RedisHealth
 from wallet_proxy.sandbox import SandboxServer
-from wallet_proxy.service import JITTER
-from wallet_proxy.services import services
+from wallet_proxy.wallet_service import JITTER
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -151,7 +152,7 @@ def test_slow_answer_past_the_deadline_still_fills_the_cache(env, clock, sandbox
     sandbox.configure(latency=0.6)
     assert get(app).status_code == 504
     service = services(app).wallet_service
-    wait_until(lambda: service.cache.get(service.key("demo-alice", "en-US")), timeout=3)
+    wait_until(lambda: service.peek("demo-alice", "en-US"), timeout=3)
     retried = get(app)  # Braze's :retry, or the next render of the same message
     assert (retried.status_code, retried.headers["X-Cache"]) == (200, "HIT")
     assert sandbox.stats()["calls"] == 1
@@ -213,7 +214,7 @@ def test_fresh_lifetime_has_jitter(env, clock, sandbox):
     for value in (0.0, 0.5, 1.0):
         service.rng = lambda v=value: v
         service.lookup(f"user-{value}", "en-US")
-        entry = service.cache.get(service.key(f"user-{value}", "en-US"))
+        entry = service.peek(f"user-{value}", "en-US")
         lifetimes.add(round(entry.fresh_until - clock().timestamp(), 6))
     assert lifetimes == {100.0, 100 * (1 - JITTER / 2), 100 * (1 - JITTER)}
 
@@ -222,7 +223,7 @@ def test_entry_survives_serialisation(env, clock, sandbox):
     app = make_app(env, clock)
     get(app)
     service = services(app).wallet_service
-    entry = service.cache.get(service.key("demo-alice", "en-US"))
+    entry = service.peek("demo-alice", "en-US")
     assert Entry.loads(entry.dumps()) == entry
 
 
@@ -278,7 +279,7 @@ def test_a_shared_failure_keeps_its_class_even_a_new_one(env, clock, redis_url, 
 
 def test_service_survives_losing_redis(env, clock, sandbox, redis_url, redis_server):
     app = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
-    services(app).wallet_service.cache.timer = ticks = Ticks()
+    services(app).redis_health.timer = ticks = Ticks()
     assert get(app).status_code == 200
     redis_server.kill()
     started = time.monotonic()
@@ -290,7 +291,7 @@ def test_service_survives_losing_redis(env, clock, sandbox, redis_url, redis_ser
     assert ready.get_json()["status"] == "degraded"
     assert ready.get_json()["checks"]["redis"].startswith("unreachable")
     redis_server.start()
-    ticks.advance(REDIS_RETRY_INTERVAL)  # the cache tries Redis again after a second
+    ticks.advance(RedisHealth.RETRY_INTERVAL)  # Redis is tried again after a second
     assert app.test_client().get("/readyz").get_json()["status"] == "ok"
     assert get(app, "demo-carol", limit=1).status_code == 200
 

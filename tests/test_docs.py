@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from wallet_proxy import errors
+from wallet_proxy import error_handlers, errors
 from wallet_proxy.cli import main
 from wallet_proxy.config import declared_variables
 
@@ -68,7 +68,7 @@ def _error_codes() -> set[tuple[int, str]]:
     ours = {(cls.status, cls.code) for cls in tree(errors.WalletProxyError)}
     # Werkzeug's own, as errors.py names them: an unknown route, a wrong method, a big body.
     werkzeug = {
-        (exc.code, errors._http_code(exc()))
+        (exc.code, error_handlers._http_code(exc()))
         for exc in (NotFound, MethodNotAllowed, RequestEntityTooLarge)
     }
     return ours | werkzeug

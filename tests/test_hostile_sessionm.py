@@ -14,7 +14,7 @@ from tests.helpers import API_KEY, LiveServer, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.answers import render_uncached
 from wallet_proxy.config import ConfigError, Settings
-from wallet_proxy.services import services
+from wallet_proxy.container import services
 from wallet_proxy.sessionm import GET_USER_OFFERS
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -112,19 +112,18 @@ def test_a_wallet_over_the_byte_cap_is_refused_and_not_cached(env, clock, sandbo
     assert "larger than 600,000 bytes" in error_of(get(app, "user-big"), 502)
     assert sandbox.stats()["calls"] == 2  # refused at the page that went over
     service = services(app).wallet_service
-    entry = service.cache.get(service.key("user-big", "en-US"))
+    entry = service.peek("user-big", "en-US")
     assert entry is not None and entry.wallet is None and entry.refused
 
 
 def test_a_refused_wallet_is_served_from_its_stale_copy_meanwhile(env, clock, sandbox):
     app = make_app(env, clock, WALLET_PROXY_NEGATIVE_TTL=30)
     service = services(app).wallet_service
-    key = service.key("user-grows", "en-US")
     assert get(app, "user-grows").status_code == 200
     clock.advance(seconds=61)
     sandbox.configure(generated_offers=10_001)
     assert get(app, "user-grows").headers["X-Cache"] == "STALE"  # and a refresh starts
-    wait_until(lambda: service.cache.get(key).refused is not None, timeout=5)
+    wait_until(lambda: service.peek("user-grows", "en-US").refused is not None, timeout=5)
     again = get(app, "user-grows")
     assert (again.status_code, again.headers["X-Cache"]) == (200, "STALE")
     assert again.get_json()["offer_count"] == 3 and again.get_json()["stale"] is True
@@ -226,7 +225,7 @@ def test_json_nested_a_million_deep_is_marked_for_the_other_processes(
     sandbox.configure(deep=True)
     error_of(get(app), 502)
     service = services(app).wallet_service
-    assert service.cache.get_error(service.key("demo-alice", "en-US")) == (
+    assert service.coordination.error(service.key("demo-alice", "en-US")) == (
         "InvalidUpstreamPayload"
     )
 

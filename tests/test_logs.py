@@ -21,6 +21,7 @@ from werkzeug.security import generate_password_hash
 from tests.helpers import API_KEY, OTHER_KEY, GunicornInstance
 from wallet_proxy import create_app, request_log
 from wallet_proxy.cli import DEMO_TRIGGER, main
+from wallet_proxy.container import services
 from wallet_proxy.logs import JsonLines, UserIds, json_handler
 from wallet_proxy.sandbox import (
     DEMO_BRAZE_API_KEY,
@@ -28,7 +29,6 @@ from wallet_proxy.sandbox import (
     DEMO_CORE_API_KEY,
     DEMO_CORE_API_SECRET,
 )
-from wallet_proxy.services import services
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 HASH_KEY = "log-hash-key-for-tests-0001"

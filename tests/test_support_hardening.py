@@ -22,8 +22,8 @@ from tests.staff import (
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.origins import origin_of, parse_origin
-from wallet_proxy.services import services
 from wallet_proxy.support import staff
+from wallet_proxy.support.state import support_state
 from wallet_proxy.support.throttle import ADDRESS_FAILURES, NAME_FAILURES, TABLE_SIZE
 
 ALICE = "/support/wallets/demo-alice"
@@ -78,7 +78,7 @@ def test_forwarded_for_names_the_client_across_trusted_hops(env, clock):
 def test_a_locked_name_stays_locked_through_a_flood_of_other_names(client, app, clock):
     for _ in range(NAME_FAILURES):
         assert log_in(client, password="wrong password").status_code == 401
-    throttle = services(app).login_throttle
+    throttle = support_state(app).login_throttle
     # The flood, recorded directly (10,000 requests through HTTP would take minutes):
     # more junk names than the table holds, each from its own address.
     for n in range(TABLE_SIZE + 10):
@@ -95,7 +95,7 @@ def test_hashing_beyond_two_at_once_is_refused_without_hashing(client, app, monk
         staff, "check_password_hash", lambda *args: hashes.append(1) or real(*args)
     )
     release, busy = threading.Event(), []
-    slots = services(app).hash_slots
+    slots = support_state(app).hash_slots
 
     def hold() -> None:
         slots.run(lambda: busy.append(1) or release.wait(10))

@@ -24,7 +24,7 @@ from tests.staff import (
 )
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
-from wallet_proxy.services import services
+from wallet_proxy.container import services
 from wallet_proxy.support import listing
 from wallet_proxy.support.history import KEEP, SAME_VISIT_SECONDS
 

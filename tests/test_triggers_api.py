@@ -14,10 +14,10 @@ import requests
 from tests.helpers import API_KEY, LiveServer, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
-from wallet_proxy.services import services
 from wallet_proxy.triggers.model import QUEUED, SENT
 from wallet_proxy.triggers.outbox import BODY_WINDOW
 from wallet_proxy.triggers.running import deliverer_for
+from wallet_proxy.triggers.setup import triggers_of
 
 from .triggers_helpers import BRAZE_KEY
 
@@ -65,7 +65,7 @@ def post(server, body=BODY, headers=AUTH, **kwargs):
 
 
 def outbox(app):
-    return services(app).triggers.outbox
+    return triggers_of(app).outbox
 
 
 def test_accepted_trigger_is_stored_before_the_202(server, trigger_app):
@@ -103,7 +103,7 @@ def test_not_configured_without_braze(env, clock, tmp_path):
         answer = post(live)
     assert answer.status_code == 503
     assert answer.json()["error"]["code"] == "not_configured"
-    assert services(app).triggers is None
+    assert triggers_of(app) is None
 
 
 def test_idempotency_key_repeats_answer_the_same_trigger(server, trigger_app):

@@ -10,9 +10,9 @@ import pytest
 from werkzeug.security import generate_password_hash
 
 from wallet_proxy import create_app
-from wallet_proxy.services import services
 from wallet_proxy.triggers.model import DEAD, QUEUED, SENT
 from wallet_proxy.triggers.outbox import Dedupe
+from wallet_proxy.triggers.setup import triggers_of
 
 from .triggers_helpers import BRAZE_KEY, trigger
 
@@ -40,7 +40,7 @@ def staff_app(env, sandbox, tmp_path, clock):
 
 def stored(app, *recipients_and_fates):
     """Triggers taken through the outbox by hand to the given states."""
-    outbox = services(app).triggers.outbox
+    outbox = triggers_of(app).outbox
     ids = []
     for recipient, fate in recipients_and_fates:
         made = trigger(recipient, offer_id=str(len(ids)))
@@ -76,7 +76,7 @@ def test_requeue_is_a_post_with_the_csrf_token(staff_app):
     client = staff_app.test_client()
     forged = client.post(f"/support/triggers/{dead}/requeue", headers=BASIC, data={})
     assert forged.status_code == 400
-    outbox = services(staff_app).triggers.outbox
+    outbox = triggers_of(staff_app).outbox
     assert outbox.get(dead).state == DEAD
     page = client.get("/support/triggers?customer=ana", headers=BASIC).text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)

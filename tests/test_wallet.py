@@ -136,7 +136,7 @@ def test_a_cached_wallet_from_before_the_expiry_mark_still_loads():
 
 def test_an_answer_is_cut_to_its_size_limit_from_the_latest_expiring_end():
     from wallet_proxy.answers import render_uncached
-    from wallet_proxy.service import HIT, Lookup
+    from wallet_proxy.wallet_service import HIT, Lookup
 
     offers = [offer(f"o{n}", NOW + timedelta(days=n)) for n in range(1, 6)]
     lookup = Lookup(wallet(*reversed(offers)), HIT)

@@ -18,7 +18,7 @@ from wallet_proxy.bulk.durations import parse_duration, spoken
 from wallet_proxy.bulk.plan import make_plan
 from wallet_proxy.cli import main
 from wallet_proxy.config import Settings
-from wallet_proxy.services import services
+from wallet_proxy.container import services
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 USERS = ["demo-alice", "demo-bob", "user-1", "user-2"]

@@ -18,8 +18,8 @@ from datetime import datetime
 
 from cachetools import LRUCache
 
-from .service import Lookup
 from .wallet import answer_changes_at, wallet_answer
+from .wallet_service import Lookup
 
 MAX_ANSWER_BYTES = 1_000_000  # the default of WALLET_PROXY_MAX_ANSWER_BYTES: Braze's limit
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, request
 
 from .auth import require_api_key
+from .container import Services, services
 from .rules import parse_wallet_query
-from .service import Lookup
-from .services import services
+from .wallet_service import Lookup
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
+
+
+def init_app(app: Flask, found: Services) -> None:
+    app.register_blueprint(bp)
 
 
 def render(lookup: Lookup, now: datetime, limit: int | None) -> bytes:

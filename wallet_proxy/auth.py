@@ -13,8 +13,8 @@ from collections.abc import Iterable
 
 from flask import Request, request
 
+from .container import services
 from .errors import Unauthorized
-from .services import services
 
 
 def presented_key(request: Request) -> str | None:

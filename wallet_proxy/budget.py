@@ -34,19 +34,27 @@ Who goes first when the budget is short, without a scheduler:
   the time the script says and asks again, until its patience runs out.
 
 SessionM's own 429 pauses every process (`pause`): the pause is a Redis key the
-script honours. When Redis fails, each process falls back to an in-process
-budget of rate / N, N being the fleet size last reported in Redis (every process
-reports itself every few seconds), else `WALLET_PROXY_FLEET_SIZE`, else 1, and
-asks Redis again a second later. A failure that may be a moment's stall (a slow
-answer on a busy host) only refuses the request: the script may have booked it,
-and a process on its own budget while the others are on Redis's adds to the
-fleet's rate. So a process falls back once Redis has failed it for FALL_BACK_AFTER
-seconds without a success.
+script honours.
+
+When Redis is down, each process falls back to an in-process budget of rate / N, N
+being the fleet size last reported in Redis (every process reports itself every few
+seconds), else `WALLET_PROXY_FLEET_SIZE`, else 1, and asks Redis again a second later.
+When Redis is down is decided by the process's `RedisHealth` (redis_clients.py), which
+the wallet cache shares:
+
+- a connection refused or never made: no script ran, so the process falls back at once
+  (a render is never refused for a Redis that is plainly gone);
+- a reset or a timeout after the script was sent: it may have booked the request, and a
+  process on its own budget while the others are on Redis's adds to the fleet's rate.
+  Such a failure only refuses the request, with a message naming Redis, and Redis is
+  not asked again for a second (no render waits on it meanwhile); the process falls
+  back once failures have lasted RedisHealth.FALL_BACK_AFTER (2 s) without a success.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import os
@@ -64,7 +72,9 @@ from typing import Protocol
 
 import redis
 
+from .background import Loop
 from .errors import UpstreamBusy
+from .redis_clients import RedisHealth
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +84,10 @@ SEND_SPREAD = 0.2  # seconds from a check-in to SessionM the promise allows for
 CHECK_IN_WINDOW = 1.0 + SEND_SPREAD  # seconds over which the check-in counts sends
 FLEET_REPORT_INTERVAL = 5.0  # each process says it is alive this often
 FLEET_WINDOW = 30.0  # and counts in the fleet size this long after its last report
-REDIS_RETRY_INTERVAL = 1.0  # while Redis fails, the local budget is used this long
-FALL_BACK_AFTER = 2.0  # seconds of Redis failures before a process takes its own budget
 OVER_BUDGET = "SessionM's request budget is used up for now; try again shortly."
+REDIS_STALLED = (
+    "SessionM's request budget is kept in Redis, which is not answering; try again shortly."
+)
 
 
 class Priority(enum.Enum):
@@ -360,10 +371,11 @@ def _micros(seconds: float) -> int:
 
 class Fleet:
     """How many processes share the budgets: each reports itself to Redis every few
-    seconds from a daemon thread, and reads the count back. The count is what each
+    seconds from a loop of its own, and reads the count back. The count is what each
     process divides the rate by when Redis fails.
 
-    The thread is (re)started by `touch`, so a forked worker reports itself too.
+    The loop is started by `touch`, in each process that uses the budget, and ends with
+    `stop` or once the Fleet is dropped (an app dropped, as tests do).
     """
 
     def __init__(
@@ -378,29 +390,22 @@ class Fleet:
         self.size = configured or 1
         self._report = client.register_script(_REPORT)
         self._nonce = secrets.token_hex(4)
-        self._pid = 0
-        self._lock = threading.Lock()
+        self._loop = Loop(
+            "wallet-proxy-fleet", functools.partial(_keep_reporting, weakref.ref(self))
+        )
 
     @property
     def member(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{self._nonce}"
 
     def touch(self) -> None:
-        """Make sure this process reports itself (cheap: a pid check)."""
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
+        """Make sure this process reports itself (cheap once it does)."""
+        if not self._loop.running:
             self.report()
-            thread = threading.Thread(
-                target=_keep_reporting,
-                args=(weakref.ref(self),),
-                name="wallet-proxy-fleet",
-                daemon=True,
-            )
-            thread.start()
+            self._loop.start()
+
+    def stop(self, timeout: float) -> bool:
+        return self._loop.stop(timeout)
 
     def report(self) -> None:
         try:
@@ -410,10 +415,9 @@ class Fleet:
             log.debug("fleet report failed: %s", type(error).__name__)
 
 
-def _keep_reporting(fleet_ref: weakref.ref[Fleet]) -> None:
-    """Report until the Fleet is gone (an app dropped, as tests do) or the process ends."""
-    while True:
-        time.sleep(FLEET_REPORT_INTERVAL)
+def _keep_reporting(fleet_ref: weakref.ref[Fleet], stop: threading.Event) -> None:
+    """Report until stopped, or until the Fleet is gone."""
+    while not stop.wait(FLEET_REPORT_INTERVAL):
         fleet = fleet_ref()
         if fleet is None:
             return
@@ -432,11 +436,14 @@ class SharedBudget(_Pacer):
         shares: Mapping[Priority, float],
         fleet: Fleet,
         *,
+        health: RedisHealth,
         timer: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         prefix: str = "wallet-proxy:budget",
     ):
         self.client = client
+        self.name = name
+        self.health = health
         self.rate = rate
         self.shares = dict(shares)
         self.fleet = fleet
@@ -450,26 +457,36 @@ class SharedBudget(_Pacer):
         self._acquire = client.register_script(_ACQUIRE)
         self._check = client.register_script(_CHECK_IN)
         self._pause = client.register_script(_PAUSE)
-        self._down_until = 0.0
-        self._failing_since: float | None = None  # the first failure since the last success
-        self._failing = False  # said once per outage, not once per retry
+        self._on_own_share = False  # using the local fallback (said once per outage)
         self._fallback: LocalBudget | None = None
         self._fallback_lock = threading.Lock()
 
     def acquire(self, claim: Claim) -> None:
         self.fleet.touch()
-        if self.timer() < self._down_until:
-            return self._local().acquire(claim)
+        if not self.health.usable():
+            return self._without_redis(claim)
         try:
             super().acquire(claim)
         except redis.RedisError as error:
-            if not self._failed(error):
-                raise _refusal(REDIS_RETRY_INTERVAL) from None
-            return self._local().acquire(claim)
-        self._failing_since = None
-        if self._failing:
-            self._failing = False
-            log.warning("Redis is back: the SessionM budget is shared by the fleet again")
+            self.health.failed(error)
+            return self._without_redis(claim)
+        self.health.succeeded()
+        self._on_own_share = False
+
+    def _without_redis(self, claim: Claim) -> None:
+        """Redis is not asked now. While it is down, this process's share of the rate;
+        while it may only be stalled (see RedisHealth), a refusal that says so."""
+        if not self.health.down:
+            raise UpstreamBusy(REDIS_STALLED, retry_after=math.ceil(self.health.RETRY_INTERVAL))
+        if not self._on_own_share:
+            self._on_own_share = True
+            self._local(fresh=True)  # starts busy: no burst on taking over
+            log.info(
+                "SessionM budget %s: Redis is down; this process keeps 1/%d of the rate",
+                self.name,
+                max(1, self.fleet.size),
+            )
+        self._local().acquire(claim)
 
     def _decide(self, priority: Priority, patience: float) -> _Decision:
         interval = 1 / paced_rate(self.rate)
@@ -494,32 +511,13 @@ class SharedBudget(_Pacer):
         return _CheckIn(int(paused) / 1_000_000, int(wait) / 1_000_000)
 
     def pause(self, seconds: float) -> None:
-        try:
-            self._pause(keys=[self._pause_key], args=[_micros(seconds)])
-        except redis.RedisError as error:
-            self._failed(error)
+        if self.health.usable():
+            try:
+                self._pause(keys=[self._pause_key], args=[_micros(seconds)])
+            except redis.RedisError as error:
+                self.health.failed(error)
         # This process holds back at once, also if Redis is down or comes back.
         self._local().pause(seconds)
-
-    def _failed(self, error: Exception) -> bool:
-        """Note a failure; whether Redis is now taken as down (the local budget's turn)."""
-        now = self.timer()
-        if self._failing_since is None:
-            self._failing_since = now
-        if now - self._failing_since < FALL_BACK_AFTER:
-            log.info("SessionM budget: Redis failed (%s); request refused", type(error).__name__)
-            return False
-        if not self._failing:
-            self._failing = True
-            self._local(fresh=True)  # starts busy: no burst on taking over
-            log.warning(
-                "Redis unavailable for the SessionM budget (%s); each process keeps 1/%d "
-                "of it until Redis is back",
-                type(error).__name__,
-                self.fleet.size,
-            )
-        self._down_until = self.timer() + REDIS_RETRY_INTERVAL
-        return True
 
     def _local(self, *, fresh: bool = False) -> LocalBudget:
         """The fallback, at rate / the fleet size known now (rebuilt when it changes, and

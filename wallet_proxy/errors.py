@@ -1,8 +1,9 @@
-"""One error tree for the whole service, and the one place it becomes HTTP.
+"""One error tree for the whole service: every error raised on purpose, and its HTTP status.
 
-Modules raise the precise subclass; `register_error_handlers` turns any of them
-(and Werkzeug's own HTTP errors) into a JSON body for the API or a page for
-people, so no view decides statuses and no traceback ever reaches a client.
+Modules raise the precise subclass; error_handlers.py turns any of them (and Werkzeug's
+own HTTP errors) into a JSON body for the API or a page for people, so no view decides
+statuses and no traceback ever reaches a client. This module imports nothing of the
+service's, so every module can raise its errors.
 
 Whether a failed SessionM call may still have been applied is part of its class,
 because sending a counter tag again after one that was applied counts it twice.
@@ -31,13 +32,6 @@ the parent classes; the marker does not change it.
 """
 
 from __future__ import annotations
-
-import logging
-
-from flask import Flask, current_app, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
-
-log = logging.getLogger(__name__)
 
 
 class WalletProxyError(Exception):
@@ -211,51 +205,13 @@ def error_body(error: WalletProxyError) -> dict:
     return {"error": {"code": error.code, "message": error.message}}
 
 
-def _wants_page() -> bool:
-    """People get pages (the support blueprint); everything else gets JSON."""
-    return request.blueprint == "support" or request.path.startswith("/support/")
-
-
-def _respond(error: WalletProxyError, headers: dict | None = None):
-    if _wants_page():
-        response = current_app.make_response(
-            (render_template("support/error.html", error=error), error.status)
-        )
-    else:
-        response = jsonify(error_body(error))
-        response.status_code = error.status
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(error.retry_after)
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def _http_code(exc: HTTPException) -> str:
-    return (exc.name or "error").lower().replace(" ", "_")
-
-
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(WalletProxyError)
-    def handle_ours(error: WalletProxyError):
-        headers = {}
-        if isinstance(error, Unauthorized):
-            headers["WWW-Authenticate"] = 'Bearer realm="wallet-proxy", Basic realm="wallet-proxy"'
-        return _respond(error, headers)
-
-    @app.errorhandler(HTTPException)
-    def handle_http(exc: HTTPException):
-        error = WalletProxyError(exc.description)
-        error.status = exc.code or 500
-        error.code = _http_code(exc)
-        response = _respond(error)
-        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
-        return response
-
-    @app.errorhandler(Exception)
-    def handle_unexpected(exc: Exception):
-        from .request_log import route_of
-
-        log.exception("unhandled error on %s %s", request.method, route_of(request))
-        return _respond(WalletProxyError())
+def upstream_error_named(name: str) -> UpstreamError:
+    """A failure another process marked by its class name (any class in the tree, so new
+    ones travel too); a name this release doesn't know is a plain UpstreamError."""
+    classes: list[type[UpstreamError]] = [UpstreamError]
+    while classes:
+        cls = classes.pop()
+        if cls.__name__ == name:
+            return cls()
+        classes.extend(cls.__subclasses__())
+    return UpstreamError()

@@ -117,7 +117,10 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Let the deliverer finish its call to Braze before the worker goes."""
-    from wallet_proxy.triggers.running import stop_in_worker
+    """Close the app: the deliverer finishes its call to Braze, threads stop, pools close."""
+    from flask import Flask
 
-    stop_in_worker()
+    from wallet_proxy.factory import close_app
+
+    if isinstance(worker.wsgi, Flask):
+        close_app(worker.wsgi)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Flask, jsonify
 
-from .services import services
+from .container import Services, services
 
 bp = Blueprint("health", __name__)
+
+
+def init_app(app: Flask, found: Services) -> None:
+    app.register_blueprint(bp)
 
 
 @bp.get("/healthz")
@@ -23,13 +27,11 @@ def readyz():
     its in-process cache, and failing every instance at once would be an outage.
     The circuit breaker's state is shown for the same reason, without effect.
     """
-    service = services().wallet_service
     checks = {"config": "ok"}
     try:
-        checks.update(service.cache.status())
+        checks.update(services().wallet_service.status())
     except Exception:  # a probe reports, it never raises
         checks["cache"] = "unusable"
-    checks["sessionm_circuit"] = service.guard.breaker.state
     ready = checks["cache"] == "ok"
     degraded = checks.get("redis", "ok") != "ok"
     status = ("degraded" if degraded else "ok") if ready else "unavailable"

@@ -16,9 +16,10 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Response, json
+from flask import Blueprint, Flask, Response, json
 from marshmallow import RAISE, Schema, fields, validate
 
+from .container import Services
 from .rules import (
     CUSTOMER_ID_RE,
     CUSTOMER_ID_RULE,
@@ -34,6 +35,10 @@ from .triggers.schema import TriggerBody
 from .version import __version__
 
 bp = Blueprint("openapi", __name__)
+
+
+def init_app(app: Flask, found: Services) -> None:
+    app.register_blueprint(bp)
 
 
 class _Strict(Schema):

@@ -7,15 +7,19 @@ it, and it opens nothing else. Without a token configured the route does not exi
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Flask, Response, abort, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics, request_log
 from .auth import key_matches, presented_key
+from .container import Services, services
 from .errors import Unauthorized
-from .services import services
 
 bp = Blueprint("prometheus", __name__)
+
+
+def init_app(app: Flask, found: Services) -> None:
+    app.register_blueprint(bp)
 
 
 @bp.get("/metrics")

@@ -36,6 +36,7 @@ from flask import Flask, Request, Response, request
 from werkzeug.local import LocalProxy
 
 from . import metrics, tally
+from .background import Loop
 from .logs import UserIds, utc_time
 from .rules import valid_request_id
 from .tally import CacheResult
@@ -99,8 +100,7 @@ class RequestLog:
             metrics.log_line_dropped()
             return
         self._queue.append(answered)  # atomic, no lock
-        if _writer.pid != _ids.pid:
-            _writer.start()
+        _writer.start()
 
     def flush(self) -> None:
         """Write and count every queued answer now."""
@@ -154,31 +154,16 @@ def line_chunks(data: bytes) -> Iterator[bytes]:
         start = end
 
 
-class _Writer:
-    """The one thread per process that flushes every RequestLog each FLUSH_INTERVAL; started on
-    first use, and again in a forked child (threads don't survive a fork)."""
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self._starting = threading.Lock()
-
-    def start(self) -> None:
-        with self._starting:
-            if self.pid == _ids.pid:
-                return
-            self.pid = _ids.pid
-            threading.Thread(
-                target=self._run, name="wallet-proxy-request-log", daemon=True
-            ).start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(FLUSH_INTERVAL)
-            flush_all()
+def _write_queued_lines(stop: threading.Event) -> None:
+    """The writer's loop: every FLUSH_INTERVAL, and once more when stopped."""
+    while not stop.wait(FLUSH_INTERVAL):
+        flush_all()
+    flush_all()
 
 
 _logs: weakref.WeakSet[RequestLog] = weakref.WeakSet()
-_writer = _Writer()
+# The one thread per process that writes every RequestLog's lines; started on first use.
+_writer = Loop("wallet-proxy-request-log", _write_queued_lines)
 
 
 @atexit.register

@@ -181,6 +181,9 @@ class ConnectClient:
             "Authorization": f"Basic {auth}",
         }
 
+    def close(self) -> None:
+        self.calls.http.close()
+
     def fetch_wallet(
         self, user_id: str, culture: str, *, deadline: float, claim: Claim = NO_WAIT
     ) -> Wallet:

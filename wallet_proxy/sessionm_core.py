@@ -74,6 +74,9 @@ class CoreClient:
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         self.calls = SessionmCalls(http, budget=budget)
 
+    def close(self) -> None:
+        self.calls.http.close()
+
     def __repr__(self) -> str:
         return "CoreClient(<credentials hidden>)"
 

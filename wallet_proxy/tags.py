@@ -11,16 +11,21 @@ from __future__ import annotations
 import json
 import time
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, request
 
 from .auth import require_api_key
 from .budget import Claim, Priority
+from .container import Services, services
 from .errors import InvalidRequest, NotConfigured
 from .idempotency import Answer, valid_key
 from .rules import check_customer_id, json_body, load_tags
-from .services import services
 
 bp = Blueprint("tags", __name__, url_prefix="/v1")
+
+
+def init_app(app: Flask, found: Services) -> None:
+    app.register_blueprint(bp)
+
 
 MAX_BODY_BYTES = 16 * 1024
 

@@ -119,8 +119,12 @@ class UpstreamGuard:
         self.in_flight = 0
         self.peak = 0
 
-    def call(self, fn: Callable[[], T], *, wait_until: float | None) -> T:
-        """`wait_until`: a `timer()` instant to wait for a slot until; None: don't wait."""
+    def call(self, fn: Callable[[], T], *, wait_until: float | None, share: float = 1.0) -> T:
+        """`wait_until`: a `timer()` instant to wait for a slot until; None: don't wait.
+        `share` below 1: only while fewer than that share of the slots are taken (work
+        that must leave room for renders)."""
+        if share < 1 and self.in_flight >= self.concurrency * share:
+            raise UpstreamBusy()
         timeout = 0.0 if wait_until is None else wait_until - self.timer()
         acquired = (
             self._slots.acquire(timeout=timeout) if timeout > 0 else self._slots.acquire(False)

@@ -31,6 +31,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager, ProxyManager
 
+from .background import Loop
+
 # Watches and the connections they own change together, under this one lock.
 _lock = threading.Lock()
 _current = threading.local()  # `.watch`: the Watch of the call this thread is making
@@ -168,8 +170,8 @@ class WatchedAdapter(HTTPAdapter):
 class Watchdog:
     """Cuts the connection of every watched call still running at its deadline.
 
-    One daemon thread, started on first use (and again in a forked child, where
-    threads don't survive), sleeps until the next deadline.
+    One loop (background.Loop), started on first use in each process, sleeps until the
+    next deadline.
     """
 
     def __init__(self, timer: Callable[[], float] = time.monotonic):
@@ -177,7 +179,7 @@ class Watchdog:
         self._queue: list[tuple[float, int, Watch]] = []
         self._order = itertools.count()
         self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("wallet-proxy-watchdog", self._run, wake=self._wake)
 
     @contextlib.contextmanager
     def watch(self, deadline: float) -> Iterator[Watch]:
@@ -195,21 +197,25 @@ class Watchdog:
 
     def _schedule(self, watch: Watch) -> None:
         with self._changed:
-            if self._thread is None or not self._thread.is_alive():
+            if not self._loop.running:
                 self._queue.clear()  # a parent process's calls, if this is a forked child
-                self._thread = threading.Thread(
-                    target=self._run, name="wallet-proxy-watchdog", daemon=True
-                )
-                self._thread.start()
+                self._loop.start()
             heapq.heappush(self._queue, (watch.deadline, next(self._order), watch))
             if self._queue[0][2] is watch:
                 self._changed.notify()
 
-    def _run(self) -> None:
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _run(self, stop: threading.Event) -> None:
         while True:
             with self._changed:
-                while not self._queue:
+                if stop.is_set():  # checked under the lock `_wake` takes: no lost wake-up
+                    return
+                if not self._queue:
                     self._changed.wait()
+                    continue
                 deadline, _, watch = self._queue[0]
                 left = deadline - self.timer()
                 if left > 0:
@@ -217,6 +223,9 @@ class Watchdog:
                     continue
                 heapq.heappop(self._queue)
             watch._expire()  # a watch that already ended does nothing
+
+    def stop(self, timeout: float) -> bool:
+        return self._loop.stop(timeout)
 
 
 @functools.cache

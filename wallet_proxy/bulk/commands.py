@@ -41,11 +41,11 @@ import click
 
 from ..budget import Budget, Claim, Priority, paced_rate
 from ..config import CONNECT, CORE, SHARED_CACHE, ConfigError, Part, Settings
+from ..container import build_services, sessionm_budgets, shared_redis
 from ..errors import UserNotFound, WalletProxyError
 from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, canonical_culture
-from ..service import BULK_PATIENCE, WalletService
-from ..services import build_services, redis_client, sessionm_budgets
 from ..sessionm_core import CoreClient, core_client, maybe_applied
+from ..wallet_service import BULK_PATIENCE, WalletService
 from .csvinput import (
     MAX_PROBLEMS,
     BadInput,
@@ -207,7 +207,7 @@ def import_tags(
         _import_dry_run(table, rows, read_journal(journal_file)[0], id_type)
         return
     settings = load_settings(CORE)
-    _, budget = sessionm_budgets(settings, redis_client(settings))
+    _, budget = sessionm_budgets(settings, *shared_redis(settings), closers=[])
     client = core_client(
         settings,
         budget,

@@ -9,8 +9,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import wait as wait_for
 from typing import TextIO
 
+from ..background import Pool
 from ..errors import (
     UpstreamServerError,
     UpstreamTimeout,
@@ -153,15 +155,13 @@ def run_parallel(items: list, handle: Callable, concurrency: int, stop: threadin
                 failures.append(exc)
                 stop.set()
 
-    threads = [
-        threading.Thread(target=work, name=f"bulk-{n}", daemon=True) for n in range(concurrency)
-    ]
+    pool = Pool("bulk", concurrency)
     with _stop_on_signals(stop):
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
+        workers = [pool.submit(work) for _ in range(concurrency)]
+        # In short waits, so that this (main) thread can run the signal handlers.
+        while wait_for(workers, timeout=0.2).not_done:
+            pass
+    pool.shutdown()
     if failures:
         raise failures[0]
 

@@ -1,13 +1,13 @@
 """The sandbox on a real socket: its APIs wired into one Flask app, plus the `/_sandbox/` knobs."""
 
 import contextlib
-import threading
 from datetime import UTC, datetime
 from typing import Any, Self
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from ..background import Loop
 from .braze import DEMO_BRAZE_API_KEY, Braze
 from .connect import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, Connect
 from .core import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET, Core
@@ -93,19 +93,17 @@ class SandboxServer:
             host, port, self.app, threaded=True, request_handler=_QuietHandler
         )
         self.url = f"http://{host}:{self._server.server_port}"
-        self._thread: threading.Thread | None = None
+        self._loop = Loop(
+            "sessionm-sandbox",
+            lambda _stop: self._server.serve_forever(poll_interval=0.05),
+            wake=self._server.shutdown,
+        )
         # Braze's stand-in has knobs of its own, so Braze can fail while SessionM answers.
         self.braze = next(api for api in self._sandbox.apis if isinstance(api, Braze))
 
     def start(self) -> Self:
         """Serve from a daemon thread; a short poll interval keeps `stop()` fast."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="sessionm-sandbox",
-            daemon=True,
-        )
-        self._thread.start()
+        self._loop.start()
         return self
 
     def serve_forever(self) -> None:
@@ -119,10 +117,8 @@ class SandboxServer:
     def stop(self) -> None:
         """Stop and close the port; calls held by `hang`, `latency` or `trickle` are cut off."""
         self._sandbox.close()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
+        if self._loop.running:
+            self._loop.stop(timeout=30)
         self._server.server_close()
 
     def configure(self, **knobs: Any) -> dict[str, Any]:

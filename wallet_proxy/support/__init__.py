@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import (
-    Blueprint,
+    Flask,
     Response,
     abort,
     flash,
@@ -28,15 +28,16 @@ from flask import (
 
 from .. import api
 from ..cache import Entry
+from ..container import Services, services
 from ..origins import origin_of
 from ..rules import canonical_culture, check_culture, check_user_id
 from ..schemas import EXPIRY_FIELDS
-from ..service import Lookup
-from ..services import services
 from ..wallet import EXPIRED, NOT_REDEEMABLE, days_left, iso_z, live_view
+from ..wallet_service import Lookup
 from . import listing, staff
-
-bp = Blueprint("support", __name__, url_prefix="/support", static_folder="static")
+from . import triggers as trigger_pages
+from .blueprint import bp
+from .state import EXTENSION, build_state
 
 PUBLIC_ENDPOINTS = {"support.static", "support.login"}
 REASONS = {
@@ -55,6 +56,18 @@ BRAZE_MAX_CACHE_AGE = timedelta(hours=4)
 # exact bytes: a 2,500-offer wallet is over 800 KB of JSON.
 JSON_PREVIEW_BYTES = 32_000
 JSON_PREVIEW_OFFERS = 3
+
+
+def init_app(app: Flask, found: Services) -> None:
+    """The pages, their state and the staff session cookie (signed with
+    WALLET_PROXY_SECRET_KEY, which is set whenever staff users are)."""
+    app.extensions[EXTENSION] = build_state(found)
+    if found.settings.secret_key:
+        app.secret_key = found.settings.secret_key
+    app.session_interface = staff.StaffSessionInterface()
+    # The trigger pages are on the same blueprint (its guard, its CSRF): imported above.
+    assert trigger_pages.bp is bp
+    app.register_blueprint(bp)
 
 
 @functools.lru_cache(maxsize=4)
@@ -245,11 +258,10 @@ def look_up(user_id: str, culture: str) -> tuple[Lookup, Entry | None]:
     background, which may replace the entry before the page is rendered.
     """
     service = services().wallet_service
-    key = service.key(user_id, culture)
-    before = service.cache.get(key)
+    before = service.peek(user_id, culture)
     lookup = service.lookup(user_id, culture)
     shown = lookup.wallet.fetched_at
-    for entry in (before, service.cache.get(key)):
+    for entry in (before, service.peek(user_id, culture)):
         if entry is not None and entry.wallet is not None and entry.wallet.fetched_at == shown:
             return lookup, entry
     return lookup, None
@@ -307,7 +319,3 @@ def age_text(seconds: int) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min"
     return f"{seconds // 3600} h"
-
-
-# Pages for SessionM-triggered Braze messages, on the same blueprint (its guard, its CSRF).
-from . import triggers as _triggers  # noqa: E402, F401

@@ -22,10 +22,11 @@ from flask import request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..container import services
 from ..errors import InvalidRequest, Unauthorized
-from ..services import services
 from .history import StaffHistory
 from .sessions import SESSION_SECONDS, StaffSessions
+from .state import support_state
 
 CSRF_FIELD = "csrf_token"
 MIN_PASSWORD_LENGTH = 8
@@ -73,7 +74,7 @@ def check_credentials(name: str, password: str) -> bool:
     Raises TooManyAttempts, without hashing, while the client's address or the name
     is throttled (right password or not) or while the process hashes enough already.
     """
-    found = services()
+    found = support_state()
     address = request.remote_addr or ""
     found.login_throttle.check(name, address)
     users = staff_users()
@@ -90,13 +91,13 @@ def check_credentials(name: str, password: str) -> bool:
 
 
 def staff_sessions() -> StaffSessions:
-    found = services().staff_sessions
+    found = support_state().staff_sessions
     assert found is not None  # the pages exist only with staff accounts, and so does this
     return found
 
 
 def staff_history() -> StaffHistory:
-    found = services().staff_history
+    found = support_state().staff_history
     assert found is not None  # as staff_sessions
     return found
 

@@ -25,10 +25,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Collection, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 
 from cachetools import LRUCache
 
+from ..background import Pool
 from ..errors import TooManyAttempts
 
 NAME_FAILURES = 10
@@ -117,9 +117,10 @@ class HashSlots:
 
     def __init__(self, size: int = HASH_SLOTS):
         self._slots = threading.BoundedSemaphore(size)
-        self._hashers = ThreadPoolExecutor(
-            max_workers=size, thread_name_prefix="password-hash", initializer=_lower_priority
-        )
+        self._hashers = Pool("password-hash", size, initializer=_lower_priority)
+
+    def close(self) -> None:
+        self._hashers.shutdown()
 
     def run(self, check: Callable[[], bool]) -> bool:
         """`check()` on a hashing thread; TooManyAttempts at once when all are busy."""

@@ -7,18 +7,19 @@ from datetime import UTC, datetime
 
 from flask import flash, redirect, render_template, request, url_for
 
+from ..container import services
 from ..errors import NotConfigured, TriggerStoreUnavailable
 from ..rules import check_customer_id
-from ..services import services
 from ..triggers.model import DEAD
 from ..triggers.outbox import Outbox, OutboxError
-from . import bp
+from ..triggers.setup import triggers_of
+from .blueprint import bp
 
 DEAD_LISTED = 50
 
 
 def _outbox() -> Outbox:
-    triggers = services().triggers
+    triggers = triggers_of()
     if triggers is None:
         raise NotConfigured("Braze triggers are not configured on this service.")
     return triggers.outbox

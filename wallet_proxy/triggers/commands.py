@@ -18,11 +18,13 @@ import click
 from flask import Flask
 
 from ..config import ConfigError
-from ..services import services
+from ..container import services
+from ..factory import create_app
 from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record
 from .outbox import Outbox, OutboxError
 from .redis_outbox import RedisOutbox, persistence_warnings
-from .running import deliver
+from .running import InstanceLock, deliver, deliverer_for, took_over
+from .setup import triggers_of
 
 LISTED = 20
 BATCH = 1000
@@ -30,13 +32,11 @@ IDLE_GRACE = 2.0
 
 
 def _app() -> Flask:
-    from .. import create_app
-
     try:
         app = create_app()
     except ConfigError as error:
         raise click.ClickException(f"configuration error: {error}") from None
-    if services(app).triggers is None:
+    if triggers_of(app) is None:
         raise click.ClickException(
             "triggers are not configured: set BRAZE_REST_URL, BRAZE_REST_API_KEY and "
             "WALLET_PROXY_TRIGGER_KEYS"
@@ -45,7 +45,7 @@ def _app() -> Flask:
 
 
 def _outbox(app: Flask) -> Outbox:
-    triggers = services(app).triggers
+    triggers = triggers_of(app)
     assert triggers is not None  # _app() checked
     return triggers.outbox
 
@@ -111,8 +111,6 @@ def deliver_command(until_idle: bool) -> None:
 
 
 def _deliver_until_idle(app: Flask, stop: threading.Event) -> None:
-    from .running import InstanceLock, deliverer_for, took_over
-
     deliverer = deliverer_for(app)
     if deliverer is None:
         return

@@ -28,11 +28,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from typing import Protocol
 
 from .. import metrics
+from ..background import Pool
 from ..logs import UserRef
 from .braze import (
     MAX_RECIPIENTS,
@@ -70,6 +70,8 @@ WALLET_THREADS = 8
 
 class Sender(Protocol):
     def send(self, kind: str, body: dict) -> Sent: ...
+
+    def close(self) -> None: ...
 
 
 class Wallets(Protocol):
@@ -133,10 +135,15 @@ class Deliverer:
         self.rng = rng
         self.wallet_budget = wallet_budget
         self.paused_until = 0.0
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = Pool("trigger-wallet", WALLET_THREADS)
         self._stop: threading.Event | None = None
 
     # --- the loop ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The wallet threads and Braze's connections; the outbox is the app's."""
+        self._pool.shutdown()
+        self.sender.close()
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; store failures are logged and waited out."""
@@ -166,8 +173,6 @@ class Deliverer:
                 continue
             if not handled:
                 stop.wait(max(IDLE_WAIT, min(1.0, self.paused_until - self.clock())))
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("trigger deliverer %s stopped", self.owner)
 
     def run_once(self) -> int:
@@ -222,8 +227,6 @@ class Deliverer:
         asking = [r for r in records if r.trigger.wallet_user_id]
         if not asking or self.wallets is None:
             return found
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(WALLET_THREADS, thread_name_prefix="trigger-wallet")
         wallets = self.wallets
         futures = {
             r.id: self._pool.submit(wallets.summary, r.trigger.wallet_user_id or "")

@@ -10,20 +10,24 @@ claims with leases; the lock only keeps it to one per instance.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from ..services import EXTENSION, services
-
-if TYPE_CHECKING:  # imported where used: a worker of a service without Braze never loads them
-    from .deliverer import Deliverer
+from ..background import Loop
+from ..container import services
+from .deliverer import Deliverer
+from .setup import build_deliverer, triggers_of
+from .sqlite_outbox import SqliteOutbox
+from .wallets import ServiceWallets
 
 log = logging.getLogger(__name__)
+
+EXTENSION = "wallet_proxy.deliverer"  # the app's deliverer Loop, when triggers are configured
 
 LOCK_FILE = "deliverer.lock"
 LOCK_POLL = 1.0
@@ -58,24 +62,20 @@ class InstanceLock:
 
 def deliverer_for(app: Flask) -> Deliverer | None:
     """A deliverer sharing the app's outbox and wallet service; None if not configured."""
-    from .setup import build_deliverer
-    from .wallets import ServiceWallets
-
-    found = services(app)
-    if found.triggers is None:
+    triggers = triggers_of(app)
+    if triggers is None:
         return None
+    found = services(app)
     return build_deliverer(
         found.settings,
-        found.triggers.outbox,
+        triggers.outbox,
         wallets=ServiceWallets(found.wallet_service, found.settings.default_culture),
-        clock=lambda: found.clock().timestamp(),
+        clock=found.unix_time,
     )
 
 
 def took_over(deliverer: Deliverer) -> None:
     """Just became the instance's deliverer: settle what a dead predecessor left claimed."""
-    from .sqlite_outbox import SqliteOutbox
-
     if isinstance(deliverer.outbox, SqliteOutbox):
         deliverer.outbox.abandon_leases(now=deliverer.clock())
     # With Redis, other instances' claims are alive: their leases decide.
@@ -93,27 +93,12 @@ def deliver(app: Flask, stop: threading.Event) -> None:
             deliverer.run(stop)
     finally:
         lock.close()
+        deliverer.close()
 
 
-class Background:
-    """A deliverer thread in this process (a gunicorn worker), and how to stop it."""
-
-    def __init__(self, app: Flask):
-        self.stop = threading.Event()
-        self.thread = threading.Thread(
-            target=deliver, args=(app, self.stop), name="trigger-deliverer", daemon=True
-        )
-
-    def start(self) -> Background:
-        self.thread.start()
-        return self
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(STOP_WAIT)
-
-
-_background: Background | None = None
+def deliverer_loop(app: Flask) -> Loop:
+    """This process's offer to be the instance's deliverer, not yet started."""
+    return Loop("trigger-deliverer", functools.partial(deliver, app))
 
 
 def start_in_worker(app: object) -> None:
@@ -121,16 +106,5 @@ def start_in_worker(app: object) -> None:
 
     `app` is whatever gunicorn serves; only our Flask app with triggers configured delivers.
     """
-    global _background
-    if not isinstance(app, Flask) or EXTENSION not in app.extensions:
-        return  # another app served by our gunicorn config (the benchmarks' bare one)
-    if services(app).triggers is not None and _background is None:
-        _background = Background(app).start()
-
-
-def stop_in_worker() -> None:
-    """For gunicorn's worker_exit: finish the call in flight, then let the lock go."""
-    global _background
-    if _background is not None:
-        _background.close()
-        _background = None
+    if isinstance(app, Flask) and isinstance(app.extensions.get(EXTENSION), Loop):
+        app.extensions[EXTENSION].start()

@@ -1,4 +1,4 @@
-"""Building the triggers feature for the services container, and a deliverer on demand.
+"""Building the triggers feature (its outbox and intake), and a deliverer on demand.
 
 Nothing is opened unless Braze is configured: without BRAZE_REST_URL the route answers
 503 not_configured and no data folder is needed.
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flask import Flask, current_app
+
 from ..config import ConfigError, Settings
 from .outbox import Outbox, OutboxError
 
@@ -24,6 +26,9 @@ if TYPE_CHECKING:  # imported where used: a service without Braze never loads th
 log = logging.getLogger(__name__)
 
 
+EXTENSION = "wallet_proxy.triggers"
+
+
 @dataclass(frozen=True)
 class Triggers:
     """What the route and the deliverer share in one process."""
@@ -31,6 +36,12 @@ class Triggers:
     outbox: Outbox
     intake: Intake
     keys: tuple[str, ...]
+
+
+def triggers_of(app: Flask | None = None) -> Triggers | None:
+    """The triggers of `app` (or of the current request's), None when not configured."""
+    found: Triggers | None = (app or current_app).extensions[EXTENSION]
+    return found
 
 
 def open_outbox(settings: Settings) -> Outbox:

@@ -15,8 +15,8 @@ from ..auth import key_matches, presented_key
 from ..errors import InvalidRequest, NotConfigured, Unauthorized
 from ..idempotency import valid_key
 from ..rules import json_body
-from ..services import services
 from .schema import load_trigger_body
+from .setup import triggers_of
 
 bp = Blueprint("triggers", __name__, url_prefix="/v1/braze")
 
@@ -25,7 +25,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 @bp.before_request
 def configured_key_and_size() -> None:
-    triggers = services().triggers
+    triggers = triggers_of()
     if triggers is None:
         raise NotConfigured(
             "Braze triggers are not configured (BRAZE_REST_URL, BRAZE_REST_API_KEY, "
@@ -43,7 +43,7 @@ def accept_trigger():
     key = request.headers.get("Idempotency-Key")
     if key is not None and not valid_key(key):
         raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters.")
-    triggers = services().triggers
+    triggers = triggers_of()
     assert triggers is not None  # checked before the request
     accepted = triggers.intake.accept(body, key)
     response = Response(

@@ -1,0 +1,204 @@
+"""The services every feature shares, built here and nowhere else, in one typed container.
+
+`create_app` builds the container once (`build_services`) and hands it to each feature's
+`init_app`, which registers its blueprints and builds what only it uses (the support
+pages' sessions, the triggers' outbox), as Flask's extensions do. Views and commands
+reach the shared services through `services()`: one extension key, one type. The
+container knows no feature; features know the container.
+
+Whatever holds threads, connections or files is closed by `Services.close`, in reverse
+order of building: the factory arranges for it to run when the app goes, and a feature
+adds its own with `on_close`.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis
+from flask import Flask, current_app
+
+from . import metrics
+from .answers import AnswerMemo
+from .budget import UNLIMITED, Budget, Fleet, LocalBudget, Priority, SharedBudget
+from .cache import MemoryCache, RedisCache, WalletCache
+from .config import Settings
+from .coordination import Alone, Coordination, RedisCoordination
+from .idempotency import Idempotency, MemoryStore, RedisStore
+from .redis_clients import RENDER, RedisHealth, connect
+from .sessionm import connect_client
+from .sessionm_core import CoreClient, core_client
+from .upstream import CircuitBreaker, UpstreamGuard
+from .wallet_service import WalletService
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "wallet_proxy"
+# An Idempotency-Key's claim lasts the call itself (WALLET_PROXY_CORE_TIMEOUT) and this
+# margin, then it is abandoned.
+LEASE_MARGIN = 30.0
+FLEET_STOP_WAIT = 1.0
+
+Clock = Callable[[], datetime]  # an aware UTC datetime; tests move it by hand
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    clock: Clock
+    wallet_service: WalletService
+    answers: AnswerMemo
+    redis: redis.Redis | None  # the render profile's client (redis_clients.py)
+    redis_health: RedisHealth | None  # whether this process uses Redis now
+    core: CoreClient | None  # None: SessionM Core is not configured
+    connect_budget: Budget  # requests/s to SessionM Connect, for the whole fleet
+    core_budget: Budget  # the same for Core
+    idempotency: Idempotency
+    _closers: list[Callable[[], object]] = field(default_factory=list)
+
+    def unix_time(self) -> float:
+        return self.clock().timestamp()
+
+    def on_close(self, closer: Callable[[], object]) -> None:
+        """Run `closer` when the app closes (before what was registered earlier)."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        """Stop the threads, close the pools and files of everything built for this app.
+        Safe to call twice."""
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:
+                log.exception("closing %r failed", closer)
+
+
+def services(app: Flask | None = None) -> Services:
+    """The container of `app`, or of the app handling the current request."""
+    found: Services = (app or current_app).extensions[EXTENSION]
+    return found
+
+
+def register(app: Flask, found: Services) -> None:
+    """Hold `found` in `app`, closed when the app is collected or the process exits."""
+    app.extensions[EXTENSION] = found
+    weakref.finalize(app, found.close)
+
+
+def shared_redis(settings: Settings) -> tuple[redis.Redis | None, RedisHealth | None]:
+    """The render profile's client of WALLET_PROXY_REDIS_URL and its health, or (None, None)."""
+    if not settings.redis_url:
+        return None, None
+    return connect(settings.redis_url, RENDER), RedisHealth(on_failure=metrics.redis_error)
+
+
+def sessionm_budgets(
+    settings: Settings,
+    shared: redis.Redis | None,
+    health: RedisHealth | None,
+    closers: list[Callable[[], object]],
+) -> tuple[Budget, Budget]:
+    """(Connect's, Core's) request budgets: for the fleet in Redis, else per process.
+    What must be stopped with them is added to `closers`."""
+    shares = {
+        Priority.WAITING: 1.0,
+        Priority.BULK: settings.bulk_share,
+        Priority.REFRESH: settings.refresh_share,
+    }
+    rates = {"connect": settings.sessionm_rate, "core": settings.sessionm_core_rate}
+    made: Callable[[str, float], Budget]
+    if shared is None or health is None:
+        processes = settings.fleet_size or 1
+        if any(rates.values()):
+            log.warning(
+                "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL: each "
+                "process may send %g requests/s to Connect and %g to Core (the rates / "
+                "WALLET_PROXY_FLEET_SIZE), however many processes run",
+                rates["connect"] / processes,
+                rates["core"] / processes,
+            )
+
+        def made(name: str, rate: float) -> Budget:
+            return LocalBudget(rate / processes, shares)
+
+    else:
+        fleet = Fleet(shared, configured=settings.fleet_size)
+        fleet.touch()
+        closers.append(lambda: fleet.stop(FLEET_STOP_WAIT))
+
+        def made(name: str, rate: float) -> Budget:
+            return SharedBudget(shared, name, rate, shares, fleet, health=health)
+
+    budgets = {
+        name: metrics.MeteredBudget(name, made(name, rate)) if rate else UNLIMITED
+        for name, rate in rates.items()
+    }
+    return budgets["connect"], budgets["core"]
+
+
+def build_services(settings: Settings, clock: Clock) -> Services:
+    """Every shared service of one app, wired together; the only place that does it."""
+    closers: list[Callable[[], object]] = []
+
+    def unix_time() -> float:
+        return clock().timestamp()
+
+    memory = MemoryCache(maxsize=settings.cache_max_entries, unix_time=unix_time)
+    cache: WalletCache = memory
+    coordination: Coordination = Alone()
+    shared, health = shared_redis(settings)
+    if shared is not None and health is not None:
+        closers.append(shared.close)
+        cache = RedisCache(shared, local=memory, health=health, unix_time=unix_time)
+        coordination = RedisCoordination(shared, health=health)
+    connect_budget, core_budget = sessionm_budgets(settings, shared, health, closers)
+    breaker = CircuitBreaker(
+        threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown
+    )
+    client = connect_client(settings, clock, connect_budget)
+    closers.append(client.close)
+    wallet_service = WalletService(
+        client=client,
+        cache=cache,
+        coordination=coordination,
+        guard=UpstreamGuard(concurrency=settings.upstream_concurrency, breaker=breaker),
+        retailer_id=settings.sessionm_retailer_id,
+        deadline=settings.deadline,
+        upstream_timeout=settings.upstream_timeout,
+        cache_ttl=settings.cache_ttl,
+        stale_ttl=settings.stale_ttl,
+        negative_ttl=settings.negative_ttl,
+        clock=clock,
+        refresh_share=settings.refresh_share,
+        budget=connect_budget,
+    )
+    closers.append(wallet_service.close)
+    core = core_client(settings, core_budget)
+    if core is not None:
+        closers.append(core.close)
+    if shared is None and settings.core_configured:
+        log.warning(
+            "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
+            "several workers, a retried counter-tag call may be applied twice"
+        )
+    return Services(
+        settings=settings,
+        clock=clock,
+        wallet_service=wallet_service,
+        answers=AnswerMemo(max_bytes=settings.max_answer_bytes),
+        redis=shared,
+        redis_health=health,
+        core=core,
+        connect_budget=connect_budget,
+        core_budget=core_budget,
+        idempotency=Idempotency(
+            RedisStore(shared) if shared is not None else MemoryStore(),
+            lease=settings.core_timeout + LEASE_MARGIN,
+        ),
+        _closers=closers,
+    )

@@ -1,0 +1,50 @@
+"""What the support pages keep for themselves, built by their `init_app` and closed with the app.
+
+Staff sessions and the history of who looked at whom live in a store every worker shares
+(stores.py): Redis when the service has it, else a SQLite file in the data folder. The
+login throttle and the password-hash slots are this process's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from ..container import Services
+from ..stores import shared_store
+from .history import StaffHistory
+from .sessions import StaffSessions
+from .throttle import HashSlots, LoginThrottle
+
+EXTENSION = "wallet_proxy.support"
+
+
+@dataclass(frozen=True, slots=True)
+class SupportState:
+    login_throttle: LoginThrottle
+    hash_slots: HashSlots
+    # None without staff accounts (then there are no pages either).
+    staff_sessions: StaffSessions | None
+    staff_history: StaffHistory | None
+
+
+def build_state(found: Services) -> SupportState:
+    settings = found.settings
+    store = shared_store(settings, found.redis, found.unix_time) if settings.staff_users else None
+    state = SupportState(
+        login_throttle=LoginThrottle(
+            timer=found.unix_time, staff_names=settings.staff_users.keys()
+        ),
+        hash_slots=HashSlots(),
+        staff_sessions=StaffSessions(store) if store is not None else None,
+        staff_history=StaffHistory(store, found.clock) if store is not None else None,
+    )
+    found.on_close(state.hash_slots.close)
+    return state
+
+
+def support_state(app: Flask | None = None) -> SupportState:
+    """The support pages' state of `app`, or of the app handling the current request."""
+    found: SupportState = (app or current_app).extensions[EXTENSION]
+    return found
