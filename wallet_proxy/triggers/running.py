@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
+from ..files import open_private
 from ..services import EXTENSION, services
 
 if TYPE_CHECKING:  # imported where used: a worker of a service without Braze never loads them
@@ -36,7 +37,7 @@ class InstanceLock:
     def __init__(self, data_dir: str | Path):
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self._fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+        self._fd = open_private(path / LOCK_FILE, os.O_RDWR)
 
     def try_acquire(self) -> bool:
         try:
