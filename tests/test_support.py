@@ -218,12 +218,12 @@ def test_json_panel_shows_what_braze_gets(staff_client, auth, user_id, culture):
     assert (raw.mimetype, raw.data) == ("application/json", api.data)
 
 
-def test_connected_content_snippet_uses_this_services_url(client):
+def test_connected_content_snippet_uses_this_services_url(env, clock):
     base, login = "https://wallet-proxy.internal.example", basic(STAFF, PASSWORD)
-    default = client.get("/support/wallets/demo-alice", base_url=base, headers=login).text
-    spanish = client.get(
-        "/support/wallets/demo-alice?culture=es-ES", base_url=base, headers=login
-    ).text
+    app = create_app({**env, "WALLET_PROXY_PUBLIC_URL": base, "TESTING": True, "CLOCK": clock})
+    client = app.test_client()
+    default = client.get("/support/wallets/demo-alice", headers=login).text
+    spanish = client.get("/support/wallets/demo-alice?culture=es-ES", headers=login).text
     call = f"{base}/v1/wallets/{{{{${{user_id}}}}}}"
     assert f"{{% connected_content {call} :basic_auth wallet_proxy :retry :save wallet %}}" in (
         html.unescape(default)

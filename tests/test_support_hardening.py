@@ -300,8 +300,43 @@ def test_public_url_is_used_whatever_host_is_sent(env, clock):
         slash = requests.get(
             f"{server.url}/support", headers=forged, allow_redirects=False, timeout=5
         )
-        # werkzeug's own redirects are absolute: they used to name evil.example.
-        assert slash.headers["Location"] == "https://wallet.example.com/support/"
+        assert slash.headers["Location"] == "/support/"
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/support", "/support/"),
+        ("//support", "/support/"),
+        ("/v1//wallets/x?a=1", "/v1/wallets/x?a=1"),
+    ],
+)
+def test_without_a_public_url_redirects_are_relative(env, clock, path, location):
+    """Issue 19 item 11: werkzeug's own redirects are absolute, built from Host:
+    `Host: evil.example` got `Location: http://evil.example/support/`."""
+    with LiveServer(make_app(env, clock)) as server:
+        slash = requests.get(
+            f"{server.url}{path}",
+            headers={"Host": "evil.example"},
+            allow_redirects=False,
+            timeout=5,
+        )
+    assert slash.status_code == 308
+    assert slash.headers["Location"] == location
+
+
+def test_without_a_public_url_the_snippet_says_where_to_set_it(env, clock):
+    """Issue 19 item 11: the snippet named the Host a client sent, so a forged Host put a
+    foreign host (which would get Braze's key) in what staff paste into Braze."""
+    with LiveServer(make_app(env, clock)) as server:
+        forged = {"Host": "evil.example", **basic(STAFF, PASSWORD)}
+        page = requests.get(f"{server.url}{ALICE}", headers=forged, timeout=5)
+    assert page.status_code == 200
+    assert "evil.example" not in page.text
+    snippet = element(page.text, r'<pre id="snippet"[^>]*>(.*?)</pre>')
+    assert "{% connected_content <WALLET_PROXY_PUBLIC_URL>/v1/wallets/{{${user_id}}} " in snippet
+    hint = element(page.text, r'<p class="hint" id="public-url-unset">(.*?)</p>')
+    assert "WALLET_PROXY_PUBLIC_URL" in hint
 
 
 def test_public_url_must_be_an_origin(env):

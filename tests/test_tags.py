@@ -251,6 +251,21 @@ def test_over_real_http_with_a_chunked_body(core_app, core):
     assert counts(core, "user-7") == {"braze_test": 1}
 
 
+def test_json_nested_deeper_than_32_is_400_naming_the_field_over_real_http(core_app, core):
+    """Issue 19 item 7, on the tags relay's body."""
+    from tests.helpers import LiveServer
+
+    deep = b'{"tags": ' + b"[" * 40 + b'"a"' + b"]" * 40 + b"}"
+    with LiveServer(core_app) as server:
+        response = requests.post(
+            f"{server.url}/v1/users/user-7/tags", data=deep, headers=AUTH, timeout=5
+        )
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.startswith("tags[0][0]") and "nested deeper than 32 levels" in message
+    assert calls(core) == []
+
+
 # --- refusals before SessionM --------------------------------------------------------
 
 
@@ -279,7 +294,9 @@ def test_not_configured_without_core_settings(client, auth):
         (b"tags=a", "must be JSON"),
         (b"\xff\xfe", "must be JSON"),
         (b'["braze_test"]', "JSON object"),
-        (b"[" * 5000, "must be JSON"),  # nested past Python's recursion limit, under 16 KB
+        (b"[" * 5000, "is nested deeper than 32 levels"),  # past Python's recursion limit
+        (b'{"tags": ["a"], "ttl": NaN}', "ttl is NaN, which is not JSON"),
+        (b'{"tags": ["a"], "ttl": 1e999}', "ttl is out of range"),
         (b"{}", "tags is required"),
         (b'{"tags": "braze_test"}', "tags must be a list"),
         (b'{"tags": []}', "1 to 20 tags"),

@@ -138,7 +138,7 @@ def test_identical_body_without_key_is_one_trigger_for_ten_minutes(server, trigg
         ({**BODY, "broadcast": True}, "customer must be left out with broadcast"),
         ({**BODY, "surprise": 1}, "surprise is not a known field"),
         ([[[[]]]], "The body must be a JSON object"),
-        (b"[" * 60_000, "The body must be JSON"),
+        (b"[" * 60_000, "[0][0][0]"),
     ],
 )
 def test_bad_bodies_are_400_and_store_nothing(server, trigger_app, body, message):
@@ -146,6 +146,60 @@ def test_bad_bodies_are_400_and_store_nothing(server, trigger_app, body, message
     assert answer.status_code == 400
     assert message in answer.json()["error"]["message"]
     assert outbox(trigger_app).counts()[QUEUED] == 0
+
+
+def nested(levels: int) -> str:
+    """An `event` that makes the body `levels` objects and arrays deep (the body is one)."""
+    inner = "[" * (levels - 2) + "]" * (levels - 2)
+    return json.dumps({**BODY, "event": {"deep": "@"}}).replace('"@"', inner)
+
+
+@pytest.mark.parametrize("levels", [33, 980, 5000])
+def test_json_nested_deeper_than_32_is_400_naming_the_field(server, trigger_app, levels):
+    """Issue 19 item 7: an `event` nested 980 deep was a 500 (RecursionError)."""
+    answer = post(server, nested(levels))
+    assert answer.status_code == 400
+    message = answer.json()["error"]["message"]
+    assert message.startswith("event.deep[0][0]")
+    assert message.endswith("is nested deeper than 32 levels of objects and arrays.")
+    assert outbox(trigger_app).counts()[QUEUED] == 0
+
+
+def test_json_nested_32_deep_is_accepted(server):
+    assert post(server, nested(32)).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('"event": {"ratio": NaN}', "event.ratio is NaN, which is not JSON"),
+        ('"event": {"limits": [1, Infinity]}', "event.limits[1] is Infinity, which is not JSON"),
+        ('"event": {"floor": -Infinity}', "event.floor is -Infinity, which is not JSON"),
+        ('"event": {"big": 1e400}', "event.big is out of range"),
+        ('"event": {"big": 9007199254740992}', "event.big is out of range"),
+        ('"campaign": {"custom": {"n": -1e16}}', "campaign.custom.n is out of range"),
+        ('"points": {"award_amount": ' + "9" * 309 + "}", "points.award_amount is out of range"),
+        ('"points": {"award_amount": "1e308"}', "points.award_amount must lie within"),
+    ],
+)
+def test_numbers_braze_cannot_hold_are_400_at_intake(server, trigger_app, raw, message):
+    """Issue 19 item 8: NaN, Infinity and a 309-digit award_amount were accepted (202) and
+    sent to Braze as they were; numbers beyond 2^53 - 1 reach Liquid rounded."""
+    body = json.dumps({k: v for k, v in BODY.items() if k != "points"})[:-1] + f", {raw}}}"
+    answer = post(server, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"].startswith(message)
+    assert outbox(trigger_app).counts()[QUEUED] == 0
+
+
+def test_numbers_up_to_2_to_the_53_minus_1_are_accepted(server, trigger_app):
+    edge = 2**53 - 1
+    body = {**BODY, "points": {"award_amount": edge}, "event": {"low": -edge, "x": 0.5e15}}
+    answer = post(server, body)
+    assert answer.status_code == 202
+    properties = outbox(trigger_app).get(answer.json()["trigger_id"]).trigger.properties
+    assert properties["point_award_amount"] == edge
+    assert properties["event"] == {"low": -edge, "x": 0.5e15}
 
 
 def test_properties_over_50_kb_are_400_before_storing(server, trigger_app):

@@ -14,6 +14,7 @@ from wallet_proxy.wallet import (
     answer_changes_at,
     days_left,
     live_view,
+    offer_answer,
     wallet_answer,
 )
 
@@ -107,6 +108,24 @@ def test_answer_shape_limit_and_count():
         "stale",
         "offers_truncated",
     }
+
+
+def test_expiries_are_rounded_up_to_the_second():
+    shown = [
+        offer_answer(offer("a", moment), NOW)["expires_at"]
+        for moment in (
+            NOW + timedelta(microseconds=1),
+            NOW + timedelta(seconds=5),
+            datetime(2030, 6, 30, 23, 59, 59, 999999, tzinfo=UTC),
+            datetime.max.replace(tzinfo=UTC),
+        )
+    ]
+    assert shown == [
+        "2026-11-28T15:00:01Z",
+        "2026-11-28T15:00:05Z",
+        "2030-07-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+    ]
 
 
 def test_never_expiring_offer_has_empty_date_and_minus_one():

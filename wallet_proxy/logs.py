@@ -23,6 +23,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import sys
 import threading
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HASH_HEX_DIGITS = 16  # 64 bits: no collision to speak of among a retailer's customers
+# gunicorn's warning about a request it can't read quotes what the client sent (the request
+# line with its path, a header): `Invalid request from ip=...: Invalid HTTP request line:
+# 'GET /v1/wallets/<a customer id> ...'`. What follows the kind of error is dropped.
+_REQUEST_TEXT = re.compile(r"^(Invalid request from ip=\S*: [^'\":]*?) *[:'\"].*\Z", re.S)
+NOT_REPEATED = " (what the client sent is not repeated: it may name a customer)"
 
 
 class UserIds:
@@ -182,6 +188,15 @@ class GunicornLogger(glogging.Logger):
     @property
     def access_log_enabled(self) -> bool:
         return False
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        msg = _REQUEST_TEXT.sub(lambda found: found.group(1) + NOT_REPEATED, msg)
+        super().warning(msg, *args, **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if msg.startswith("Error handling request"):  # its arguments are the method and path
+            msg, args = "Error handling request" + NOT_REPEATED, ()
+        super().exception(msg, *args, **kwargs)
 
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         """Not written: see request_log.py."""

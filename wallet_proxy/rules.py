@@ -199,8 +199,24 @@ def load_tags(data: Any) -> Tags:
         raise InvalidRequest(problem(exc.messages)) from None
 
 
+# Objects and arrays within each other. Python's decoder gives up near 1,000 (and the
+# code walking the result before that); no body we take needs more than a few.
+MAX_JSON_DEPTH = 32
+# The integers a 64-bit float holds exactly, the range RFC 8259 (section 6) names as the
+# one where JSON readers agree: Braze treats floats and doubles alike (its docs), so a
+# larger number sent on may reach Liquid rounded.
+MAX_JSON_NUMBER = 2**53 - 1
+_JSON_TOKEN = re.compile(
+    r'(?P<string>"[^"\\]*(?:\\.[^"\\]*)*")(?P<key>\s*:)?'
+    r"|(?P<number>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
+    r"|(?P<constant>NaN|-?Infinity)"
+    r"|[\[\]{},]",
+    re.DOTALL,
+)
+
+
 def json_body(data: bytes, *, max_bytes: int, example: str) -> Any:
-    """A JSON request body of at most `max_bytes`, decoded.
+    """A JSON request body of at most `max_bytes`, decoded, within `check_json_text`'s bounds.
 
     The view reads at most `max_bytes + 1` (its `max_content_length`): a declared length
     over the cap is refused before reading, and a chunked body has none, so one byte over
@@ -209,9 +225,71 @@ def json_body(data: bytes, *, max_bytes: int, example: str) -> Any:
     if len(data) > max_bytes:
         raise RequestEntityTooLarge(f"The body is over {max_bytes // 1024} KB.")
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
+        text = data.decode(json.detect_encoding(data), "surrogatepass")  # as json.loads does
+    except ValueError:
         raise InvalidRequest(f"The body must be JSON like {example}.") from None
+    check_json_text(text)
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidRequest(f"The body must be JSON like {example}.") from None
+
+
+def check_json_text(text: str) -> None:
+    """Refuse, naming the field, JSON nested deeper than MAX_JSON_DEPTH, and numbers that are
+    not finite (NaN, Infinity: not JSON at all, though Python reads them) or beyond
+    MAX_JSON_NUMBER. One pass over the text, before it is decoded, so nothing recurses."""
+    path: list[str | int] = []  # per open object its current key, per open array the index
+    for token in _JSON_TOKEN.finditer(text):
+        kind = token.lastgroup  # None for punctuation; "string" (a value) needs nothing
+        if kind is None:
+            found = token.group()
+            if found in ("[", "{"):
+                if len(path) == MAX_JSON_DEPTH:
+                    raise InvalidRequest(
+                        f"{_json_path(path)} is nested deeper than {MAX_JSON_DEPTH} levels "
+                        "of objects and arrays."
+                    )
+                path.append(0 if found == "[" else "")
+            elif found == ",":
+                if path and isinstance(path[-1], int):
+                    path[-1] += 1
+            elif path:
+                path.pop()
+        elif kind == "key":
+            if path and isinstance(path[-1], str):
+                path[-1] = _json_key(token.group("string"))
+        elif kind == "constant":
+            raise InvalidRequest(
+                f"{_json_path(path)} is {token.group()}, which is not JSON: send a number."
+            )
+        elif kind == "number" and not _holdable(token.group()):
+            raise InvalidRequest(
+                f"{_json_path(path)} is out of range: numbers must lie within "
+                f"\u00b1{MAX_JSON_NUMBER} (2^53 - 1, which every JSON reader holds exactly)."
+            )
+
+
+def _holdable(number: str) -> bool:
+    if number.lstrip("-").isdigit():  # an integer: no float rounds it, and no 4,300-digit parse
+        return len(number) <= 17 and abs(int(number)) <= MAX_JSON_NUMBER
+    return abs(float(number)) <= MAX_JSON_NUMBER  # 1e400 reads as inf
+
+
+def _json_key(string: str) -> str:
+    if "\\" not in string:  # no escapes: the common case, without a decoder call
+        return string[1:-1]
+    try:
+        return str(json.loads(string))
+    except ValueError:
+        return string[1:-1]
+
+
+def _json_path(path: list[str | int]) -> str:
+    """`event.items[3].name`, cut to 80 characters; `The body` for the body itself."""
+    label = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
+    label = label.removeprefix(".")
+    return (label[:79] + "\u2026" if len(label) > 80 else label) or "The body"
 
 
 # X-Request-ID from a front proxy or a caller: kept when it looks like an id (a UUID,

@@ -25,6 +25,7 @@ import redis
 
 from .config import ConfigError
 from .errors import StoreUnavailable
+from .files import private_database
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -121,6 +122,7 @@ class SqliteSharedStore:
     def __init__(self, path: Path, *, unix_time: Callable[[], float]):
         self.path = path
         self.unix_time = unix_time
+        private_database(path)  # staff names and the customers they opened
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(
@@ -137,9 +139,6 @@ class SqliteSharedStore:
                 CREATE INDEX IF NOT EXISTS value_by_expiry ON value (expires);
                 """
             )
-        # Staff names and the customers they opened: for the service's user only
-        # (SQLite gives its journal files the same permissions).
-        path.chmod(0o600)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 EXPIRED = "expired"
 NOT_REDEEMABLE = "not_redeemable"
+LAST_SECOND = datetime.max.replace(microsecond=0, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,15 @@ def iso_z(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"
 
 
+def expiry_z(expires_at: datetime) -> str:
+    """An expiry to the second, rounded up: cut, an offer live for less than a second more
+    would show an expiry already past. (The last second of year 9999 has no next one.)"""
+    moment = expires_at.astimezone(UTC)
+    if moment.microsecond and moment < LAST_SECOND:
+        moment += timedelta(seconds=1)
+    return iso_z(moment)
+
+
 def parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -118,7 +128,7 @@ def offer_answer(offer: Offer, now: datetime) -> dict:
         "logo_url": offer.logo_url,
         "pos_discount_id": offer.pos_discount_id,
         "points": offer.points,
-        "expires_at": iso_z(offer.expires_at) if offer.expires_at else "",
+        "expires_at": expiry_z(offer.expires_at) if offer.expires_at else "",
         "expires_in_days": days_left(offer.expires_at, now),
     }
 

@@ -57,6 +57,7 @@ from .csvinput import (
     wallet_ids,
 )
 from .durations import Duration, spoken
+from .formulas import FAILED_FILE_LAST_COLUMNS, inert
 from .journal import ACCEPTED, NOT_APPLIED, SENDING, Journal, read_journal
 from .runner import (
     MAX_ATTEMPTS,
@@ -330,10 +331,10 @@ def _write_failed(file: Path, id_name: str, run: ImportRun) -> None:
 
     def write(handle: TextIO) -> None:
         writer = csv.writer(handle)
-        writer.writerow([id_name, "tags", "ttl", "line", "reason"])
+        writer.writerow(inert([id_name, "tags", "ttl", *FAILED_FILE_LAST_COLUMNS]))
         for row, reason in failures:
             ttl = "" if row.ttl is None else row.ttl
-            writer.writerow([row.id, ";".join(row.tags), ttl, row.line, reason])
+            writer.writerow(inert([row.id, ";".join(row.tags), ttl, row.line, reason]))
 
     try:
         replace_with(target, write)

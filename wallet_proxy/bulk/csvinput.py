@@ -12,6 +12,7 @@ import click
 
 from ..errors import InvalidRequest
 from ..rules import check_customer_id, check_user_id, load_tags
+from .formulas import restored, written_inert
 
 MAX_LINE_BYTES = 64 * 1024
 MAX_PROBLEMS = 20
@@ -99,6 +100,8 @@ def read_table(path: Path, id_column: str | None) -> Table:
     if not rows:
         raise problems.fail(1, "the file is empty; expected a header line then one row per id")
     (header_line, header), *body = rows
+    if written_inert(header):  # FILE.failed.csv: its cells as they were before writing
+        header, body = restored(header), [(line, restored(cells)) for line, cells in body]
     id_index = _id_index([cell.strip().lower() for cell in header], id_column, problems)
     records: list[Record] = []
     first_seen: dict[str, int] = {}

@@ -9,6 +9,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..files import make_private
 from .csvinput import BadInput, TagRow, tag_key
 from .sidecars import open_no_follow
 
@@ -77,6 +78,7 @@ class Journal:
             raise
         os.ftruncate(self._fd, whole)  # drop a line torn by a kill mid-write
         if created:
+            make_private(self._fd)
             _fsync_dir(path.parent)
         self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()

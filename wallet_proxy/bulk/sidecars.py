@@ -17,15 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..files import OWNER_ONLY, make_private
 from .csvinput import BadInput
 
 _MOVE_IT = "move it away, then run again"
 
 
-def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
-    """`os.open` of a regular file with one name, never through a symbolic link."""
+def open_no_follow(path: Path, flags: int) -> int:
+    """`os.open` of a regular file with one name, never through a symbolic link; one it
+    creates is for the user running the command only (mode 0600, see files.py)."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, OWNER_ONLY)
     except OSError as error:
         raise BadInput(_refusal(path, error)) from None
     info = os.fstat(fd)
@@ -55,6 +57,7 @@ def replace_with(path: Path, write: Callable[[TextIO], None]) -> None:
     """
     fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        make_private(fd)
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
             write(handle)
         os.replace(scratch, path)

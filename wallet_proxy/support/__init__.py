@@ -56,6 +56,7 @@ BRAZE_MAX_CACHE_AGE = timedelta(hours=4)
 # exact bytes: a 2,500-offer wallet is over 800 KB of JSON.
 JSON_PREVIEW_BYTES = 32_000
 JSON_PREVIEW_OFFERS = 3
+PUBLIC_URL_PLACEHOLDER = "<WALLET_PROXY_PUBLIC_URL>"
 
 
 def init_app(app: Flask, found: Services) -> None:
@@ -193,6 +194,7 @@ def wallet(user_id: str):
         json_preview_bytes=JSON_PREVIEW_BYTES,
         json_preview_offers=JSON_PREVIEW_OFFERS,
         snippet=connected_content(query),
+        public_url_placeholder=None if found.settings.public_url else PUBLIC_URL_PLACEHOLDER,
     )
 
 
@@ -290,9 +292,11 @@ def image_src(url: str) -> str | None:
 
 
 def connected_content(query: str) -> str:
-    """The Connected Content call of docs/braze.md, pointed at this service's public URL
-    (WALLET_PROXY_PUBLIC_URL; without it, the URL staff reached the page at)."""
-    url = f"{request.url_root}v1/wallets/{{{{${{user_id}}}}}}{query}"
+    """The Connected Content call of docs/braze.md, pointed at WALLET_PROXY_PUBLIC_URL. Without
+    it, at a placeholder the page says how to fill: the request's Host is whatever a
+    client sent, and a snippet naming it would send Braze, with its key, to that host."""
+    origin = services().settings.public_url or PUBLIC_URL_PLACEHOLDER
+    url = f"{origin}/v1/wallets/{{{{${{user_id}}}}}}{query}"
     return (
         f"{{% connected_content {url} :basic_auth wallet_proxy :retry :save wallet %}}\n"
         "{% if wallet.__http_status_code__ != 200 %}{% abort_message('no wallet') %}{% endif %}"

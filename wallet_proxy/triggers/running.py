@@ -20,6 +20,7 @@ from flask import Flask
 
 from ..background import Loop
 from ..container import services
+from ..files import open_private
 from .deliverer import Deliverer
 from .setup import build_deliverer, triggers_of
 from .sqlite_outbox import SqliteOutbox
@@ -40,7 +41,7 @@ class InstanceLock:
     def __init__(self, data_dir: str | Path):
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self._fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+        self._fd = open_private(path / LOCK_FILE, os.O_RDWR)
 
     def try_acquire(self) -> bool:
         try:

@@ -24,6 +24,7 @@ from marshmallow import (
 from ..errors import InvalidRequest
 from ..rules import CUSTOMER_ID_RE as ID_RE
 from ..rules import CUSTOMER_ID_RULE as ID_RULE
+from ..rules import MAX_JSON_NUMBER
 from ..schemas import Text, UtcDateTime, WholeNumber
 
 BRAZE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
@@ -79,7 +80,15 @@ class OfferSchema(_Strict):
 
 
 class PointsSchema(_Strict):
-    award_amount = WholeNumber(load_default=0)
+    # Also when it comes as a string ("1e308"), which the body's number rule can't see.
+    award_amount = WholeNumber(
+        load_default=0,
+        validate=validate.Range(
+            -MAX_JSON_NUMBER,
+            MAX_JSON_NUMBER,
+            error=f"must lie within \u00b1{MAX_JSON_NUMBER} (2^53 - 1).",
+        ),
+    )
     account_name = _text()
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ..files import private_database
 from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record, Trigger
 from .outbox import (
     ALL_STATES,
@@ -157,6 +158,7 @@ class SqliteOutbox:
     def __init__(self, data_dir: str | Path):
         self.path = Path(data_dir) / FILE_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        private_database(self.path)  # Braze ids, emails, offers
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
