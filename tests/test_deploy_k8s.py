@@ -12,6 +12,7 @@ import yaml
 
 import wallet_proxy.gunicorn_config
 from wallet_proxy.config import Settings
+from wallet_proxy.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -122,3 +123,9 @@ def test_configmap_and_secret_template_make_a_valid_configuration():
     }
     settings = Settings.from_env(env)
     assert settings.redis_url and settings.core_configured
+
+
+def test_the_deployment_runs_this_release():
+    """CHANGELOG.md says the Deployment's image tag follows the package's version."""
+    (container,) = pod_of(resources(), "Deployment", "wallet-proxy")["containers"]
+    assert container["image"].rpartition(":")[2] == __version__
