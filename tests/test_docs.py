@@ -109,3 +109,11 @@ def test_every_link_between_the_pages_leads_somewhere():
                 assert anchor in heading_anchors(linked), (page.name, target)
             checked += 1
     assert checked > 30
+
+
+def test_no_page_sends_people_to_the_demos_default_ports():
+    """`make run PORT=... SANDBOX_PORT=...` moves the demo: pages reach it through the banner's
+    $DEMO_URL and $SANDBOX_URL (or say the banner prints the address), never a fixed URL."""
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        fixed = re.findall(r"127\.0\.0\.1:800[01]/\S*", page.read_text())
+        assert fixed == [], page.name
