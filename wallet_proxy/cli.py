@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import click
 from werkzeug.security import generate_password_hash
 
+from . import preflight
 from .bulk.commands import tags_group, warm_command
 from .bulk.plan import plan_command
 from .config import ConfigError, Settings, examine, log_id_settings
@@ -55,18 +56,21 @@ def main() -> None:
     help="Also make one harmless call to SessionM Connect (a made-up customer's wallet).",
 )
 def check_config(probe: bool) -> None:
-    """Validate the service's settings: every problem at once, then Redis (and SessionM).
+    """Validate the service's settings: every problem at once, what start-up checks (the
+    data folder), example placeholders left in, then Redis (and SessionM).
 
     Variables that look like ours but that no setting reads are warned about, with the
-    closest known name. Exits 1 on any problem; warnings alone don't fail.
+    closest known name, and so is a deadline leaving no room under Braze's 2 s. Exits 1 on
+    any problem; warnings alone don't fail.
     """
     verdict = examine(os.environ)
-    for warning in verdict.warnings:
-        click.echo(f"warning: {warning}", err=True)
     settings = verdict.settings
+    for warning in [*verdict.warnings, *preflight.warnings(settings)]:
+        click.echo(f"warning: {warning}", err=True)
+    beyond = preflight.problems(os.environ, settings)
     if settings is None:
-        raise click.ClickException(ConfigError.listing(verdict.problems).report())
-    failures: list[str] = []
+        raise click.ClickException(ConfigError.listing([*verdict.problems, *beyond]).report())
+    failures = [str(problem) for problem in beyond]
     cache = "in-process"
     if settings.redis_url:
         problem = _redis_problem(settings.redis_url)
@@ -86,6 +90,8 @@ def check_config(probe: bool) -> None:
             f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
             f"SessionM keys; outbox: {store}"
         )
+    if uses := preflight.data_dir_uses(settings):
+        click.echo(f"  data folder: {settings.data_dir}, for {' and '.join(uses)}")
     if probe:
         answered, outcome = _probe_connect(settings)
         click.echo(f"  SessionM Connect probe: {outcome}")
@@ -235,7 +241,9 @@ def serve(
         children.append(_start_sandbox(sandbox_port, env))
         options = ["--workers", str(DEMO_WORKERS), "--threads", str(DEMO_THREADS)]
     try:
-        Settings.from_env(env)
+        settings = Settings.from_env(env)
+        if found := preflight.problems(env, settings):
+            raise ConfigError.listing(found)
     except ConfigError as error:
         _stop(children)
         raise click.ClickException(error.report()) from None
