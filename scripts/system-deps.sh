@@ -5,7 +5,8 @@
 #                         cache tests), chromium and a font (browser tests), wrk (benchmarks),
 #                         and for the deploy tests: nginx (front proxy), podman and runc
 #                         (the image), debootstrap (its base), systemd (systemd-analyze),
-#                         openssl (a self-signed certificate for a TLS test)
+#                         openssl (a self-signed certificate for a TLS test) and kubectl
+#                         (Debian's kubernetes-client: the kustomization rendered)
 set -euo pipefail
 
 missing=()
@@ -23,6 +24,7 @@ if [ "${1:-all}" != venv ]; then
   has debootstrap || missing+=(debootstrap)
   has systemd-analyze || missing+=(systemd)
   has openssl || missing+=(openssl)  # a TLS SessionM stand-in's certificate
+  has kubectl || missing+=(kubernetes-client)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
