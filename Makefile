@@ -54,3 +54,7 @@ bench: system-deps $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache tests/artifacts
+
+# The architecture picture, from its source (Graphviz: scripts/system-deps.sh installs it).
+docs/architecture.svg: docs/architecture.dot
+	dot -Tsvg $< -o $@

@@ -5,8 +5,9 @@
 #                         cache tests), chromium and a font (browser tests), wrk (benchmarks),
 #                         and for the deploy tests: nginx (front proxy), podman and runc
 #                         (the image), debootstrap (its base), systemd (systemd-analyze),
-#                         openssl (a self-signed certificate for a TLS test) and kubectl
-#                         (Debian's kubernetes-client: the kustomization rendered)
+#                         openssl (a self-signed certificate for a TLS test), kubectl
+#                         (Debian's kubernetes-client: the kustomization rendered), and
+#                         graphviz (docs/architecture.svg from docs/architecture.dot)
 set -euo pipefail
 
 missing=()
@@ -25,6 +26,7 @@ if [ "${1:-all}" != venv ]; then
   has systemd-analyze || missing+=(systemd)
   has openssl || missing+=(openssl)  # a TLS SessionM stand-in's certificate
   has kubectl || missing+=(kubernetes-client)
+  has dot || missing+=(graphviz)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
