@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-BIND ?= 127.0.0.1:8000
+# `make run PORT=8080 SANDBOX_PORT=8081`: the service's port (BIND, when given, sets the
+# whole address instead) and the demo sandbox's.
+PORT ?= 8000
+BIND ?= 127.0.0.1:$(PORT)
+SANDBOX_PORT ?= 8001
 
 .PHONY: run test lint format bench system-deps clean
 
@@ -28,7 +32,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # With no SESSIONM_CONNECT_URL, the SessionM sandbox starts too and the demo
 # credentials are used; with it, the real configuration must be complete.
 run: $(VENV)/.installed
-	@$(BIN)/wallet-proxy serve --bind $(BIND) $(if $(SESSIONM_CONNECT_URL),,--sandbox)
+	@$(BIN)/wallet-proxy serve --bind $(BIND) $(if $(SESSIONM_CONNECT_URL),,--sandbox --sandbox-port $(SANDBOX_PORT))
 
 system-deps:
 	bash scripts/system-deps.sh
@@ -50,3 +54,7 @@ bench: system-deps $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache tests/artifacts
+
+# The architecture picture, from its source (Graphviz: scripts/system-deps.sh installs it).
+docs/architecture.svg: docs/architecture.dot
+	dot -Tsvg $< -o $@

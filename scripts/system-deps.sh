@@ -5,7 +5,9 @@
 #                         cache tests), chromium and a font (browser tests), wrk (benchmarks),
 #                         and for the deploy tests: nginx (front proxy), podman and runc
 #                         (the image), debootstrap (its base), systemd (systemd-analyze),
-#                         openssl (a self-signed certificate for a TLS test)
+#                         openssl (a self-signed certificate for a TLS test), kubectl
+#                         (Debian's kubernetes-client: the kustomization rendered), and
+#                         graphviz (docs/architecture.svg from docs/architecture.dot)
 set -euo pipefail
 
 missing=()
@@ -23,6 +25,8 @@ if [ "${1:-all}" != venv ]; then
   has debootstrap || missing+=(debootstrap)
   has systemd-analyze || missing+=(systemd)
   has openssl || missing+=(openssl)  # a TLS SessionM stand-in's certificate
+  has kubectl || missing+=(kubernetes-client)
+  has dot || missing+=(graphviz)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

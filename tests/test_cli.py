@@ -6,12 +6,16 @@ import os
 import pty
 import re
 import select
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
+import requests
 from werkzeug.security import check_password_hash
 
 from tests.helpers import free_port, wait_until
@@ -120,6 +124,7 @@ def test_the_sandbox_banner_exports_point_the_cli_at_it(tmp_path):
         )
         exports = "\n".join(line.strip() for line in banner if line.startswith("  export "))
         assert "SESSIONM_CORE_API_SECRET=" in exports
+        assert f"export SANDBOX_URL=http://127.0.0.1:{port}" in exports.splitlines()
         result = subprocess.run(
             ["bash", "-c", f"{exports}\nwallet-proxy check-config --probe"],
             env=clean_env(),
@@ -134,3 +139,126 @@ def test_the_sandbox_banner_exports_point_the_cli_at_it(tmp_path):
     assert "configuration OK" in result.stdout
     assert "SessionM Connect probe: answered: " in result.stdout
     assert f"SessionM Core: http://127.0.0.1:{port}" in result.stdout
+
+
+# --- ports ---------------------------------------------------------------------------------
+
+
+def occupied_port() -> socket.socket:
+    """A port another program listens on, as a newcomer's other service would."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("taken", ["service", "sandbox"])
+def test_a_port_in_use_stops_the_demo_with_one_line_before_the_banner(taken):
+    with occupied_port() as holder:
+        busy, free = holder.getsockname()[1], free_port()
+        service, sandbox = (busy, free) if taken == "service" else (free, busy)
+        command = [*CLI, "serve", "--sandbox", "--bind", f"127.0.0.1:{service}"]
+        result = subprocess.run(
+            [*command, "--sandbox-port", str(sandbox)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+    assert result.returncode == 1
+    assert result.stdout == ""  # no banner, no gunicorn
+    (line,) = result.stderr.splitlines()
+    where = f"127.0.0.1:{busy}" if taken == "service" else f"port {busy}"
+    assert line.startswith(f"Error: the {taken} can't listen on {where}: address already in use")
+    assert port_is_free(free)  # the other one was never started
+
+
+def test_the_service_and_the_sandbox_cant_share_a_port():
+    port = free_port()
+    result = subprocess.run(
+        [*CLI, "serve", "--sandbox", "--bind", f"127.0.0.1:{port}", "--sandbox-port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        f"Error: the service can't listen on 127.0.0.1:{port}: the sandbox was given the same port"
+    )
+    assert port_is_free(port)
+
+
+def make_run(*variables: str) -> list[str]:
+    """`make run` with this test's virtualenv, installed already (make won't reinstall)."""
+    installed = Path(sys.prefix) / ".installed"
+    return [
+        "make",
+        "-s",
+        "-C",
+        str(ROOT),
+        "-o",
+        str(installed),
+        "run",
+        f"VENV={sys.prefix}",
+        *variables,
+    ]
+
+
+@pytest.mark.slow
+def test_make_run_port_and_sandbox_port_move_the_demo(tmp_path):
+    port, sandbox_port = free_port(), free_port()
+    log = tmp_path / "make-run.log"
+    with log.open("w") as output:
+        make = subprocess.Popen(
+            make_run(f"PORT={port}", f"SANDBOX_PORT={sandbox_port}"),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            start_new_session=True,
+        )
+    demo, sandbox = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
+    try:
+        wait_until(lambda: answers(f"{demo}/readyz") or make.poll() is not None, timeout=60)
+        assert make.poll() is None, log.read_text()
+        assert requests.get(f"{sandbox}/_sandbox/config", timeout=5).status_code == 200
+        banner = log.read_text()
+        assert f"{demo}/v1/wallets/demo-alice" in banner
+        assert f"export DEMO_URL={demo}" in banner
+        assert f"export SANDBOX_URL={sandbox}" in banner
+    finally:
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole group
+        make.wait(timeout=30)
+    wait_until(lambda: port_is_free(port) and port_is_free(sandbox_port), timeout=30)
+
+
+def test_make_run_with_a_port_in_use_names_it():
+    with occupied_port() as holder:
+        busy = holder.getsockname()[1]
+        result = subprocess.run(
+            make_run(f"PORT={busy}", f"SANDBOX_PORT={free_port()}"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=clean_env(),
+        )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
+    assert ours == [
+        f"Error: the service can't listen on 127.0.0.1:{busy}: address already in use "
+        "(choose another port: make run PORT=..., or serve --bind HOST:PORT)"
+    ]
+
+
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False

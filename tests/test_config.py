@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -303,3 +305,120 @@ def test_check_config_probe_makes_one_harmless_call(sandbox, probe_env):
     output = bad.stdout + bad.stderr
     assert "d3JvbmctYXV0aC1zZWNyZXQ=" not in output and "key-aaaa" not in output
     assert sum(sandbox.stats()["calls_by_user"].values()) == 2
+
+
+# --- check-config gives the server's verdict ---------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+STAFF = {
+    "WALLET_PROXY_STAFF_USERS": "ann:scrypt:32768:8:1$salt$hash",
+    "WALLET_PROXY_SECRET_KEY": "a-secret-key-of-some-length",
+}
+TRIGGERS = {
+    "BRAZE_REST_URL": "https://rest.example.braze.test",
+    "BRAZE_REST_API_KEY": "braze-rest-key-1",
+    "WALLET_PROXY_TRIGGER_KEYS": "trigger-key-1",
+}
+
+
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """A data folder this process can't create or write: read-only for a user, and for root
+    (whom permissions don't stop) one that would have to be made inside a regular file."""
+    if os.geteuid() == 0:
+        (tmp_path / "a-file").write_text("")
+        return tmp_path / "a-file" / "data"
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("feature", "needs_the_folder"),
+    [({}, False), (TRIGGERS, True), (STAFF, True)],
+    ids=["no-folder-needed", "trigger-outbox", "staff-sessions"],
+)
+def test_check_config_refuses_the_data_folder_exactly_when_start_up_does(
+    unwritable, feature, needs_the_folder
+):
+    env = {**GOOD, **feature, "WALLET_PROXY_DATA_DIR": str(unwritable)}
+    result = run("wallet_proxy.cli", "check-config", env=env)
+    try:
+        create_app(env)
+        started = True
+    except ConfigError as error:
+        assert error.variable == "WALLET_PROXY_DATA_DIR"
+        started = False
+    assert started is not needs_the_folder
+    assert (result.returncode == 0) is started, result.stderr
+    if not started:
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert line.startswith(f"Error: WALLET_PROXY_DATA_DIR: can't create {unwritable}: ")
+
+
+def test_check_config_accepts_a_data_folder_start_up_will_create_and_leaves_nothing(tmp_path):
+    folder = tmp_path / "not" / "yet"
+    result = run(
+        "wallet_proxy.cli",
+        "check-config",
+        env={**GOOD, **TRIGGERS, "WALLET_PROXY_DATA_DIR": str(folder)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"data folder: {folder}, for the trigger outbox" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # as the service's user will find it
+
+
+def test_serve_refuses_an_unwritable_data_folder_in_one_line(unwritable):
+    """It used to start gunicorn, whose workers died with a traceback each."""
+    env = {**GOOD, **TRIGGERS, "WALLET_PROXY_DATA_DIR": str(unwritable)}
+    result = run("wallet_proxy.cli", "serve", "--bind", f"127.0.0.1:{free_port()}", env=env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        f"Error: configuration error: WALLET_PROXY_DATA_DIR: can't create {unwritable}: "
+    )
+
+
+@pytest.mark.parametrize(("deadline", "warned"), [("1.5", False), ("1.6", True), ("2", True)])
+def test_check_config_warns_of_a_deadline_too_close_to_brazes_2_seconds(deadline, warned):
+    result = run(
+        "wallet_proxy.cli", "check-config", env={**GOOD, "WALLET_PROXY_DEADLINE": deadline}
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "WALLET_PROXY_DEADLINE" in line]
+    assert len(warnings) == warned
+    if warned:
+        assert warnings[0].startswith(f"warning: WALLET_PROXY_DEADLINE={deadline} leaves ")
+        assert warnings[0].endswith("keep it at 1.5 or less")
+
+
+def example_values() -> dict[str, str]:
+    """Every setting the example files give (their commented-out ones too)."""
+    found = {}
+    env_example = ROOT / "deploy" / "wallet-proxy.env.example"
+    for line in env_example.read_text().splitlines():
+        if match := re.match(r"#? ?([A-Z_]+)=(\S+)$", line):
+            found[match[1]] = match[2]
+    secret = (ROOT / "deploy" / "k8s" / "secret.example.yaml").read_text()
+    for match in re.finditer(r'^ *#? ?([A-Z_]+): "([^"]+)"$', secret, re.MULTILINE):
+        found[match[1]] = match[2]
+    return found
+
+
+def test_check_config_names_every_placeholder_the_examples_hold(tmp_path):
+    examples = example_values()
+    placeholders = {name for name, value in examples.items() if "replace-with-" in value}
+    assert {"SESSIONM_CONNECT_AUTH", "WALLET_PROXY_API_KEYS", "BRAZE_REST_API_KEY"} <= placeholders
+    env = {**GOOD, **TRIGGERS, **{name: examples[name] for name in placeholders}}
+    env.update(
+        SESSIONM_CORE_URL=examples["SESSIONM_CORE_URL"], WALLET_PROXY_DATA_DIR=str(tmp_path)
+    )
+    result = run("wallet_proxy.cli", "check-config", env=env)
+    assert result.returncode == 1
+    named = set(
+        re.findall(r"^(?:Error: |  )?([A-Z_]+): still holds the example's", result.stderr, re.M)
+    )
+    assert named == placeholders
+    for name in placeholders:
+        assert examples[name] not in result.stdout + result.stderr

@@ -1,4 +1,5 @@
-"""deploy/Dockerfile built and run with Debian's podman, against the sandbox on the host.
+"""deploy/Dockerfile built and run with Debian's podman, against the sandbox on the host,
+with the commands docs/operations.md gives (its `container-test` blocks).
 
 No registry but PyPI and Debian's is reachable, so the `debian:bookworm-slim` base is made
 here with debootstrap (minbase: what the official slim image is) and kept in podman's
@@ -12,7 +13,9 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +32,8 @@ from wallet_proxy.serving import APP, CONFIG
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
+OPERATIONS = ROOT / "docs" / "operations.md"
 BASE = "docker.io/library/debian:bookworm-slim"
-IMAGE = "localhost/wallet-proxy:test"
 BUILD_STAGE = "localhost/wallet-proxy:test-build"
 VENV_PYTHON = "/opt/wallet-proxy/bin/python"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -38,23 +41,51 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SECRET_MARKER = "wallet-proxy-build-secret"
 
 
+def docs_block(name: str) -> str:
+    """A `container-test` block of docs/operations.md, as written."""
+    text = OPERATIONS.read_text()
+    match = re.search(rf"<!-- container-test: {name} -->\n```sh\n(.*?)```", text, re.S)
+    assert match, f"no container-test block {name!r} in docs/operations.md"
+    return match.group(1)
+
+
+def commands(block: str) -> list[list[str]]:
+    """A block's commands as argument lists: continued lines joined, comments left out."""
+    lines = block.replace("\\\n", " ").splitlines()
+    return [words for line in lines if (words := shlex.split(line, comments=True))]
+
+
+def documented(verb: str) -> list[str]:
+    """The podman block's `podman VERB ...`, less `podman`."""
+    (command,) = [c for c in commands(docs_block("podman")) if c[:2] == ["podman", verb]]
+    return command[1:]
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+# The image the documented build makes (`-t`), which every test here runs.
+IMAGE = option(documented("build"), "-t")
+
+
 class Podman:
-    """podman as it works in a container without systemd: runc, cgroupfs, no ulimits to copy."""
+    """podman as docs/operations.md sets it up (its podman-setup block), through bash."""
 
     def __init__(self, directory: Path):
-        binary = shutil.which("podman")
-        if binary is None:
+        if shutil.which("podman") is None:
             pytest.fail("podman is not installed: run `make test` (scripts/system-deps.sh)")
         if os.geteuid() != 0:
             pytest.skip("runs as root, as CI does (podman's store, debootstrap)")
-        conf = directory / "containers.conf"
-        conf.write_text("[containers]\ndefault_ulimits = []\n")
-        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-        self.command = [binary, "--runtime", "runc", "--cgroup-manager=cgroupfs"]
+        self.script = f'{docs_block("podman-setup")}\npodman "$@"'
+        self.env = {**os.environ, "TMPDIR": str(directory)}  # the setup's mktemp
+
+    def command(self, *args: str) -> list[str]:
+        return ["bash", "-euo", "pipefail", "-c", self.script, "podman", *args]
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 60, **kwargs):
         result = subprocess.run(
-            [*self.command, *args],
+            self.command(*args),
             env=self.env,
             capture_output=True,
             text=True,
@@ -64,6 +95,17 @@ class Podman:
         if check:
             assert result.returncode == 0, f"podman {args[0]}: {result.stderr[-3000:]}"
         return result
+
+    def start(self, *args: str, **kwargs) -> subprocess.Popen:
+        """podman in the background, as a command run in a terminal."""
+        return subprocess.Popen(
+            self.command(*args),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kwargs,
+        )
 
 
 def debian_mirror() -> str:
@@ -107,12 +149,12 @@ def ensure_base_image(podman: Podman, directory: Path) -> None:
     shutil.rmtree(rootfs)
 
 
-def pip_settings_for_build() -> tuple[str, str | None]:
+def pip_settings_for_build() -> str:
     """The host's pip settings (files and PIP_* environment, as `pip config list` merges them)
-    as one pip.conf for the build, and the CA bundle pip trusts.
-
-    Local paths (find-links folders, file: indexes, constraint files) are left out: they
-    don't exist inside the build. Values are never printed: they may hold credentials.
+    as one pip.conf for the build. The CA bundle pip trusts is the documented build's own
+    secret, so it is left out, and so are local paths (find-links folders, file: indexes,
+    constraint files): they don't exist inside the build. Values are never printed: they
+    may hold credentials.
     """
     listed = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
@@ -121,7 +163,6 @@ def pip_settings_for_build() -> tuple[str, str | None]:
         check=True,
     ).stdout
     settings: dict[str, dict[str, str]] = {}
-    cert = None
     entries = [line.split("=", 1) for line in listed.splitlines() if "=" in line]
     # Files first, then the environment, which pip lets win.
     entries.sort(key=lambda entry: entry[0].startswith(":env:"))
@@ -130,7 +171,6 @@ def pip_settings_for_build() -> tuple[str, str | None]:
         section = "global" if section == ":env:" else section
         value = str(ast.literal_eval(raw))
         if name == "cert":
-            cert = value
             continue
         kept = [
             token
@@ -139,11 +179,10 @@ def pip_settings_for_build() -> tuple[str, str | None]:
         ]
         if kept:
             settings.setdefault(section, {})[name] = " ".join(kept)
-    cert = cert or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
     lines = [f"# {SECRET_MARKER}"]
     for section, values in settings.items():
         lines += [f"[{section}]", *(f"{name} = {value}" for name, value in values.items())]
-    return "\n".join(lines) + "\n", cert if cert and Path(cert).is_file() else None
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
@@ -158,29 +197,19 @@ def image(podman, tmp_path_factory) -> dict:
     started = time.monotonic()
     ensure_base_image(podman, directory)
     base_seconds = time.monotonic() - started
-    pip_conf, cert = pip_settings_for_build()
     secrets = directory / "secrets"
     secrets.mkdir(mode=0o700)
-    (secrets / "pip.conf").write_text(pip_conf)
-    secret_args = ["--secret", f"id=pip.conf,src={secrets / 'pip.conf'}"]
-    if cert:
-        secret_args += ["--secret", f"id=ca.crt,src={cert}"]
+    (secrets / "pip.conf").write_text(pip_settings_for_build())
+    # The documented build, plus the host's pip settings as the docs' private-index secret.
+    *options, context = documented("build")
+    options += ["--secret", f"id=pip.conf,src={secrets / 'pip.conf'}"]
+    stage = [*options, "--target=build"]
+    stage[stage.index("-t") + 1] = BUILD_STAGE
     started = time.monotonic()
-    # The build stage gets a tag of its own, so the next run finds it cached.
-    for target, tag in (("build", BUILD_STAGE), (None, IMAGE)):
+    # The build stage first, under a tag of its own, so the next run finds it cached.
+    for command, tag in ((stage, BUILD_STAGE), (options, IMAGE)):
         previous = podman("image", "inspect", "--format={{.Id}}", tag, check=False).stdout
-        podman(
-            "build",
-            "--network=host",
-            "--format=docker",  # the OCI format has no HEALTHCHECK
-            "--pull=never",
-            f"--file={ROOT / 'deploy' / 'Dockerfile'}",
-            f"--tag={tag}",
-            *([f"--target={target}"] if target else []),
-            *secret_args,
-            str(ROOT),
-            timeout=600,
-        )
+        podman(*command, context, cwd=ROOT, timeout=600)
         current = podman("image", "inspect", "--format={{.Id}}", tag).stdout
         if previous and previous != current:
             podman("rmi", previous.strip(), check=False)  # this test's previous build
@@ -220,8 +249,8 @@ def test_missing_settings_stop_it_with_one_line(podman, image):
     assert "Traceback" not in output
 
 
-def service_env(sandbox_url: str, port: int) -> list[str]:
-    settings = {
+def service_settings(sandbox_url: str, port: int) -> dict[str, str]:
+    return {
         "WALLET_PROXY_BIND": f"127.0.0.1:{port}",
         "SESSIONM_CONNECT_URL": sandbox_url,
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
@@ -229,7 +258,10 @@ def service_env(sandbox_url: str, port: int) -> list[str]:
         "WALLET_PROXY_API_KEYS": API_KEY,
         "WEB_CONCURRENCY": "2",
     }
-    return [f"--env={name}={value}" for name, value in settings.items()]
+
+
+def service_env(sandbox_url: str, port: int) -> list[str]:
+    return [f"--env={name}={value}" for name, value in service_settings(sandbox_url, port).items()]
 
 
 def answers(url: str) -> bool:
@@ -237,6 +269,52 @@ def answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def serves_demo_alice(url: str) -> None:
+    response = requests.get(
+        f"{url}/v1/wallets/demo-alice", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5
+    )
+    assert response.status_code == 200
+    assert response.json()["user_id"] == "demo-alice"
+    assert response.json()["offer_count"] > 0
+
+
+def test_the_docker_commands_are_the_podman_commands():
+    """No docker engine runs here: its block is held to the podman block the tests run."""
+    podman_commands, docker_commands = (
+        commands(docs_block("podman")),
+        commands(docs_block("docker")),
+    )
+    assert [c[:2] for c in podman_commands] == [["podman", "build"], ["podman", "run"]]
+    assert [c[0] for c in docker_commands] == ["docker"] * len(podman_commands)
+    assert [c[1:] for c in docker_commands] == [c[1:] for c in podman_commands]
+
+
+def test_the_documented_run_serves_a_wallet_and_stops_on_sigterm(podman, image, sandbox, tmp_path):
+    """docs/operations.md's `podman run` as written, from a folder holding its env file."""
+    run = documented("run")
+    port = free_port()
+    settings = service_settings(sandbox.url, port)
+    env_file = tmp_path / option(run, "--env-file")
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
+    process = podman.start(*run, cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: answers(f"{url}/healthz") or process.poll() is not None, timeout=60)
+        assert process.poll() is None, "podman run ended"
+        serves_demo_alice(url)
+    finally:
+        if process.poll() is None:
+            # As `kill` of the command would: SIGTERM to `podman run` (bash's child), which
+            # passes it on to gunicorn in the container.
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text()
+            for child in children.split():
+                os.kill(int(child), signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err[-3000:]
+    assert "Handling signal: term" in out + err
+    assert "Traceback" not in out + err
 
 
 def test_container_serves_a_wallet_read_only_as_non_root(podman, image, sandbox):
@@ -251,14 +329,7 @@ def test_container_serves_a_wallet_read_only_as_non_root(podman, image, sandbox)
     )  # fmt: skip
     try:
         wait_until(lambda: answers(f"{url}/healthz"), timeout=60)
-        response = requests.get(
-            f"{url}/v1/wallets/demo-alice",
-            headers={"Authorization": f"Bearer {API_KEY}"},
-            timeout=5,
-        )
-        assert response.status_code == 200
-        assert response.json()["user_id"] == "demo-alice"
-        assert response.json()["offer_count"] > 0
+        serves_demo_alice(url)
         assert podman("healthcheck", "run", name, check=False).returncode == 0
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
         stopped = time.monotonic()

@@ -4,6 +4,9 @@ strict: no unknown fields), and the facts that tie them to the image and the ser
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -12,9 +15,11 @@ import yaml
 
 import wallet_proxy.gunicorn_config
 from wallet_proxy.config import Settings
+from wallet_proxy.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+OPERATIONS = ROOT / "docs" / "operations.md"
 # The oldest Kubernetes these manifests are meant for, and the newest schemas known here.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -124,3 +129,53 @@ def test_configmap_and_secret_template_make_a_valid_configuration():
     assert settings.redis_url and settings.core_configured
     # Issue 19 item 11: the support pages' snippet names it instead of the request's Host.
     assert settings.public_url is not None and settings.public_url.startswith("https://")
+
+
+def test_the_deployment_runs_this_release():
+    """CHANGELOG.md says the Deployment's image tag follows the package's version."""
+    (container,) = pod_of(resources(), "Deployment", "wallet-proxy")["containers"]
+    assert container["image"].rpartition(":")[2] == __version__
+
+
+def docs_block(name: str, language: str) -> str:
+    """A `k8s-test` block of docs/operations.md, as written."""
+    text = OPERATIONS.read_text()
+    match = re.search(rf"<!-- k8s-test: {name} -->\n```{language}\n(.*?)```", text, re.S)
+    assert match, f"no k8s-test block {name!r} in docs/operations.md"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_the_documented_image_name_is_the_one_the_deployment_gets(tmp_path):
+    """The docs' `images` lines, rendered by kubectl's kustomize (`kustomize edit set image`,
+    which writes them, is not to be had here): every manifest still there and valid, the
+    Deployment on the pushed name, the name the docs' push and set-image lines use."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed: run `make test` (scripts/system-deps.sh)")
+    (images,) = yaml.safe_load(docs_block("images", "yaml"))["images"]
+    pushed = f"{images['newName']}:{images['newTag']}"
+    commands = docs_block("set-image", "sh")
+    lines = [shlex.split(line) for line in commands.splitlines()]
+    assert ["podman", "tag", "wallet-proxy", pushed] in lines
+    assert ["podman", "push", pushed] in lines
+    assert re.findall(r"kustomize edit set image (\S+?)=(\S+?)\)?$", commands, re.M) == [
+        (images["name"], pushed)
+    ]
+
+    shutil.copytree(K8S, tmp_path / "k8s")
+    with (tmp_path / "k8s" / "kustomization.yaml").open("a") as kustomization:
+        kustomization.write(docs_block("images", "yaml"))
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path / "k8s")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    found = {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(rendered)}
+    assert set(found) == set(resources()) - {("Secret", "wallet-proxy")}
+    for doc in found.values():
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+    (container,) = pod_of(found, "Deployment", "wallet-proxy")["containers"]
+    assert container["image"] == pushed

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import click
+import pytest
 from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from wallet_proxy import error_handlers, errors
@@ -109,3 +114,65 @@ def test_every_link_between_the_pages_leads_somewhere():
                 assert anchor in heading_anchors(linked), (page.name, target)
             checked += 1
     assert checked > 30
+
+
+def test_no_page_sends_people_to_the_demos_default_ports():
+    """`make run PORT=... SANDBOX_PORT=...` moves the demo: pages reach it through the banner's
+    $DEMO_URL and $SANDBOX_URL (or say the banner prints the address), never a fixed URL."""
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        fixed = re.findall(r"127\.0\.0\.1:800[01]/\S*", page.read_text())
+        assert fixed == [], page.name
+
+
+# --- the architecture picture ----------------------------------------------------------------
+
+PICTURE_SOURCE = DOCS / "architecture.dot"
+PICTURE = DOCS / "architecture.svg"
+REDRAW = "make docs/architecture.svg draws it again"
+
+
+def drawn(output_format: str) -> str:
+    """docs/architecture.dot drawn by Graphviz, which must have nothing to warn about."""
+    dot = shutil.which("dot")
+    if dot is None:
+        pytest.fail("Graphviz is not installed: run `make test` (scripts/system-deps.sh)")
+    result = subprocess.run(
+        [dot, f"-T{output_format}", str(PICTURE_SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return result.stdout
+
+
+def test_the_architecture_picture_has_a_node_for_every_module():
+    """Nodes are named by the module's path, so a renamed module shows here by name."""
+    package = DOCS.parent / "wallet_proxy"
+    modules = {path.relative_to(DOCS.parent).as_posix() for path in package.rglob("*.py")}
+    nodes = {
+        shlex.split(line)[1] for line in drawn("plain").splitlines() if line.startswith("node ")
+    }
+    drawn_modules = {node for node in nodes if node.startswith("wallet_proxy/")}
+    assert modules - drawn_modules == set(), f"add these nodes to {PICTURE_SOURCE.name} ({REDRAW})"
+    assert drawn_modules - modules == set(), f"rename or remove these nodes ({REDRAW})"
+
+
+def what_it_shows(svg: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """A drawing's nodes, edges and clusters by their titles, and every text it writes: what
+    a reader sees, whatever layout another Graphviz version would choose."""
+    namespace = {"svg": "http://www.w3.org/2000/svg"}
+    root = ElementTree.fromstring(svg)  # noqa: S314 - our own file, and Graphviz's drawing
+    shapes = sorted(
+        (group.get("class", ""), group.findtext("svg:title", "", namespace))
+        for group in root.iterfind(".//svg:g[@class]", namespace)
+        if group.get("class") in ("node", "edge", "cluster")
+    )
+    texts = sorted(text.text or "" for text in root.iterfind(".//svg:text", namespace))
+    return shapes, texts
+
+
+def test_the_committed_picture_is_what_its_source_draws():
+    assert what_it_shows(PICTURE.read_text()) == what_it_shows(drawn("svg")), (
+        f"{PICTURE.name} is not {PICTURE_SOURCE.name}'s drawing ({REDRAW})"
+    )

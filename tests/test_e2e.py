@@ -114,16 +114,13 @@ class Demo:
         )
 
     def snippet(self, page: str, name: str) -> str:
-        """A `demo-test` block of a page (a path from the repository's root), pointed at
-        this demo's ports."""
+        """A `demo-test` block of a page (a path from the repository's root), as written: it
+        reaches the demo through the banner's $DEMO_URL and $SANDBOX_URL, whatever the ports."""
         text = (DOCS.parent / page).read_text()
         match = re.search(rf"<!-- demo-test: {name} -->\n```sh\n(.*?)```", text, re.S)
         assert match, f"no demo-test block {name!r} in {page}"
-        return (
-            match.group(1)
-            .replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
-            .replace("127.0.0.1:8001", f"127.0.0.1:{self.sandbox_port}")
-        )
+        assert "127.0.0.1" not in match.group(1), f"{page} {name}: use $DEMO_URL, $SANDBOX_URL"
+        return match.group(1)
 
     def run(self, script: str, cwd: Path) -> subprocess.CompletedProcess:
         """`script` in bash, in an environment with none of our settings but the exports."""
@@ -270,6 +267,21 @@ def test_the_api_doc_culture_fallback_as_written(demo, tmp_path):
     assert result.returncode == 0, result.stderr
     assert '"culture":"fr-FR"' in result.stdout
     assert '"title":"10% off your next coffee"' in result.stdout
+
+
+@pytest.mark.slow
+def test_the_api_doc_openapi_download_as_written(demo, tmp_path):
+    result = demo.run(demo.snippet("docs/api.md", "openapi"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "wallet-proxy-openapi.json").read_text())
+    assert document["openapi"] == "3.1.0"
+
+
+@pytest.mark.slow
+def test_the_banner_exports_the_demos_addresses(demo):
+    exports = demo.exports().splitlines()
+    assert f"export DEMO_URL={demo.base}" in exports
+    assert f"export SANDBOX_URL={demo.sandbox_url}" in exports
 
 
 @pytest.mark.slow

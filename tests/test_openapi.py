@@ -4,6 +4,7 @@ answers, and holds under schemathesis against the live app."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import requests
@@ -23,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.helpers import API_KEY, LiveServer
+from tests.test_docs import table_rows
 from wallet_proxy import create_app
 from wallet_proxy.cli import DEMO_TRIGGER
 from wallet_proxy.errors import InvalidRequest
@@ -47,7 +49,7 @@ CONFIG = schemathesis.Config.from_dict(
     {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422"]}}}
 )
 # Served to people or to Prometheus, not part of the API.
-NOT_API = ("support", "static", "prometheus", "openapi")
+NOT_API = ("support", "prometheus", "openapi")
 
 
 def test_the_document_is_valid_openapi_3_1(client):
@@ -72,6 +74,34 @@ def test_every_api_route_is_documented_and_nothing_else(app, client):
         for method in item
     }
     assert documented == served == {(route.method, route.path) for route in ROUTES}
+
+
+def as_written(rule: str) -> str:
+    """A Flask rule as the docs write it: `<path:user_id>` is `<user_id>`."""
+    return re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", rule)
+
+
+def test_every_route_is_in_the_api_page_and_every_api_route_in_the_document(app, client):
+    """docs/api.md's table names each route of the app once and says which are in
+    /openapi.json: exactly those the document describes."""
+    rows = {
+        match[1]: row[2]
+        for row in table_rows("api.md")
+        if len(row) == 3 and (match := re.fullmatch(r"`([A-Z]+ /\S*)`", row[0]))
+    }
+    served = {
+        f"{method} {as_written(rule.rule)}"
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert set(rows) == served
+    assert all(cell == "yes" or cell.startswith("no: ") for cell in rows.values())
+    described = {
+        f"{method.upper()} {path.replace('{', '<').replace('}', '>')}"
+        for path, item in client.get("/openapi.json").get_json()["paths"].items()
+        for method in item
+    }
+    assert {route for route, cell in rows.items() if cell == "yes"} == described
 
 
 def test_every_status_has_the_error_shape(client):

@@ -1,9 +1,12 @@
 """The SessionM sandbox over real HTTP: contract, seeded users, knobs, stats and Core tags."""
 
+import json
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import requests
@@ -467,3 +470,37 @@ def test_stop_cuts_held_calls_and_closes_the_port():
             pending.result(timeout=2)
     with pytest.raises(requests.ConnectionError):
         get_offers(sandbox, timeout=1)
+
+
+# --- docs/sandbox.md lists every knob ------------------------------------------------------
+
+
+def documented_knobs(heading: str) -> dict[str, str]:
+    """The knob table under a heading of docs/sandbox.md: each knob's default as written."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "sandbox.md").read_text()
+    section = text.split(f"{heading}\n", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|.*\| `([^`]*)` \|$", section, re.MULTILINE)
+    return dict(rows)
+
+
+def as_written(value) -> str:
+    """A knob's value as the docs write it: JSON, whole numbers without a point."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("heading", "path"),
+    [
+        ("## Knobs: make SessionM misbehave", "/_sandbox/config"),
+        ("### Braze knobs", "/_sandbox/braze/config"),
+    ],
+)
+def test_the_sandbox_page_lists_every_knob_with_its_default(sandbox, heading, path):
+    """What GET /_sandbox/config (and Braze's) shows, each knob documented once, with the
+    default a reset gives it."""
+    shown = requests.get(f"{sandbox.url}{path}", timeout=5).json()
+    documented = documented_knobs(heading)
+    assert set(documented) == set(shown)
+    assert documented == {knob: as_written(value) for knob, value in shown.items()}

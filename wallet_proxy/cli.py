@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import click
 from werkzeug.security import generate_password_hash
 
+from . import preflight
 from .bulk.commands import tags_group, warm_command
 from .bulk.plan import plan_command
 from .config import ConfigError, Settings, examine, log_id_settings
@@ -41,6 +42,8 @@ DEMO_WORKERS, DEMO_THREADS = 1, 64
 REDIS_PING_TIMEOUT = 1.0
 # What `check-config --probe --user` prints of SessionM's offer field names.
 MAX_FIELDS_SHOWN, MAX_FIELD_NAME = 100, 64
+DEFAULT_BIND = "0.0.0.0:8000"  # gunicorn_config.py's, when WALLET_PROXY_BIND is not set
+SANDBOX_HOST = "127.0.0.1"  # where `serve --sandbox` runs the sandbox
 DEMO_TRIGGER = (
     '{"braze_campaign_id": "demo-campaign", "customer": {"external_id": "ext-alice", '
     '"sessionm_user_id": "demo-alice"}, "enrich": ["wallet"], '
@@ -68,10 +71,12 @@ def main() -> None:
     "the values) of the offer fields SessionM sends and which the service reads.",
 )
 def check_config(probe: bool, user_id: str | None) -> None:
-    """Validate the service's settings: every problem at once, then Redis (and SessionM).
+    """Validate the service's settings: every problem at once, what start-up checks (the
+    data folder), example placeholders left in, then Redis (and SessionM).
 
     Variables that look like ours but that no setting reads are warned about, with the
-    closest known name. Exits 1 on any problem; warnings alone don't fail.
+    closest known name, and so is a deadline leaving no room under Braze's 2 s. Exits 1 on
+    any problem; warnings alone don't fail.
     """
     if user_id is not None:
         if not probe:
@@ -81,12 +86,13 @@ def check_config(probe: bool, user_id: str | None) -> None:
         except InvalidRequest as error:
             raise click.BadParameter(error.message, param_hint="--user") from None
     verdict = examine(os.environ)
-    for warning in verdict.warnings:
-        click.echo(f"warning: {warning}", err=True)
     settings = verdict.settings
+    for warning in [*verdict.warnings, *preflight.warnings(settings)]:
+        click.echo(f"warning: {warning}", err=True)
+    beyond = preflight.problems(os.environ, settings)
     if settings is None:
-        raise click.ClickException(ConfigError.listing(verdict.problems).report())
-    failures: list[str] = []
+        raise click.ClickException(ConfigError.listing([*verdict.problems, *beyond]).report())
+    failures = [str(problem) for problem in beyond]
     cache = "in-process"
     if settings.redis_url:
         problem = _redis_problem(settings.redis_url)
@@ -106,6 +112,8 @@ def check_config(probe: bool, user_id: str | None) -> None:
             f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
             f"SessionM keys; outbox: {store}"
         )
+    if uses := preflight.data_dir_uses(settings):
+        click.echo(f"  data folder: {settings.data_dir}, for {' and '.join(uses)}")
     if probe:
         if user_id is None:
             answered, outcome = _probe_connect(settings)
@@ -268,7 +276,7 @@ def sandbox(host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--bind", help="HOST:PORT  [default: WALLET_PROXY_BIND, else 0.0.0.0:8000]")
+@click.option("--bind", help=f"HOST:PORT  [default: WALLET_PROXY_BIND, else {DEFAULT_BIND}]")
 @click.option(
     "--config",
     "config_path",
@@ -288,18 +296,25 @@ def serve(
 ) -> None:
     """Run the service under gunicorn."""
     env = dict(os.environ)
+    address = bind or env.get("WALLET_PROXY_BIND") or DEFAULT_BIND
+    # Before anything starts: a port in use is one line, not gunicorn's 5 s of retries.
+    # Another gunicorn config (--config) may bind elsewhere: then only gunicorn knows.
+    _check_ports(
+        address if bind or not config_path else None, sandbox_port if with_sandbox else None
+    )
     children: list[subprocess.Popen] = []
     options: list[str] = []
     if with_sandbox:
         children.append(_start_sandbox(sandbox_port, env))
         options = ["--workers", str(DEMO_WORKERS), "--threads", str(DEMO_THREADS)]
     try:
-        Settings.from_env(env)
+        settings = Settings.from_env(env)
+        if found := preflight.problems(env, settings):
+            raise ConfigError.listing(found)
     except ConfigError as error:
         _stop(children)
         raise click.ClickException(error.report()) from None
     if with_sandbox:
-        address = bind or env.get("WALLET_PROXY_BIND") or "0.0.0.0:8000"
         replaced = [name for name, value in env.items() if os.environ.get(name, value) != value]
         _print_demo(address.replace("0.0.0.0", "127.0.0.1"), env, replaced)  # noqa: S104
     command = gunicorn_command(bind=bind, config=config_path or CONFIG, options=options)
@@ -358,33 +373,76 @@ def _demo_credentials(sandbox_url: str) -> dict[str, str]:
     }
 
 
-def _exports(sandbox_url: str) -> str:
-    """`export` lines to paste into a second shell (and the virtualenv's bin on PATH)."""
+def _exports(sandbox_url: str, demo_url: str | None = None) -> str:
+    """`export` lines to paste into a second shell (and the virtualenv's bin on PATH), with
+    the addresses the docs' commands use: SANDBOX_URL, and DEMO_URL when the demo runs."""
     lines = []
     bin_dir = os.path.dirname(sys.executable)
     found = shutil.which("wallet-proxy")
     if sys.prefix != sys.base_prefix and (found is None or os.path.dirname(found) != bin_dir):
         lines.append(f'export PATH={shlex.quote(bin_dir)}:"$PATH"')
-    for name, value in _second_shell(sandbox_url).items():
+    urls = {"DEMO_URL": demo_url} if demo_url else {}
+    for name, value in {**urls, "SANDBOX_URL": sandbox_url, **_second_shell(sandbox_url)}.items():
         lines.append(f"export {name}={shlex.quote(value)}")
     return "\n".join(f"  {line}" for line in lines)
 
 
+def _check_ports(address: str | None, sandbox_port: int | None) -> None:
+    """Refuse at once, in one line, a port the service (`address`, if known) or the sandbox
+    (`sandbox_port`, if it starts) can't listen on."""
+    if sandbox_port is not None:
+        problem = _listen_problem(f"{SANDBOX_HOST}:{sandbox_port}")
+        if problem:
+            raise click.ClickException(
+                f"the sandbox can't listen on port {sandbox_port}: {problem} (choose another: "
+                "make run SANDBOX_PORT=..., or serve --sandbox-port ...)"
+            )
+    if address is None:
+        return
+    problem = _listen_problem(address)
+    if problem is None and sandbox_port is not None and address.endswith(f":{sandbox_port}"):
+        problem = "the sandbox was given the same port"
+    if problem:
+        raise click.ClickException(
+            f"the service can't listen on {address}: {problem} (choose another port: "
+            "make run PORT=..., or serve --bind HOST:PORT)"
+        )
+
+
+def _listen_problem(address: str) -> str | None:
+    """Why gunicorn could not listen on HOST:PORT (the port in use, say), or None: tried the
+    way gunicorn binds (SO_REUSEADDR) and let go at once. unix: and fd:// are gunicorn's."""
+    from gunicorn.util import is_ipv6, parse_address
+
+    try:
+        parsed = parse_address(address)
+    except RuntimeError as error:
+        return str(error)
+    if not isinstance(parsed, tuple):
+        return None
+    host, port = parsed
+    with socket.socket(socket.AF_INET6 if is_ipv6(host) else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return (error.strerror or str(error)).lower()
+    return None
+
+
 def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
     """Start `wallet-proxy sandbox` and give `env` the demo's credentials for it."""
-    if _listening("127.0.0.1", port):
-        raise click.ClickException(f"port {port} is taken; pick another with --sandbox-port")
+    command = [sys.executable, "-m", "wallet_proxy.cli", "sandbox", "--host", SANDBOX_HOST]
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, "-m", "wallet_proxy.cli", "sandbox", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 15
-    while not _listening("127.0.0.1", port):
+    while not _listening(SANDBOX_HOST, port):
         if process.poll() is not None or time.monotonic() > deadline:
             _stop([process])
             raise click.ClickException("the SessionM sandbox did not start")
         time.sleep(0.05)
-    env.update(_demo_credentials(f"http://127.0.0.1:{port}"))
+    env.update(_demo_credentials(f"http://{SANDBOX_HOST}:{port}"))
     return process
 
 
@@ -421,9 +479,9 @@ def _print_demo(bind: str, env: Mapping[str, str], ignored: Sequence[str] = ()) 
         "  wallet-proxy triggers status   # in the second shell (below)\n\n"
         f"Support pages: {base}/support/  (login: {DEMO_STAFF_USER} / {DEMO_STAFF_PASSWORD})\n"
         "Make SessionM slow or down: docs/sandbox.md\n\n"
-        "In a second shell, this points wallet-proxy's commands at the demo "
-        "(tags import: docs/bulk.md):\n"
-        f"{_exports(env['SESSIONM_CONNECT_URL'])}\n"
+        "In a second shell, this points wallet-proxy's commands and the docs' examples "
+        "($DEMO_URL, $SANDBOX_URL) at the demo:\n"
+        f"{_exports(env['SESSIONM_CONNECT_URL'], base)}\n"
     )
 
 

@@ -33,7 +33,9 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     clock: Callable[[], datetime] = source.pop("CLOCK", None) or (lambda: datetime.now(UTC))
     settings = Settings.from_env(source)
 
-    app = Flask("wallet_proxy")
+    # No app-wide static folder (Flask's default route for it would only answer 404s): the
+    # staff pages serve their own files.
+    app = Flask("wallet_proxy", static_folder=None)
     if test_config is not None:
         app.config.from_mapping({k: v for k, v in source.items() if not _is_setting(k)})
     register_logging(app, settings)
