@@ -22,7 +22,7 @@ from werkzeug.security import generate_password_hash
 from . import preflight
 from .bulk.commands import tags_group, warm_command
 from .bulk.plan import plan_command
-from .config import ConfigError, Settings, examine, log_id_settings
+from .config import ConfigError, Settings, examine, log_id_settings, serving_settings
 from .errors import InvalidRequest
 from .rules import check_user_id
 from .serving import CONFIG, gunicorn_command
@@ -42,7 +42,7 @@ DEMO_WORKERS, DEMO_THREADS = 1, 64
 REDIS_PING_TIMEOUT = 1.0
 # What `check-config --probe --user` prints of SessionM's offer field names.
 MAX_FIELDS_SHOWN, MAX_FIELD_NAME = 100, 64
-DEFAULT_BIND = "0.0.0.0:8000"  # gunicorn_config.py's, when WALLET_PROXY_BIND is not set
+DEFAULT_BIND = Settings().bind  # gunicorn_config.py's, when WALLET_PROXY_BIND is not set
 SANDBOX_HOST = "127.0.0.1"  # where `serve --sandbox` runs the sandbox
 DEMO_TRIGGER = (
     '{"braze_campaign_id": "demo-campaign", "customer": {"external_id": "ext-alice", '
@@ -296,7 +296,7 @@ def serve(
 ) -> None:
     """Run the service under gunicorn."""
     env = dict(os.environ)
-    address = bind or env.get("WALLET_PROXY_BIND") or DEFAULT_BIND
+    address = bind or serving_settings(env).bind
     # Before anything starts: a port in use is one line, not gunicorn's 5 s of retries.
     # Another gunicorn config (--config) may bind elsewhere: then only gunicorn knows.
     _check_ports(

@@ -3,10 +3,11 @@
 Every problem is reported at once, one line each naming the variable (never its value:
 most are secrets), so a bad deploy stops at start-up instead of failing per request.
 
-Each setting is declared once, as one `read.<rule>("NAME", ...)` in `Settings._declare`.
-The reader records every name it reads, so that declaration is also the list of known
-variables: a misspelt `WALLET_PROXY_*`, `SESSIONM_*` or `BRAZE_*` variable is reported
-with the closest known name, with no second list to keep up to date.
+Each setting is declared once, as one field of `Settings`: its variable, the rule that
+reads it and its default (`_setting`). Reading goes through every field, recording each
+name it reads, so the fields are also the list of known variables: a misspelt
+`WALLET_PROXY_*`, `SESSIONM_*` or `BRAZE_*` variable is reported with the closest known
+name, with no second list to keep up to date.
 
 A setting that a feature can't run without is required only by the commands that use the
 feature (`needs`, a tuple of `Part`s): the service needs Connect and API keys, `tags
@@ -20,7 +21,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -92,62 +93,135 @@ SHARED_CACHE = Part(
 SERVICE = (CONNECT, API)  # what the service itself can't start without
 
 
+def _setting(
+    variable: str,
+    rule: str,
+    default: Any = MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    secret: bool = False,
+    **options: Any,
+) -> Any:
+    """One setting: the variable it is read from, the `_Reader` rule that reads it (with
+    `options`), and its default, here and nowhere else. A secret is left out of repr."""
+    metadata = {"variable": variable, "rule": rule, "options": options}
+    if factory is not None:
+        return field(default_factory=factory, repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 2
+
+
 @dataclass(frozen=True)
 class Settings:
-    # Empty when the command reading the settings doesn't need them (see `Part`).
-    sessionm_connect_url: str = ""
-    sessionm_connect_auth: str = field(default="", repr=False)
-    sessionm_retailer_id: str = ""
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
-    default_culture: str = DEFAULT_CULTURE
-    cache_ttl: float = 60.0
-    stale_ttl: float = 3600.0
-    negative_ttl: float = 30.0
-    deadline: float = 1.5
-    upstream_timeout: float = 3.0
-    upstream_concurrency: int = 16
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 10.0
-    cache_max_entries: int = 100_000
-    redis_url: str | None = field(default=None, repr=False)
-    staff_users: Mapping[str, str] = field(default_factory=dict, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
-    sessionm_core_url: str | None = None
-    sessionm_core_api_key: str | None = field(default=None, repr=False)
-    sessionm_core_api_secret: str | None = field(default=None, repr=False)
+    """Every setting, each declared once: variable, rule and default (`_setting`), in the
+    order problems are reported. Connect's and the API keys' defaults are empty: required
+    only by the commands that use them (see `Part`)."""
+
+    sessionm_connect_url: str = _setting("SESSIONM_CONNECT_URL", "url", "")
+    sessionm_connect_auth: str = _setting("SESSIONM_CONNECT_AUTH", "secret", "", secret=True)
+    sessionm_retailer_id: str = _setting("SESSIONM_RETAILER_ID", "guid", "")
+    api_keys: tuple[str, ...] = _setting("WALLET_PROXY_API_KEYS", "api_keys", (), secret=True)
+    default_culture: str = _setting("WALLET_PROXY_DEFAULT_CULTURE", "culture", DEFAULT_CULTURE)
+    cache_ttl: float = _setting("WALLET_PROXY_CACHE_TTL", "number", 60.0, low=0, high=86_400)
+    stale_ttl: float = _setting("WALLET_PROXY_STALE_TTL", "number", 3600.0, low=0, high=7 * 86_400)
+    negative_ttl: float = _setting("WALLET_PROXY_NEGATIVE_TTL", "number", 30.0, low=0, high=3600)
+    deadline: float = _setting("WALLET_PROXY_DEADLINE", "number", 1.5, low=0.1, high=30)
+    upstream_timeout: float = _setting(
+        "WALLET_PROXY_UPSTREAM_TIMEOUT", "number", 3.0, low=0.1, high=60
+    )
+    upstream_concurrency: int = _setting(
+        "WALLET_PROXY_UPSTREAM_CONCURRENCY", "integer", 16, low=1, high=1024
+    )
+    breaker_threshold: int = _setting(
+        "WALLET_PROXY_BREAKER_THRESHOLD", "integer", 5, low=1, high=1000
+    )
+    breaker_cooldown: float = _setting(
+        "WALLET_PROXY_BREAKER_COOLDOWN", "number", 10.0, low=0.1, high=600
+    )
+    cache_max_entries: int = _setting(
+        "WALLET_PROXY_CACHE_MAX_ENTRIES", "integer", 100_000, low=1, high=10**8
+    )
+    redis_url: str | None = _setting("WALLET_PROXY_REDIS_URL", "redis_url", None, secret=True)
+    staff_users: Mapping[str, str] = _setting(
+        "WALLET_PROXY_STAFF_USERS", "staff_users", factory=dict, secret=True
+    )
+    secret_key: str | None = _setting("WALLET_PROXY_SECRET_KEY", "text", None, secret=True)
+    sessionm_core_url: str | None = _setting("SESSIONM_CORE_URL", "optional_url", None)
+    sessionm_core_api_key: str | None = _setting(
+        "SESSIONM_CORE_API_KEY", "text", None, secret=True
+    )
+    sessionm_core_api_secret: str | None = _setting(
+        "SESSIONM_CORE_API_SECRET", "text", None, secret=True
+    )
     # SessionM-triggered Braze messages (wallet_proxy/triggers/)
-    braze_rest_url: str | None = None
-    braze_rest_api_key: str | None = field(default=None, repr=False)
-    trigger_keys: tuple[str, ...] = field(default=(), repr=False)
-    data_dir: str = DEFAULT_DATA_DIR
-    trigger_batch_ms: int = 250
-    trigger_max_age: float = 86_400.0
-    trigger_max_queued: int = 100_000
-    trigger_set_email: bool = False
-    # Read by gunicorn (gunicorn_config.py, where their defaults live); checked here.
-    bind: str | None = None
-    web_concurrency: int | None = None
-    threads: int | None = None
-    log_level: str | None = None
+    braze_rest_url: str | None = _setting("BRAZE_REST_URL", "optional_url", None)
+    braze_rest_api_key: str | None = _setting("BRAZE_REST_API_KEY", "text", None, secret=True)
+    trigger_keys: tuple[str, ...] = _setting(
+        "WALLET_PROXY_TRIGGER_KEYS", "api_keys", (), secret=True, required=False
+    )
+    data_dir: str = _setting("WALLET_PROXY_DATA_DIR", "directory", DEFAULT_DATA_DIR)
+    trigger_batch_ms: int = _setting(
+        "WALLET_PROXY_TRIGGER_BATCH_MS", "integer", 250, low=0, high=10_000
+    )
+    trigger_max_age: float = _setting(
+        "WALLET_PROXY_TRIGGER_MAX_AGE", "number", 86_400.0, low=60, high=7 * 86_400
+    )
+    trigger_max_queued: int = _setting(
+        "WALLET_PROXY_TRIGGER_MAX_QUEUED", "integer", 100_000, low=1, high=10**7
+    )
+    trigger_set_email: bool = _setting("WALLET_PROXY_TRIGGER_SET_EMAIL", "boolean", False)
+    # How gunicorn serves (gunicorn_config.py reads these four through `serving`).
+    bind: str = _setting("WALLET_PROXY_BIND", "bind", "0.0.0.0:8000")
+    web_concurrency: int = _setting(
+        "WEB_CONCURRENCY", "integer", factory=_cpu_count, low=1, high=1024
+    )
+    threads: int = _setting("WALLET_PROXY_THREADS", "integer", 64, low=1, high=1024)
+    log_level: str = _setting(
+        "WALLET_PROXY_LOG_LEVEL", "choice", "info", choices=GUNICORN_LOG_LEVELS
+    )
     # The support pages and the front proxy
-    trusted_proxy_hops: int = 0
-    public_url: str | None = None
-    image_hosts: tuple[str, ...] = ()
-    cultures: tuple[str, ...] = (DEFAULT_CULTURE,)
-    core_timeout: float = 5.0
-    max_wallet_offers: int = 10_000
-    max_wallet_bytes: int = 20 * 1024 * 1024
-    max_answer_bytes: int = 1_000_000
-    # SessionM's request budget for the whole fleet (wallet_proxy/budget.py)
-    sessionm_rate: float = 50.0  # requests/s to Connect; 0: no budget
-    sessionm_core_rate: float = 50.0  # the same for Core (tags relay and tags import)
-    bulk_share: float = 0.8  # warm and tags import: at most this share of a budget
-    refresh_share: float = 0.5  # background refreshes of stale entries: at most this share
-    fleet_size: int | None = None  # processes sharing the budget when Redis can't say
+    trusted_proxy_hops: int = _setting(
+        "WALLET_PROXY_TRUSTED_PROXY_HOPS", "integer", 0, low=0, high=10
+    )
+    public_url: str | None = _setting("WALLET_PROXY_PUBLIC_URL", "origin", None)
+    image_hosts: tuple[str, ...] = _setting("WALLET_PROXY_IMAGE_HOSTS", "origins", ())
+    cultures: tuple[str, ...] = _setting(
+        "WALLET_PROXY_CULTURES",
+        "cultures",
+        (DEFAULT_CULTURE,),
+        default_name="WALLET_PROXY_DEFAULT_CULTURE",
+    )
+    core_timeout: float = _setting("WALLET_PROXY_CORE_TIMEOUT", "number", 5.0, low=0.1, high=30)
+    max_wallet_offers: int = _setting(
+        "WALLET_PROXY_MAX_WALLET_OFFERS", "integer", 10_000, low=1, high=50_000
+    )
+    max_wallet_bytes: int = _setting(
+        "WALLET_PROXY_MAX_WALLET_BYTES",
+        "integer",
+        20 * 1024 * 1024,
+        low=100_000,
+        high=1_000_000_000,
+    )
+    max_answer_bytes: int = _setting(
+        "WALLET_PROXY_MAX_ANSWER_BYTES", "integer", 1_000_000, low=10_000, high=100_000_000
+    )
+    # SessionM's request budget for the whole fleet (wallet_proxy/budget.py): requests/s to
+    # Connect and to Core (0: no budget), the shares of bulk work and background refreshes,
+    # and how many processes share it when Redis can't say.
+    sessionm_rate: float = _setting("WALLET_PROXY_SESSIONM_RATE", "per_second", 50.0)
+    sessionm_core_rate: float = _setting("WALLET_PROXY_SESSIONM_CORE_RATE", "per_second", 50.0)
+    bulk_share: float = _setting("WALLET_PROXY_SESSIONM_BULK_SHARE", "share", 0.8)
+    refresh_share: float = _setting("WALLET_PROXY_SESSIONM_REFRESH_SHARE", "share", 0.5)
+    fleet_size: int | None = _setting(
+        "WALLET_PROXY_FLEET_SIZE", "optional_integer", None, low=1, high=10_000
+    )
     # Observability (wallet_proxy/metrics.py, logs.py)
-    metrics_token: str | None = field(default=None, repr=False)
-    log_hash_key: str | None = field(default=None, repr=False)
-    log_user_ids: bool = False
+    metrics_token: str | None = _setting("WALLET_PROXY_METRICS_TOKEN", "token", None, secret=True)
+    log_hash_key: str | None = _setting("WALLET_PROXY_LOG_HASH_KEY", "token", None, secret=True)
+    log_user_ids: bool = _setting("WALLET_PROXY_LOG_USER_IDS", "boolean", False)
 
     @property
     def core_configured(self) -> bool:
@@ -171,65 +245,14 @@ class Settings:
         return verdict.settings
 
     @classmethod
-    def _declare(cls, read: Any) -> Settings:
-        """Every setting: its variable, its rule and its default, in one place."""
-        settings = cls(
-            sessionm_connect_url=read.url("SESSIONM_CONNECT_URL"),
-            sessionm_connect_auth=read.secret("SESSIONM_CONNECT_AUTH"),
-            sessionm_retailer_id=read.guid("SESSIONM_RETAILER_ID"),
-            api_keys=read.api_keys("WALLET_PROXY_API_KEYS"),
-            default_culture=read.culture("WALLET_PROXY_DEFAULT_CULTURE", DEFAULT_CULTURE),
-            cache_ttl=read.number("WALLET_PROXY_CACHE_TTL", 60, low=0, high=86_400),
-            stale_ttl=read.number("WALLET_PROXY_STALE_TTL", 3600, low=0, high=7 * 86_400),
-            negative_ttl=read.number("WALLET_PROXY_NEGATIVE_TTL", 30, low=0, high=3600),
-            deadline=read.number("WALLET_PROXY_DEADLINE", 1.5, low=0.1, high=30),
-            upstream_timeout=read.number("WALLET_PROXY_UPSTREAM_TIMEOUT", 3, low=0.1, high=60),
-            upstream_concurrency=read.integer("WALLET_PROXY_UPSTREAM_CONCURRENCY", 16, 1, 1024),
-            breaker_threshold=read.integer("WALLET_PROXY_BREAKER_THRESHOLD", 5, 1, 1000),
-            breaker_cooldown=read.number("WALLET_PROXY_BREAKER_COOLDOWN", 10, low=0.1, high=600),
-            cache_max_entries=read.integer("WALLET_PROXY_CACHE_MAX_ENTRIES", 100_000, 1, 10**8),
-            redis_url=read.redis_url("WALLET_PROXY_REDIS_URL"),
-            staff_users=read.staff_users("WALLET_PROXY_STAFF_USERS"),
-            secret_key=read.raw("WALLET_PROXY_SECRET_KEY"),
-            sessionm_core_url=read.optional_url("SESSIONM_CORE_URL"),
-            sessionm_core_api_key=read.raw("SESSIONM_CORE_API_KEY"),
-            sessionm_core_api_secret=read.raw("SESSIONM_CORE_API_SECRET"),
-            braze_rest_url=read.optional_url("BRAZE_REST_URL"),
-            braze_rest_api_key=read.raw("BRAZE_REST_API_KEY"),
-            trigger_keys=read.api_keys("WALLET_PROXY_TRIGGER_KEYS", required=False),
-            data_dir=read.directory("WALLET_PROXY_DATA_DIR", DEFAULT_DATA_DIR),
-            trigger_batch_ms=read.integer("WALLET_PROXY_TRIGGER_BATCH_MS", 250, 0, 10_000),
-            trigger_max_age=read.number(
-                "WALLET_PROXY_TRIGGER_MAX_AGE", 86_400, low=60, high=7 * 86_400
-            ),
-            trigger_max_queued=read.integer("WALLET_PROXY_TRIGGER_MAX_QUEUED", 100_000, 1, 10**7),
-            trigger_set_email=read.boolean("WALLET_PROXY_TRIGGER_SET_EMAIL"),
-            bind=read.bind("WALLET_PROXY_BIND"),
-            web_concurrency=read.count("WEB_CONCURRENCY", 1, 1024),
-            threads=read.count("WALLET_PROXY_THREADS", 1, 1024),
-            log_level=read.choice("WALLET_PROXY_LOG_LEVEL", GUNICORN_LOG_LEVELS),
-            trusted_proxy_hops=read.integer("WALLET_PROXY_TRUSTED_PROXY_HOPS", 0, 0, 10),
-            public_url=read.origin("WALLET_PROXY_PUBLIC_URL"),
-            image_hosts=read.origins("WALLET_PROXY_IMAGE_HOSTS"),
-            cultures=read.cultures("WALLET_PROXY_CULTURES", "WALLET_PROXY_DEFAULT_CULTURE"),
-            core_timeout=read.number("WALLET_PROXY_CORE_TIMEOUT", 5, low=0.1, high=30),
-            max_wallet_offers=read.integer("WALLET_PROXY_MAX_WALLET_OFFERS", 10_000, 1, 50_000),
-            max_wallet_bytes=read.integer(
-                "WALLET_PROXY_MAX_WALLET_BYTES", 20 * 1024 * 1024, 100_000, 1_000_000_000
-            ),
-            max_answer_bytes=read.integer(
-                "WALLET_PROXY_MAX_ANSWER_BYTES", 1_000_000, 10_000, 100_000_000
-            ),
-            sessionm_rate=read.per_second("WALLET_PROXY_SESSIONM_RATE", 50),
-            sessionm_core_rate=read.per_second("WALLET_PROXY_SESSIONM_CORE_RATE", 50),
-            bulk_share=read.share("WALLET_PROXY_SESSIONM_BULK_SHARE", 0.8),
-            refresh_share=read.share("WALLET_PROXY_SESSIONM_REFRESH_SHARE", 0.5),
-            fleet_size=read.count("WALLET_PROXY_FLEET_SIZE", 1, 10_000),
-            metrics_token=read.token("WALLET_PROXY_METRICS_TOKEN"),
-            log_hash_key=read.token("WALLET_PROXY_LOG_HASH_KEY"),
-            log_user_ids=read.boolean("WALLET_PROXY_LOG_USER_IDS"),
-        )
-        return settings
+    def _declare(cls, read: _Reading, names: Collection[str] | None = None) -> Settings:
+        """Every setting (or those `names`, the others left at their defaults), each read by
+        its own rule; a setting that fails its rule reads as its default."""
+        values = {}
+        for declared in fields(cls):
+            if names is None or declared.name in names:
+                values[declared.name] = read.setting(declared)
+        return cls(**values)
 
     def _check_combinations(self) -> Iterator[ConfigError]:
         if self.upstream_timeout < self.deadline:
@@ -278,7 +301,7 @@ class Verdict:
 def examine(env: Mapping[str, str], needs: Sequence[Part] = SERVICE) -> Verdict:
     """Read every setting, noting every problem instead of stopping at the first."""
     read = _Reading(env, needs)
-    settings = _with_defaults(Settings._declare(read))
+    settings = Settings._declare(read)
     problems: dict[str, ConfigError] = {}
     combinations = [*settings._check_combinations(), *settings._check_triggers()]
     for error in [*read.problems, *read.missing(needs), *combinations]:
@@ -294,6 +317,27 @@ def declared_variables() -> tuple[str, ...]:
     return tuple(read.names)
 
 
+@dataclass(frozen=True)
+class Serving:
+    """How gunicorn serves the app (gunicorn_config.py)."""
+
+    bind: str
+    workers: int
+    threads: int
+    log_level: str
+
+
+def serving_settings(env: Mapping[str, str]) -> Serving:
+    """The four settings gunicorn's config reads, needing no other: read at its import, in
+    the master, where a malformed one reads as its default and `on_starting` then stops
+    the master naming it (full validation)."""
+    read = _Reading(env, ())
+    settings = Settings._declare(read, ("bind", "web_concurrency", "threads", "log_level"))
+    return Serving(
+        settings.bind, settings.web_concurrency, settings.threads, settings.log_level.lower()
+    )
+
+
 def unknown_variables(env: Mapping[str, str], known: Collection[str]) -> Iterator[str]:
     """A warning for each variable with one of our prefixes that no setting reads."""
     for name in sorted(env):
@@ -303,18 +347,11 @@ def unknown_variables(env: Mapping[str, str], known: Collection[str]) -> Iterato
             yield f"{name} is not a wallet-proxy setting and is ignored{hint}"
 
 
-class _Failed:
-    """What a setting that failed its rule reads as, until its default takes its place."""
-
-
-_FAILED = _Failed()
-
-
 class _Reading:
-    """`_Reader`'s rules, with every problem noted instead of raised.
+    """Settings read by their rules (`_Reader`), with every problem noted instead of raised.
 
-    A missing or malformed setting reads as `_FAILED` (then as its default), so the rest is
-    still checked. A missing setting is a problem only if a part in `needs` requires it.
+    A missing or malformed setting reads as its default, so the rest is still checked. A
+    missing setting is a problem only if a part in `needs` requires it.
     """
 
     def __init__(self, env: Mapping[str, str], needs: Sequence[Part]):
@@ -323,18 +360,18 @@ class _Reading:
         self.needed = {name for part in needs for name in part.variables}
         self.problems: list[ConfigError] = []
 
-    def __getattr__(self, rule: str) -> Callable[..., Any]:
-        check = getattr(self._reader, rule)
-
-        def read(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return check(*args, **kwargs)
-            except ConfigError as error:
-                if error.variable in self.needed or self._reader.raw(error.variable):
-                    self.problems.append(error)
-                return _FAILED
-
-        return read
+    def setting(self, declared: Field[Any]) -> Any:
+        if declared.default_factory is not MISSING:
+            default = declared.default_factory()
+        else:
+            default = declared.default
+        rule = getattr(self._reader, declared.metadata["rule"])
+        try:
+            return rule(declared.metadata["variable"], default, **declared.metadata["options"])
+        except ConfigError as error:
+            if error.variable in self.needed or self._reader.raw(error.variable):
+                self.problems.append(error)
+            return default
 
     def missing(self, needs: Sequence[Part]) -> Iterator[ConfigError]:
         """Required settings that are not set, whatever rule reads them."""
@@ -344,26 +381,20 @@ class _Reading:
                     yield ConfigError(name, f"is required {part.why}")
 
 
-def _with_defaults(settings: Settings) -> Settings:
-    """`settings` with each failed reading replaced by its field's default."""
-    defaults: dict[str, Any] = {}
-    for declared in fields(settings):
-        if getattr(settings, declared.name) is _FAILED:
-            factory = declared.default_factory
-            defaults[declared.name] = factory() if callable(factory) else declared.default
-    return replace(settings, **defaults)
-
-
 def log_id_settings(env: Mapping[str, str]) -> tuple[str | None, bool]:
     """WALLET_PROXY_LOG_HASH_KEY and WALLET_PROXY_LOG_USER_IDS alone: `wallet-proxy log-id` runs
     where support works, without the service's other settings."""
     read = _Reader(env)
-    return read.token("WALLET_PROXY_LOG_HASH_KEY"), read.boolean("WALLET_PROXY_LOG_USER_IDS")
+    return (
+        read.token("WALLET_PROXY_LOG_HASH_KEY", None),
+        read.boolean("WALLET_PROXY_LOG_USER_IDS", False),
+    )
 
 
 class _Reader:
-    """One method per rule; each reads its variable through `raw` (which records the name)
-    and raises ConfigError naming it."""
+    """One method per rule, each `rule(name, default, **options)`: it reads its variable
+    through `raw` (which records the name), answers `default` when it is not set, and
+    raises ConfigError naming it when it is malformed (or required and not set)."""
 
     def __init__(self, env: Mapping[str, str]):
         self.env = env
@@ -377,22 +408,26 @@ class _Reader:
         value = str(value).strip()
         return value or None
 
-    def secret(self, name: str) -> str:
+    def text(self, name: str, default: str | None) -> str | None:
+        value = self.raw(name)
+        return default if value is None else value
+
+    def secret(self, name: str, default: str) -> str:
         value = self.raw(name)
         if value is None:
             raise ConfigError(name, "is required")
         return value
 
-    def url(self, name: str) -> str:
-        value = self.optional_url(name)
+    def url(self, name: str, default: str) -> str:
+        value = self.optional_url(name, None)
         if value is None:
             raise ConfigError(name, "is required (an http:// or https:// base URL)")
         return value
 
-    def optional_url(self, name: str) -> str | None:
+    def optional_url(self, name: str, default: str | None) -> str | None:
         value = self.raw(name)
         if value is None:
-            return None
+            return default
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigError(name, "must be an http:// or https:// URL")
@@ -400,16 +435,16 @@ class _Reader:
             raise ConfigError(name, "must be a base URL without credentials, query or fragment")
         return value.rstrip("/")
 
-    def redis_url(self, name: str) -> str | None:
+    def redis_url(self, name: str, default: str | None) -> str | None:
         value = self.raw(name)
         if value is None:
-            return None
+            return default
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(name, "must be a redis://, rediss:// or unix:// URL")
         return value
 
-    def guid(self, name: str) -> str:
-        value = self.secret(name)
+    def guid(self, name: str, default: str) -> str:
+        value = self.secret(name, default)
         if not GUID_RE.match(value):
             raise ConfigError(name, "must be a GUID like 5f0c6b0e-5a11-4b0b-9d1e-000000000001")
         return value
@@ -421,10 +456,12 @@ class _Reader:
             raise ConfigError(name, f"must be a culture {CULTURE_RULE}")
         return culture
 
-    def api_keys(self, name: str, *, required: bool = True) -> tuple[str, ...]:
+    def api_keys(
+        self, name: str, default: tuple[str, ...], *, required: bool = True
+    ) -> tuple[str, ...]:
         if not required and self.raw(name) is None:
-            return ()
-        value = self.secret(name)
+            return default
+        value = self.secret(name, "")
         keys = tuple(key.strip() for key in value.split(","))
         if any(not key for key in keys):
             raise ConfigError(name, "has an empty key (comma-separated, no blanks)")
@@ -432,10 +469,12 @@ class _Reader:
             raise ConfigError(name, "keys must be at least 8 characters without spaces")
         return keys
 
-    def token(self, name: str) -> str | None:
+    def token(self, name: str, default: str | None) -> str | None:
         """An optional secret of ours: long enough not to be guessed, no spaces."""
         value = self.raw(name)
-        if value is not None and (len(value) < 16 or any(ch.isspace() for ch in value)):
+        if value is None:
+            return default
+        if len(value) < 16 or any(ch.isspace() for ch in value):
             raise ConfigError(name, "must be at least 16 characters without spaces")
         return value
 
@@ -451,7 +490,7 @@ class _Reader:
             raise ConfigError(name, f"must be between {low} and {high}")
         return number
 
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
         value = self.raw(name)
         if value is None:
             return default
@@ -463,25 +502,32 @@ class _Reader:
             raise ConfigError(name, f"must be between {low} and {high}")
         return number
 
+    def optional_integer(
+        self, name: str, default: int | None, *, low: int, high: int
+    ) -> int | None:
+        if self.raw(name) is None:
+            return default
+        return self.integer(name, low, low=low, high=high)
+
     def directory(self, name: str, default: str) -> str:
         value = self.raw(name) or default
         if "\x00" in value:
             raise ConfigError(name, "must be a folder path")
         return os.path.abspath(value)
 
-    def origin(self, name: str) -> str | None:
+    def origin(self, name: str, default: str | None) -> str | None:
         value = self.raw(name)
         if value is None:
-            return None
+            return default
         origin = parse_origin(value)
         if origin is None:
             raise ConfigError(name, f"must be an origin {ORIGIN_RULE}, without a path")
         return origin
 
-    def origins(self, name: str) -> tuple[str, ...]:
+    def origins(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self.raw(name)
         if value is None:
-            return ()
+            return default
         found = []
         for item in value.split(","):
             origin = parse_origin(item.strip())
@@ -490,11 +536,14 @@ class _Reader:
             found.append(origin)
         return tuple(dict.fromkeys(found))
 
-    def cultures(self, name: str, default_name: str) -> tuple[str, ...]:
+    def cultures(
+        self, name: str, default: tuple[str, ...], *, default_name: str
+    ) -> tuple[str, ...]:
         """The default culture (`default_name`'s) first, then the listed ones in their order,
         each in its one spelling and once (`es_ES, es-es` is es-ES)."""
         # A malformed default is reported under its own name.
-        default = canonical_culture(self.raw(default_name) or DEFAULT_CULTURE) or DEFAULT_CULTURE
+        first = default[0]
+        first = canonical_culture(self.raw(default_name) or first) or first
         value = self.raw(name)
         listed = []
         for item in value.split(",") if value else []:
@@ -502,13 +551,15 @@ class _Reader:
             if culture is None:
                 raise ConfigError(name, f"must be cultures {CULTURE_RULE}, comma-separated")
             listed.append(culture)
-        return tuple(dict.fromkeys([default, *listed]))
+        return tuple(dict.fromkeys([first, *listed]))
 
-    def boolean(self, name: str) -> bool:
-        value = (self.raw(name) or "false").lower()
-        if value not in ("true", "false", "1", "0", "yes", "no"):
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ConfigError(name, "must be true or false")
-        return value in ("true", "1", "yes")
+        return value.lower() in ("true", "1", "yes")
 
     def per_second(self, name: str, default: float, high: float = 100_000) -> float:
         value = self.raw(name)
@@ -534,10 +585,10 @@ class _Reader:
             raise ConfigError(name, "must be a share of the budget between 0.05 and 1")
         return number
 
-    def staff_users(self, name: str) -> dict[str, str]:
+    def staff_users(self, name: str, default: dict[str, str]) -> dict[str, str]:
         value = self.raw(name)
         if value is None:
-            return {}
+            return default
         users: dict[str, str] = {}
         for item in value.split(","):
             user, sep, pw_hash = item.strip().partition(":")
@@ -550,23 +601,21 @@ class _Reader:
             users[user] = pw_hash
         return users
 
-    def bind(self, name: str) -> str | None:
+    def bind(self, name: str, default: str) -> str:
         value = self.raw(name)
-        if value is None or value.startswith(("unix:", "fd://")):
+        if value is None:
+            return default
+        if value.startswith(("unix:", "fd://")):
             return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
             raise ConfigError(name, "must be HOST:PORT (like 0.0.0.0:8000) or unix:PATH")
         return value
 
-    def count(self, name: str, low: int, high: int) -> int | None:
-        """A whole number whose default lives with its reader (gunicorn's settings)."""
-        if self.raw(name) is None:
-            return None
-        return self.integer(name, low, low, high)
-
-    def choice(self, name: str, choices: Sequence[str]) -> str | None:
+    def choice(self, name: str, default: str, *, choices: Sequence[str]) -> str:
         value = self.raw(name)
-        if value is not None and value.lower() not in choices:
+        if value is None:
+            return default
+        if value.lower() not in choices:
             raise ConfigError(name, f"must be one of {', '.join(choices)}")
         return value

@@ -2,9 +2,9 @@
 
 `wallet-proxy serve` uses them; to run gunicorn yourself:
 `gunicorn -c python:wallet_proxy.gunicorn_config 'wallet_proxy:create_app()'`.
-Every value can be overridden by an environment variable (named beside it) or
-on the command line; see docs/benchmarks.md for the measurements behind the
-worker model.
+Every value can be overridden by an environment variable (named beside it, read with
+the service's other settings in wallet_proxy/config.py) or on the command line; see
+docs/benchmarks.md for the measurements behind the worker model.
 """
 
 import glob
@@ -13,9 +13,16 @@ import shutil
 import sys
 import tempfile
 
+from wallet_proxy.config import ConfigError, Settings, serving_settings
+
+# WALLET_PROXY_BIND, WEB_CONCURRENCY, WALLET_PROXY_THREADS and WALLET_PROXY_LOG_LEVEL, with
+# their defaults (config.py); a malformed one reads as its default here, and on_starting
+# stops the master naming it.
+_serving = serving_settings(os.environ)
+
 # Where to listen. Braze only calls ports 80/443: put a TLS-terminating load
 # balancer or ingress in front and bind the service to an internal port.
-bind = os.environ.get("WALLET_PROXY_BIND", "0.0.0.0:8000")
+bind = _serving.bind
 
 # gthread: each worker process runs a pool of threads. A request waiting on
 # SessionM holds a thread, not a process, so a slow upstream can't starve the
@@ -32,8 +39,8 @@ bind = os.environ.get("WALLET_PROXY_BIND", "0.0.0.0:8000")
 # threads, 2,900/s with 64; docs/benchmarks.md). Lower WALLET_PROXY_THREADS
 # only if nearly all traffic is cache hits.
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
-threads = int(os.environ.get("WALLET_PROXY_THREADS", "64"))
+workers = _serving.workers
+threads = _serving.threads
 
 # Braze drops answers after 2 s and we answer within WALLET_PROXY_DEADLINE, so a
 # worker silent for 30 s is truly stuck. Graceful shutdown lets in-flight
@@ -53,7 +60,7 @@ control_socket_disable = True
 # gunicorn's access log; gunicorn's own lines on stderr in the same format.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("WALLET_PROXY_LOG_LEVEL", "info")
+loglevel = _serving.log_level
 logger_class = "wallet_proxy.logs.GunicornLogger"
 
 # Metrics: each worker counts in files of its own under PROMETHEUS_MULTIPROC_DIR and a
@@ -73,8 +80,6 @@ def pre_request(worker, req):
 def on_starting(server):
     """Refuse to start on bad settings with one line, before any worker boots; then the
     metrics folder."""
-    from wallet_proxy.config import ConfigError, Settings
-
     try:
         Settings.from_env(os.environ)
     except ConfigError as error:
