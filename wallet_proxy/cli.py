@@ -13,24 +13,25 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import click
 from werkzeug.security import generate_password_hash
 
 from . import preflight
+from . import sandbox as sandbox_module
+from .budget import UNLIMITED
 from .bulk.commands import tags_group, warm_command
 from .bulk.plan import plan_command
 from .config import ConfigError, Settings, examine, log_id_settings, serving_settings
-from .errors import InvalidRequest
+from .errors import InvalidRequest, UserNotFound, WalletProxyError
+from .logs import UserIds
 from .rules import check_user_id
+from .schemas import EXPIRY_FIELDS, OFFER_FIELDS_READ
 from .serving import CONFIG, gunicorn_command
+from .sessionm import ConnectClient, connect_client
 from .support.staff import MIN_PASSWORD_LENGTH
 from .triggers.commands import triggers_group
-
-if TYPE_CHECKING:
-    from .sessionm import ConnectClient
 
 DEMO_API_KEY = "demo-api-key-not-secret"
 DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
@@ -149,9 +150,6 @@ def _redis_problem(url: str) -> str | None:
 def _probe_client(settings: Settings) -> tuple[ConnectClient, float]:
     """A Connect client for a probe and the probe's deadline. One call an operator asks for
     is not worth a place in the fleet's SessionM budget."""
-    from .budget import UNLIMITED
-    from .sessionm import connect_client
-
     client = connect_client(settings, lambda: datetime.now(UTC), UNLIMITED)
     return client, time.monotonic() + settings.upstream_timeout
 
@@ -162,8 +160,6 @@ def _probe_connect(settings: Settings) -> tuple[bool, str]:
     Harmless: it reads, and a made-up id is unknown to SessionM. A not-found answer proves
     the URL, the credentials and the retailer id; nothing secret is shown either way.
     """
-    from .errors import UserNotFound, WalletProxyError
-
     client, deadline = _probe_client(settings)
     made_up = f"wallet-proxy-probe-{secrets.token_hex(6)}"
     try:
@@ -179,9 +175,6 @@ def _probe_offer_fields(settings: Settings, user_id: str) -> tuple[bool, str]:
     """(answered, what happened): one real customer's first page of offers, reported by the
     names of the fields SessionM sent (how many offers carry each, and what the service
     reads each as), never their values. It only reads, like the made-up probe."""
-    from .errors import UserNotFound, WalletProxyError
-    from .schemas import EXPIRY_FIELDS, OFFER_FIELDS_READ
-
     client, deadline = _probe_client(settings)
     try:
         found = client.offer_fields(user_id, settings.default_culture, deadline=deadline)
@@ -246,8 +239,6 @@ def hash_password(from_stdin: bool) -> None:
 def log_id(user_id: str) -> None:
     """Print what the logs show for USER_ID (an HMAC under WALLET_PROXY_LOG_HASH_KEY), to find
     a customer's lines."""
-    from .logs import UserIds
-
     try:
         key, plain = log_id_settings(os.environ)
     except ConfigError as error:
@@ -265,8 +256,6 @@ def log_id(user_id: str) -> None:
 @click.option("--port", default=8001, show_default=True, type=int)
 def sandbox(host: str, port: int) -> None:
     """Run the SessionM stand-in (demo customers, knobs under /_sandbox/)."""
-    from . import sandbox as sandbox_module
-
     url = f"http://{host}:{port}"
     click.echo(f"SessionM sandbox on {url}  (its knobs: docs/sandbox.md)")
     for user_id, about in sandbox_module.SEEDED_USERS.items():
@@ -343,8 +332,6 @@ def _second_shell(sandbox_url: str) -> dict[str, str]:
     """What a command in another shell needs to use the demo: SessionM Connect and Core and
     Braze's trigger endpoints pointed at the sandbox, the demo's keys and its data folder
     (the triggers' outbox lives in the checkout)."""
-    from . import sandbox as sandbox_module
-
     return {
         "SESSIONM_CONNECT_URL": sandbox_url,
         "SESSIONM_CONNECT_AUTH": sandbox_module.DEMO_CONNECT_AUTH,

@@ -15,6 +15,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from .config import ConfigError, Settings, declared_variables
+from .stores import DATABASE
+from .triggers.running import LOCK_FILE
+from .triggers.sqlite_outbox import FILE_NAME
 
 # Braze: "Braze requires that server response time is less than 2 seconds [...]; if the
 # server takes longer than 2 seconds to respond, the content will not be inserted."
@@ -59,10 +62,6 @@ def data_dir_problem(settings: Settings) -> ConfigError | None:
 
 def _data_files() -> list[str]:
     """The files start-up opens in the data folder (SQLite's journals beside its databases)."""
-    from .stores import DATABASE
-    from .triggers.running import LOCK_FILE
-    from .triggers.sqlite_outbox import FILE_NAME
-
     return [
         LOCK_FILE,
         *(f"{db}{end}" for db in (DATABASE, FILE_NAME) for end in ("", "-wal", "-shm")),

@@ -12,16 +12,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from ..config import ConfigError, Settings
+from .braze import BrazeClient
+from .deliverer import Deliverer, Wallets
+from .intake import Intake
 from .outbox import Outbox, OutboxError
-
-if TYPE_CHECKING:  # imported where used: a service without Braze never loads them
-    from .deliverer import Deliverer, Wallets
-    from .intake import Intake
+from .redis_outbox import RedisOutbox, persistence_warnings
+from .sqlite_outbox import SqliteOutbox
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,6 @@ def triggers_of(app: Flask | None = None) -> Triggers | None:
 def open_outbox(settings: Settings) -> Outbox:
     """Redis when the service has one (every instance shares it), else SQLite in the data
     folder. Raises ConfigError naming the variable when the store can't be opened."""
-    from .redis_outbox import RedisOutbox, persistence_warnings
-    from .sqlite_outbox import SqliteOutbox
-
     try:
         if settings.redis_url:
             # The folder still holds the lock that keeps one deliverer per instance.
@@ -71,8 +68,6 @@ def open_outbox(settings: Settings) -> Outbox:
 def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Triggers | None:
     """The outbox and the intake, or None when Braze isn't configured (then the route
     answers 503 not_configured and no data folder is needed)."""
-    from .intake import Intake
-
     if not settings.triggers_configured:
         return None
     outbox = open_outbox(settings)
@@ -92,9 +87,6 @@ def build_deliverer(
     wallets: Wallets | None = None,
     clock: Callable[[], float],
 ) -> Deliverer:
-    from .braze import BrazeClient
-    from .deliverer import Deliverer
-
     if not settings.braze_rest_url or not settings.braze_rest_api_key:
         raise ConfigError("BRAZE_REST_URL", "required to deliver triggers")
     return Deliverer(
