@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import requests
 from werkzeug.security import check_password_hash
 
 from tests.helpers import free_port, wait_until
+from wallet_proxy import gunicorn_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "wallet_proxy.cli"]
@@ -262,3 +264,83 @@ def answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+# --- stopping ------------------------------------------------------------------------------
+
+
+class Demo:
+    """`wallet-proxy serve --sandbox` in a terminal's process group of its own, as at a
+    shell: Ctrl-C there sends SIGINT to every process of the group."""
+
+    def __init__(self, log: Path):
+        self.port, self.sandbox_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.sandbox_url = f"http://127.0.0.1:{self.sandbox_port}"
+        self.log = log
+        command = [*CLI, "serve", "--sandbox", "--bind", f"127.0.0.1:{self.port}"]
+        with log.open("w") as output:
+            self.process = subprocess.Popen(
+                [*command, "--sandbox-port", str(self.sandbox_port)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+                cwd=log.parent,
+                start_new_session=True,
+            )
+        up = f"{self.url}/readyz"
+        wait_until(lambda: answers(up) or self.process.poll() is not None, timeout=60)
+        assert self.process.poll() is None, log.read_text()
+
+    def ctrl_c(self) -> float:
+        """Seconds from Ctrl-C until `serve` has exited."""
+        started = time.monotonic()
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.process.wait(timeout=60)
+        return time.monotonic() - started
+
+    def gone(self) -> bool:
+        return port_is_free(self.port) and port_is_free(self.sandbox_port)
+
+
+@pytest.mark.slow
+def test_an_idle_demo_stops_at_ctrl_c_within_3_s_every_time(tmp_path):
+    """A second quit signal (the terminal's SIGINT, then the master's SIGQUIT) used to hang a
+    worker until gunicorn's SIGKILL, 10 s later, in about one stop of four."""
+    for attempt in range(20):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        demo = Demo(folder / "serve.log")
+        time.sleep(0.5)  # idle
+        seconds = demo.ctrl_c()
+        assert seconds < 3, f"try {attempt}: {seconds:.1f} s\n{demo.log.read_text()[-2000:]}"
+        assert "SIGKILL" not in demo.log.read_text()
+        wait_until(demo.gone, timeout=10)
+
+
+@pytest.mark.slow
+def test_ctrl_c_answers_the_requests_in_flight_within_the_graceful_timeout(tmp_path):
+    """Requests waiting on SessionM when Ctrl-C comes get their wallets: gunicorn stops
+    gracefully, and the sandbox (SessionM) only after it."""
+    demo = Demo(tmp_path / "serve.log")
+    knobs = requests.post(f"{demo.sandbox_url}/_sandbox/config", json={"latency": 1.0}, timeout=5)
+    assert knobs.status_code == 200
+    headers = {"Authorization": "Bearer demo-api-key-not-secret"}
+    with ThreadPoolExecutor(4) as pool:
+        answers_in_flight = [
+            pool.submit(
+                requests.get,
+                f"{demo.url}/v1/wallets/user-in-flight-{n}",
+                headers=headers,
+                timeout=20,
+            )
+            for n in range(4)
+        ]
+        in_flight = f"{demo.sandbox_url}/_sandbox/stats"
+        wait_until(lambda: requests.get(in_flight, timeout=5).json()["in_flight"] == 4, timeout=10)
+        seconds = demo.ctrl_c()
+        statuses = [answer.result().status_code for answer in answers_in_flight]
+    assert statuses == [200] * 4
+    assert seconds < gunicorn_config.graceful_timeout
+    assert "SIGKILL" not in demo.log.read_text()
+    wait_until(demo.gone, timeout=10)

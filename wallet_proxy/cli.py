@@ -310,7 +310,9 @@ def serve(
     gunicorn = subprocess.Popen(command, env=env)  # noqa: S603 - our interpreter and arguments
     children.insert(0, gunicorn)
     # Ctrl-C, or SIGTERM from systemd or a container runtime: stop the children too,
-    # never leave gunicorn or the sandbox running without us.
+    # never leave gunicorn or the sandbox running without us. gunicorn first (Ctrl-C
+    # reaches it from the terminal too), then the sandbox, once the requests in flight
+    # to it are answered.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     # SIGHUP is gunicorn's graceful reload (new workers, same socket): pass it on.
@@ -320,6 +322,9 @@ def serve(
     except KeyboardInterrupt:
         code = 0
     finally:
+        # A second Ctrl-C must not cut the stop short and leave the sandbox behind.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         _stop(children)
     sys.exit(code)
 
@@ -418,10 +423,12 @@ def _listen_problem(address: str) -> str | None:
 
 
 def _start_sandbox(port: int, env: dict) -> subprocess.Popen:
-    """Start `wallet-proxy sandbox` and give `env` the demo's credentials for it."""
+    """Start `wallet-proxy sandbox` and give `env` the demo's credentials for it. In a
+    process group of its own, so that Ctrl-C at the terminal doesn't reach it: it stops
+    after the service (`_stop`), which may still be waiting for it."""
     command = [sys.executable, "-m", "wallet_proxy.cli", "sandbox", "--host", SANDBOX_HOST]
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        [*command, "--port", str(port)], stdout=subprocess.DEVNULL
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL, process_group=0
     )
     deadline = time.monotonic() + 15
     while not _listening(SANDBOX_HOST, port):
@@ -479,14 +486,16 @@ def _listening(host: str, port: int) -> bool:
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to each in turn, waiting for it to exit (SIGKILL after 15 s: gunicorn's
+    graceful stop takes at most 10)."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    for process in processes:
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 main.add_command(tags_group)

@@ -1,6 +1,7 @@
 """gunicorn settings for wallet-proxy, shipped inside the package.
 
-`wallet-proxy serve` uses them; to run gunicorn yourself:
+`wallet-proxy serve` uses them, and so does `gunicorn wsgi:app` from a checkout's root
+(gunicorn reads ./gunicorn.conf.py, which is this file); elsewhere:
 `gunicorn -c python:wallet_proxy.gunicorn_config 'wallet_proxy:create_app()'`.
 Every value can be overridden by an environment variable (named beside it, read with
 the service's other settings in wallet_proxy/config.py) or on the command line; see
@@ -10,6 +11,7 @@ docs/benchmarks.md for the measurements behind the worker model.
 import glob
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -114,10 +116,22 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Offer each worker as the instance's trigger deliverer; a lock lets exactly one
-    deliver (wallet_proxy/triggers/running.py), and another takes over if it dies."""
+    """A stop that can't hang, then each worker's offer to be the instance's trigger
+    deliverer; a lock lets exactly one deliver (wallet_proxy/triggers/running.py), and
+    another takes over if it dies.
+
+    gunicorn's quick stop (SIGINT, SIGQUIT) shuts the worker's thread pool from inside the
+    signal handler. Ctrl-C sends two: the terminal's SIGINT to every process of the
+    group, then the master's SIGQUIT; the second, arriving while the first holds the
+    pool's lock, waits for that lock forever (python/cpython#121649), until the master's
+    SIGKILL graceful_timeout later. Both signals stop the worker as SIGTERM does instead:
+    nothing is taken in the handler, requests in flight finish, and the master still
+    ends what is left after graceful_timeout.
+    """
     from wallet_proxy.triggers.running import start_in_worker
 
+    for quick in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(quick, worker.handle_exit)
     start_in_worker(worker.wsgi)
 
 
