@@ -17,9 +17,6 @@ FUNCTION_LEVEL = {
         "gunicorn's master imports the package for its serving settings, and must not "
         "load the app (prometheus_client's mode is chosen at its first import)"
     ),
-    ("wallet_proxy.gunicorn_config", "wallet_proxy.triggers.running"): (
-        "a worker hook: the master loads this file and must not load the app"
-    ),
     ("wallet_proxy.gunicorn_config", "wallet_proxy.factory"): (
         "a worker hook: the master loads this file and must not load the app"
     ),

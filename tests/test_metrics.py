@@ -108,6 +108,19 @@ def test_only_the_metrics_token_opens_them(client, header):
     assert b"wallet_proxy_" not in response.data
 
 
+def test_several_processes_without_a_metrics_folder_get_503_not_a_part(client, monkeypatch):
+    """A WSGI server with several workers and no PROMETHEUS_MULTIPROC_DIR: a scrape would
+    count the one worker answering it. (Served by real gunicorn: test_launchers.py.)"""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    alone = client.get("/metrics", headers=SCRAPE)
+    assert alone.status_code == 200
+    several = client.get("/metrics", headers=SCRAPE, environ_overrides={"wsgi.multiprocess": True})
+    assert several.status_code == 503
+    assert several.get_json()["error"]["code"] == "not_configured"
+    assert "PROMETHEUS_MULTIPROC_DIR" in several.get_json()["error"]["message"]
+    assert b"wallet_proxy_" not in several.data
+
+
 def test_prometheus_text_with_every_metric(budgeted):
     response = budgeted.get("/metrics", headers=SCRAPE)
     assert response.status_code == 200

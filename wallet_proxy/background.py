@@ -52,7 +52,10 @@ class Loop:
         self._thread: threading.Thread | None = None
 
     def start(self) -> Loop:
-        """Run the loop in this process unless it runs already (an attribute check)."""
+        """Run the loop in this process unless it was started already (an attribute check).
+
+        Raises RuntimeError when no thread can be started; the loop then counts as `ended`.
+        """
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -60,14 +63,23 @@ class Loop:
                     thread = threading.Thread(
                         target=self._body, args=(self._stop,), name=self.name, daemon=True
                     )
-                    thread.start()
-                    self._thread = thread
+                    try:
+                        thread.start()
+                    finally:  # a thread that could not start leaves the loop `ended`
+                        self._thread = thread
         return self
 
     @property
     def running(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive()
+
+    @property
+    def ended(self) -> bool:
+        """Started in this process and over without `stop`: its body raised or returned, or
+        its thread could not start. It is not started again."""
+        thread = self._thread
+        return thread is not None and not thread.is_alive()
 
     def stop(self, timeout: float) -> bool:
         """Ask the loop to end and wait up to `timeout` seconds; whether it has ended.

@@ -8,7 +8,9 @@ container knows no feature; features know the container.
 
 Whatever holds threads, connections or files is closed by `Services.close`, in reverse
 order of building: the factory arranges for it to run when the app goes, and a feature
-adds its own with `on_close`.
+adds its own with `on_close`. A feature's long-lived loops (the trigger deliverer) run in
+every process that serves the app: `serve_with` lists them, `start_loops` starts them
+(gunicorn's worker hook, or the app's first request).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flask import Flask, current_app
 
 from . import metrics
 from .answers import AnswerMemo
+from .background import Loop
 from .budget import UNLIMITED, Budget, Fleet, LocalBudget, Priority, SharedBudget
 from .cache import MemoryCache, RedisCache, WalletCache
 from .config import Settings
@@ -59,6 +62,7 @@ class Services:
     core_budget: Budget  # the same for Core
     idempotency: Idempotency
     _closers: list[Callable[[], object]] = field(default_factory=list)
+    _loops: list[Loop] = field(default_factory=list)
 
     def unix_time(self) -> float:
         return self.clock().timestamp()
@@ -66,6 +70,22 @@ class Services:
     def on_close(self, closer: Callable[[], object]) -> None:
         """Run `closer` when the app closes (before what was registered earlier)."""
         self._closers.append(closer)
+
+    def serve_with(self, loop: Loop, *, stop_wait: float) -> None:
+        """Run `loop` in every process that serves the app (`start_loops`); when the app
+        closes, stop it and wait up to `stop_wait` seconds for it."""
+        self._loops.append(loop)
+        self.on_close(lambda: loop.stop(stop_wait))
+
+    def start_loops(self) -> None:
+        """Start in this process each loop of `serve_with` not started here yet: an attribute
+        check each once they are. A loop whose thread can't start is logged and left
+        `ended` (what depends on it says so)."""
+        for loop in self._loops:
+            try:
+                loop.start()
+            except RuntimeError:
+                log.exception("could not start %s", loop.name)
 
     def close(self) -> None:
         """Stop the threads, close the pools and files of everything built for this app.

@@ -28,6 +28,11 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     Flask setting. Raises `ConfigError` with a one-line message on bad settings.
     The app's threads, pools and files are closed by `close_app` (or when it is
     collected, or at exit).
+
+    The features' loops (the trigger deliverer) start in each process that serves the
+    app: gunicorn's worker hook starts them (`start_loops`), and so does the first
+    request the app answers, whatever serves it (another gunicorn config, `flask run`,
+    another WSGI server). A test app (TESTING) starts none by itself.
     """
     source: dict[str, Any] = dict(os.environ if test_config is None else test_config)
     clock: Callable[[], datetime] = source.pop("CLOCK", None) or (lambda: datetime.now(UTC))
@@ -49,7 +54,16 @@ def create_app(test_config: Mapping | None = None) -> Flask:
         found.close()
         raise
     register_error_handlers(app)
+    if not app.testing:
+        app.before_request(found.start_loops)
     return app
+
+
+def start_loops(app: object) -> None:
+    """Start the app's loops in this process (gunicorn's post_worker_init): `app` is whatever
+    gunicorn serves, and only ours has loops."""
+    if isinstance(app, Flask) and isinstance(app.extensions.get(EXTENSION), Services):
+        app.extensions[EXTENSION].start_loops()
 
 
 def close_app(app: Flask) -> None:

@@ -116,9 +116,8 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """A stop that can't hang, then each worker's offer to be the instance's trigger
-    deliverer; a lock lets exactly one deliver (wallet_proxy/triggers/running.py), and
-    another takes over if it dies.
+    """A stop that can't hang, then the app's loops in each worker: the trigger deliverer
+    (a lock lets exactly one worker deliver, and another takes over if it dies).
 
     gunicorn's quick stop (SIGINT, SIGQUIT) shuts the worker's thread pool from inside the
     signal handler. Ctrl-C sends two: the terminal's SIGINT to every process of the
@@ -128,11 +127,11 @@ def post_worker_init(worker):
     nothing is taken in the handler, requests in flight finish, and the master still
     ends what is left after graceful_timeout.
     """
-    from wallet_proxy.triggers.running import start_in_worker
+    from wallet_proxy.factory import start_loops
 
     for quick in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(quick, worker.handle_exit)
-    start_in_worker(worker.wsgi)
+    start_loops(worker.wsgi)
 
 
 def worker_exit(server, worker):

@@ -15,6 +15,9 @@ user id wraps it in `UserRef`; the handler hashes it.
 Logging is process-wide state: `configure` installs the handler once per process
 (gunicorn's `GunicornLogger` already did, in the master), and the last app built
 in the process decides how user ids are hashed.
+
+Under werkzeug's development server (`flask run`) its own request lines, which carry
+the path, are dropped (the app writes its own), and its errors lose the request text.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ class UserRef(str):
 
 
 _user_ids = UserIds(None)
+# werkzeug's development server: `ADDRESS - - [DATE] ` before each line about a request.
+_WERKZEUG_REQUEST = re.compile(r"^\S+ - - \[[^\]]*\] ")
+_WERKZEUG_ACCESS = '"%s" %s %s'  # its access line: the request line, status and size
+_QUOTED = re.compile(r"\s*\(?['\"].*\Z", re.S)
 
 
 def utc_time(moment: float) -> str:
@@ -144,6 +151,9 @@ def configure(user_ids: UserIds) -> None:
     root = logging.getLogger()
     if not root.handlers:
         _install_root()
+    werkzeug = logging.getLogger("werkzeug")
+    if not any(isinstance(found, WerkzeugLines) for found in werkzeug.filters):
+        werkzeug.addFilter(WerkzeugLines())
     if user_ids.per_process and not user_ids.plain:
         log.warning(
             "WALLET_PROXY_LOG_HASH_KEY is not set: user ids in the logs are hashed with a key "
@@ -169,6 +179,22 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
         name,
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
     )
+
+
+class WerkzeugLines(logging.Filter):
+    """werkzeug's development server logs each request's line, path and all, and its errors
+    quote what the client sent: paths name customers. The request line is the app's own
+    (request_log.py), so werkzeug's is dropped; an error keeps its kind only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not _WERKZEUG_REQUEST.match(record.msg):
+            return True  # its start-up lines
+        if record.msg.endswith(_WERKZEUG_ACCESS):
+            return False
+        message = record.getMessage()
+        cut = _QUOTED.sub(NOT_REPEATED, message)
+        record.msg, record.args = cut, ()
+        return True
 
 
 class GunicornLogger(glogging.Logger):

@@ -271,9 +271,14 @@ def log_line_dropped() -> None:
     LOG_LINES_DROPPED.inc()
 
 
+def summed_across_processes() -> bool:
+    """Whether a scrape sums every worker's metrics (prometheus_client's multiprocess mode)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 def exposition() -> bytes:
     """What a scrape gets: under gunicorn every worker's metrics summed, else this process's."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if summed_across_processes():
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         return generate_latest(registry)

@@ -5,8 +5,8 @@ properties Liquid reads), `model` (a trigger and its outbox record), `outbox` (t
 store's protocol and the one table of state moves) with `sqlite_outbox` and
 `redis_outbox`, `intake` (accepting), `views` (the endpoint), `braze` (the client for
 Braze's trigger endpoints), `deliverer` (batching, retries, rate limits), `wallets` (the
-optional wallet summary), `setup` (building it), `running`
-(one deliverer per instance), `commands` (the CLI). docs/triggers.md tells the story.
+optional wallet summary), `setup` (building it), `running` (one deliverer per instance),
+`commands` (the CLI). docs/triggers.md tells the story.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from .views import bp
 
 
 def init_app(app: Flask, found: Services) -> None:
-    """The trigger route, the outbox and intake behind it, and this process's deliverer
-    (started by the service's launcher, running.py); closed with the app."""
+    """The trigger route, the outbox and intake behind it, and this process's offer to be
+    the instance's deliverer (a loop of the app, running.py). Closed with the app."""
     triggers = build_triggers(found.settings, found.unix_time)
     app.extensions[EXTENSION] = triggers
     if triggers is not None:
         found.on_close(triggers.outbox.close)
         deliverer = running.deliverer_loop(app)
         app.extensions[running.EXTENSION] = deliverer
-        found.on_close(lambda: deliverer.stop(running.STOP_WAIT))
+        found.serve_with(deliverer, stop_wait=running.STOP_WAIT)
     app.register_blueprint(bp)

@@ -1,10 +1,11 @@
-"""One deliverer per instance, whoever starts it: a gunicorn worker or `triggers deliver`.
+"""One deliverer per instance, whoever starts it: a process serving the app, or `triggers deliver`.
 
-Every gunicorn worker offers to deliver; an exclusive lock on DATA_DIR/deliverer.lock
-lets exactly one do it. The kernel releases the lock when its holder dies, even by
-kill -9, and another worker (or the replacement gunicorn starts) takes over within a
-second. With Redis, each instance's deliverer shares the outbox with the others through
-claims with leases; the lock only keeps it to one per instance.
+Every process serving the app offers to deliver (its loop starts with the app's others:
+gunicorn's worker hook, or the first request); an exclusive lock on
+DATA_DIR/deliverer.lock lets exactly one do it. The kernel releases the lock when its
+holder dies, even by kill -9, and another worker (or the replacement gunicorn starts)
+takes over within a second. With Redis, each instance's deliverer shares the outbox with
+the others through claims with leases; the lock only keeps it to one per instance.
 """
 
 from __future__ import annotations
@@ -100,12 +101,3 @@ def deliver(app: Flask, stop: threading.Event) -> None:
 def deliverer_loop(app: Flask) -> Loop:
     """This process's offer to be the instance's deliverer, not yet started."""
     return Loop("trigger-deliverer", functools.partial(deliver, app))
-
-
-def start_in_worker(app: object) -> None:
-    """For gunicorn's post_worker_init: offer this worker as the instance's deliverer.
-
-    `app` is whatever gunicorn serves; only our Flask app with triggers configured delivers.
-    """
-    if isinstance(app, Flask) and isinstance(app.extensions.get(EXTENSION), Loop):
-        app.extensions[EXTENSION].start()
