@@ -169,6 +169,7 @@ def test_gunicorn_wsgi_app_from_the_root_serves_with_the_packaged_config(
     # The deliverer runs in a worker (post_worker_init): the trigger reaches Braze.
     assert post_trigger(gunicorn.url, "ext-root").status_code == 202
     wait_until(lambda: delivered(sandbox, "ext-root"), timeout=30)
+    assert requests.get(f"{gunicorn.url}/readyz", timeout=5).json()["checks"]["triggers"] == "ok"
 
     # Both workers' answers in one scrape: the metrics folder is set up.
     for _ in range(10):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
@@ -292,6 +293,18 @@ def test_dashboard_panels_query_metrics_we_export(budgeted, sandbox):
     titles = " ".join(panel["title"].lower() for panel in panels)
     for topic in ("status", "p99", "hit", "sessionm calls", "breaker"):
         assert topic in titles
+
+
+def test_the_alert_rules_in_the_docs_query_metrics_we_export(budgeted):
+    """docs/operations.md's Prometheus rules parse, and name series a scrape really has."""
+    exported = {name for name, _ in scrape(budgeted)}
+    text = (ROOT / "docs" / "operations.md").read_text()
+    (block,) = re.findall(r"### Alerts\n.*?```yaml\n(.*?)```", text, re.S)
+    rules = [rule for group in yaml.safe_load(block)["groups"] for rule in group["rules"]]
+    assert [rule["alert"] for rule in rules] == ["WalletProxyTriggersStalled"]
+    for rule in rules:
+        named = set(re.findall(r"\bwallet_proxy_[a-z_]+", rule["expr"]))
+        assert named and named <= exported, (rule["alert"], named - exported)
 
 
 @pytest.mark.slow

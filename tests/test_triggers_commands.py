@@ -75,6 +75,20 @@ def test_status_counts_and_lists_what_needs_a_decision(outbox):
     assert "campaign not found" in result.output
 
 
+def test_status_says_when_triggers_are_stalled_and_exits_1(outbox):
+    accept(outbox, "c0", now=time.time() - 120)  # waiting two minutes, no deliverer ever
+    stalled = run("status")
+    assert stalled.exit_code == 1
+    assert "deliverer: none has run yet" in stalled.output
+    assert "Error: triggers are stalled" in stalled.output
+
+    outbox.beat(now=time.time() - 5)  # a deliverer (the service's, say) is alive
+    alive = run("status")
+    assert alive.exit_code == 0, alive.output
+    assert "deliverer: last seen 5 s ago" in alive.output
+    assert "stalled" not in alive.output
+
+
 def test_requeue_dead_and_settle_unknown(outbox):
     ids = [accept(outbox, f"c{i}").trigger_id for i in range(5)]
     settle(outbox, ids[:2], "dead", "HTTP 404")

@@ -10,14 +10,15 @@ Whatever holds threads, connections or files is closed by `Services.close`, in r
 order of building: the factory arranges for it to run when the app goes, and a feature
 adds its own with `on_close`. A feature's long-lived loops (the trigger deliverer) run in
 every process that serves the app: `serve_with` lists them, `start_loops` starts them
-(gunicorn's worker hook, or the app's first request).
+(gunicorn's worker hook, or the app's first request). What the probes and the metrics
+read of a feature comes through `add_readiness` and `before_scrape`.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -63,6 +64,8 @@ class Services:
     idempotency: Idempotency
     _closers: list[Callable[[], object]] = field(default_factory=list)
     _loops: list[Loop] = field(default_factory=list)
+    _readiness: list[Callable[[], Mapping[str, str]]] = field(default_factory=list)
+    _before_scrape: list[Callable[[], None]] = field(default_factory=list)
 
     def unix_time(self) -> float:
         return self.clock().timestamp()
@@ -86,6 +89,25 @@ class Services:
                 loop.start()
             except RuntimeError:
                 log.exception("could not start %s", loop.name)
+
+    def add_readiness(self, check: Callable[[], Mapping[str, str]]) -> None:
+        """Report `check`'s states in /readyz: name to state, "ok" when all is well. It
+        never raises, and never makes the instance unready (health.py says why)."""
+        self._readiness.append(check)
+
+    def readiness(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for check in self._readiness:
+            found.update(check())
+        return found
+
+    def before_scrape(self, reading: Callable[[], None]) -> None:
+        """Run `reading` before each metrics scrape: a gauge only the scrape can read."""
+        self._before_scrape.append(reading)
+
+    def prepare_scrape(self) -> None:
+        for reading in self._before_scrape:
+            reading()
 
     def close(self) -> None:
         """Stop the threads, close the pools and files of everything built for this app.

@@ -183,6 +183,15 @@ class TriggerQueueFull(WalletProxyError):
     retry_after = 30
 
 
+class TriggersNotDelivered(WalletProxyError):
+    """No deliverer runs: a trigger accepted now would never reach Braze; nothing was stored."""
+
+    status = 503
+    code = "trigger_deliverer_not_running"
+    message = "No trigger deliverer runs; nothing was accepted."
+    retry_after = 60
+
+
 class StoreUnavailable(WalletProxyError):
     """The store of staff sessions and history (Redis, or the data folder's SQLite file)."""
 

@@ -25,15 +25,19 @@ def readyz():
 
     A lost Redis is reported but keeps the instance ready: it still answers from
     its in-process cache, and failing every instance at once would be an outage.
-    The circuit breaker's state is shown for the same reason, without effect.
+    The circuit breaker's state is shown for the same reason, without effect, and
+    so are the features' checks (triggers stalled: every instance shares the cause).
     """
     checks = {"config": "ok"}
+    found = services()
     try:
-        checks.update(services().wallet_service.status())
+        checks.update(found.wallet_service.status())
     except Exception:  # a probe reports, it never raises
         checks["cache"] = "unusable"
+    features = found.readiness()
+    checks.update(features)
     ready = checks["cache"] == "ok"
-    degraded = checks.get("redis", "ok") != "ok"
+    degraded = checks.get("redis", "ok") != "ok" or any(v != "ok" for v in features.values())
     status = ("degraded" if degraded else "ok") if ready else "unavailable"
     response = jsonify(status=status, checks=checks)
     response.status_code = 200 if ready else 503

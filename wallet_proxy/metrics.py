@@ -140,6 +140,13 @@ TRIGGER_QUEUE = Gauge(
     "Triggers waiting for Braze (queued or being sent) in this instance's outbox.",
     multiprocess_mode="livesum",
 )
+# Read from the outbox by the scraped worker itself (triggers/liveness.py), so it rises even
+# while no deliverer runs: the most recent reading is the outbox's.
+TRIGGER_OLDEST_WAIT = Gauge(
+    "wallet_proxy_trigger_oldest_waiting_seconds",
+    "Age of the oldest trigger waiting for Braze in the outbox, read at each scrape (0: none).",
+    multiprocess_mode="mostrecent",
+)
 
 LOG_LINES_DROPPED = Counter(
     "wallet_proxy_log_lines_dropped",
@@ -265,6 +272,10 @@ def trigger_outcome(outcome: TriggerOutcome, count: int = 1) -> None:
 
 def trigger_queue_depth(depth: int) -> None:
     TRIGGER_QUEUE.set(depth)
+
+
+def trigger_oldest_wait(seconds: float) -> None:
+    TRIGGER_OLDEST_WAIT.set(seconds)
 
 
 def log_line_dropped() -> None:

@@ -306,8 +306,8 @@ ROUTES: list[Route] = [
             401: "No valid trigger key (WALLET_PROXY_TRIGGER_KEYS; Bearer, or Basic's password).",
             413: None,
             422: None,
-            503: "Braze is not configured, the queue is full or the outbox can't store; "
-            "see Retry-After.",
+            503: "Braze is not configured, the queue is full, the outbox can't store or no "
+            "deliverer runs; see Retry-After.",
         },
         parameters=(IDEMPOTENCY_KEY,),
         body=TriggerBody,

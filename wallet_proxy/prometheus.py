@@ -43,4 +43,5 @@ def scrape() -> Response:
             "from the project root, or `wallet-proxy serve`)."
         )
     request_log.flush_all()  # this worker's latest answers are counted too
+    found.prepare_scrape()  # gauges only a scrape reads
     return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -6,7 +6,8 @@ store's protocol and the one table of state moves) with `sqlite_outbox` and
 `redis_outbox`, `intake` (accepting), `views` (the endpoint), `braze` (the client for
 Braze's trigger endpoints), `deliverer` (batching, retries, rate limits), `wallets` (the
 optional wallet summary), `setup` (building it), `running` (one deliverer per instance),
-`commands` (the CLI). docs/triggers.md tells the story.
+`liveness` (whether triggers are going out), `commands` (the CLI). docs/triggers.md
+tells the story.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from __future__ import annotations
 from flask import Flask
 
 from ..container import Services
-from . import running
+from . import liveness, running
 from .setup import EXTENSION, build_triggers
 from .views import bp
 
 
 def init_app(app: Flask, found: Services) -> None:
     """The trigger route, the outbox and intake behind it, and this process's offer to be
-    the instance's deliverer (a loop of the app, running.py). Closed with the app."""
+    the instance's deliverer (a loop of the app, running.py); its liveness in /readyz and
+    the metrics. Closed with the app."""
     triggers = build_triggers(found.settings, found.unix_time)
     app.extensions[EXTENSION] = triggers
     if triggers is not None:
@@ -29,4 +31,6 @@ def init_app(app: Flask, found: Services) -> None:
         deliverer = running.deliverer_loop(app)
         app.extensions[running.EXTENSION] = deliverer
         found.serve_with(deliverer, stop_wait=running.STOP_WAIT)
+        found.add_readiness(liveness.readiness(triggers.outbox, found.unix_time))
+        found.before_scrape(liveness.oldest_wait_gauge(triggers.outbox, found.unix_time))
     app.register_blueprint(bp)

@@ -1,7 +1,9 @@
 """`wallet-proxy triggers`: see the outbox, run a deliverer, settle what needs a person.
 
-`status` counts triggers by state and lists those waiting for a decision. `deliver` runs
-this instance's deliverer in the foreground (when it isn't running inside the service).
+`status` counts triggers by state, says when a deliverer last showed life and lists those
+waiting for a decision; it exits 1 when triggers are stalled (liveness.py). `deliver`
+runs this instance's deliverer in the foreground (when it isn't running inside the
+service).
 `requeue --dead` sends dead letters again after the cause is fixed; `requeue --unknown`
 settles triggers whose delivery may or may not have happened: check the customer in
 Braze (the message log) first, then `resend` (it did not arrive) or `mark-done` (it did).
@@ -20,6 +22,7 @@ from flask import Flask
 from ..config import ConfigError
 from ..container import services
 from ..factory import create_app
+from .liveness import STALL_AFTER, delivery
 from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record
 from .outbox import Outbox, OutboxError
 from .redis_outbox import RedisOutbox, persistence_warnings
@@ -57,23 +60,34 @@ def triggers_group() -> None:
 
 @triggers_group.command("status")
 def status() -> None:
-    """Triggers by state, the oldest waiting, and those needing a decision."""
+    """Triggers by state, the oldest waiting, the deliverer's last sign of life, and those
+    needing a decision. Exits 1 when triggers are stalled (no deliverer runs)."""
     outbox = _outbox(_app())
     try:
         counts = outbox.counts()
-        oldest = outbox.oldest_queued()
+        found = delivery(outbox, time.time())
         unknown = outbox.listed(UNKNOWN, limit=LISTED)
         dead = outbox.listed(DEAD, limit=LISTED)
     except OutboxError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("  ".join(f"{state} {counts[state]}" for state in counts))
-    if oldest is not None:
-        click.echo(f"oldest queued: accepted {time.time() - oldest:.0f} s ago")
+    if found.oldest_wait is not None:
+        click.echo(f"oldest queued: accepted {found.oldest_wait:.0f} s ago")
+    if found.since_beat is None:
+        click.echo("deliverer: none has run yet")
+    else:
+        click.echo(f"deliverer: last seen {found.since_beat:.0f} s ago")
     if isinstance(outbox, RedisOutbox):
         for warning in persistence_warnings(outbox.client):
             click.echo(f"warning: {warning}", err=True)
     _listing("outcome unknown (check in Braze, then requeue --unknown ...)", unknown, counts)
     _listing("dead letters (fix the cause, then requeue --dead)", dead, counts)
+    if found.stalled:
+        raise click.ClickException(
+            f"triggers are stalled: they have waited over {STALL_AFTER:.0f} s and no deliverer "
+            "has shown life for as long. Is the service running? `wallet-proxy triggers "
+            "deliver` delivers meanwhile."
+        )
 
 
 def _listing(title: str, records: list[Record], counts: dict[str, int]) -> None:

@@ -43,6 +43,7 @@ from .braze import (
     Sent,
     call_body,
 )
+from .liveness import HEARTBEAT_EVERY
 from .model import WAITING, Record
 from .outbox import Outbox, OutboxError
 from .properties import WALLET_UNKNOWN, with_wallet
@@ -149,9 +150,13 @@ class Deliverer:
         """Deliver until `stop` is set; store failures are logged and waited out."""
         log.info("trigger deliverer %s started", self.owner)
         self._stop = stop  # also ends a batch early: the calls not yet made are released
-        last_purge = last_depth = 0.0
+        last_purge = last_depth = last_beat = 0.0
         while not stop.is_set():
             try:
+                now = self.clock()
+                if now - last_beat >= HEARTBEAT_EVERY:
+                    self.outbox.beat(now=now)  # liveness.py: triggers are being delivered
+                    last_beat = now
                 handled = self.run_once()
                 now = self.clock()
                 if now - last_depth >= DEPTH_EVERY:

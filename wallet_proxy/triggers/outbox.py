@@ -152,6 +152,14 @@ class Outbox(Protocol):
         """0 if a broadcast may go now (and it is counted), else seconds until one may."""
         ...
 
+    def beat(self, *, now: float) -> None:
+        """A deliverer is alive at `now` (liveness.py)."""
+        ...
+
+    def last_beat(self) -> float | None:
+        """When a deliverer last said it was alive; None if none ever did."""
+        ...
+
     def purge(self, *, now: float) -> int:
         """Forget sent triggers after SENT_RETENTION and dead ones after DEAD_RETENTION."""
         ...

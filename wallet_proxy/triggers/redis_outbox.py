@@ -6,7 +6,8 @@ set of ids per state (counts, listings, purging); `q:<target>` the unclaimed que
 of one campaign or Canvas by due time, and `targets` each target by its earliest due
 time (what to batch next); `leases` claimed and sending ids by lease end; `d:<key>`
 de-duplication records that expire by themselves; `c:<external id>` a customer's recent
-triggers; `broadcasts` the last minute's broadcast calls.
+triggers; `broadcasts` the last minute's broadcast calls; `deliverer-seen` the latest
+heartbeat of a deliverer, whichever instance runs it.
 
 Redis holding triggers must persist (appendonly yes) and never evict (maxmemory-policy
 noeviction): an evicted key is a lost trigger. `persistence_warnings` reads both when
@@ -42,6 +43,7 @@ from .outbox import (
 from .sqlite_outbox import new_id
 
 PREFIX = "wallet-proxy:triggers:"
+HEARTBEAT = "deliverer-seen"  # the latest heartbeat of any instance's deliverer
 BATCH = 1000
 
 _LIB = """
@@ -407,3 +409,16 @@ class RedisOutbox:
         except redis.RedisError as exc:
             raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
         return float(first[0][1]) if first else None
+
+    def beat(self, *, now: float) -> None:
+        try:
+            self.client.set(f"{self.prefix}{HEARTBEAT}", repr(now))
+        except redis.RedisError as exc:
+            raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
+
+    def last_beat(self) -> float | None:
+        try:
+            found = self.client.get(f"{self.prefix}{HEARTBEAT}")
+        except redis.RedisError as exc:
+            raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
+        return float(found) if found is not None else None

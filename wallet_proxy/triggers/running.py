@@ -21,8 +21,11 @@ from flask import Flask
 
 from ..background import Loop
 from ..container import services
+from ..errors import TriggersNotDelivered
 from ..files import open_private
 from .deliverer import Deliverer
+from .liveness import delivery
+from .outbox import OutboxError
 from .setup import build_deliverer, triggers_of
 from .sqlite_outbox import SqliteOutbox
 from .wallets import ServiceWallets
@@ -101,3 +104,24 @@ def deliver(app: Flask, stop: threading.Event) -> None:
 def deliverer_loop(app: Flask) -> Loop:
     """This process's offer to be the instance's deliverer, not yet started."""
     return Loop("trigger-deliverer", functools.partial(deliver, app))
+
+
+def check_delivered(app: Flask) -> None:
+    """Raise TriggersNotDelivered when nothing would send a trigger accepted now: this
+    process's deliverer has ended (its thread could not start, or it failed: the log says
+    why) and no other deliverer has shown life in the outbox within a minute."""
+    loop, triggers = app.extensions.get(EXTENSION), triggers_of(app)
+    if not isinstance(loop, Loop) or not loop.ended or triggers is None:
+        return
+    try:
+        alive = delivery(triggers.outbox, services(app).unix_time()).alive
+    except OutboxError:
+        return  # storing the trigger meets the same store, and says so
+    if not alive:
+        raise TriggersNotDelivered(
+            "No trigger deliverer runs, so a trigger accepted now would never be sent: this "
+            "process could not run its deliverer (its log says why) and no other has shown "
+            "life in the outbox for a minute. Start the service with `gunicorn wsgi:app` "
+            "from the project root or `wallet-proxy serve`, or run `wallet-proxy triggers "
+            "deliver` beside it."
+        )

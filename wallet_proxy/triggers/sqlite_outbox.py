@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS dedupe (
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at);
 CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS broadcasts (at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON outbox BEGIN
     UPDATE counts SET n = n + 1 WHERE state = NEW.state;
 END;
@@ -411,6 +412,18 @@ class SqliteOutbox:
                 return max(0.001, oldest + 60 - now)
             db.execute("INSERT INTO broadcasts (at) VALUES (?)", (now,))
             return 0.0
+
+    def beat(self, *, now: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO heartbeat (id, at) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now,),
+            )
+
+    def last_beat(self) -> float | None:
+        row = self._read(lambda db: db.execute("SELECT at FROM heartbeat").fetchone())
+        return row[0] if row else None
 
     def purge(self, *, now: float) -> int:
         with self._write() as db:

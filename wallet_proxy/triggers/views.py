@@ -1,20 +1,22 @@
 """`POST /v1/braze/triggers`: SessionM's campaign hands us a message for Braze.
 
-Thin: the key, the size cap, the body's rules, then the intake. The answer is 202 only
-once the trigger is stored durably; a repeat (same Idempotency-Key within 7 days, or the
-same body without a key within 10 minutes) answers the first trigger's id and state.
+Thin: the key, a deliverer to send it, the size cap, the body's rules, then the intake.
+The answer is 202 only once the trigger is stored durably; a repeat (same Idempotency-Key
+within 7 days, or the same body without a key within 10 minutes) answers the first
+trigger's id and state.
 """
 
 from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from ..auth import key_matches, presented_key
 from ..errors import InvalidRequest, NotConfigured, Unauthorized
 from ..idempotency import valid_key
 from ..rules import json_body
+from .running import check_delivered
 from .schema import load_trigger_body
 from .setup import triggers_of
 
@@ -33,6 +35,7 @@ def configured_key_and_size() -> None:
         )
     if not key_matches(presented_key(request), triggers.keys):
         raise Unauthorized("A valid trigger key (WALLET_PROXY_TRIGGER_KEYS) is required.")
+    check_delivered(current_app)  # never a 202 that nothing will send
     # One byte over the cap, so a chunked body that goes on is told apart (rules.json_body).
     request.max_content_length = MAX_BODY_BYTES + 1
 
