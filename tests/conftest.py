@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import API_KEY, OTHER_KEY, Clock, LiveServer, RedisServer
-from wallet_proxy import create_app, request_log
+from wallet_proxy import create_app, logs, request_log
 from wallet_proxy.factory import close_app
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
 
@@ -18,6 +18,13 @@ def _request_lines_written():
     test begins, so no test reads another's lines in what it captures."""
     yield
     request_log.flush_all()
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """This process as if it had written no warning yet: each is written once per process
+    (logs.warn_once), and an earlier test may have written it."""
+    monkeypatch.setattr(logs, "_warned", set())
 
 
 @pytest.fixture

@@ -489,7 +489,9 @@ def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock
     assert [call["user_id"] for call in sandbox.stats()["core_calls"]] == ["user-1", "user-2"]
 
 
-def test_without_redis_the_budget_is_per_process_and_start_up_says_so(env, clock, caplog):
+def test_without_redis_the_budget_is_per_process_and_start_up_says_so(
+    env, clock, caplog, fresh_warnings
+):
     with caplog.at_level(logging.WARNING):
         budget_app(env, clock, WALLET_PROXY_FLEET_SIZE=4)
     assert "per process without WALLET_PROXY_REDIS_URL" in caplog.text

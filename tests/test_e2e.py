@@ -292,6 +292,56 @@ def test_the_readme_demo_curl_as_written(demo, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_demos_metrics_as_the_banner_prints_them(demo, tmp_path):
+    (curl,) = [line.strip() for line in demo.banner.splitlines() if line.endswith("/metrics")]
+    scraped = demo.run(curl, tmp_path)
+    assert scraped.returncode == 0, scraped.stderr
+    assert "wallet_proxy_http_requests_total{" in scraped.stdout
+
+
+@pytest.mark.slow
+def test_log_id_in_the_second_shell_finds_the_demos_lines(demo, tmp_path):
+    marked = f"log-id-{time.monotonic_ns()}"
+    requests.get(
+        f"{demo.base}/v1/wallets/demo-alice",
+        headers={"Authorization": f"Bearer {DEMO_KEY}", "X-Request-ID": marked},
+        timeout=5,
+    )
+
+    def logged() -> list[dict]:
+        lines = [json.loads(line) for line in demo.log.read_text().splitlines() if marked in line]
+        return [line for line in lines if line.get("request_id") == marked]
+
+    wait_until(logged, timeout=5)
+    assert "wallet-proxy log-id demo-alice" in demo.banner
+    result = demo.run("wallet-proxy log-id demo-alice", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == logged()[0]["user"]
+
+
+@pytest.mark.slow
+def test_the_demos_support_pages_switch_to_spanish(demo):
+    (link,) = re.findall(r"http://\S+/support/wallets/demo-alice\?culture=es-ES", demo.banner)
+    page = requests.get(link, auth=("support", "demo-support-not-secret"), timeout=10)
+    assert page.status_code == 200
+    assert "Puntos dobles los sábados" in page.text
+    assert 'aria-label="Culture"' in page.text and ">en-US</a>" in page.text
+
+
+@pytest.mark.slow
+def test_the_demo_gives_no_production_warnings(demo):
+    """Per-process budgets and replay without Redis, no log hash key: the demo's one worker
+    is its whole fleet and it has its own key."""
+    log = demo.log.read_text()
+    for warning in (
+        "WALLET_PROXY_LOG_HASH_KEY is not set",
+        "budgets are per process",
+        "Idempotency-Key replay is per process",
+    ):
+        assert warning not in log
+
+
+@pytest.mark.slow
 def test_the_demo_lives_through_a_reload(demo):
     """systemd's ExecReload: serve passes SIGHUP on to gunicorn and lives on. (Last: the
     reload replaces the worker, and with it the per-process cache.)"""

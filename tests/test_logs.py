@@ -22,6 +22,7 @@ from tests.helpers import API_KEY, OTHER_KEY, GunicornInstance
 from wallet_proxy import create_app, request_log
 from wallet_proxy.cli import DEMO_TRIGGER, main
 from wallet_proxy.container import services
+from wallet_proxy.factory import close_app
 from wallet_proxy.logs import JsonLines, UserIds, json_handler
 from wallet_proxy.sandbox import (
     DEMO_BRAZE_API_KEY,
@@ -118,7 +119,9 @@ def test_user_ids_as_they_are_when_asked(env, clock, capfd):
     assert line["user"] == "demo-alice"
 
 
-def test_without_a_key_each_process_hashes_its_own_way_and_says_so(env, clock, caplog):
+def test_without_a_key_each_process_hashes_its_own_way_and_says_so(
+    env, clock, caplog, fresh_warnings
+):
     with caplog.at_level(logging.WARNING, logger="wallet_proxy.logs"):
         create_app({**env, "TESTING": True, "CLOCK": clock})
     assert "WALLET_PROXY_LOG_HASH_KEY is not set" in caplog.text
@@ -127,6 +130,54 @@ def test_without_a_key_each_process_hashes_its_own_way_and_says_so(env, clock, c
         create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY})
     assert "WALLET_PROXY_LOG_HASH_KEY" not in caplog.text
     assert UserIds(None)("demo-alice") != UserIds(None)("demo-alice")
+
+
+PRODUCTION_WARNINGS = (
+    "WALLET_PROXY_LOG_HASH_KEY is not set",
+    "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL",
+    "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL",
+)
+
+
+@pytest.fixture
+def without_redis(env, sandbox, clock) -> dict:
+    """Settings all three warnings are about: a budget and Core, no Redis, no hash key."""
+    return {
+        **env,
+        "SESSIONM_CORE_URL": sandbox.url,
+        "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
+        "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
+        "WALLET_PROXY_SESSIONM_RATE": "50",
+        "TESTING": True,
+        "CLOCK": clock,
+    }
+
+
+def test_the_settings_warnings_are_written_once_per_process(without_redis, caplog, fresh_warnings):
+    """A command or a test builds several apps from the same settings: one warning each."""
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            close_app(create_app(without_redis))
+    for warning in PRODUCTION_WARNINGS:
+        assert caplog.text.count(warning) == 1, warning
+
+
+def test_a_fleet_of_one_process_has_nothing_to_warn_about_redis(
+    without_redis, caplog, fresh_warnings
+):
+    """The demo's case: its one worker is the fleet (WALLET_PROXY_FLEET_SIZE=1)."""
+    alone = {
+        **without_redis,
+        "WALLET_PROXY_FLEET_SIZE": "1",
+        "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY,
+    }
+    with caplog.at_level(logging.WARNING):
+        close_app(create_app(alone))
+    assert not [warning for warning in PRODUCTION_WARNINGS if warning in caplog.text]
+    with caplog.at_level(logging.WARNING):
+        close_app(create_app({**alone, "WALLET_PROXY_FLEET_SIZE": "2"}))
+    assert "The SessionM budgets are per process" in caplog.text
+    assert "Idempotency-Key replay is per process" in caplog.text
 
 
 def test_log_id_needs_the_key():

@@ -37,6 +37,10 @@ DEMO_API_KEY = "demo-api-key-not-secret"
 DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
 DEMO_STAFF_USER = "support"
 DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo credential
+DEMO_METRICS_TOKEN = "demo-metrics-token-not-secret"  # noqa: S105 - public demo credential
+DEMO_LOG_HASH_KEY = "demo-log-hash-key-not-secret"
+# demo-alice's offers have Spanish texts: the support pages offer both.
+DEMO_CULTURES = "en-US,es-ES"
 # One process, so that the cache, single-flight, Idempotency-Key replay and the login
 # throttle behave as they do in one process (a deployment shares them through Redis).
 DEMO_WORKERS, DEMO_THREADS = 1, 64
@@ -335,8 +339,8 @@ def _interrupt(_signum, _frame) -> None:
 
 def _second_shell(sandbox_url: str) -> dict[str, str]:
     """What a command in another shell needs to use the demo: SessionM Connect and Core and
-    Braze's trigger endpoints pointed at the sandbox, the demo's keys and its data folder
-    (the triggers' outbox lives in the checkout)."""
+    Braze's trigger endpoints pointed at the sandbox, the demo's keys (the log hash key
+    too, for `log-id`) and its data folder (the triggers' outbox lives in the checkout)."""
     return {
         "SESSIONM_CONNECT_URL": sandbox_url,
         "SESSIONM_CONNECT_AUTH": sandbox_module.DEMO_CONNECT_AUTH,
@@ -349,12 +353,14 @@ def _second_shell(sandbox_url: str) -> dict[str, str]:
         "BRAZE_REST_API_KEY": sandbox_module.DEMO_BRAZE_API_KEY,
         "WALLET_PROXY_TRIGGER_KEYS": DEMO_TRIGGER_KEY,
         "WALLET_PROXY_DATA_DIR": os.path.abspath("demo-data"),
+        "WALLET_PROXY_LOG_HASH_KEY": DEMO_LOG_HASH_KEY,
     }
 
 
 def _demo_credentials(sandbox_url: str) -> dict[str, str]:
     """Every credential the demo service runs with (and its data folder): its own, whatever
-    the environment holds, so a real key in the shell is neither used nor shown."""
+    the environment holds, so a real key in the shell is neither used nor shown. What the
+    docs show is on: /metrics, the support pages' culture switch, `log-id`."""
     demo_staff = f"{DEMO_STAFF_USER}:{generate_password_hash(DEMO_STAFF_PASSWORD)}"
     return {
         **_second_shell(sandbox_url),
@@ -362,6 +368,11 @@ def _demo_credentials(sandbox_url: str) -> dict[str, str]:
         "WALLET_PROXY_SECRET_KEY": secrets.token_urlsafe(32),
         # The support pages show the sandbox's own offer logos.
         "WALLET_PROXY_IMAGE_HOSTS": sandbox_url,
+        "WALLET_PROXY_METRICS_TOKEN": DEMO_METRICS_TOKEN,
+        "WALLET_PROXY_CULTURES": DEMO_CULTURES,
+        # Its one worker is the whole fleet: nothing kept per process needs Redis, and
+        # start-up has no warning to give about it.
+        "WALLET_PROXY_FLEET_SIZE": str(DEMO_WORKERS),
     }
 
 
@@ -472,6 +483,12 @@ def _print_demo(bind: str, env: Mapping[str, str], ignored: Sequence[str] = ()) 
         f"  curl -s {env['BRAZE_REST_URL']}/_sandbox/braze/stats\n"
         "  wallet-proxy triggers status   # in the second shell (below)\n\n"
         f"Support pages: {base}/support/  (login: {DEMO_STAFF_USER} / {DEMO_STAFF_PASSWORD})\n"
+        f"  demo-alice's wallet in each culture: {base}/support/wallets/demo-alice?culture=es-ES"
+        f"  (the switch offers {DEMO_CULTURES.replace(',', ', ')})\n\n"
+        "Metrics (docs/operations.md#metrics):\n"
+        f"  curl -s -H 'Authorization: Bearer {DEMO_METRICS_TOKEN}' {base}/metrics\n\n"
+        "A customer's log lines carry an HMAC of their id; in the second shell:\n"
+        '  wallet-proxy log-id demo-alice   # the "user" of demo-alice\'s request lines\n\n'
         "Make SessionM slow or down: docs/sandbox.md\n\n"
         "In a second shell, this points wallet-proxy's commands and the docs' examples "
         "($DEMO_URL, $SANDBOX_URL) at the demo:\n"

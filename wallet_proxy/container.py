@@ -33,6 +33,7 @@ from .cache import MemoryCache, RedisCache, WalletCache
 from .config import Settings
 from .coordination import Alone, Coordination, RedisCoordination
 from .idempotency import Idempotency, MemoryStore, RedisStore
+from .logs import warn_once
 from .redis_clients import RENDER, RedisHealth, connect
 from .sessionm import connect_client
 from .sessionm_core import CoreClient, core_client
@@ -139,6 +140,12 @@ def shared_redis(settings: Settings) -> tuple[redis.Redis | None, RedisHealth | 
     return connect(settings.redis_url, RENDER), RedisHealth(on_failure=metrics.redis_error)
 
 
+def one_process(settings: Settings) -> bool:
+    """WALLET_PROXY_FLEET_SIZE=1: the whole fleet is this one process (the demo), so what is
+    kept per process without Redis is kept for the fleet."""
+    return settings.fleet_size == 1
+
+
 def sessionm_budgets(
     settings: Settings,
     shared: redis.Redis | None,
@@ -156,8 +163,9 @@ def sessionm_budgets(
     made: Callable[[str, float], Budget]
     if shared is None or health is None:
         processes = settings.fleet_size or 1
-        if any(rates.values()):
-            log.warning(
+        if any(rates.values()) and not one_process(settings):
+            warn_once(
+                log,
                 "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL: each "
                 "process may send %g requests/s to Connect and %g to Core (the rates / "
                 "WALLET_PROXY_FLEET_SIZE), however many processes run",
@@ -223,10 +231,11 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     core = core_client(settings, core_budget)
     if core is not None:
         closers.append(core.close)
-    if shared is None and settings.core_configured:
-        log.warning(
+    if shared is None and settings.core_configured and not one_process(settings):
+        warn_once(
+            log,
             "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
-            "several workers, a retried counter-tag call may be applied twice"
+            "several workers, a retried counter-tag call may be applied twice",
         )
     return Services(
         settings=settings,

@@ -14,7 +14,8 @@ user id wraps it in `UserRef`; the handler hashes it.
 
 Logging is process-wide state: `configure` installs the handler once per process
 (gunicorn's `GunicornLogger` already did, in the master), and the last app built
-in the process decides how user ids are hashed.
+in the process decides how user ids are hashed. A warning about the settings is written
+once per process (`warn_once`), however many apps it builds.
 
 Under werkzeug's development server (`flask run`) its own request lines, which carry
 the path, are dropped (the app writes its own), and its errors lose the request text.
@@ -85,10 +86,23 @@ class UserRef(str):
 
 
 _user_ids = UserIds(None)
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
 # werkzeug's development server: `ADDRESS - - [DATE] ` before each line about a request.
 _WERKZEUG_REQUEST = re.compile(r"^\S+ - - \[[^\]]*\] ")
 _WERKZEUG_ACCESS = '"%s" %s %s'  # its access line: the request line, status and size
 _QUOTED = re.compile(r"\s*\(?['\"].*\Z", re.S)
+
+
+def warn_once(logger: logging.Logger, message: str, *args: object) -> None:
+    """A warning, unless this process wrote the same one already: each app a process builds
+    (a command, each test) reads the same settings again."""
+    text = message % args if args else message
+    with _warned_lock:
+        if text in _warned:
+            return
+        _warned.add(text)
+    logger.warning("%s", text)
 
 
 def utc_time(moment: float) -> str:
@@ -155,10 +169,11 @@ def configure(user_ids: UserIds) -> None:
     if not any(isinstance(found, WerkzeugLines) for found in werkzeug.filters):
         werkzeug.addFilter(WerkzeugLines())
     if user_ids.per_process and not user_ids.plain:
-        log.warning(
+        warn_once(
+            log,
             "WALLET_PROXY_LOG_HASH_KEY is not set: user ids in the logs are hashed with a key "
             "of this process only, so the same user's hashes differ between processes and "
-            "restarts, and `wallet-proxy log-id` can't compute them"
+            "restarts, and `wallet-proxy log-id` can't compute them",
         )
 
 
