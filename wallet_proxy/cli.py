@@ -138,7 +138,9 @@ def _redis_problem(url: str) -> str | None:
         password = urlsplit(url).password
         if password:
             message = message.replace(password, "***")
-        return f"Redis does not answer PING ({type(error).__name__}: {message})"
+        # redis-py's class, not ours: RedisNotConnected is a ConnectionError to an operator.
+        kind = next(c for c in type(error).__mro__ if c.__module__.startswith("redis."))
+        return f"Redis does not answer PING ({kind.__name__}: {message})"
     finally:
         client.close()
     return None
