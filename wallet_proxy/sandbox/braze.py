@@ -66,8 +66,8 @@ FORCED_ANSWERS: dict[int, tuple[str, str]] = {
     503: ("application/json", '{"message": "Service Unavailable"}'),
     504: ("text/html", _GATEWAY_PAGE.format("504 Gateway Time-out")),
 }
-# Braze's post_send_triggered_canvases page quotes the Canvas's notice; the campaign's is
-# the same sentence for a campaign.
+# Braze's post_send_triggered_canvases page quotes the Canvas's notice. Its campaign page
+# quotes none; the campaign's here is the same sentence, as integrations report seeing it.
 PAUSED_NOTICES = {
     "campaign": "The campaign is paused. Resume the campaign to ensure trigger requests "
     "will take effect.",
