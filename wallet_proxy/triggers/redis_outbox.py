@@ -280,7 +280,7 @@ class RedisOutbox:
                 new_id(),
                 trigger.to_json(),
                 trigger.target,
-                trigger.recipient or "",
+                trigger.recipient_index or "",
                 repr(now),
                 dedupe.key,
                 dedupe.fingerprint,
