@@ -18,9 +18,8 @@ import requests
 
 from tests.helpers import API_KEY, LiveServer, wait_until
 from wallet_proxy import create_app
-from wallet_proxy.factory import close_app
+from wallet_proxy.factory import close_app, start_loops
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY
-from wallet_proxy.triggers.running import start_in_worker
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wallet_proxy"
 HOMES = {
@@ -64,7 +63,7 @@ def test_closing_an_app_stops_its_threads(env, clock, sandbox, redis_url, tmp_pa
             "WALLET_PROXY_DATA_DIR": str(tmp_path),
         }
     )
-    start_in_worker(app)
+    start_loops(app)
     with LiveServer(app) as server:
         for n in range(3):
             answer = requests.get(
