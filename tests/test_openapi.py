@@ -28,6 +28,7 @@ from tests.test_docs import table_rows
 from wallet_proxy import create_app
 from wallet_proxy.cli import DEMO_TRIGGER
 from wallet_proxy.errors import InvalidRequest
+from wallet_proxy.factory import close_app
 from wallet_proxy.openapi import ROUTES, ErrorAnswer, TagsAnswer, WalletAnswer
 from wallet_proxy.rules import WalletQuerySchema, load_tags, parse_wallet_query
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
@@ -235,8 +236,11 @@ def contract_url(env, sandbox, tmp_path):
             "WALLET_PROXY_DATA_DIR": str(tmp_path),
         }
     )
-    with LiveServer(app) as server:
-        yield server.url
+    try:
+        with LiveServer(app) as server:
+            yield server.url
+    finally:
+        close_app(app)  # its deliverer, started by the first request, too
 
 
 KNOWN_IDS = ("demo-alice", "demo-bob", "user-7", "ext-3")

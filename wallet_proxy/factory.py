@@ -32,8 +32,9 @@ def create_app(test_config: Mapping | None = None) -> Flask:
 
     The features' loops (the trigger deliverer) start in each process that serves the
     app: gunicorn's worker hook starts them (`start_loops`), and so does the first
-    request the app answers, whatever serves it (another gunicorn config, `flask run`,
-    another WSGI server). A test app (TESTING) starts none by itself.
+    request Flask dispatches, whatever serves the app (another gunicorn config, `flask
+    run`, another WSGI server): any but a fresh hit, a trigger included. A test app
+    (TESTING) starts none by itself.
     """
     source: dict[str, Any] = dict(os.environ if test_config is None else test_config)
     clock: Callable[[], datetime] = source.pop("CLOCK", None) or (lambda: datetime.now(UTC))
@@ -58,21 +59,9 @@ def create_app(test_config: Mapping | None = None) -> Flask:
         app.wsgi_app = FastHits(app.wsgi_app, found, log)  # type: ignore[method-assign]
     wire_front_proxies(app, settings)  # outermost: the fast path sees what Flask sees
     if not app.testing:
-        start_loops_at_first_request(app, found)
+        # A fresh hit (fast_hits.py) needs a wallet fetched before, through Flask.
+        app.before_request(found.start_loops)
     return app
-
-
-def start_loops_at_first_request(app: Flask, found: Services) -> None:
-    """Before the first request is answered (by Flask or the fast path), start the app's
-    loops in this process; then step aside, costing later requests nothing."""
-    serve = app.wsgi_app
-
-    def first_request(environ: dict, start_response: Callable[..., Any]) -> Any:
-        found.start_loops()
-        app.wsgi_app = serve  # type: ignore[method-assign]
-        return serve(environ, start_response)
-
-    app.wsgi_app = first_request  # type: ignore[method-assign]
 
 
 def start_loops(app: object) -> None:
