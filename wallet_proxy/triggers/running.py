@@ -38,10 +38,13 @@ STOP_WAIT = 8.0
 
 
 class InstanceLock:
-    def __init__(self, data_dir: str | Path):
+    """One holder per instance of a lock file in the data folder (`name`: the deliverer's,
+    or another worker's, such as the tags worker's)."""
+
+    def __init__(self, data_dir: str | Path, name: str = LOCK_FILE):
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self._fd = open_private(path / LOCK_FILE, os.O_RDWR)
+        self._fd = open_private(path / name, os.O_RDWR)
 
     def try_acquire(self) -> bool:
         try:
