@@ -31,6 +31,7 @@ from .schemas import EXPIRY_FIELDS, OFFER_FIELDS_READ
 from .serving import CONFIG, gunicorn_command
 from .sessionm import ConnectClient, connect_client
 from .support.staff import MIN_PASSWORD_LENGTH
+from .tags.commands import tags_requeue, tags_status
 from .triggers.commands import triggers_group
 
 DEMO_API_KEY = "demo-api-key-not-secret"
@@ -489,6 +490,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.kill()
 
 
+tags_group.add_command(tags_status)
+tags_group.add_command(tags_requeue)
 main.add_command(tags_group)
 main.add_command(warm_command)
 main.add_command(plan_command)
