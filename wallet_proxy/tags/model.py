@@ -34,7 +34,7 @@ class Tagging:
         return TARGET
 
     @property
-    def recipient(self) -> str:
+    def recipient_index(self) -> str:
         """How the support page finds a customer's taggings: the id as Braze sent it."""
         return self.user_id
 

@@ -64,7 +64,7 @@ def status() -> None:
 
 def _described(record: Record) -> str:
     trigger = record.trigger
-    who = trigger.recipient if trigger.recipient is not None else "(broadcast)"
+    who = trigger.recipient.describe() if trigger.recipient is not None else "(broadcast)"
     return f"{trigger.target}  {who}"
 
 

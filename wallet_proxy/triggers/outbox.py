@@ -71,13 +71,13 @@ MOVES = {
 
 class Queued(Protocol):
     """What the outbox needs of an item: where it goes (items with the same target may be
-    delivered together), whose it is (for a customer's listing), and its JSON."""
+    delivered together), how a customer's listing finds it, and its JSON."""
 
     @property
     def target(self) -> str: ...
 
     @property
-    def recipient(self) -> str | None: ...
+    def recipient_index(self) -> str | None: ...
 
     def to_json(self) -> str: ...
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from ..redis_clients import OUTBOX, connect
 from .model import QUEUED, SENDING, SENT, Record
 from .outbox import (
     ALL_STATES,
@@ -269,10 +270,9 @@ class RedisOutbox:
 
     @classmethod
     def from_url(cls, url: str) -> RedisOutbox:
-        # Longer timeouts than the cache's: here a slow answer is better than a lost trigger.
-        client = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
-        )
+        # The outbox profile: longer timeouts than the cache's, as a slow answer is better
+        # than a lost trigger.
+        client = connect(url, OUTBOX)
         return cls(client)
 
     def for_queue(self, queue: Queue) -> RedisOutbox:
@@ -297,7 +297,7 @@ class RedisOutbox:
                 new_id(self.queue),
                 item.to_json(),
                 item.target,
-                item.recipient or "",
+                item.recipient_index or "",
                 repr(now),
                 dedupe.key if dedupe else "",
                 dedupe.fingerprint if dedupe else "",

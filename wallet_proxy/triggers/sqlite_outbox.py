@@ -360,7 +360,7 @@ class SqliteOutbox:
         db.execute(
             "INSERT INTO outbox (id, target, recipient, body, state, accepted_at, queued_at,"
             " due_at, updated_at, queue) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (trigger_id, item.target, item.recipient, item.to_json(), QUEUED)
+            (trigger_id, item.target, item.recipient_index, item.to_json(), QUEUED)
             + (now,) * 4
             + (queue.name,),
         )
