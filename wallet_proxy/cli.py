@@ -105,6 +105,8 @@ def check_config(probe: bool, user_id: str | None) -> None:
     click.echo("configuration OK" if not failures else "configuration read, but:")
     click.echo(f"  SessionM Connect: {settings.sessionm_connect_url}")
     core = settings.sessionm_core_url or "not configured (the tags routes answer 503)"
+    if settings.core_configured:
+        core += f"; tags relay: {settings.tags_mode}"
     click.echo(f"  SessionM Core: {core}")
     staff = f"{len(settings.staff_users)} staff users" if settings.staff_users else "off"
     click.echo(f"  API keys: {len(settings.api_keys)}; support pages: {staff}")
