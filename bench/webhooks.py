@@ -20,9 +20,11 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import requests
-from common import API_KEY, gunicorn, sandbox_process, table, wrk
+from common import API_KEY, POST_PROLOGUE, gunicorn, sandbox_process, table, wrk
 
 from wallet_proxy.budget import PROMISE, paced_rate
 from wallet_proxy.bulk.plan import INTAKE_PER_SECOND, INTAKE_SHARE, make_webhook_plan
@@ -36,21 +38,16 @@ from wallet_proxy.triggers.sqlite_outbox import SqliteOutbox
 CORE_RATE = 50
 ACCEPT_P99_LIMIT = 2.0
 TAG = "bench_visit"
-INTAKE_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-local counter = 0
+INTAKE_SCRIPT = (
+    POST_PROLOGUE
+    + """
 request = function()
   counter = counter + 1
   local path = "/v1/users/intake-RUN-" .. tostring(tid) .. "-" .. tostring(counter) .. "/tags"
   return wrk.format(nil, path, nil, '{"tags": ["bench_intake"], "ttl": 2592000}')
 end
 """
+)
 
 
 def core_settings(sandbox: str, **extra: object) -> dict[str, object]:
@@ -64,8 +61,10 @@ def core_settings(sandbox: str, **extra: object) -> dict[str, object]:
     }
 
 
-def measure_intake(sandbox: str, *, connections: int, seconds: float) -> dict:
-    """Webhooks stored per second by a fresh instance, as many as wrk can send."""
+@contextmanager
+def instance(sandbox: str) -> Iterator[tuple[str, str]]:
+    """One instance as deployed (2 gthread workers x 64 threads), its outbox in SQLite in a
+    fresh data folder: (its URL, the folder)."""
     with (
         tempfile.TemporaryDirectory() as folder,
         gunicorn(
@@ -76,6 +75,12 @@ def measure_intake(sandbox: str, *, connections: int, seconds: float) -> dict:
             WALLET_PROXY_DATA_DIR=folder,
         ) as url,
     ):
+        yield url, folder
+
+
+def measure_intake(sandbox: str, *, connections: int, seconds: float) -> dict:
+    """Webhooks stored per second by a fresh instance, as many as wrk can send."""
+    with instance(sandbox) as (url, _):
         script = INTAKE_SCRIPT.replace("RUN", uuid.uuid4().hex[:8])
         result = wrk(url, connections=connections, seconds=seconds, script=script)
     assert result["errors"] == 0 and result["non2xx"] == 0, result
@@ -161,16 +166,7 @@ def main() -> None:
         requests.post(
             f"{sandbox}/_sandbox/config", json={"latency": args.core_latency}, timeout=5
         ).raise_for_status()
-        with (
-            tempfile.TemporaryDirectory() as folder,
-            gunicorn(
-                "wsgi:app",
-                workers=2,
-                threads=64,
-                **core_settings(sandbox),
-                WALLET_PROXY_DATA_DIR=folder,
-            ) as url,
-        ):
+        with instance(sandbox) as (url, folder):
             started = time.monotonic()
             latencies, statuses = offer(url, args.webhooks, per_second)
             offered_for = time.monotonic() - started

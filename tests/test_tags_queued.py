@@ -28,6 +28,7 @@ from wallet_proxy.tags.running import worker_for
 from wallet_proxy.tags.setup import queued_tags_of
 from wallet_proxy.tags.worker import UNKNOWN_CUSTOMER, TagsWorker
 from wallet_proxy.triggers.model import DEAD, QUEUED, SENDING, SENT, UNKNOWN
+from wallet_proxy.triggers.running import took_over
 
 from .triggers_helpers import BRAZE_KEY
 
@@ -285,7 +286,7 @@ def test_a_tagging_left_sending_by_a_dead_worker_becomes_unknown(queued_app, rel
     now = clock().timestamp()
     queue.claim(owner="dead", now=now, window=0, lease=30, limit=10)
     queue.move("sending", [tagging_id], now=now, owner="dead", lease_until=now + 60)
-    running.took_over(worker_for(queued_app))  # the next worker of this instance
+    took_over(worker_for(queued_app))  # the next worker of this instance
     left = queue.get(tagging_id)
     assert (left.state, left.reason) == (UNKNOWN, STALE_APPLYING)
 
@@ -530,7 +531,7 @@ def test_states_while_being_applied_are_told_apart(queued_app, relay):
     assert post(relay, key="k").json()["status"] == SENDING
 
 
-def test_outcomes_and_queue_depth_in_the_metrics(relay, worker, sandbox):
+def test_outcomes_and_queue_depth_in_the_metrics(relay, worker, clock):
     from prometheus_client import REGISTRY
 
     def metric(name: str, **labels: str) -> float:
@@ -545,8 +546,10 @@ def test_outcomes_and_queue_depth_in_the_metrics(relay, worker, sandbox):
     running_worker = threading.Thread(target=worker.run, args=(stop,))
     running_worker.start()
     try:
+        done = worker.outbox.counts
+        wait_until(lambda: (done()[SENT], done()[DEAD]) == (1, 1), timeout=15)
+        clock.advance(seconds=2)  # the worker reads the depth once a second, by its clock
         wait_until(lambda: metric("wallet_proxy_tags_queue_depth") == 0, timeout=5)
-        wait_until(lambda: len(core_calls(sandbox)) == 2, timeout=5)
     finally:
         stop.set()
         running_worker.join()

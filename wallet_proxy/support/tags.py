@@ -3,9 +3,8 @@ letters with a re-queue button (a POST with the form's CSRF token), as for trigg
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import render_template, request, url_for
 
-from ..container import services
 from ..errors import NotConfigured, TagsStoreUnavailable
 from ..rules import check_customer_id
 from ..tags.model import state_word
@@ -13,7 +12,7 @@ from ..tags.setup import queued_tags_of
 from ..triggers.model import DEAD
 from ..triggers.outbox import Outbox, OutboxError
 from .blueprint import bp
-from .triggers import DEAD_LISTED, moment
+from .triggers import DEAD_LISTED, moment, requeue_dead_letter
 
 
 def _queue() -> Outbox:
@@ -49,14 +48,10 @@ def tags():
 @bp.post("/tags/<tagging_id>/requeue")
 def requeue_tagging(tagging_id: str):
     customer = request.form.get("customer", "").strip()
-    now = services().clock().timestamp()
-    try:
-        moved = _queue().move("requeue_dead", [tagging_id], now=now)
-    except OutboxError:
-        raise TagsStoreUnavailable() from None
-    if moved:
-        flash(f"Tagging {tagging_id} is queued for SessionM again.")
-    else:
-        flash(f"Tagging {tagging_id} is not a dead letter (any more).", "error")
-    target = url_for(".tags", customer=customer) if customer else url_for(".tags")
-    return redirect(target, 303)
+    return requeue_dead_letter(
+        _queue(),
+        tagging_id,
+        again=f"Tagging {tagging_id} is queued for SessionM again.",
+        unavailable=TagsStoreUnavailable,
+        back_to=url_for(".tags", customer=customer) if customer else url_for(".tags"),
+    )

@@ -14,7 +14,7 @@ from flask import Flask
 
 from ..config import ConfigError
 from ..factory import create_app
-from ..triggers.commands import settle, show_status
+from ..triggers.commands import settle, settle_options, show_status
 from ..triggers.model import Record
 from ..triggers.outbox import Outbox
 from .model import Tagging, state_word
@@ -48,15 +48,9 @@ def tags_status() -> None:
 
 
 @click.command("requeue")
-@click.option("--dead", "dead", is_flag=True, help="Queue dead letters again.")
-@click.option(
-    "--unknown",
-    "unknown",
-    type=click.Choice(["resend", "mark-done"]),
-    help="Taggings SessionM may or may not have applied: send again, or record as applied.",
-)
-@click.option(
-    "--id", "ids", multiple=True, help="Only this tagging (repeatable); default: all of them."
+@settle_options(
+    item="tagging",
+    unknown="Taggings SessionM may or may not have applied: send again, or record as applied.",
 )
 def tags_requeue(dead: bool, unknown: str | None, ids: tuple[str, ...]) -> None:
     """Settle dead letters or taggings whose outcome is unknown."""

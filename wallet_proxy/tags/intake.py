@@ -7,16 +7,14 @@ its own, as in the direct relay (a counter tag counts each).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from .. import metrics
-from ..errors import IdempotencyConflict, TagsQueueFull, TagsStoreUnavailable
+from ..errors import TagsQueueFull, TagsStoreUnavailable
 from ..idempotency import WINDOW, fingerprint, scope_digest
-from ..triggers.outbox import Accepted, Dedupe, DedupeConflict, Outbox, OutboxError, OutboxFull
+from ..triggers.intake import store
+from ..triggers.outbox import Accepted, Dedupe, Outbox
 from .model import Tagging
-
-log = logging.getLogger(__name__)
 
 
 def dedupe_of(tagging: Tagging, idempotency_key: str | None) -> Dedupe | None:
@@ -34,19 +32,14 @@ class TagsIntake:
 
     def accept(self, tagging: Tagging, idempotency_key: str | None) -> Accepted:
         """The stored tagging (or the one this repeats); raises into the error tree."""
-        try:
-            accepted = self.queue.add(
-                tagging,
-                dedupe_of(tagging, idempotency_key),
-                now=self.clock(),
-                max_waiting=self.max_queued,
-            )
-        except OutboxFull:
-            raise TagsQueueFull() from None
-        except DedupeConflict:
-            raise IdempotencyConflict() from None
-        except OutboxError as exc:
-            log.error("could not store a webhook's tags: %s", exc)
-            raise TagsStoreUnavailable() from None
+        accepted = store(
+            self.queue,
+            tagging,
+            dedupe_of(tagging, idempotency_key),
+            now=self.clock(),
+            max_waiting=self.max_queued,
+            full=TagsQueueFull,
+            unavailable=TagsStoreUnavailable,
+        )
         metrics.tags_outcome("accepted" if accepted.created else "repeat")
         return accepted

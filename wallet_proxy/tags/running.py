@@ -14,8 +14,7 @@ from flask import Flask
 
 from ..background import Loop
 from ..container import services
-from ..triggers.running import InstanceLock
-from ..triggers.sqlite_outbox import SqliteOutbox
+from ..triggers.running import work_alone
 from .setup import build_worker, queued_tags_of
 from .worker import TagsWorker
 
@@ -31,26 +30,9 @@ def worker_for(app: Flask) -> TagsWorker | None:
     return build_worker(services(app), queued.queue)
 
 
-def took_over(worker: TagsWorker) -> None:
-    """Just became the instance's tags worker: settle what a dead predecessor left claimed
-    (with Redis, other instances' claims are alive: their leases decide)."""
-    if isinstance(worker.queue, SqliteOutbox):
-        worker.queue.abandon_leases(now=worker.clock())
-
-
 def work(app: Flask, stop: threading.Event) -> None:
     """Wait to be this instance's tags worker, then apply tags until `stop` is set."""
-    worker = worker_for(app)
-    if worker is None:
-        return
-    lock = InstanceLock(services(app).settings.data_dir, LOCK_FILE)
-    try:
-        if lock.wait(stop):
-            took_over(worker)
-            worker.run(stop)
-    finally:
-        lock.close()
-        worker.close()
+    work_alone(worker_for(app), services(app).settings.data_dir, LOCK_FILE, stop)
 
 
 def worker_loop(app: Flask) -> Loop:

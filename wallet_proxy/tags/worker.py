@@ -71,7 +71,7 @@ COUNTED_MOVES: dict[str, TagsOutcome] = {
 class TagsWorker:
     def __init__(
         self,
-        queue: Outbox,
+        outbox: Outbox,
         core: CoreClient,
         budget: Budget,
         *,
@@ -82,7 +82,7 @@ class TagsWorker:
         rng: Callable[[], float] = random.random,
         calls: int = WORKER_CALLS,
     ):
-        self.queue = queue
+        self.outbox = outbox  # the outbox's tags queue
         self.core = core
         self.budget = budget
         self.core_timeout = core_timeout
@@ -110,7 +110,7 @@ class TagsWorker:
             "tags worker",
             stop,
             self.run_once,
-            self.queue,
+            self.outbox,
             depth=metrics.tags_queue_depth,
             idle_wait=lambda: max(IDLE_WAIT, min(1.0, self.paused_until - self.clock())),
             clock=self.clock,
@@ -125,7 +125,7 @@ class TagsWorker:
         now = self.clock()
         if now < self.paused_until:
             return 0
-        records = self.queue.claim(
+        records = self.outbox.claim(
             owner=self.owner, now=now, window=0.0, lease=CLAIM_LEASE, limit=CLAIM_LIMIT
         )
         for index, record in enumerate(records):
@@ -259,7 +259,7 @@ class TagsWorker:
         return stopping or self.clock() < self.paused_until
 
     def _move(self, move: str, records: list[Record[Tagging]], **changes) -> list[str]:
-        moved = self.queue.move(
+        moved = self.outbox.move(
             move, [r.id for r in records], now=self.clock(), owner=self.owner, **changes
         )
         if move in COUNTED_MOVES:

@@ -162,16 +162,36 @@ def _waiting(outbox: Outbox) -> int:
     return counts[QUEUED] + counts[SENDING]
 
 
+def settle_options(
+    *, item: str, unknown: str
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A `requeue` command's options (`--dead`, `--unknown`, `--id`), for a queue whose items
+    are `item`s; `unknown` says what its --unknown choices settle."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        options = (
+            click.option("--dead", "dead", is_flag=True, help="Queue dead letters again."),
+            click.option(
+                "--unknown", "unknown", type=click.Choice(["resend", "mark-done"]), help=unknown
+            ),
+            click.option(
+                "--id",
+                "ids",
+                multiple=True,
+                help=f"Only this {item} (repeatable); default: all of them.",
+            ),
+        )
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @triggers_group.command("requeue")
-@click.option("--dead", "dead", is_flag=True, help="Send dead letters again.")
-@click.option(
-    "--unknown",
-    "unknown",
-    type=click.Choice(["resend", "mark-done"]),
-    help="Triggers whose outcome is unknown: send again, or record as delivered.",
-)
-@click.option(
-    "--id", "ids", multiple=True, help="Only this trigger (repeatable); default: all of them."
+@settle_options(
+    item="trigger",
+    unknown="Triggers whose outcome is unknown: send again, or record as delivered.",
 )
 def requeue(dead: bool, unknown: str | None, ids: tuple[str, ...]) -> None:
     """Settle dead letters or triggers whose outcome is unknown."""
