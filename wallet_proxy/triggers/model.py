@@ -15,7 +15,7 @@ CAMPAIGN, CANVAS = "campaign", "canvas"
 # which becomes `unknown` when its lease runs out: Braze may or may not have it.
 QUEUED, SENDING, SENT, UNKNOWN, DEAD = "queued", "sending", "sent", "unknown", "dead"
 STATES = (QUEUED, SENDING, SENT, UNKNOWN, DEAD)
-WAITING = (QUEUED, SENDING)  # what WALLET_PROXY_TRIGGER_MAX_QUEUED bounds
+WAITING = (QUEUED, SENDING)  # what a queue's bound counts (WALLET_PROXY_*_MAX_QUEUED)
 
 Item = TypeVar("Item")  # what a queue of the outbox holds: a Trigger, or a webhook's tags
 
