@@ -16,7 +16,12 @@ from wallet_proxy import create_app
 from wallet_proxy.bulk.commands import warm_all
 from wallet_proxy.bulk.csvinput import read_table, wallet_ids
 from wallet_proxy.bulk.durations import parse_duration, spoken
-from wallet_proxy.bulk.plan import INTAKE_PER_SECOND, make_plan, make_webhook_plan
+from wallet_proxy.bulk.plan import (
+    CPU_PER_HIT_US,
+    INTAKE_PER_SECOND,
+    make_plan,
+    make_webhook_plan,
+)
 from wallet_proxy.cli import main
 from wallet_proxy.config import Settings
 from wallet_proxy.container import services
@@ -191,6 +196,35 @@ def test_the_plan_shown_in_the_docs_is_the_commands_output(env):
     assert result.output == shown.group(1)
 
 
+def test_plan_says_how_many_cores_a_warmed_send_needs_at_a_delivery_rate(env):
+    """Braze's fastest delivery: 500,000 messages a minute, each rendered twice, every
+    render a cache hit costing CPU_PER_HIT_US, a core counted at 70 %."""
+    alone = make_plan(settings(env, WALLET_PROXY_SESSIONM_RATE=20), 10, 2, None, 500_000)
+    per_second = 500_000 / 60 * 2
+    assert alone.cores == pytest.approx(per_second * CPU_PER_HIT_US["local"] / 1e6 / 0.7)
+    fleet = make_plan(
+        settings(env, WALLET_PROXY_SESSIONM_RATE=20, WALLET_PROXY_REDIS_URL="redis://r:6379/0"),
+        10,
+        2,
+        None,
+        500_000,
+    )
+    assert fleet.cores == pytest.approx(per_second * CPU_PER_HIT_US["redis"] / 1e6 / 0.7)
+    result = CliRunner().invoke(
+        main,
+        ["plan", "--recipients", "10", "--delivery-rate", "60000", "--renders", "3"],
+        env={**env, "WALLET_PROXY_SESSIONM_RATE": "20"},
+    )
+    assert result.exit_code == 0, result.output
+    cores = 60_000 / 60 * 3 * CPU_PER_HIT_US["local"] / 1e6 / 0.7
+    said = "At 60,000 messages a minute (1,000/s x 3 renders), the instances need about"
+    assert f"{said} {cores:.1f} cores" in result.output
+    refused = CliRunner().invoke(
+        main, ["plan", "--recipients", "10", "--delivery-rate", "600000"], env=env
+    )
+    assert refused.exit_code == 2  # past Braze's 500,000 a minute
+
+
 def test_plan_needs_a_budget(env):
     result = CliRunner().invoke(main, ["plan", "--recipients", "10"], env=env)  # rate 0
     assert result.exit_code == 2
@@ -235,6 +269,7 @@ def test_webhook_plan_direct_is_the_budget(env):
         (["--recipients", "10", "--webhooks", "10"], "give exactly one of"),
         (["--webhooks", "10", "--renders", "3"], "--renders goes with --recipients"),
         (["--webhooks", "10", "--send-within", "1h"], "--send-within goes with --recipients"),
+        (["--webhooks", "10", "--delivery-rate", "600"], "--delivery-rate goes with --recipients"),
     ],
 )
 def test_plan_takes_one_kind_of_send(env, args, says):

@@ -47,6 +47,12 @@ INTAKE_SHARE = 0.5
 QUEUE_HEADROOM = 0.95  # of WALLET_PROXY_TAGS_MAX_QUEUED, the most a plan lets wait
 BRAZE_ABORTS_AFTER = 72 * 3600  # "messages will be aborted if they're delayed 72 hours"
 FASTER = (2, 3, 10)  # delivery rates shown, as multiples of the budget
+# CPU a warmed render costs the service (a fresh cache hit, its request line and metrics
+# included), in microseconds: bench/hits.py (a worker's own cache) and bench/redis_hits.py
+# (hits read from a shared Redis, the fleet's case) on a 2-core machine, docs/benchmarks.md.
+CPU_PER_HIT_US = {"local": 150.0, "redis": 360.0}
+CPU_UTILISATION = 0.7  # of each core a plan counts on: bursts, refreshes, the rest
+BRAZE_DELIVERY_RATES = (10, 500_000)  # Braze's delivery rate limit, messages per minute
 SNIPPET = (
     "{% connected_content https://YOUR-HOST/v1/wallets/{{${user_id}}} "
     ":basic_auth wallet_proxy :retry :save wallet %}\n"
@@ -78,10 +84,17 @@ class Plan:
     fresh_for: float  # the --fresh-for the warm-up and the send need (may pass the maximum)
     send_within: float | None
     faster: tuple[Faster, ...]
+    delivery_rate: int | None  # messages per minute a warmed send goes at, if given
+    cores: float | None  # cores the service needs for a warmed send at that rate
+    hit_us: float  # CPU per warmed render it counts with
 
 
 def make_plan(
-    settings: Settings, recipients: int, renders: int, send_within: float | None
+    settings: Settings,
+    recipients: int,
+    renders: int,
+    send_within: float | None,
+    delivery_rate: int | None = None,
 ) -> Plan:
     rate = settings.sessionm_rate
     paced = paced_rate(rate)
@@ -101,7 +114,18 @@ def make_plan(
         fresh_for=max(3600.0, fresh_for),
         send_within=send_within,
         faster=tuple(_faster(recipients, renders, paced, k * rate) for k in FASTER),
+        delivery_rate=delivery_rate,
+        cores=None if delivery_rate is None else warm_cores(settings, delivery_rate, renders),
+        hit_us=CPU_PER_HIT_US["redis" if settings.redis_url else "local"],
     )
+
+
+def warm_cores(settings: Settings, per_minute: int, renders: int) -> float:
+    """Cores the service's instances need for a warmed send at `per_minute` messages: each
+    message is `renders` cache hits, each costing CPU_PER_HIT_US, and a core is counted at
+    CPU_UTILISATION."""
+    hit_us = CPU_PER_HIT_US["redis" if settings.redis_url else "local"]
+    return per_minute / 60 * renders * hit_us / 1e6 / CPU_UTILISATION
 
 
 def _faster(recipients: int, renders: int, rate: float, per_second: float) -> Faster:
@@ -139,6 +163,15 @@ def describe(plan: Plan, settings: Settings) -> str:
         f"  Past that, wallets are served stale for up to {spoken(settings.stale_ttl)} "
         "(WALLET_PROXY_STALE_TTL) while background refreshes renew them.",
     ]
+    if plan.delivery_rate is not None and plan.cores is not None:
+        where = "read from Redis" if settings.redis_url else "from a worker's own cache"
+        lines.append(
+            f"  At {plan.delivery_rate:,} messages a minute ({plan.delivery_rate / 60:,.0f}/s x "
+            f"{plan.renders} renders), the instances need about {plan.cores:.1f} cores "
+            f"(at least {max(1, math.ceil(plan.cores))}): a warmed render costs about "
+            f"{plan.hit_us:.0f} us of CPU ({where}), and each core is counted at "
+            f"{CPU_UTILISATION:.0%}."
+        )
     if plan.fresh_for > MAX_FRESH_FOR:
         lines.append(
             f"  Too long: --fresh-for is at most {spoken(MAX_FRESH_FOR)}. Warm and send the "
@@ -348,6 +381,12 @@ def _option(seconds: float) -> str:
     type=Duration(60, 7 * 86_400),
     help="With --recipients: how long the send may take, e.g. 2h.",
 )
+@click.option(
+    "--delivery-rate",
+    type=click.IntRange(*BRAZE_DELIVERY_RATES),
+    help="With --recipients: the Braze delivery rate limit of a warmed send (messages per "
+    "minute), to say how many cores the service needs for it.",
+)
 @click.pass_context
 def plan_command(
     ctx: click.Context,
@@ -355,6 +394,7 @@ def plan_command(
     webhooks: int | None,
     renders: int,
     send_within: float | None,
+    delivery_rate: int | None,
 ) -> None:
     """Before a send, calling nothing. --recipients N: how long warming takes, the Braze
     delivery rate to set, what happens if Braze sends faster, and the snippet to use.
@@ -364,7 +404,7 @@ def plan_command(
         raise click.UsageError("give exactly one of --recipients and --webhooks")
     settings = load_settings()
     if webhooks is not None:
-        for name in ("renders", "send_within"):
+        for name in ("renders", "send_within", "delivery_rate"):
             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
                 option = "--" + name.replace("_", "-")
                 raise click.UsageError(f"{option} goes with --recipients, not --webhooks")
@@ -381,4 +421,5 @@ def plan_command(
             "WALLET_PROXY_SESSIONM_RATE is 0 (no budget): set SessionM's requests per second "
             "to plan against"
         )
-    click.echo(describe(make_plan(settings, recipients, renders, send_within), settings))
+    plan = make_plan(settings, recipients, renders, send_within, delivery_rate)
+    click.echo(describe(plan, settings))
