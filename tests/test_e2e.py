@@ -336,7 +336,7 @@ def test_the_demo_gives_no_production_warnings(demo):
     for warning in (
         "WALLET_PROXY_LOG_HASH_KEY is not set",
         "budgets are per process",
-        "Idempotency-Key replay is per process",
+        "Idempotency-Key replay of the direct tags relay is per process",
     ):
         assert warning not in log
 

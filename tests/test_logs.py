@@ -135,7 +135,7 @@ def test_without_a_key_each_process_hashes_its_own_way_and_says_so(
 PRODUCTION_WARNINGS = (
     "WALLET_PROXY_LOG_HASH_KEY is not set",
     "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL",
-    "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL",
+    "Idempotency-Key replay of the direct tags relay is per process",
 )
 
 
@@ -177,7 +177,7 @@ def test_a_fleet_of_one_process_has_nothing_to_warn_about_redis(
     with caplog.at_level(logging.WARNING):
         close_app(create_app({**alone, "WALLET_PROXY_FLEET_SIZE": "2"}))
     assert "The SessionM budgets are per process" in caplog.text
-    assert "Idempotency-Key replay is per process" in caplog.text
+    assert "Idempotency-Key replay of the direct tags relay is per process" in caplog.text
 
 
 def test_log_id_needs_the_key():

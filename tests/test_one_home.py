@@ -19,7 +19,7 @@ import requests
 from tests.helpers import API_KEY, LiveServer, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.factory import close_app, start_loops
-from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY
+from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wallet_proxy"
 HOMES = {
@@ -49,7 +49,8 @@ def app_threads() -> set[threading.Thread]:
 
 def test_closing_an_app_stops_its_threads(env, clock, sandbox, redis_url, tmp_path):
     """An app with everything that starts threads: Redis (the pub/sub listener, the fleet's
-    reporter), flights, the trigger deliverer, the staff pages' password hashing."""
+    reporter), flights, the trigger deliverer, the tags worker and its calls, the staff
+    pages' password hashing."""
     before = app_threads()
     app = create_app(
         {
@@ -60,6 +61,9 @@ def test_closing_an_app_stops_its_threads(env, clock, sandbox, redis_url, tmp_pa
             "BRAZE_REST_URL": sandbox.url,
             "BRAZE_REST_API_KEY": DEMO_BRAZE_API_KEY,
             "WALLET_PROXY_TRIGGER_KEYS": "trigger-key-0123456789",
+            "SESSIONM_CORE_URL": sandbox.url,
+            "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
+            "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
             "WALLET_PROXY_DATA_DIR": str(tmp_path),
         }
     )
@@ -72,6 +76,14 @@ def test_closing_an_app_stops_its_threads(env, clock, sandbox, redis_url, tmp_pa
                 timeout=10,
             )
             assert answer.status_code == 200
+        tagged = requests.post(
+            f"{server.url}/v1/users/user-1/tags",
+            json={"tags": ["visits"]},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=10,
+        )
+        assert tagged.status_code == 202
+    wait_until(lambda: len(sandbox.stats()["core_calls"]) == 1, timeout=10)
     assert app_threads() - before, "the app started no thread: nothing is tested"
     started = time.monotonic()
     close_app(app)

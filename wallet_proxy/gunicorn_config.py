@@ -117,7 +117,8 @@ def on_exit(server):
 
 def post_worker_init(worker):
     """A stop that can't hang, then the app's loops in each worker: the trigger deliverer
-    (a lock lets exactly one worker deliver, and another takes over if it dies).
+    and the tags worker (a lock each lets exactly one worker run it, and another takes
+    over if it dies).
 
     gunicorn's quick stop (SIGINT, SIGQUIT) shuts the worker's thread pool from inside the
     signal handler. Ctrl-C sends two: the terminal's SIGINT to every process of the

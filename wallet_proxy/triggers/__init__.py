@@ -16,7 +16,7 @@ from flask import Flask
 
 from ..container import Services
 from . import liveness, running
-from .setup import EXTENSION, build_triggers
+from .setup import EXTENSION, build_triggers, shared_outbox
 from .views import bp
 
 
@@ -24,10 +24,11 @@ def init_app(app: Flask, found: Services) -> None:
     """The trigger route, the outbox and intake behind it, and this process's offer to be
     the instance's deliverer (a loop of the app, running.py); its liveness in /readyz and
     the metrics. Closed with the app."""
-    triggers = build_triggers(found.settings, found.unix_time)
+    triggers = None
+    if found.settings.triggers_configured:
+        triggers = build_triggers(found.settings, shared_outbox(app, found), found.unix_time)
     app.extensions[EXTENSION] = triggers
     if triggers is not None:
-        found.on_close(triggers.outbox.close)
         deliverer = running.deliverer_loop(app)
         app.extensions[running.EXTENSION] = deliverer
         found.serve_with(deliverer, stop_wait=running.STOP_WAIT)

@@ -1,8 +1,8 @@
 """Whether triggers are going out: how long the oldest has waited, and when a deliverer last
 showed life (its heartbeat in the outbox).
 
-A running deliverer notes the time in the outbox every HEARTBEAT_EVERY seconds
-(deliverer.py), whichever process runs it, `triggers deliver` included. Triggers that
+A running deliverer notes the time in the outbox every 10 s (upkeep.py, the loop of every
+queue's worker), whichever process runs it, `triggers deliver` included. Triggers that
 have waited over STALL_AFTER while no deliverer beat that recently are stalled: nothing
 delivers them. That is shown (the `triggers` check of /readyz, `wallet-proxy triggers
 status`, the oldest trigger's age in the metrics) but never takes the instance out of
@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from .. import metrics
 from .outbox import Outbox, OutboxError
 
-HEARTBEAT_EVERY = 10.0
-STALL_AFTER = 60.0
+STALL_AFTER = 60.0  # six heartbeats missed
 STALLED = "stalled"
 
 
