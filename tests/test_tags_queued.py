@@ -37,13 +37,15 @@ STAFF, PASSWORD = "agent", "correct horse battery"
 PW_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
 
 
+# The apps of tests that run a worker by hand: a test app starts no loop by itself (a served
+# one starts its tags worker and deliverer at its first request).
+TEST_APP = {"TESTING": True}
+
+
 @pytest.fixture
 def queued_env(env, sandbox, tmp_path) -> dict:
-    """Queued tags (the default mode); a test app, so that its tags worker runs only where a
-    test starts it (factory.start_loops)."""
     return {
         **env,
-        "TESTING": True,
         "SESSIONM_CORE_URL": sandbox.url,
         "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
@@ -53,7 +55,7 @@ def queued_env(env, sandbox, tmp_path) -> dict:
 
 @pytest.fixture
 def queued_app(queued_env, clock):
-    app = create_app({**queued_env, "CLOCK": clock})
+    app = create_app({**queued_env, "TESTING": True, "CLOCK": clock})
     yield app
     close_app(app)
 
@@ -225,7 +227,7 @@ def test_sessionm_declining_for_now_is_retried_after_a_backoff(
 def test_a_refused_connection_is_retried_when_sessionm_is_back(queued_env, clock):
     port = free_port()
     app = create_app(
-        {**queued_env, "SESSIONM_CORE_URL": f"http://127.0.0.1:{port}", "CLOCK": clock}
+        {**queued_env, "SESSIONM_CORE_URL": f"http://127.0.0.1:{port}", **TEST_APP, "CLOCK": clock}
     )
     worker = worker_for(app)
     try:
@@ -244,7 +246,7 @@ def test_a_refused_connection_is_retried_when_sessionm_is_back(queued_env, clock
 
 
 def test_retrying_stops_at_max_age_with_a_dead_letter(queued_env, clock, sandbox):
-    app = create_app({**queued_env, "WALLET_PROXY_TAGS_MAX_AGE": "60", "CLOCK": clock})
+    app = create_app({**queued_env, "WALLET_PROXY_TAGS_MAX_AGE": "60", **TEST_APP, "CLOCK": clock})
     worker = worker_for(app)
     try:
         with LiveServer(app) as server:
@@ -264,7 +266,9 @@ def test_retrying_stops_at_max_age_with_a_dead_letter(queued_env, clock, sandbox
 def test_an_outcome_sessionm_may_have_applied_is_unknown_and_never_sent_again(
     queued_env, clock, sandbox, knobs
 ):
-    app = create_app({**queued_env, "WALLET_PROXY_CORE_TIMEOUT": "0.3", "CLOCK": clock})
+    app = create_app(
+        {**queued_env, "WALLET_PROXY_CORE_TIMEOUT": "0.3", **TEST_APP, "CLOCK": clock}
+    )
     worker = worker_for(app)
     try:
         with LiveServer(app) as server:
@@ -298,7 +302,9 @@ def test_a_tagging_left_sending_by_a_dead_worker_becomes_unknown(queued_app, rel
 
 
 def test_waiting_taggings_are_bounded_over_real_http(queued_env, clock, sandbox):
-    app = create_app({**queued_env, "WALLET_PROXY_TAGS_MAX_QUEUED": "2", "CLOCK": clock})
+    app = create_app(
+        {**queued_env, "WALLET_PROXY_TAGS_MAX_QUEUED": "2", **TEST_APP, "CLOCK": clock}
+    )
     worker = worker_for(app)
     try:
         with LiveServer(app) as server:
@@ -321,7 +327,9 @@ def test_waiting_taggings_are_bounded_over_real_http(queued_env, clock, sandbox)
 def test_a_lost_redis_outbox_is_a_503_saying_nothing_was_stored(
     queued_env, clock, redis_url, redis_server
 ):
-    app = create_app({**queued_env, "WALLET_PROXY_REDIS_URL": redis_url, "CLOCK": clock})
+    app = create_app(
+        {**queued_env, "WALLET_PROXY_REDIS_URL": redis_url, **TEST_APP, "CLOCK": clock}
+    )
     try:
         with LiveServer(app) as server:
             assert post(server).status_code == 202
@@ -338,7 +346,7 @@ def test_two_instances_share_a_redis_queue_and_apply_each_once(
     queued_env, clock, redis_url, sandbox
 ):
     env = {**queued_env, "WALLET_PROXY_REDIS_URL": redis_url, "CLOCK": clock}
-    one, two = create_app(env), create_app(env)
+    one, two = create_app({**env, **TEST_APP}), create_app({**env, **TEST_APP})
     workers = [worker_for(one), worker_for(two)]
     try:
         with LiveServer(one) as first, LiveServer(two) as second:
@@ -369,6 +377,7 @@ def test_triggers_and_tags_share_the_outbox_and_stay_apart(queued_env, clock, sa
             "BRAZE_REST_API_KEY": BRAZE_KEY,
             "WALLET_PROXY_TRIGGER_KEYS": "sessionm-trigger-key",
             "WALLET_PROXY_TRIGGER_BATCH_MS": "0",
+            **TEST_APP,
             "CLOCK": clock,
         }
     )
@@ -393,7 +402,7 @@ def test_triggers_and_tags_share_the_outbox_and_stay_apart(queued_env, clock, sa
 
 
 def test_the_worker_runs_in_the_background_and_stops_with_the_app(queued_env, sandbox):
-    app = create_app(queued_env)
+    app = create_app({**queued_env, **TEST_APP})
     loop = app.extensions[running.EXTENSION]
     start_loops(app)  # what gunicorn's post_worker_init does
     with LiveServer(app) as server:
