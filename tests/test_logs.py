@@ -141,9 +141,11 @@ PRODUCTION_WARNINGS = (
 
 @pytest.fixture
 def without_redis(env, sandbox, clock) -> dict:
-    """Settings all three warnings are about: a budget and Core, no Redis, no hash key."""
+    """Settings all three warnings are about: a budget and Core's direct relay, no Redis,
+    no hash key."""
     return {
         **env,
+        "WALLET_PROXY_TAGS_MODE": "direct",
         "SESSIONM_CORE_URL": sandbox.url,
         "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
