@@ -271,7 +271,8 @@ def answers(url: str) -> bool:
 
 class Demo:
     """`wallet-proxy serve --sandbox` in a terminal's process group of its own, as at a
-    shell: Ctrl-C there sends SIGINT to every process of the group."""
+    shell: Ctrl-C there sends SIGINT to every process of the group. As a context manager,
+    whatever happens to the test, nothing of it is left running."""
 
     def __init__(self, log: Path):
         self.port, self.sandbox_port = free_port(), free_port()
@@ -288,9 +289,31 @@ class Demo:
                 cwd=log.parent,
                 start_new_session=True,
             )
+
+    def __enter__(self) -> Demo:
         up = f"{self.url}/readyz"
-        wait_until(lambda: answers(up) or self.process.poll() is not None, timeout=60)
-        assert self.process.poll() is None, log.read_text()
+        try:
+            wait_until(lambda: answers(up) or self.process.poll() is not None, timeout=60)
+            assert self.process.poll() is None, self.log.read_text()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """`serve` stops what it started on SIGTERM; if it can't, SIGKILL for everything
+        it started, the sandbox (in a group of its own) included."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pid = self.process.pid
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                for child in children:
+                    os.kill(int(child), signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
+                self.process.wait()
 
     def ctrl_c(self) -> float:
         """Seconds from Ctrl-C until `serve` has exited."""
@@ -310,9 +333,9 @@ def test_an_idle_demo_stops_at_ctrl_c_within_3_s_every_time(tmp_path):
     for attempt in range(20):
         folder = tmp_path / str(attempt)
         folder.mkdir()
-        demo = Demo(folder / "serve.log")
-        time.sleep(0.5)  # idle
-        seconds = demo.ctrl_c()
+        with Demo(folder / "serve.log") as demo:
+            time.sleep(0.5)  # idle
+            seconds = demo.ctrl_c()
         assert seconds < 3, f"try {attempt}: {seconds:.1f} s\n{demo.log.read_text()[-2000:]}"
         assert "SIGKILL" not in demo.log.read_text()
         wait_until(demo.gone, timeout=10)
@@ -322,11 +345,10 @@ def test_an_idle_demo_stops_at_ctrl_c_within_3_s_every_time(tmp_path):
 def test_ctrl_c_answers_the_requests_in_flight_within_the_graceful_timeout(tmp_path):
     """Requests waiting on SessionM when Ctrl-C comes get their wallets: gunicorn stops
     gracefully, and the sandbox (SessionM) only after it."""
-    demo = Demo(tmp_path / "serve.log")
-    knobs = requests.post(f"{demo.sandbox_url}/_sandbox/config", json={"latency": 1.0}, timeout=5)
-    assert knobs.status_code == 200
     headers = {"Authorization": "Bearer demo-api-key-not-secret"}
-    with ThreadPoolExecutor(4) as pool:
+    with Demo(tmp_path / "serve.log") as demo, ThreadPoolExecutor(4) as pool:
+        slow = requests.post(f"{demo.sandbox_url}/_sandbox/config", json={"latency": 1}, timeout=5)
+        assert slow.status_code == 200
         answers_in_flight = [
             pool.submit(
                 requests.get,

@@ -109,7 +109,12 @@ def started(tmp_path):
     yield start
     for launched in running:
         if launched.process.poll() is None:
-            launched.interrupt()
+            os.killpg(launched.process.pid, signal.SIGTERM)
+            try:
+                launched.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(launched.process.pid, signal.SIGKILL)
+                launched.process.wait()
 
 
 def post_trigger(url: str, recipient: str) -> requests.Response:
