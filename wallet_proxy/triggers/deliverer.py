@@ -34,16 +34,9 @@ from typing import Protocol
 
 from .. import metrics
 from ..background import Pool
+from ..braze_rest import BrazeNotProcessed, BrazeOutcomeUnknown, BrazeRejected, RateLimit
 from ..logs import UserRef
-from .braze import (
-    MAX_RECIPIENTS,
-    BrazeNotProcessed,
-    BrazeOutcomeUnknown,
-    BrazeRejected,
-    RateLimit,
-    Sent,
-    call_body,
-)
+from .braze import MAX_RECIPIENTS, Sent, call_body
 from .model import WAITING, Record
 from .outbox import Outbox, OutboxError
 from .properties import WALLET_UNKNOWN, with_wallet
