@@ -24,6 +24,7 @@ from . import sandbox as sandbox_module
 from .budget import UNLIMITED
 from .bulk.commands import tags_group, warm_command
 from .bulk.plan import plan_command
+from .bulk.sync import attributes_group
 from .config import ConfigError, Settings, examine, log_id_settings, serving_settings
 from .errors import InvalidRequest, UserNotFound, WalletProxyError
 from .logs import UserIds
@@ -491,6 +492,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 main.add_command(tags_group)
 main.add_command(warm_command)
 main.add_command(plan_command)
+main.add_command(attributes_group)
 main.add_command(triggers_group)
 
 if __name__ == "__main__":
