@@ -115,6 +115,8 @@ def check_config(probe: bool, user_id: str | None) -> None:
             f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
             f"SessionM keys; outbox: {store}"
         )
+    for needs in preflight.braze_permissions(settings):
+        click.echo(f"  {needs}")
     if uses := preflight.data_dir_uses(settings):
         click.echo(f"  data folder: {settings.data_dir}, for {' and '.join(uses)}")
     if probe:

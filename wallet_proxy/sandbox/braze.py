@@ -321,24 +321,26 @@ class Braze:
             "X-RateLimit-Remaining": str(
                 remaining if remaining is not None else max(0, limit - used)
             ),
-            "X-RateLimit-Reset": str(math.ceil(reset)),
+            "X-RateLimit-Reset": str(reset),
         }
         if (status == 429 or 500 <= status < 600) and knobs["retry_after"] is not None:
             headers["Retry-After"] = str(knobs["retry_after"])
         return Response(answer, status, headers, mimetype=mimetype)
 
-    def _count(self, kind: str, knobs: dict, now: float) -> tuple[int, int, float]:
-        """(limit, calls used of it, when it resets) for this call's rate limit: the hour's
-        for the sends, the burst window's for /users/track. Called with the lock held."""
+    def _count(self, kind: str, knobs: dict, now: float) -> tuple[int, int, int]:
+        """(limit, calls used of it, when it resets in epoch seconds) for this call's rate
+        limit: the hour's for the sends, the burst window's for /users/track (its end,
+        rounded up: a caller waiting for it finds the window over). Called with the lock
+        held."""
         if kind != TRACK:
             self._used += 1
-            return HOURLY_LIMIT, self._used, now + knobs["reset_in"]
+            return HOURLY_LIMIT, self._used, int(now + knobs["reset_in"])
         window = knobs["track_window"]
         start = math.floor(now / window) * window
         if start != self._track_window:
             self._track_window, self._track_used = start, 0
         self._track_used += 1
-        return knobs["track_limit"], self._track_used, start + window
+        return knobs["track_limit"], self._track_used, math.ceil(start + window)
 
     def _produce(
         self,

@@ -22,7 +22,7 @@ from .views import bp
 def init_app(app: Flask, found: Services) -> None:
     """The trigger route, the outbox and intake behind it, and this process's deliverer
     (started by the service's launcher, running.py); closed with the app."""
-    triggers = build_triggers(found.settings, found.unix_time)
+    triggers = build_triggers(found.settings, found.unix_time, found.redis)
     app.extensions[EXTENSION] = triggers
     if triggers is not None:
         found.on_close(triggers.outbox.close)

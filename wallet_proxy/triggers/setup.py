@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from flask import Flask, current_app
 
+from ..attributes.written import WrittenStore, WrittenStoreError, written_store
 from ..config import ConfigError, Settings
 from .braze import BrazeClient
 from .deliverer import Deliverer, Wallets
@@ -36,6 +38,7 @@ class Triggers:
     outbox: Outbox
     intake: Intake
     keys: tuple[str, ...]
+    written: WrittenStore  # what the deliverer last wrote to profiles (enrich: attributes)
 
 
 def triggers_of(app: Flask | None = None) -> Triggers | None:
@@ -65,12 +68,21 @@ def open_outbox(settings: Settings) -> Outbox:
         ) from None
 
 
-def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Triggers | None:
-    """The outbox and the intake, or None when Braze isn't configured (then the route
-    answers 503 not_configured and no data folder is needed)."""
+def build_triggers(
+    settings: Settings, unix_time: Callable[[], float], redis_client: redis.Redis | None
+) -> Triggers | None:
+    """The outbox, the intake and the store of written attributes, or None when Braze isn't
+    configured (then the route answers 503 not_configured and no data folder is needed)."""
     if not settings.triggers_configured:
         return None
     outbox = open_outbox(settings)
+    try:
+        written = written_store(redis_client, settings.data_dir, unix_time)
+    except WrittenStoreError as error:
+        outbox.close()
+        raise ConfigError(
+            "WALLET_PROXY_DATA_DIR", f"can't hold the attributes written to Braze: {error}"
+        ) from None
     intake = Intake(
         outbox,
         max_queued=settings.trigger_max_queued,
@@ -78,7 +90,7 @@ def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Trigge
         email_prioritization=settings.trigger_email_prioritization,
         clock=unix_time,
     )
-    return Triggers(outbox, intake, settings.trigger_keys)
+    return Triggers(outbox, intake, settings.trigger_keys, written)
 
 
 def build_deliverer(
@@ -86,6 +98,7 @@ def build_deliverer(
     outbox: Outbox,
     *,
     wallets: Wallets | None = None,
+    written: WrittenStore | None = None,
     clock: Callable[[], float],
 ) -> Deliverer:
     if not settings.braze_rest_url or not settings.braze_rest_api_key:
@@ -96,5 +109,6 @@ def build_deliverer(
         window=settings.trigger_batch_ms / 1000,
         max_age=settings.trigger_max_age,
         wallets=wallets,
+        written=written,
         clock=clock,
     )
