@@ -15,7 +15,7 @@ from wallet_proxy import create_app
 from wallet_proxy.bulk.commands import warm_all
 from wallet_proxy.bulk.csvinput import read_table, wallet_ids
 from wallet_proxy.bulk.durations import parse_duration, spoken
-from wallet_proxy.bulk.plan import make_plan
+from wallet_proxy.bulk.plan import make_plan, make_sync_plan
 from wallet_proxy.cli import main
 from wallet_proxy.config import Settings
 from wallet_proxy.container import services
@@ -194,3 +194,60 @@ def test_plan_needs_a_budget(env):
     result = CliRunner().invoke(main, ["plan", "--recipients", "10"], env=env)  # rate 0
     assert result.exit_code == 2
     assert "WALLET_PROXY_SESSIONM_RATE is 0" in result.output
+
+
+def test_a_sync_plan_of_100000_customers(env):
+    plan = make_sync_plan(settings(env, WALLET_PROXY_SESSIONM_RATE=50), 100_000)
+    assert plan.requests == 1334  # 100,000 / 75, the last one not full
+    assert plan.warmed_seconds == pytest.approx(133.4)  # at the default 10 requests/s
+    assert plan.wallet_rate == pytest.approx(0.8 * 55 / 1.2)  # 36.7 wallets/s
+    assert plan.cold_seconds == pytest.approx(100_000 / (0.8 * 55 / 1.2))  # 45 min 27 s
+    assert spoken(plan.cold_seconds) == "45 min 27 s"
+
+    narrow = make_sync_plan(
+        settings(env, WALLET_PROXY_BRAZE_TRACK_BATCH=50, WALLET_PROXY_BRAZE_TRACK_RATE=0), 100_000
+    )
+    assert narrow.requests == 2000 and narrow.track_rate == 1000  # Braze's 3,000 per 3 s
+    assert narrow.cold_seconds is None  # no SessionM budget to plan against
+
+
+def test_plan_sync_in_plain_words_without_calling_anything(env, sandbox):
+    result = CliRunner().invoke(
+        main, ["plan", "--sync", "100000"], env={**env, "WALLET_PROXY_SESSIONM_RATE": "50"}
+    )
+    assert result.exit_code == 0, result.output
+    for words in (
+        "at most 1,334 /users/track requests of 75 profiles",
+        "started at most 10/s (WALLET_PROXY_BRAZE_TRACK_RATE): 2 min 13 s",
+        "36.7 wallets/s, the bulk share (80%) of what the budget of 50 requests/s sustains: "
+        "about 45 min 27 s",
+        "the Braze rate alone bounds it: about 2 min 13 s",
+        "The first sync sets 4 a customer (400,000)",
+    ):
+        assert words in result.output
+    assert sandbox.stats()["calls"] == 0 and sandbox.braze.stats()["braze_calls"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ([], "give exactly one of --recipients and --sync"),
+        (["--recipients", "5", "--sync", "5"], "give exactly one of --recipients and --sync"),
+        (["--sync", "5", "--renders", "3"], "--renders goes with --recipients, not --sync"),
+        (["--sync", "5", "--send-within", "1h"], "--send-within goes with --recipients"),
+    ],
+)
+def test_plan_takes_one_kind_of_work(env, args, error):
+    result = CliRunner().invoke(main, ["plan", *args], env=env)
+    assert result.exit_code == 2 and error in result.output
+
+
+def test_the_sync_plan_shown_in_the_docs_is_the_commands_output(env):
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "braze.md").read_text()
+    shown = re.search(r"```\n(Sync of .*?)```", docs, re.DOTALL)
+    assert shown is not None
+    result = CliRunner().invoke(
+        main, ["plan", "--sync", "100000"], env={**env, "WALLET_PROXY_SESSIONM_RATE": "50"}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == shown.group(1)

@@ -87,6 +87,7 @@ from .sidecars import check_replaceable, replace_with
 
 JOURNAL, FAILED_FILE = ".sync.journal", ".sync.failed.csv"
 USER_ID_COLUMN = "user_id"  # SessionM user ids, as `warm` reads them
+RATE_OPTION = 50.0  # --rate's default: SessionM calls started per second, at most
 SHOWN = 5  # rows a dry run shows
 
 
@@ -460,7 +461,7 @@ def attributes_group() -> None:
     help="Also send sessionm_synced_at, when SessionM gave the wallet (a data point each).",
 )
 @concurrency_option(8)
-@rate_option(50.0)
+@rate_option(RATE_OPTION)
 @click.option("--dry-run", is_flag=True, help="Validate and say what would be done.")
 def sync_command(
     file: Path,
