@@ -315,7 +315,9 @@ ROUTES: list[Route] = [
         ok_status=202,
         description="Exactly one of braze_campaign_id and braze_canvas_id; a customer unless "
         "broadcast is true, never with it, named by at most one of external_id, braze_id and "
-        "user_alias, else by email; enrich [wallet] needs customer.sessionm_user_id. "
+        "user_alias, else by email; enrich [wallet] (the wallet summary in the properties) "
+        "and [attributes] (the loyalty attributes that changed, set on the profile) need "
+        "customer.sessionm_user_id. "
         "202 once stored durably; a repeat (same Idempotency-Key within 7 days, or the same "
         "body without one within 10 minutes) answers the first trigger's id and state.",
     ),

@@ -575,7 +575,9 @@ def _dry_run(
     )
     requests = math.ceil(left / settings.braze_track_batch)
     rate = settings.braze_track_rate
-    pace = f", at most {rate:g}/s: {spoken(requests / rate)} at least" if rate else ""
+    pace = f", started at most {rate:g}/s" if rate else ""
+    if rate and requests / rate >= 1:
+        pace += f" (at least {spoken(requests / rate)})"
     click.echo(
         f"{sync.table.path} is valid: {sync.count} rows, Braze external ids from column "
         f"{sync.table.id_name!r}, {users}."
