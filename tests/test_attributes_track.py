@@ -11,20 +11,7 @@ from wallet_proxy.attributes.track import TrackClient, attribute_object
 from wallet_proxy.braze_rest import BrazeNotProcessed, BrazeRejected
 from wallet_proxy.braze_users import BRAZE_ID, EMAIL, EXTERNAL_ID, USER_ALIAS, BrazeUser
 
-from .triggers_helpers import BRAZE_KEY, BrazeServer
-
-
-@pytest.fixture(scope="module")
-def braze_server():
-    with BrazeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def braze(braze_server):
-    braze_server.reset()
-    yield braze_server
-    braze_server.reset()
+from .triggers_helpers import BRAZE_KEY
 
 
 def track(braze, body, key=BRAZE_KEY) -> requests.Response:

@@ -30,7 +30,7 @@ from wallet_proxy.triggers.properties import WALLET_UNKNOWN
 from wallet_proxy.triggers.redis_outbox import RedisOutbox
 from wallet_proxy.triggers.sqlite_outbox import SqliteOutbox
 
-from .triggers_helpers import BRAZE_KEY, BrazeServer, trigger
+from .triggers_helpers import BRAZE_KEY, trigger
 
 WINDOW = 0.25
 MAX_AGE = 86_400.0
@@ -45,19 +45,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(scope="module")
-def braze_server():
-    with BrazeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def braze(braze_server):
-    braze_server.reset()
-    yield braze_server
-    braze_server.reset()
 
 
 @pytest.fixture
