@@ -291,7 +291,9 @@ class Deliverer:
             try:
                 last = self.written.get(trigger.recipient)
             except WrittenStoreError as error:
-                log.warning("what was last written to Braze can't be read (%s): all goes", error)
+                log.warning(
+                    "what was last written to Braze can't be read (%s): all is sent", error
+                )
         changes = changed(profile, last.attributes if last is not None else None)
         sent = replace(trigger, attributes={**changes, **trigger.attributes})
         return replace(outgoing, trigger=sent, profile=profile)
