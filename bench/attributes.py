@@ -1,4 +1,4 @@
-"""Benchmark 8: loyalty attributes to Braze profiles (`wallet-proxy attributes sync`), cold
+"""Benchmark 9: loyalty attributes to Braze profiles (`wallet-proxy attributes sync`), cold
 and after a warm-up.
 
 N customers (default 100,000; `ext-N` in Braze for SessionM's `user-N`), the sandbox in its

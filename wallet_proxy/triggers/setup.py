@@ -1,7 +1,8 @@
-"""Building the triggers feature (its outbox and intake), and a deliverer on demand.
+"""Building the triggers feature (its intake on the outbox), and a deliverer on demand.
 
-Nothing is opened unless Braze is configured: without BRAZE_REST_URL the route answers
-503 not_configured and no data folder is needed.
+The outbox is the instance's one store of queued items (the triggers', the queued tags'):
+the first feature that needs it opens it (`shared_outbox`). Without BRAZE_REST_URL the
+trigger route answers 503 not_configured and the triggers need no data folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flask import Flask, current_app
 
 from ..attributes.written import WrittenStore, WrittenStoreError, written_store
 from ..config import ConfigError, Settings
+from ..container import Services
 from .braze import BrazeClient
 from .deliverer import Deliverer, Wallets
 from .intake import Intake
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 
 EXTENSION = "wallet_proxy.triggers"
+OUTBOX = "wallet_proxy.outbox"  # the app's outbox, whichever feature opened it
 
 
 @dataclass(frozen=True)
@@ -64,22 +67,31 @@ def open_outbox(settings: Settings) -> Outbox:
     except (OSError, OutboxError) as exc:
         problem = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
-            "WALLET_PROXY_DATA_DIR", f"can't hold the trigger outbox or its lock: {problem}"
+            "WALLET_PROXY_DATA_DIR", f"can't hold the outbox or its workers' locks: {problem}"
         ) from None
 
 
+def shared_outbox(app: Flask, found: Services) -> Outbox:
+    """The app's outbox, opened by the first feature that asks and closed with the app."""
+    outbox: Outbox | None = app.extensions.get(OUTBOX)
+    if outbox is None:
+        outbox = open_outbox(found.settings)
+        app.extensions[OUTBOX] = outbox
+        found.on_close(outbox.close)
+    return outbox
+
+
 def build_triggers(
-    settings: Settings, unix_time: Callable[[], float], redis_client: redis.Redis | None
-) -> Triggers | None:
-    """The outbox, the intake and the store of written attributes, or None when Braze isn't
-    configured (then the route answers 503 not_configured and no data folder is needed)."""
-    if not settings.triggers_configured:
-        return None
-    outbox = open_outbox(settings)
+    settings: Settings,
+    outbox: Outbox,
+    unix_time: Callable[[], float],
+    redis_client: redis.Redis | None,
+) -> Triggers:
+    """The triggers' intake on the outbox (its triggers' queue), and the store of the
+    attributes the deliverer writes to profiles (`enrich: ["attributes"]`)."""
     try:
         written = written_store(redis_client, settings.data_dir, unix_time)
     except WrittenStoreError as error:
-        outbox.close()
         raise ConfigError(
             "WALLET_PROXY_DATA_DIR", f"can't hold the attributes written to Braze: {error}"
         ) from None
