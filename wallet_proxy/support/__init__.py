@@ -280,7 +280,7 @@ class InBraze:
 
     written: Written | None  # None: none kept (or `unavailable`)
     unavailable: bool  # the store did not answer
-    now: Attributes
+    current: Attributes  # what a write would send from the wallet shown
     names: tuple[str, ...] = NAMES
     kept_days: int = int(KEEP // 86_400)
 
@@ -288,14 +288,13 @@ class InBraze:
         return datetime.fromtimestamp(self.written.at, UTC) if self.written else None
 
 
-def in_braze(user_id: str, now: Attributes) -> InBraze:
+def in_braze(user_id: str, current: Attributes) -> InBraze:
     store = support_state().written
-    if store is None:
-        return InBraze(None, True, now)
+    assert store is not None  # the pages exist only with staff accounts, and so does this
     try:
-        return InBraze(store.latest_for(user_id), False, now)
+        return InBraze(store.latest_for(user_id), False, current)
     except WrittenStoreError:
-        return InBraze(None, True, now)
+        return InBraze(None, True, current)
 
 
 def freshness(lookup: Lookup, entry: Entry | None, now: datetime) -> Freshness:
