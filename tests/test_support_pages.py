@@ -4,6 +4,7 @@ with a filter, and who on staff looked at a customer lately."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -24,12 +25,14 @@ from tests.staff import (
     token_in,
 )
 from wallet_proxy import create_app
+from wallet_proxy.attributes.written import WrittenStoreError
 from wallet_proxy.cli import main
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.container import services
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY
 from wallet_proxy.support import listing
 from wallet_proxy.support.history import KEEP, SAME_VISIT_SECONDS
+from wallet_proxy.support.state import EXTENSION as support_state_key
 
 ALICE, CAROL = "/support/wallets/demo-alice", "/support/wallets/demo-carol"
 
@@ -266,6 +269,20 @@ def test_the_page_shows_the_attributes_last_written_to_braze_and_when(
     staff_client.post(f"{bob}/refresh", data={"csrf_token": token_in(page), "culture": "en-US"})
     later = element(staff_client.get(bob).text, r'<table id="in-braze-attributes">(.*?)</table>')
     assert re.search(r"<code>1</code> <span class=\"badge stale\">changed</span>", later)
+
+
+def test_the_page_stands_when_what_was_written_cant_be_read(app, staff_client):
+    class Failing:
+        def latest_for(self, user_id):
+            raise WrittenStoreError("database is locked")
+
+    state = app.extensions[support_state_key]
+    app.extensions[support_state_key] = dataclasses.replace(state, written=Failing())
+    page = staff_client.get("/support/wallets/demo-bob")
+    assert page.status_code == 200
+    assert "What was written to Braze can't be read right now" in page.text
+    table = element(page.text, r'<table id="in-braze-attributes">(.*?)</table>')
+    assert "<code>40</code>" in table  # what a write would set is still shown
 
 
 def test_json_is_indented_and_folded(staff_client, auth):
