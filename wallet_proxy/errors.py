@@ -201,6 +201,32 @@ class TriggerStoreUnavailable(WalletProxyError):
     retry_after = 5
 
 
+class TriggerMaybeStored(WalletProxyError):
+    """The trigger outbox did not confirm the write in time: it may have stored it."""
+
+    status = 503
+    code = "trigger_maybe_stored"
+    message = (
+        "The trigger store did not confirm in time; this trigger may have been stored. "
+        "Send it again with the same Idempotency-Key (without one, the same body within "
+        "10 minutes): a repeat is answered with the trigger's id, never stored twice."
+    )
+    retry_after = 5
+
+
+class TriggerDiskFull(WalletProxyError):
+    """The disk of the SQLite trigger outbox is too full to take a trigger; nothing was
+    stored, and what was stored before is still delivered."""
+
+    status = 503
+    code = "trigger_disk_full"
+    message = (
+        "The disk holding the trigger store is full; nothing was accepted. "
+        "Triggers already accepted are still delivered. Try again later."
+    )
+    retry_after = 60
+
+
 def error_body(error: WalletProxyError) -> dict:
     return {"error": {"code": error.code, "message": error.message}}
 

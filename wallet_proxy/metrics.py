@@ -44,7 +44,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 CACHE_RESULTS: tuple[CacheResult, ...] = ("hit", "stale", "negative", "miss")
-TriggerOutcome = Literal["accepted", "repeat", "sent", "retry", "unknown", "dead"]
+TriggerOutcome = Literal["accepted", "repeat", "pruned", "sent", "retry", "unknown", "dead"]
 BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
 
 # Braze gives up at 2 s and the service answers by WALLET_PROXY_DEADLINE (1.5 s): the
@@ -130,7 +130,8 @@ OFFERS_WITHOUT_EXPIRY_FIELD = Counter(
 TRIGGERS = Counter(
     "wallet_proxy_triggers",
     "Triggers by what happened to them: accepted, repeat (an earlier trigger answered), "
-    "sent, retry, unknown (Braze may have it), dead.",
+    "pruned (kept history removed to make room), sent, retry, unknown (Braze may have it), "
+    "dead.",
     ["outcome"],
 )
 # Set by the one deliverer of an instance (the other workers hold 0), so `livesum` is the
@@ -139,6 +140,25 @@ TRIGGER_QUEUE = Gauge(
     "wallet_proxy_trigger_queue_depth",
     "Triggers waiting for Braze (queued or being sent) in this instance's outbox.",
     multiprocess_mode="livesum",
+)
+TRIGGER_OUTBOX_BYTES = Gauge(
+    "wallet_proxy_trigger_outbox_bytes",
+    "Bytes the instance's outbox holds against WALLET_PROXY_TRIGGER_MAX_BYTES.",
+    multiprocess_mode="livesum",
+)
+# Labelled by the data folder so that it is absent with the outbox in Redis.
+TRIGGER_DISK_FREE = Gauge(
+    "wallet_proxy_trigger_disk_free_bytes",
+    "Free bytes on the disk of the SQLite trigger outbox (its reserve not counted).",
+    ["folder"],
+    multiprocess_mode="livemostrecent",
+)
+TRIGGER_DISK_FULL = Gauge(
+    "wallet_proxy_trigger_disk_full",
+    "1 while new triggers are refused for want of room on the SQLite outbox's disk "
+    "(delivery goes on from its reserve), else 0.",
+    ["folder"],
+    multiprocess_mode="livemostrecent",
 )
 
 LOG_LINES_DROPPED = Counter(
@@ -265,6 +285,16 @@ def trigger_outcome(outcome: TriggerOutcome, count: int = 1) -> None:
 
 def trigger_queue_depth(depth: int) -> None:
     TRIGGER_QUEUE.set(depth)
+
+
+def trigger_outbox_bytes(total: int) -> None:
+    TRIGGER_OUTBOX_BYTES.set(total)
+
+
+def trigger_disk(folder: str, *, free_bytes: int, full: bool) -> None:
+    """What the SQLite outbox's disk has free, and whether intake refuses for want of it."""
+    TRIGGER_DISK_FREE.labels(folder).set(free_bytes)
+    TRIGGER_DISK_FULL.labels(folder).set(1 if full else 0)
 
 
 def log_line_dropped() -> None:

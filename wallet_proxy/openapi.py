@@ -31,6 +31,7 @@ from .rules import (
     WalletQuerySchema,
 )
 from .triggers.model import STATES
+from .triggers.outbox import PRUNED
 from .triggers.schema import TriggerBody
 from .version import __version__
 
@@ -131,8 +132,11 @@ class TriggerAccepted(_Strict):
     trigger_id = fields.String(required=True)
     status = fields.String(
         required=True,
-        validate=validate.OneOf(STATES),
-        metadata={"description": "The trigger's state now (a repeat answers the first's)."},
+        validate=validate.OneOf([*STATES, PRUNED]),
+        metadata={
+            "description": "The trigger's state now (a repeat answers the first's; `pruned` "
+            "when that was sent and its record removed to make room)."
+        },
     )
 
 
@@ -306,8 +310,9 @@ ROUTES: list[Route] = [
             401: "No valid trigger key (WALLET_PROXY_TRIGGER_KEYS; Bearer, or Basic's password).",
             413: None,
             422: None,
-            503: "Braze is not configured, the queue is full or the outbox can't store; "
-            "see Retry-After.",
+            503: "Braze is not configured, the queue is full, the outbox's disk is full, it "
+            "can't store, or it did not confirm in time (trigger_maybe_stored: send again "
+            "with the same Idempotency-Key); see Retry-After.",
         },
         parameters=(IDEMPOTENCY_KEY,),
         body=TriggerBody,

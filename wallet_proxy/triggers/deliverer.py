@@ -53,7 +53,7 @@ CLAIM_LIMIT = 500
 CLAIM_LEASE = 30.0  # from claim to `sending`: enough for the wallet budget and the batch
 SEND_LEASE = 60.0  # a call's connect and answer timeouts (13 s), with room to record it
 IDLE_WAIT = 0.05
-DEPTH_EVERY = 1.0  # seconds between readings of the outbox's depth for the metrics
+DEPTH_EVERY = 1.0  # seconds between readings of the outbox's depth and size for the metrics
 # The moves the metrics count, as the outcomes they are.
 COUNTED_MOVES: dict[str, metrics.TriggerOutcome] = {
     "sent": "sent",
@@ -157,6 +157,8 @@ class Deliverer:
                 if now - last_depth >= DEPTH_EVERY:
                     counts = self.outbox.counts()
                     metrics.trigger_queue_depth(sum(counts[state] for state in WAITING))
+                    metrics.trigger_outbox_bytes(sum(self.outbox.usage().values()))
+                    self.outbox.checks()  # the disk's metrics, with or without probes
                     last_depth = now
                 if now - last_purge >= PURGE_EVERY:
                     removed = self.outbox.purge(now=now)

@@ -1,4 +1,5 @@
-"""Accepting a trigger: map it, recognise a repeat, respect the bound, store it durably."""
+"""Accepting a trigger: map it, recognise a repeat, respect the bounds, store it durably,
+and answer the truth within the outbox's ADD_BOUND: stored, not stored, or maybe stored."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ from collections.abc import Callable
 from .. import metrics
 from ..errors import (
     IdempotencyConflict,
+    TriggerDiskFull,
+    TriggerMaybeStored,
     TriggerQueueFull,
     TriggerStoreUnavailable,
 )
-from .outbox import Accepted, Dedupe, DedupeConflict, Outbox, OutboxError, OutboxFull
+from .outbox import (
+    Accepted,
+    Dedupe,
+    DedupeConflict,
+    DiskFull,
+    Outbox,
+    OutboxError,
+    OutboxFull,
+    OutcomeUnknown,
+)
 from .properties import build_trigger
 
 log = logging.getLogger(__name__)
@@ -38,8 +50,16 @@ class Intake:
             raise TriggerQueueFull() from None
         except DedupeConflict:
             raise IdempotencyConflict() from None
+        except DiskFull as exc:
+            log.error("refused a trigger: %s", exc)
+            raise TriggerDiskFull() from None
         except OutboxError as exc:
             log.error("could not store a trigger: %s", exc)
             raise TriggerStoreUnavailable() from None
+        except OutcomeUnknown:
+            log.error("a trigger may or may not be stored: the store did not confirm in time")
+            raise TriggerMaybeStored() from None
         metrics.trigger_outcome("accepted" if accepted.created else "repeat")
+        if accepted.pruned:
+            metrics.trigger_outcome("pruned", accepted.pruned)
         return accepted

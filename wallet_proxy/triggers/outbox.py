@@ -14,6 +14,15 @@ another takes them (nothing was sent). A trigger at `sending` whose lease ends w
 flight when its deliverer died: Braze has no idempotency key, so it becomes `unknown`
 rather than being sent again.
 
+The outbox is bounded in bytes (WALLET_PROXY_TRIGGER_MAX_BYTES) as well as in waiting
+triggers. Each store keeps a ledger of what it holds, bytes per part: `trigger:<state>`
+for the records in each state and `dedupe` for the records that recognise repeats, each
+at what it costs that store (its `Costs`, measured). Parts in PRUNABLE are kept history,
+removed oldest first to make room for a new trigger; every other part is held until
+delivered or settled, and a new trigger that would take what is held past the bound is
+refused. A second kind of queued item counts against the same bound by keeping its parts
+in the same ledger.
+
 Times are epoch seconds passed in by the caller, so tests move time by hand.
 """
 
@@ -31,8 +40,72 @@ DEAD_RETENTION = 30 * 86_400
 KEY_WINDOW = 7 * 86_400  # an Idempotency-Key answers the same trigger this long
 BODY_WINDOW = 600  # an identical body without a key is the same trigger this long
 BROADCASTS_PER_MINUTE = 250  # Braze's limit for broadcast calls
+# Seconds an add may hold the request that brought the trigger, whatever the store does:
+# past it the answer says whether the trigger was stored, or that it may have been.
+ADD_BOUND = 2.0
 RECENT_PER_CUSTOMER = 50
 STALE_SENDING = "the deliverer stopped while sending; Braze may or may not have it"
+# What a repeat answers when its trigger was pruned to make room: its dedupe record
+# outlives it, so the repeat is still recognised, not stored again.
+PRUNED = "pruned"
+
+DEFAULT_MAX_BYTES = 128 * 1024 * 1024
+DEDUPE_PART = "dedupe"
+# Kept history, pruned in this order, oldest first within each: sent triggers are only a
+# record; a dead letter may still be re-queued by an operator. `unknown` ones wait for an
+# operator's decision and are never pruned.
+PRUNABLE = (f"trigger:{SENT}", f"trigger:{DEAD}")
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """What a store's records cost it, in bytes, measured on that store and rounded up
+    (tests/test_triggers_bounds.py holds each store to its measure).
+
+    A trigger's record: its body plus `body_share` of it (allocator slack); where the store
+    keeps rows in pages, with the row's other fields (`row_fields`), in whole shares of a
+    `page`; then `per_record` (index entries, sorted-set members, the rest). A dedupe
+    record: `per_dedupe`."""
+
+    per_record: int
+    per_dedupe: int
+    body_share: float = 0.0
+    page: int = 0
+    row_fields: int = 0
+
+    def record(self, body: str) -> int:
+        size = len(body.encode())
+        row = size + int(size * self.body_share) + self.row_fields
+        if self.page and row < self.page:  # rows that fit share a page: their share
+            row = self.page // (self.page // row)
+        elif self.page:  # a longer row takes whole pages
+            row = -(-row // self.page) * self.page
+        return row + self.per_record
+
+
+def state_part(state: str) -> str:
+    """The ledger's part for triggers in `state`."""
+    return f"trigger:{state}"
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """Whether a new item of `size` bytes fits: what the ledger holds against `max_bytes`."""
+
+    usage: dict[str, int]
+    max_bytes: int
+
+    @property
+    def held(self) -> int:
+        """Bytes that can't be pruned: waiting and unknown items, dedupe records."""
+        return sum(n for part, n in self.usage.items() if part not in PRUNABLE)
+
+    def fits(self, size: int) -> bool:
+        return self.held + size <= self.max_bytes
+
+    def to_prune(self, size: int) -> int:
+        """Bytes of kept history to remove before `size` more fit (0: none)."""
+        return max(0, sum(self.usage.values()) + size - self.max_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +138,13 @@ MOVES = {
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """What `add` did: the trigger's id, its state now, and whether this call created it."""
+    """What `add` did: the trigger's id, its state now (PRUNED for a repeat of one pruned),
+    whether this call created it, and how many kept triggers it pruned to make room."""
 
     trigger_id: str
     state: str
     created: bool
+    pruned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +165,8 @@ class Dedupe:
 
 
 class OutboxFull(Exception):
-    """WALLET_PROXY_TRIGGER_MAX_QUEUED triggers are waiting already."""
+    """WALLET_PROXY_TRIGGER_MAX_QUEUED triggers are waiting already, or what the outbox
+    holds and can't prune would pass WALLET_PROXY_TRIGGER_MAX_BYTES with this one."""
 
 
 class DedupeConflict(Exception):
@@ -101,11 +177,24 @@ class OutboxError(Exception):
     """The store failed (disk, Redis): nothing was accepted or changed."""
 
 
+class DiskFull(OutboxError):
+    """The disk holding the outbox is too full to take a trigger: nothing was accepted.
+
+    What is stored is still delivered: the outbox keeps a reserve for that."""
+
+
+class OutcomeUnknown(Exception):
+    """The store was asked to keep a trigger and did not confirm it in time: the trigger
+    may have been stored (a repeat with the same dedupe key finds it if so)."""
+
+
 class Outbox(Protocol):
     """The durable store. Every method is atomic; `ids` not matching a move are skipped."""
 
     def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
-        """Store durably before returning; raises OutboxFull or DedupeConflict."""
+        """Store durably before returning, pruning kept history to make room, within
+        ADD_BOUND; raises OutboxFull, DedupeConflict, OutboxError (nothing stored) or
+        OutcomeUnknown (maybe stored)."""
         ...
 
     def claim(
@@ -144,6 +233,14 @@ class Outbox(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
+    def usage(self) -> dict[str, int]:
+        """The ledger: bytes held per part (`trigger:<state>`, `dedupe`)."""
+        ...
+
+    def checks(self) -> dict[str, str]:
+        """What readiness reports about the store itself (SQLite: its disk)."""
+        ...
+
     def oldest_queued(self) -> float | None:
         """When the longest-waiting queued trigger was accepted."""
         ...
@@ -153,7 +250,8 @@ class Outbox(Protocol):
         ...
 
     def purge(self, *, now: float) -> int:
-        """Forget sent triggers after SENT_RETENTION and dead ones after DEAD_RETENTION."""
+        """Forget sent triggers after SENT_RETENTION and dead ones after DEAD_RETENTION,
+        and expired dedupe records; give the space back."""
         ...
 
     def close(self) -> None: ...
