@@ -33,7 +33,8 @@ from wallet_proxy.triggers.setup import triggers_of
 from wallet_proxy.triggers.sqlite_outbox import SqliteOutbox
 
 from .test_triggers_api import AUTH, BODY, trigger_env  # noqa: F401 (a fixture)
-from .test_triggers_outbox import T0, make
+from .test_triggers_outbox import T0
+from .triggers_helpers import trigger as make
 
 MIB = 1024 * 1024
 BOUND = 4 * MIB  # the smallest WALLET_PROXY_TRIGGER_MAX_BYTES

@@ -29,7 +29,8 @@ from wallet_proxy.triggers.sqlite_outbox import RESERVE_NAME
 
 from .raw_servers import StallingProxy
 from .test_triggers_api import AUTH, BODY, trigger_env  # noqa: F401 (a fixture)
-from .test_triggers_outbox import T0, make
+from .test_triggers_outbox import T0
+from .triggers_helpers import trigger as make
 
 # On top of a bound the service states: scheduling on a loaded 2-core machine.
 ALLOWANCE = 0.5

@@ -405,7 +405,7 @@ class RedisOutbox:
             "fingerprint": dedupe.fingerprint,
             "window_ms": int(dedupe.window * 1000),
             "target": trigger.target,
-            "recipient": trigger.recipient or "",
+            "recipient": trigger.recipient_index or "",
             "size": COSTS.record(body),
             "dedupe_size": COSTS.per_dedupe,
             "max_bytes": self.max_bytes,

@@ -561,7 +561,7 @@ class SqliteOutbox:
         db.execute(
             "INSERT INTO outbox (id, target, recipient, state, accepted_at, queued_at,"
             " due_at, updated_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (trigger_id, trigger.target, trigger.recipient, QUEUED, *(now,) * 4, size),
+            (trigger_id, trigger.target, trigger.recipient_index, QUEUED, *(now,) * 4, size),
         )
         db.execute("INSERT INTO bodies (id, body) VALUES (?, ?)", (trigger_id, pending.body))
         db.execute(
