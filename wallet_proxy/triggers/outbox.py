@@ -51,10 +51,17 @@ PRUNED = "pruned"
 
 DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 DEDUPE_PART = "dedupe"
+
+
+def state_part(state: str) -> str:
+    """The ledger's part for triggers in `state`."""
+    return f"trigger:{state}"
+
+
 # Kept history, pruned in this order, oldest first within each: sent triggers are only a
 # record; a dead letter may still be re-queued by an operator. `unknown` ones wait for an
 # operator's decision and are never pruned.
-PRUNABLE = (f"trigger:{SENT}", f"trigger:{DEAD}")
+PRUNABLE = (state_part(SENT), state_part(DEAD))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +88,6 @@ class Costs:
         elif self.page:  # a longer row takes whole pages
             row = -(-row // self.page) * self.page
         return row + self.per_record
-
-
-def state_part(state: str) -> str:
-    """The ledger's part for triggers in `state`."""
-    return f"trigger:{state}"
 
 
 @dataclass(frozen=True, slots=True)
