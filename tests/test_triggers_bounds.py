@@ -1,5 +1,6 @@
-"""WALLET_PROXY_TRIGGER_MAX_BYTES (issue 19 item 2): the outbox, its history and its dedupe
-records held within a byte bound, on both stores, and a flood of 50 KB triggers over HTTP."""
+"""WALLET_PROXY_TRIGGER_MAX_BYTES (issue 19 item 2): the outbox, every queue's items in
+every state and the dedupe records, held within a byte bound, on both stores, and a flood
+of 50 KB triggers over HTTP."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import requests
 from tests.helpers import LiveServer, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.factory import close_app
+from wallet_proxy.tags.model import TAGS, Tagging
 from wallet_proxy.triggers import redis_outbox, sqlite_outbox
 from wallet_proxy.triggers.model import DEAD, QUEUED, SENDING, SENT, UNKNOWN
 from wallet_proxy.triggers.outbox import (
@@ -23,6 +25,7 @@ from wallet_proxy.triggers.outbox import (
     KEY_WINDOW,
     PRUNED,
     SENT_RETENTION,
+    TRIGGERS,
     Dedupe,
     OutboxFull,
     state_part,
@@ -115,16 +118,35 @@ def test_the_ledger_counts_each_record_where_it_is(bounded):
     each = cost.record(bounded.get(first).trigger.to_json())
     finish(bounded, [first], "sent", now=T0 + 1)
     second = add(bounded, 2, now=T0 + 1).trigger_id
-    usage = bounded.usage()
-    assert usage == {
-        **{state_part(s): 0 for s in (QUEUED, SENDING, SENT, UNKNOWN, DEAD)},
-        state_part(QUEUED): each,
-        state_part(SENT): each,
-        "dedupe": 2 * cost.per_dedupe,
-    }
+
+    def part(state: str) -> int:
+        return bounded.usage().get(state_part(TRIGGERS.name, state), 0)
+
+    assert [part(s) for s in (QUEUED, SENDING, SENT, UNKNOWN, DEAD)] == [each, 0, each, 0, 0]
+    assert bounded.usage()["dedupe"] == 2 * cost.per_dedupe
+    assert sum(bounded.usage().values()) == 2 * each + 2 * cost.per_dedupe
     bounded.purge(now=T0 + 1 + SENT_RETENTION + 1)  # the sent one, and both keys (7 days)
-    assert bounded.usage() == {**usage, state_part(SENT): 0, "dedupe": 0}
+    assert (part(QUEUED), part(SENT), bounded.usage()["dedupe"]) == (each, 0, 0)
     assert bounded.get(second).state == QUEUED
+
+
+def test_the_queued_tags_count_against_the_same_bound(bounded):
+    """Both queues fill one outbox: a webhook's tags make room by pruning sent triggers,
+    and tags waiting for SessionM are held as waiting triggers are."""
+    sent = [add(bounded, n, now=T0).trigger_id for n in range(20)]
+    finish(bounded, sent, "sent", now=T0 + 1)
+    tags = bounded.for_queue(TAGS)
+    waiting = []
+    with pytest.raises(OutboxFull):
+        for n in range(80):  # 50 KB of tags each, never applied
+            tagging = Tagging(f"c-{n}", False, (f"t-{n}", "y" * 50_000), None)
+            waiting.append(tags.add(tagging, None, now=T0 + 2, max_waiting=10**6).trigger_id)
+    assert all(bounded.get(i) is None for i in sent)  # every sent trigger made room
+    assert all(tags.get(i).state == QUEUED for i in waiting)
+    assert tags.counts()[QUEUED] == len(waiting) > 30
+    assert sum(bounded.usage().values()) <= room_for_records(bounded)
+    with pytest.raises(OutboxFull):  # and a trigger finds no room either
+        add(bounded, 99, now=T0 + 3)
 
 
 def test_expired_dedupe_records_leave_the_ledger_without_a_purge(bounded):
@@ -229,7 +251,8 @@ def test_a_file_from_the_previous_version_is_measured_and_made_to_give_space_bac
     try:
         cost = sqlite_outbox.COSTS
         usage = box.usage()
-        assert usage[state_part(QUEUED)] == usage[state_part(SENT)] == cost.record(body)
+        queued, sent = (usage[state_part(TRIGGERS.name, state)] for state in (QUEUED, SENT))
+        assert queued == sent == cost.record(body)
         assert usage["dedupe"] == 2 * cost.per_dedupe
         assert box._db().execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
         assert box.get("trg_2").state == SENT

@@ -205,7 +205,7 @@ def test_a_full_disk_refuses_new_triggers_early_and_delivers_the_stored_ones(
     box = triggers_of(app).outbox
 
     def disk_full_metric() -> float | None:
-        return REGISTRY.get_sample_value("wallet_proxy_trigger_disk_full", {"folder": str(data)})
+        return REGISTRY.get_sample_value("wallet_proxy_outbox_disk_full", {"folder": str(data)})
 
     try:
         with LiveServer(app) as live:

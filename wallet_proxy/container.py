@@ -181,10 +181,11 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     core = core_client(settings, core_budget)
     if core is not None:
         closers.append(core.close)
-    if shared is None and settings.core_configured:
+    if shared is None and settings.core_configured and not settings.tags_queued:
         log.warning(
-            "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
-            "several workers, a retried counter-tag call may be applied twice"
+            "Idempotency-Key replay of the direct tags relay is per process without "
+            "WALLET_PROXY_REDIS_URL: with several workers, a retried counter-tag call may "
+            "be applied twice"
         )
     return Services(
         settings=settings,

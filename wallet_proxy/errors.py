@@ -215,14 +215,58 @@ class TriggerMaybeStored(WalletProxyError):
 
 
 class TriggerDiskFull(WalletProxyError):
-    """The disk of the SQLite trigger outbox is too full to take a trigger; nothing was
-    stored, and what was stored before is still delivered."""
+    """The disk of the SQLite outbox is too full to take a trigger; nothing was stored,
+    and what was stored before is still delivered."""
 
     status = 503
     code = "trigger_disk_full"
     message = (
         "The disk holding the trigger store is full; nothing was accepted. "
         "Triggers already accepted are still delivered. Try again later."
+    )
+    retry_after = 60
+
+
+class TagsQueueFull(WalletProxyError):
+    """WALLET_PROXY_TAGS_MAX_QUEUED webhooks wait for SessionM already; nothing was stored."""
+
+    status = 503
+    code = "tags_queue_full"
+    message = "Too many webhooks' tags are waiting for SessionM; try again later."
+    retry_after = 30
+
+
+class TagsStoreUnavailable(WalletProxyError):
+    """The queued tags' store (the outbox: disk or Redis) failed; nothing was stored."""
+
+    status = 503
+    code = "tags_store_unavailable"
+    message = "The tags queue is unavailable; nothing was accepted. Try again shortly."
+    retry_after = 5
+
+
+class TagsMaybeStored(WalletProxyError):
+    """The queued tags' store did not confirm the write in time: it may have stored it."""
+
+    status = 503
+    code = "tags_maybe_stored"
+    message = (
+        "The tags queue did not confirm in time; this webhook may have been stored. Send it "
+        "again with the same Idempotency-Key: a repeat is recognised, never applied twice "
+        "(without a key, sending it again may apply its tags twice)."
+    )
+    retry_after = 5
+
+
+class TagsDiskFull(WalletProxyError):
+    """The disk of the SQLite outbox is too full to take a webhook; nothing was stored,
+    and what was stored before is still applied."""
+
+    status = 503
+    code = "tags_disk_full"
+    message = (
+        "The disk holding the tags queue is full; nothing was accepted. "
+        "Webhooks already accepted are still applied. Try again later."
     )
     retry_after = 60
 

@@ -75,9 +75,13 @@ def fingerprint(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def scope_digest(scope: tuple[str, ...]) -> str:
+    """One key's record, whatever the key holds: (route, customer id, Idempotency-Key)."""
+    return hashlib.sha256(json.dumps(scope).encode()).hexdigest()
+
+
 def _record_key(scope: tuple[str, ...]) -> str:
-    digest = hashlib.sha256(json.dumps(scope).encode()).hexdigest()
-    return f"wallet-proxy:idempotency:{digest}"
+    return f"wallet-proxy:idempotency:{scope_digest(scope)}"
 
 
 class MemoryStore:
@@ -171,7 +175,7 @@ class Idempotency:
         try:
             answer = call()
         except WalletProxyError as error:
-            if _changed_nothing(error) or (resend_safe and not isinstance(error, NotApplied)):
+            if changed_nothing(error) or (resend_safe and not isinstance(error, NotApplied)):
                 self._quietly(self.store.release, key, token)
             else:
                 self._keep(key, pending, Answer.of_error(error))
@@ -205,7 +209,7 @@ class Idempotency:
             log.warning("idempotency store update failed: %s", type(exc).__name__)
 
 
-def _changed_nothing(error: WalletProxyError) -> bool:
+def changed_nothing(error: WalletProxyError) -> bool:
     """Refusals a retry should really retry: SessionM (or we) declined before doing anything,
     for now rather than for good (unlike an unknown user or a 400, which are answers)."""
     return isinstance(error, NotApplied) and isinstance(

@@ -44,7 +44,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 CACHE_RESULTS: tuple[CacheResult, ...] = ("hit", "stale", "negative", "miss")
-TriggerOutcome = Literal["accepted", "repeat", "pruned", "sent", "retry", "unknown", "dead"]
+TriggerOutcome = Literal["accepted", "repeat", "sent", "retry", "unknown", "dead"]
+TagsOutcome = Literal["accepted", "repeat", "applied", "retry", "unknown", "dead"]
 BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
 
 # Braze gives up at 2 s and the service answers by WALLET_PROXY_DEADLINE (1.5 s): the
@@ -130,8 +131,7 @@ OFFERS_WITHOUT_EXPIRY_FIELD = Counter(
 TRIGGERS = Counter(
     "wallet_proxy_triggers",
     "Triggers by what happened to them: accepted, repeat (an earlier trigger answered), "
-    "pruned (kept history removed to make room), sent, retry, unknown (Braze may have it), "
-    "dead.",
+    "sent, retry, unknown (Braze may have it), dead.",
     ["outcome"],
 )
 # Set by the one deliverer of an instance (the other workers hold 0), so `livesum` is the
@@ -141,21 +141,41 @@ TRIGGER_QUEUE = Gauge(
     "Triggers waiting for Braze (queued or being sent) in this instance's outbox.",
     multiprocess_mode="livesum",
 )
-TRIGGER_OUTBOX_BYTES = Gauge(
-    "wallet_proxy_trigger_outbox_bytes",
-    "Bytes the instance's outbox holds against WALLET_PROXY_TRIGGER_MAX_BYTES.",
+QUEUED_TAGS = Counter(
+    "wallet_proxy_queued_tags",
+    "Webhooks' tags (WALLET_PROXY_TAGS_MODE=queued) by what happened to them: accepted, "
+    "repeat (an earlier webhook answered), applied, retry, unknown (SessionM may have "
+    "them), dead.",
+    ["outcome"],
+)
+# Set by the one tags worker of an instance, as the trigger queue's depth is.
+TAGS_QUEUE = Gauge(
+    "wallet_proxy_tags_queue_depth",
+    "Webhooks' tags waiting for SessionM (queued or being applied) in this instance's outbox.",
     multiprocess_mode="livesum",
 )
-# Labelled by the data folder so that it is absent with the outbox in Redis.
-TRIGGER_DISK_FREE = Gauge(
-    "wallet_proxy_trigger_disk_free_bytes",
-    "Free bytes on the disk of the SQLite trigger outbox (its reserve not counted).",
+# The whole outbox's, every queue's: any worker reading it reads the same (`livemax`).
+OUTBOX_BYTES = Gauge(
+    "wallet_proxy_outbox_bytes",
+    "Bytes the instance's outbox (triggers and queued tags) holds against "
+    "WALLET_PROXY_TRIGGER_MAX_BYTES.",
+    multiprocess_mode="livemax",
+)
+OUTBOX_PRUNED = Counter(
+    "wallet_proxy_outbox_pruned",
+    "Kept items (sent, then dead letters; of any queue) removed to make room within "
+    "WALLET_PROXY_TRIGGER_MAX_BYTES.",
+)
+# Labelled by the data folder so that they are absent with the outbox in Redis.
+OUTBOX_DISK_FREE = Gauge(
+    "wallet_proxy_outbox_disk_free_bytes",
+    "Free bytes on the disk of the SQLite outbox (its reserve not counted).",
     ["folder"],
     multiprocess_mode="livemostrecent",
 )
-TRIGGER_DISK_FULL = Gauge(
-    "wallet_proxy_trigger_disk_full",
-    "1 while new triggers are refused for want of room on the SQLite outbox's disk "
+OUTBOX_DISK_FULL = Gauge(
+    "wallet_proxy_outbox_disk_full",
+    "1 while new items are refused for want of room on the SQLite outbox's disk "
     "(delivery goes on from its reserve), else 0.",
     ["folder"],
     multiprocess_mode="livemostrecent",
@@ -168,6 +188,7 @@ LOG_LINES_DROPPED = Counter(
 
 _cache_children = {result: CACHE.labels(result) for result in CACHE_RESULTS}
 _trigger_children = {outcome: TRIGGERS.labels(outcome) for outcome in get_args(TriggerOutcome)}
+_tags_children = {outcome: QUEUED_TAGS.labels(outcome) for outcome in get_args(TagsOutcome)}
 # Resolved once per (route, status): `labels()` costs more than the increment itself.
 _answer_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
@@ -287,14 +308,26 @@ def trigger_queue_depth(depth: int) -> None:
     TRIGGER_QUEUE.set(depth)
 
 
-def trigger_outbox_bytes(total: int) -> None:
-    TRIGGER_OUTBOX_BYTES.set(total)
+def tags_outcome(outcome: TagsOutcome, count: int = 1) -> None:
+    _tags_children[outcome].inc(count)
 
 
-def trigger_disk(folder: str, *, free_bytes: int, full: bool) -> None:
+def tags_queue_depth(depth: int) -> None:
+    TAGS_QUEUE.set(depth)
+
+
+def outbox_bytes(total: int) -> None:
+    OUTBOX_BYTES.set(total)
+
+
+def outbox_pruned(count: int) -> None:
+    OUTBOX_PRUNED.inc(count)
+
+
+def outbox_disk(folder: str, *, free_bytes: int, full: bool) -> None:
     """What the SQLite outbox's disk has free, and whether intake refuses for want of it."""
-    TRIGGER_DISK_FREE.labels(folder).set(free_bytes)
-    TRIGGER_DISK_FULL.labels(folder).set(1 if full else 0)
+    OUTBOX_DISK_FREE.labels(folder).set(free_bytes)
+    OUTBOX_DISK_FULL.labels(folder).set(1 if full else 0)
 
 
 def log_line_dropped() -> None:

@@ -141,7 +141,7 @@ class ImportRun:
 
 @click.group("tags")
 def tags_group() -> None:
-    """SessionM customer tags in bulk."""
+    """SessionM customer tags: in bulk from a CSV, and the queued webhooks' tags."""
 
 
 @tags_group.command("import")

@@ -1,5 +1,8 @@
 """Accepting a trigger: map it, recognise a repeat, respect the bounds, store it durably,
-and answer the truth within the outbox's ADD_BOUND: stored, not stored, or maybe stored."""
+and answer the truth within the outbox's ADD_BOUND: stored, not stored, or maybe stored.
+
+`store` is any queue's accepting (the queued tags' too): the outbox's refusals as the
+route's errors."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from ..errors import (
     TriggerMaybeStored,
     TriggerQueueFull,
     TriggerStoreUnavailable,
+    WalletProxyError,
 )
 from .outbox import (
     Accepted,
@@ -23,6 +27,7 @@ from .outbox import (
     OutboxError,
     OutboxFull,
     OutcomeUnknown,
+    Queued,
 )
 from .properties import build_trigger
 
@@ -50,25 +55,54 @@ class Intake:
         trigger = build_trigger(
             body, set_email=self.set_email, prioritization=self.email_prioritization
         )
-        dedupe = Dedupe.of(trigger, idempotency_key)
-        try:
-            accepted = self.outbox.add(
-                trigger, dedupe, now=self.clock(), max_waiting=self.max_queued
-            )
-        except OutboxFull:
-            raise TriggerQueueFull() from None
-        except DedupeConflict:
-            raise IdempotencyConflict() from None
-        except DiskFull as exc:
-            log.error("refused a trigger: %s", exc)
-            raise TriggerDiskFull() from None
-        except OutboxError as exc:
-            log.error("could not store a trigger: %s", exc)
-            raise TriggerStoreUnavailable() from None
-        except OutcomeUnknown:
-            log.error("a trigger may or may not be stored: the store did not confirm in time")
-            raise TriggerMaybeStored() from None
+        accepted = store(
+            self.outbox,
+            trigger,
+            Dedupe.of(trigger, idempotency_key),
+            now=self.clock(),
+            max_waiting=self.max_queued,
+            full=TriggerQueueFull,
+            unavailable=TriggerStoreUnavailable,
+            disk_full=TriggerDiskFull,
+            maybe_stored=TriggerMaybeStored,
+        )
         metrics.trigger_outcome("accepted" if accepted.created else "repeat")
-        if accepted.pruned:
-            metrics.trigger_outcome("pruned", accepted.pruned)
         return accepted
+
+
+def store(
+    outbox: Outbox,
+    item: Queued,
+    dedupe: Dedupe | None,
+    *,
+    now: float,
+    max_waiting: int,
+    full: type[WalletProxyError],
+    unavailable: type[WalletProxyError],
+    disk_full: type[WalletProxyError],
+    maybe_stored: type[WalletProxyError],
+) -> Accepted:
+    """`item` stored durably (or the one it repeats); raises `full` when its queue is at
+    `max_waiting` or the store's byte bound, `unavailable` when the store failed and
+    `disk_full` when its disk is (nothing was stored in either case), `maybe_stored` when
+    the store did not confirm in time, and IdempotencyConflict for a key reused with
+    another body. Kept items pruned to make room are counted."""
+    queue = outbox.queue.name
+    try:
+        accepted = outbox.add(item, dedupe, now=now, max_waiting=max_waiting)
+    except OutboxFull:
+        raise full() from None
+    except DedupeConflict:
+        raise IdempotencyConflict() from None
+    except DiskFull as exc:
+        log.error("refused an item of the %s queue: %s", queue, exc)
+        raise disk_full() from None
+    except OutboxError as exc:
+        log.error("could not store an item of the %s queue: %s", queue, exc)
+        raise unavailable() from None
+    except OutcomeUnknown:
+        log.error("an item of the %s queue may be stored: the store did not confirm", queue)
+        raise maybe_stored() from None
+    if accepted.pruned:
+        metrics.outbox_pruned(accepted.pruned)
+    return accepted

@@ -14,14 +14,19 @@ another takes them (nothing was sent). A trigger at `sending` whose lease ends w
 flight when its deliverer died: Braze has no idempotency key, so it becomes `unknown`
 rather than being sent again.
 
-The outbox is bounded in bytes (WALLET_PROXY_TRIGGER_MAX_BYTES) as well as in waiting
-triggers. Each store keeps a ledger of what it holds, bytes per part: `trigger:<state>`
-for the records in each state and `dedupe` for the records that recognise repeats, each
-at what it costs that store (its `Costs`, measured). Parts in PRUNABLE are kept history,
-removed oldest first to make room for a new trigger; every other part is held until
-delivered or settled, and a new trigger that would take what is held past the bound is
-refused. A second kind of queued item counts against the same bound by keeping its parts
-in the same ledger.
+The outbox holds more than triggers: each kind of item is a `Queue` of its own (the
+triggers', and the queued tags' of wallet_proxy/tags/), with the same states, moves,
+leases and de-duplication. A queue's items are apart from the others' (in SQLite by the
+rows' `queue` column, in Redis by the keys' prefix): each queue's worker claims, counts
+and lists only its own. `for_queue` gives another queue's view of the same store.
+
+The whole store, every queue, is bounded in bytes (WALLET_PROXY_TRIGGER_MAX_BYTES) as
+well as each queue in waiting items. Each store keeps one ledger of what it holds, bytes
+per part: `<queue>:<state>` for the records of each queue in each state, and `dedupe` for
+the records that recognise repeats, each at what it costs that store (its `Costs`,
+measured). Records in PRUNABLE_STATES are kept history, removed oldest first to make room
+for a new item of any queue; every other part is held until delivered or settled, and a
+new item that would take what is held past the bound is refused.
 
 Times are epoch seconds passed in by the caller, so tests move time by hand.
 """
@@ -29,9 +34,9 @@ Times are epoch seconds passed in by the caller, so tests move time by hand.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record, Trigger
 
@@ -53,15 +58,19 @@ DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 DEDUPE_PART = "dedupe"
 
 
-def state_part(state: str) -> str:
-    """The ledger's part for triggers in `state`."""
-    return f"trigger:{state}"
-
-
-# Kept history, pruned in this order, oldest first within each: sent triggers are only a
+# Kept history, pruned in this order, oldest first within each: sent items are only a
 # record; a dead letter may still be re-queued by an operator. `unknown` ones wait for an
 # operator's decision and are never pruned.
-PRUNABLE = (state_part(SENT), state_part(DEAD))
+PRUNABLE_STATES = (SENT, DEAD)
+
+
+def state_part(queue: str, state: str) -> str:
+    """The ledger's part for the items of `queue` in `state`."""
+    return f"{queue}:{state}"
+
+
+def prunable(part: str) -> bool:
+    return part.rpartition(":")[2] in PRUNABLE_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +109,7 @@ class Room:
     @property
     def held(self) -> int:
         """Bytes that can't be pruned: waiting and unknown items, dedupe records."""
-        return sum(n for part, n in self.usage.items() if part not in PRUNABLE)
+        return sum(n for part, n in self.usage.items() if not prunable(part))
 
     def fits(self, size: int) -> bool:
         return self.held + size <= self.max_bytes
@@ -136,6 +145,37 @@ MOVES = {
     "resend_unknown": Move((UNKNOWN,), QUEUED, owned=False),
     "mark_done": Move((UNKNOWN,), SENT, owned=False),
 }
+
+
+class Queued(Protocol):
+    """What the outbox needs of an item: where it goes (items with the same target may be
+    delivered together), how a customer's listing finds it, and its JSON."""
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def recipient_index(self) -> str | None: ...
+
+    def to_json(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One kind of item in the outbox: its name (its rows' `queue` in SQLite, its keys'
+    prefix in Redis), its ids' prefix, how its items are read back, the reason an item
+    gets when its worker died while sending it, and the prefix of its de-duplication keys
+    in SQLite's table, which every queue shares."""
+
+    name: str
+    id_prefix: str
+    decode: Callable[[str], Any]
+    stale_sending: str
+    dedupe_scope: str
+
+
+# The triggers' de-duplication keys have no scope: they are as they were before queues.
+TRIGGERS = Queue("triggers", "trg", Trigger.from_json, STALE_SENDING, dedupe_scope="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,23 +220,33 @@ class OutboxError(Exception):
 
 
 class DiskFull(OutboxError):
-    """The disk holding the outbox is too full to take a trigger: nothing was accepted.
+    """The disk holding the outbox is too full to take an item: nothing was accepted.
 
     What is stored is still delivered: the outbox keeps a reserve for that."""
 
 
 class OutcomeUnknown(Exception):
-    """The store was asked to keep a trigger and did not confirm it in time: the trigger
-    may have been stored (a repeat with the same dedupe key finds it if so)."""
+    """The store was asked to keep an item and did not confirm it in time: the item may
+    have been stored (a repeat with the same dedupe key finds it if so)."""
 
 
 class Outbox(Protocol):
-    """The durable store. Every method is atomic; `ids` not matching a move are skipped."""
+    """The durable store, seen through one queue (every method reads and moves that queue's
+    items only). Every method is atomic; `ids` not matching a move are skipped."""
 
-    def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
+    queue: Queue
+
+    def for_queue(self, queue: Queue) -> Outbox:
+        """The same store (its connections, its file or Redis) seen through `queue`."""
+        ...
+
+    def add(
+        self, item: Queued, dedupe: Dedupe | None, *, now: float, max_waiting: int
+    ) -> Accepted:
         """Store durably before returning, pruning kept history to make room, within
-        ADD_BOUND; raises OutboxFull, DedupeConflict, OutboxError (nothing stored) or
-        OutcomeUnknown (maybe stored)."""
+        ADD_BOUND. Without `dedupe` no repeat is recognised. `max_waiting` bounds this
+        queue's waiting items. Raises OutboxFull, DedupeConflict, OutboxError (nothing
+        stored) or OutcomeUnknown (maybe stored)."""
         ...
 
     def claim(
@@ -236,7 +286,8 @@ class Outbox(Protocol):
     def counts(self) -> dict[str, int]: ...
 
     def usage(self) -> dict[str, int]:
-        """The ledger: bytes held per part (`trigger:<state>`, `dedupe`)."""
+        """The store's ledger, every queue's: bytes held per part (`<queue>:<state>`,
+        `dedupe`)."""
         ...
 
     def checks(self) -> dict[str, str]:
@@ -252,7 +303,7 @@ class Outbox(Protocol):
         ...
 
     def purge(self, *, now: float) -> int:
-        """Forget sent triggers after SENT_RETENTION and dead ones after DEAD_RETENTION,
+        """Forget sent items after SENT_RETENTION and dead ones after DEAD_RETENTION,
         and expired dedupe records; give the space back."""
         ...
 

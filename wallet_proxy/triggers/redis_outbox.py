@@ -1,14 +1,16 @@
 """The outbox in Redis, shared by every instance: any of them delivers what another accepted.
 
 Each change is one Lua script, so it is atomic and every instance sees the same queue.
-Layout under `wallet-proxy:triggers:`: `t:<id>` a hash per trigger; `s:<state>` a sorted
-set of ids per state (counts, listings, purging); `q:<target>` the unclaimed queued ids
-of one campaign or Canvas by due time, and `targets` each target by its earliest due
-time (what to batch next); `leases` claimed and sending ids by lease end; `d:<key>`
-de-duplication records that expire by themselves; `c:<external id>` a customer's recent
-triggers; `broadcasts` the last minute's broadcast calls; `usage` the ledger of bytes
-per part (outbox.py) and `dedupes` the dedupe keys by expiry, so that the ledger forgets
-them when they expire; `fence:<id>` an add that must not happen any more.
+Each queue of the outbox (outbox.Queue) has its keys under `wallet-proxy:<queue>:`
+(`wallet-proxy:triggers:` for the triggers). Layout under it: `t:<id>` a hash per item;
+`s:<state>` a sorted set of ids per state (counts, listings, purging); `q:<target>` the
+unclaimed queued ids of one campaign or Canvas by due time, and `targets` each target by
+its earliest due time (what to batch next); `leases` claimed and sending ids by lease
+end; `d:<key>` de-duplication records that expire by themselves, and `dedupes` their keys
+by expiry, so that the ledger forgets them when they expire; `c:<external id>` a
+customer's recent items; `broadcasts` the last minute's broadcast calls; `fence:<id>` an
+add that must not happen any more. `wallet-proxy:usage`, every queue's, is the ledger of
+bytes per part (outbox.py): the scripts find it, and the queue's name, from the prefix.
 
 An add whose answer is lost (a timeout or a dropped connection after the script was sent)
 may run later: Redis runs what it has read even from a client that has given up. So the
@@ -34,7 +36,7 @@ from typing import Any
 import redis
 
 from ..redis_clients import OUTBOX, TRIGGER_INTAKE, RedisNotConnected, connect
-from .model import DEAD, QUEUED, SENDING, SENT, Record, Trigger
+from .model import DEAD, QUEUED, SENDING, SENT, Record
 from .outbox import (
     ADD_BOUND,
     ALL_STATES,
@@ -44,11 +46,11 @@ from .outbox import (
     DEFAULT_MAX_BYTES,
     FINISHED,
     MOVES,
-    PRUNABLE,
+    PRUNABLE_STATES,
     PRUNED,
     RECENT_PER_CUSTOMER,
     SENT_RETENTION,
-    STALE_SENDING,
+    TRIGGERS,
     Accepted,
     Costs,
     Dedupe,
@@ -56,13 +58,21 @@ from .outbox import (
     OutboxError,
     OutboxFull,
     OutcomeUnknown,
-    state_part,
+    Queue,
+    Queued,
 )
 from .sqlite_outbox import new_id
 
 log = logging.getLogger(__name__)
 
-PREFIX = "wallet-proxy:triggers:"
+ROOT = "wallet-proxy:"
+
+
+def prefix_of(queue: Queue) -> str:
+    return f"{ROOT}{queue.name}:"
+
+
+PREFIX = prefix_of(TRIGGERS)
 BATCH = 1000
 # A fenced add may still be on its way to Redis (in a socket buffer, or resent by TCP for
 # minutes over a broken network): the fence outlives any such delay.
@@ -79,6 +89,9 @@ SETTLE_WORST = TRIGGER_INTAKE.connect_timeout + 2 * TRIGGER_INTAKE.answer_timeou
 _LIB = (
     """
 local P = ARGV[1]
+local Q = string.match(P, '([^:]+):$')
+local ROOT = string.sub(P, 1, #P - #Q - 1)
+local L = ROOT .. 'usage'
 local D = '"""
     + DEDUPE_PART
     + """'
@@ -87,20 +100,21 @@ local function set_state(id, old, new, score)
   local size = tonumber(redis.call('HGET', key, 'size') or '0')
   if old then
     redis.call('ZREM', P .. 's:' .. old, id)
-    redis.call('HINCRBY', P .. 'usage', 'trigger:' .. old, -size)
+    redis.call('HINCRBY', L, Q .. ':' .. old, -size)
   end
   redis.call('ZADD', P .. 's:' .. new, score, id)
   redis.call('HSET', key, 'state', new)
-  redis.call('HINCRBY', P .. 'usage', 'trigger:' .. new, size)
+  redis.call('HINCRBY', L, Q .. ':' .. new, size)
 end
-local function forget(id, state)
-  redis.call('ZREM', P .. 's:' .. state, id)
-  local key = P .. 't:' .. id
+local function forget(queue, id, state)
+  local prefix = ROOT .. queue .. ':'
+  redis.call('ZREM', prefix .. 's:' .. state, id)
+  local key = prefix .. 't:' .. id
   local got = redis.call('HMGET', key, 'state', 'size', 'recipient')
   if not got[1] then return 0 end
   local size = tonumber(got[2] or '0')
-  redis.call('HINCRBY', P .. 'usage', 'trigger:' .. got[1], -size)
-  if got[3] and got[3] ~= '' then redis.call('ZREM', P .. 'c:' .. got[3], id) end
+  redis.call('HINCRBY', L, queue .. ':' .. got[1], -size)
+  if got[3] and got[3] ~= '' then redis.call('ZREM', prefix .. 'c:' .. got[3], id) end
   redis.call('DEL', key)
   return size
 end
@@ -109,11 +123,12 @@ local function expire_dedupes(now, limit, size)
   for _, key in ipairs(keys) do
     redis.call('ZREM', P .. 'dedupes', key)
     redis.call('DEL', P .. 'd:' .. key)
-    redis.call('HINCRBY', P .. 'usage', D, -size)
+    redis.call('HINCRBY', L, D, -size)
   end
   return #keys
 end
 local function lookup(key, fingerprint, now, pruned)
+  if key == '' then return nil end
   local found = redis.call('GET', P .. 'd:' .. key)
   if not found then return nil end
   local record = cjson.decode(found)
@@ -150,30 +165,42 @@ if repeated then return repeated end
 local waiting = redis.call('ZCARD', P .. 's:queued') + redis.call('ZCARD', P .. 's:sending')
 if waiting >= spec.max_waiting then return {'full'} end
 expire_dedupes(now, spec.expire_dedupes, spec.dedupe_size)
-local usage = redis.call('HGETALL', P .. 'usage')
+local usage = redis.call('HGETALL', L)
 local prunable = {}
-for _, part in ipairs(spec.prunable) do prunable[part] = true end
-local held, total = 0, 0
+for _, state in ipairs(spec.prunable) do prunable[state] = true end
+local held, total, holding = 0, 0, {}
 for i = 1, #usage, 2 do
   local bytes = tonumber(usage[i + 1])
+  local queue, state = string.match(usage[i], '^(.*):([^:]+)$')
   total = total + bytes
-  if not prunable[usage[i]] then held = held + bytes end
+  if state and prunable[state] then
+    if bytes > 0 then
+      holding[state] = holding[state] or {}
+      table.insert(holding[state], queue)
+    end
+  else
+    held = held + bytes
+  end
 end
-local needed = spec.size + spec.dedupe_size
+local needed = spec.size + (spec.key ~= '' and spec.dedupe_size or 0)
 if held + needed > spec.max_bytes then return {'full'} end
 local excess = total + needed - spec.max_bytes
 local pruned = {}
-for _, part in ipairs(spec.prunable) do
-  local state = string.sub(part, 9)
+for _, state in ipairs(spec.prunable) do
   pruned[#pruned + 1] = 0
+  local queues = holding[state] or {}
   while excess > 0 do
-    local ids = redis.call('ZRANGE', P .. 's:' .. state, 0, 63)
-    if #ids == 0 then break end
-    for _, old in ipairs(ids) do
-      excess = excess - forget(old, state)
-      pruned[#pruned] = pruned[#pruned] + 1
-      if excess <= 0 then break end
+    -- the oldest of every queue's oldest
+    local oldest, from, at = nil, nil, nil
+    for _, queue in ipairs(queues) do
+      local first = redis.call('ZRANGE', ROOT .. queue .. ':s:' .. state, 0, 0, 'WITHSCORES')
+      if #first > 0 and (at == nil or tonumber(first[2]) < at) then
+        oldest, from, at = first[1], queue, tonumber(first[2])
+      end
     end
+    if oldest == nil then break end
+    excess = excess - forget(from, oldest, state)
+    pruned[#pruned] = pruned[#pruned] + 1
   end
 end
 local body, target, recipient = ARGV[3], spec.target, spec.recipient
@@ -188,11 +215,13 @@ if recipient ~= '' then
   redis.call('ZREMRANGEBYRANK', ck, 0, -spec.recent - 1)
   redis.call('EXPIRE', ck, spec.recent_ttl)
 end
-local expires = tonumber(now) + spec.window_ms / 1000
-redis.call('SET', P .. 'd:' .. spec.key, cjson.encode({spec.fingerprint, id, tostring(expires)}),
-  'PX', spec.window_ms + 60000)
-if redis.call('ZADD', P .. 'dedupes', expires, spec.key) == 1 then
-  redis.call('HINCRBY', P .. 'usage', D, spec.dedupe_size)
+if spec.key ~= '' then
+  local expires = tonumber(now) + spec.window_ms / 1000
+  redis.call('SET', P .. 'd:' .. spec.key,
+    cjson.encode({spec.fingerprint, id, tostring(expires)}), 'PX', spec.window_ms + 60000)
+  if redis.call('ZADD', P .. 'dedupes', expires, spec.key) == 1 then
+    redis.call('HINCRBY', L, D, spec.dedupe_size)
+  end
 end
 return {'created', id, 'queued', unpack(pruned)}
 """
@@ -301,7 +330,7 @@ _PURGE = (
     _LIB
     + """
 local ids = redis.call('ZRANGEBYSCORE', P .. 's:' .. ARGV[2], '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
-for _, id in ipairs(ids) do forget(id, ARGV[2]) end
+for _, id in ipairs(ids) do forget(Q, id, ARGV[2]) end
 return #ids
 """
 )
@@ -316,13 +345,13 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _record(trigger_id: str, fields: dict) -> Record | None:
+def _record(trigger_id: str, fields: dict, queue: Queue) -> Record | None:
     if not fields:
         return None
     found = {_text(k): _text(v) for k, v in fields.items()}
     return Record(
         id=trigger_id,
-        trigger=Trigger.from_json(found["body"]),
+        item=queue.decode(found["body"]),
         state=found["state"],
         accepted_at=float(found["accepted_at"]),
         queued_at=float(found["queued_at"]),
@@ -366,13 +395,15 @@ class RedisOutbox:
         self,
         client: redis.Redis,
         intake: redis.Redis,
-        *,
         prefix: str = PREFIX,
+        queue: Queue = TRIGGERS,
+        *,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ):
         self.client = client
         self.intake = intake
         self.prefix = prefix
+        self.queue = queue
         self.max_bytes = max_bytes
         self._add = client.register_script(_ADD)
         self._settle = client.register_script(_SETTLE)
@@ -386,6 +417,13 @@ class RedisOutbox:
     def from_url(cls, url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> RedisOutbox:
         return cls(connect(url, OUTBOX), connect(url, TRIGGER_INTAKE), max_bytes=max_bytes)
 
+    def for_queue(self, queue: Queue) -> RedisOutbox:
+        """This outbox's Redis seen through `queue`, within the same bound (closing either
+        closes both)."""
+        return RedisOutbox(
+            self.client, self.intake, prefix_of(queue), queue, max_bytes=self.max_bytes
+        )
+
     def _run(self, script: Any, args: Sequence[object]) -> Any:
         try:
             return script(args=[self.prefix, *args])
@@ -396,21 +434,23 @@ class RedisOutbox:
         self.client.close()
         self.intake.close()
 
-    def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
-        body, trigger_id = trigger.to_json(), new_id()
+    def add(
+        self, item: Queued, dedupe: Dedupe | None, *, now: float, max_waiting: int
+    ) -> Accepted:
+        body, item_id = item.to_json(), new_id(self.queue)
         spec = {
-            "id": trigger_id,
+            "id": item_id,
             "now": repr(now),
-            "key": dedupe.key,
-            "fingerprint": dedupe.fingerprint,
-            "window_ms": int(dedupe.window * 1000),
-            "target": trigger.target,
-            "recipient": trigger.recipient_index or "",
+            "key": dedupe.key if dedupe else "",
+            "fingerprint": dedupe.fingerprint if dedupe else "",
+            "window_ms": int(dedupe.window * 1000) if dedupe else 0,
+            "target": item.target,
+            "recipient": item.recipient_index or "",
             "size": COSTS.record(body),
             "dedupe_size": COSTS.per_dedupe,
             "max_bytes": self.max_bytes,
             "max_waiting": max_waiting,
-            "prunable": list(PRUNABLE),
+            "prunable": list(PRUNABLE_STATES),
             "pruned": PRUNED,
             "expire_dedupes": EXPIRE_DEDUPES,
             "recent": RECENT_PER_CUSTOMER,
@@ -425,20 +465,20 @@ class RedisOutbox:
             # Sent, and no answer: Redis may run it yet. Find out, if there is time.
             if time.monotonic() - started + SETTLE_WORST > ADD_BOUND:
                 raise OutcomeUnknown() from None
-            answer = self._settled(trigger_id, dedupe, now)
+            answer = self._settled(item_id, dedupe, now)
         except redis.RedisError as exc:  # Redis answered with an error: nothing stored
             raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
         return self._accepted([_text(part) for part in answer])
 
-    def _settled(self, trigger_id: str, dedupe: Dedupe, now: float) -> list:
-        """Whether the add of `trigger_id` happened; if not, it never will (fenced)."""
+    def _settled(self, item_id: str, dedupe: Dedupe | None, now: float) -> list:
+        """Whether the add of `item_id` happened; if not, it never will (fenced)."""
         try:
             answer = self._settle(
                 args=[
                     self.prefix,
-                    trigger_id,
-                    dedupe.key,
-                    dedupe.fingerprint,
+                    item_id,
+                    dedupe.key if dedupe else "",
+                    dedupe.fingerprint if dedupe else "",
                     repr(now),
                     FENCE_TTL,
                     PRUNED,
@@ -448,9 +488,7 @@ class RedisOutbox:
         except redis.RedisError:
             raise OutcomeUnknown() from None
         if _text(answer[0]) == "absent":
-            raise OutboxError(
-                "the trigger store did not answer in time; the trigger is not stored"
-            )
+            raise OutboxError("the store did not answer in time; the item is not stored")
         return answer
 
     @staticmethod
@@ -462,12 +500,11 @@ class RedisOutbox:
             raise OutboxFull()
         if outcome != "created":
             return Accepted(rest[0], rest[1], created=False)
-        # What the add pruned, per part; a read-back does not know (the counts are left out).
-        counts = map(int, rest[2:])
-        pruned = dict(zip((p.removeprefix("trigger:") for p in PRUNABLE), counts, strict=False))
+        # What the add pruned, per state; a read-back does not know (the counts are left out).
+        pruned = dict(zip(PRUNABLE_STATES, map(int, rest[2:]), strict=False))
         if pruned.get(DEAD):
             log.warning(
-                "pruned %d dead letters to make room for new triggers "
+                "pruned %d dead letters to make room for new items "
                 "(WALLET_PROXY_TRIGGER_MAX_BYTES)",
                 pruned[DEAD],
             )
@@ -477,7 +514,8 @@ class RedisOutbox:
         self, *, owner: str, now: float, window: float, lease: float, limit: int
     ) -> list[Record]:
         ids = self._run(
-            self._claim, [owner, repr(now), repr(window), repr(now + lease), limit, STALE_SENDING]
+            self._claim,
+            [owner, repr(now), repr(window), repr(now + lease), limit, self.queue.stale_sending],
         )
         records = self._records([_text(i) for i in ids])
         return sorted(records, key=lambda r: (r.accepted_at, r.id))
@@ -550,7 +588,7 @@ class RedisOutbox:
             found = pipe.execute()
         except redis.RedisError as exc:
             raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
-        records = (_record(i, fields) for i, fields in zip(ids, found, strict=True))
+        records = (_record(i, fields, self.queue) for i, fields in zip(ids, found, strict=True))
         return [record for record in records if record is not None]
 
     def _ids(self, key: str, *, newest_first: bool, limit: int) -> list[str]:
@@ -572,11 +610,10 @@ class RedisOutbox:
 
     def usage(self) -> dict[str, int]:
         try:
-            found = self.client.hgetall(f"{self.prefix}usage")
+            found = self.client.hgetall(f"{ROOT}usage")
         except redis.RedisError as exc:
             raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
-        parts = {state_part(state): 0 for state in ALL_STATES} | {DEDUPE_PART: 0}
-        return parts | {_text(part): int(bytes_) for part, bytes_ in found.items()}
+        return {_text(part): int(size) for part, size in found.items()}
 
     def checks(self) -> dict[str, str]:
         return {}  # Redis's own health is the wallet cache's check

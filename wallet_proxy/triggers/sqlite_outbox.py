@@ -4,9 +4,14 @@ WAL mode with `synchronous=FULL`: a commit is on disk before `add` returns, so a
 means the trigger survives a kill -9 or a power cut. Concurrent adds in one process share
 a transaction and its fsync (group commit). Each thread has its own connection; writers
 take the lock up front (BEGIN IMMEDIATE) so two transactions never deadlock upgrading a
-read lock. Counts per state, and the ledger of bytes per part (outbox.py), are kept by
-SQL triggers in the same transactions, so the bounds are checked by reading a few rows
-rather than counting 100,000.
+read lock. Counts per queue and state, and the ledger of bytes per part (outbox.py), are
+kept by SQL triggers in the same transactions, so the bounds are checked by reading a few
+rows rather than counting 100,000.
+
+Every queue of the outbox (outbox.Queue) is in the same table, told apart by `queue`, so
+they share the file, its write lock, its group commits and WALLET_PROXY_TRIGGER_MAX_BYTES.
+A file written before queues existed (its rows are all triggers), or before bodies had a
+table of their own, is brought up to date when it is opened.
 
 On disk, WALLET_PROXY_TRIGGER_MAX_BYTES covers the outbox's files: the records (what
 the ledger counts), the write-ahead log (checkpointed and cut back at `wal_bytes`) and a
@@ -20,20 +25,21 @@ reused; those freed by purging are given back to the filesystem (incremental vac
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from .. import metrics
 from ..files import open_private, private_database
-from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record, Trigger
+from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record
 from .outbox import (
     ADD_BOUND,
     ALL_STATES,
@@ -43,10 +49,10 @@ from .outbox import (
     DEFAULT_MAX_BYTES,
     FINISHED,
     MOVES,
-    PRUNABLE,
+    PRUNABLE_STATES,
     PRUNED,
     SENT_RETENTION,
-    STALE_SENDING,
+    TRIGGERS,
     Accepted,
     Costs,
     Dedupe,
@@ -55,8 +61,9 @@ from .outbox import (
     OutboxError,
     OutboxFull,
     OutcomeUnknown,
+    Queue,
+    Queued,
     Room,
-    state_part,
 )
 
 T = TypeVar("T")
@@ -98,9 +105,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     dispatch_id TEXT NOT NULL DEFAULT '',
     reason TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL,
+    queue TEXT NOT NULL DEFAULT 'triggers',
     size INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, due_at);
+CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (queue, state, due_at);
 CREATE INDEX IF NOT EXISTS outbox_target ON outbox (state, target, due_at);
 CREATE INDEX IF NOT EXISTS outbox_lease ON outbox (state, lease_until);
 CREATE INDEX IF NOT EXISTS outbox_updated ON outbox (state, updated_at);
@@ -114,49 +122,74 @@ CREATE TABLE IF NOT EXISTS dedupe (
     size INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at);
-CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS queue_counts (
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (queue, state)
+);
 CREATE TABLE IF NOT EXISTS usage (part TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS broadcasts (at REAL NOT NULL);
-CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON outbox BEGIN
-    UPDATE counts SET n = n + 1 WHERE state = NEW.state;
+CREATE TRIGGER IF NOT EXISTS queue_count_insert AFTER INSERT ON outbox BEGIN
+    INSERT INTO queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+    ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
-CREATE TRIGGER IF NOT EXISTS count_update AFTER UPDATE OF state ON outbox
+CREATE TRIGGER IF NOT EXISTS queue_count_update AFTER UPDATE OF state ON outbox
 WHEN OLD.state <> NEW.state BEGIN
-    UPDATE counts SET n = n - 1 WHERE state = OLD.state;
-    UPDATE counts SET n = n + 1 WHERE state = NEW.state;
+    UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+    INSERT INTO queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+    ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
-CREATE TRIGGER IF NOT EXISTS count_delete AFTER DELETE ON outbox BEGIN
-    UPDATE counts SET n = n - 1 WHERE state = OLD.state;
+CREATE TRIGGER IF NOT EXISTS queue_count_delete AFTER DELETE ON outbox BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
 END;
 CREATE TRIGGER IF NOT EXISTS bodies_delete AFTER DELETE ON outbox BEGIN
     DELETE FROM bodies WHERE id = OLD.id;
 END;
 """
 
-# Created after the `size` columns exist (a file from an older version gains them first).
-_LEDGER = (
-    """CREATE TRIGGER IF NOT EXISTS usage_insert AFTER INSERT ON outbox BEGIN
-    UPDATE usage SET bytes = bytes + NEW.size WHERE part = 'trigger:' || NEW.state;
-END""",
-    """CREATE TRIGGER IF NOT EXISTS usage_update AFTER UPDATE OF state, size ON outbox
+# A file from before queues: its rows become the triggers' queue, its counts per state
+# give way to counts per queue and state (recounted from the rows in the same transaction).
+_BEFORE_QUEUES = (
+    "ALTER TABLE outbox ADD COLUMN queue TEXT NOT NULL DEFAULT 'triggers'",
+    "DROP TRIGGER IF EXISTS count_insert",
+    "DROP TRIGGER IF EXISTS count_update",
+    "DROP TRIGGER IF EXISTS count_delete",
+    "DROP TABLE IF EXISTS counts",
+    "DROP INDEX IF EXISTS outbox_due",
+)
+_RECOUNT = (
+    "INSERT INTO queue_counts (queue, state, n) "
+    "SELECT queue, state, COUNT(*) FROM outbox GROUP BY queue, state"
+)
+
+# The ledger (outbox.py): bytes per queue and state, and of the dedupe records. Created
+# after the `size` columns exist (a file from an older version gains them first).
+_LEDGER = """
+CREATE TRIGGER IF NOT EXISTS usage_insert AFTER INSERT ON outbox BEGIN
+    INSERT INTO usage (part, bytes) VALUES (NEW.queue || ':' || NEW.state, NEW.size)
+    ON CONFLICT (part) DO UPDATE SET bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_update AFTER UPDATE OF state, size ON outbox
 WHEN OLD.state <> NEW.state OR OLD.size <> NEW.size BEGIN
-    UPDATE usage SET bytes = bytes - OLD.size WHERE part = 'trigger:' || OLD.state;
-    UPDATE usage SET bytes = bytes + NEW.size WHERE part = 'trigger:' || NEW.state;
-END""",
-    """CREATE TRIGGER IF NOT EXISTS usage_delete AFTER DELETE ON outbox BEGIN
-    UPDATE usage SET bytes = bytes - OLD.size WHERE part = 'trigger:' || OLD.state;
-END""",
-    """CREATE TRIGGER IF NOT EXISTS dedupe_insert AFTER INSERT ON dedupe BEGIN
+    UPDATE usage SET bytes = bytes - OLD.size WHERE part = OLD.queue || ':' || OLD.state;
+    INSERT INTO usage (part, bytes) VALUES (NEW.queue || ':' || NEW.state, NEW.size)
+    ON CONFLICT (part) DO UPDATE SET bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_delete AFTER DELETE ON outbox BEGIN
+    UPDATE usage SET bytes = bytes - OLD.size WHERE part = OLD.queue || ':' || OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS dedupe_insert AFTER INSERT ON dedupe BEGIN
     UPDATE usage SET bytes = bytes + NEW.size WHERE part = 'dedupe';
-END""",
-    """CREATE TRIGGER IF NOT EXISTS dedupe_update AFTER UPDATE OF size ON dedupe
+END;
+CREATE TRIGGER IF NOT EXISTS dedupe_update AFTER UPDATE OF size ON dedupe
 WHEN OLD.size <> NEW.size BEGIN
     UPDATE usage SET bytes = bytes - OLD.size + NEW.size WHERE part = 'dedupe';
-END""",
-    """CREATE TRIGGER IF NOT EXISTS dedupe_delete AFTER DELETE ON dedupe BEGIN
+END;
+CREATE TRIGGER IF NOT EXISTS dedupe_delete AFTER DELETE ON dedupe BEGIN
     UPDATE usage SET bytes = bytes - OLD.size WHERE part = 'dedupe';
-END""",
-)
+END;
+"""
 
 # Column names in the f-strings below are constants; every value is bound.
 _SELECT = (
@@ -166,17 +199,27 @@ _SELECT = (
 
 _CLAIM = (
     "UPDATE outbox SET owner = ?, lease_until = ?, updated_at = ? WHERE id IN ("
-    " SELECT id FROM outbox WHERE state = ? AND target = ? AND lease_until < ?"
+    " SELECT id FROM outbox WHERE queue = ? AND state = ? AND target = ? AND lease_until < ?"
     " AND due_at <= ? ORDER BY due_at LIMIT ?"
     ") RETURNING id"
 )
 
 
-def _record(row: tuple) -> Record:
-    trigger_id, body, state, accepted_at, queued_at, attempts, dispatch_id, reason, updated = row
+def _statements(script: str) -> Iterator[str]:
+    """The statements of `script`, one by one (a trigger's body holds semicolons)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+
+
+def _record(row: tuple, queue: Queue) -> Record:
+    item_id, body, state, accepted_at, queued_at, attempts, dispatch_id, reason, updated = row
     return Record(
-        id=trigger_id,
-        trigger=Trigger.from_json(body),
+        id=item_id,
+        item=queue.decode(body),
         state=state,
         accepted_at=accepted_at,
         queued_at=queued_at,
@@ -215,21 +258,22 @@ def _no_room(error: sqlite3.Error) -> bool:
 class _PendingAdd:
     """An `add` waiting for its group's commit; `outcome` is set by the group's leader."""
 
-    trigger: Trigger
-    dedupe: Dedupe
+    item: Queued
+    queue: Queue
+    dedupe: Dedupe | None
     now: float
     max_waiting: int
     body: str = field(init=False)
     outcome: Accepted | Exception | None = None
 
     def __post_init__(self) -> None:
-        self.body = self.trigger.to_json()
+        self.body = self.item.to_json()
 
 
-def new_id() -> str:
-    """Sortable by creation (nanoseconds, then random): triggers accepted in the same
+def new_id(queue: Queue) -> str:
+    """Sortable by creation (nanoseconds, then random): items accepted in the same
     instant by the caller's clock still keep their order."""
-    return f"trg_{time.time_ns():016x}{secrets.token_hex(6)}"
+    return f"{queue.id_prefix}_{time.time_ns():016x}{secrets.token_hex(6)}"
 
 
 class Reserve:
@@ -268,7 +312,14 @@ class Reserve:
 
 
 class SqliteOutbox:
-    def __init__(self, data_dir: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        queue: Queue = TRIGGERS,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ):
+        self.queue = queue
         self.path = Path(data_dir) / FILE_NAME
         self.wal_path = Path(f"{self.path}-wal")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -279,7 +330,7 @@ class SqliteOutbox:
             self.path.parent / RESERVE_NAME, min(MAX_RESERVE_BYTES, max_bytes // SHARE_OF_BOUND)
         )
         # The log may pass `wal_bytes` by one transaction before it is cut back: a group
-        # commit takes at most `wal_bytes` of triggers, the deliverer's far less.
+        # commit takes at most `wal_bytes` of items, the workers' far less.
         self.records_bytes = max_bytes - self.reserve.size - 2 * self.wal_bytes
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -299,52 +350,64 @@ class SqliteOutbox:
             )
 
     def _prepare(self, db: sqlite3.Connection) -> None:
-        """The schema, and what a file from an older version lacks: the `size` columns,
-        the ledger filled from the records, incremental vacuum. Every worker opens the file
-        at once at start-up: they wait for each other here."""
+        """The schema, in one transaction with bringing a file from an older version up to
+        date (queues; bodies in a table of their own; the ledger, measured from the
+        records), then incremental vacuum. Every worker opens the file at once at start-up:
+        they wait for each other here."""
         db.execute(f"PRAGMA busy_timeout={START_TIMEOUT_MS}")
-        db.executescript(_SCHEMA)
-        db.execute("BEGIN IMMEDIATE")
+        _begin_immediate(db, time.monotonic() + START_TIMEOUT_MS / 1000)
         try:
-            columns = {
-                table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                for table in ("outbox", "dedupe")
-            }
-            if "body" in columns["outbox"]:
-                db.execute("INSERT INTO bodies (id, body) SELECT id, body FROM outbox")
-                db.execute("ALTER TABLE outbox DROP COLUMN body")
-            sized = {table: "size" in names for table, names in columns.items()}
-            for table in (name for name, has in sized.items() if not has):
-                db.execute(f"ALTER TABLE {table} ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
-            db.executemany(
-                "INSERT OR IGNORE INTO counts (state, n) VALUES (?, 0)",
-                [(state,) for state in ALL_STATES],
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO usage (part, bytes) VALUES (?, 0)",
-                [(state_part(state),) for state in ALL_STATES] + [(DEDUPE_PART,)],
-            )
-            for statement in _LEDGER:
-                db.execute(statement)
-            # What an older version stored is measured once, and counted by the triggers.
-            if not sized["outbox"]:
-                db.create_function("cost", 1, COSTS.record, deterministic=True)
-                db.execute(
-                    "UPDATE outbox SET size = (SELECT cost(body) FROM bodies WHERE id = outbox.id)"
-                )
-            if not sized["dedupe"]:
-                db.execute("UPDATE dedupe SET size = ?", (COSTS.per_dedupe,))
-            db.execute("COMMIT")
+            self._create(db)
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        db.execute("COMMIT")
         if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # a file from before
             try:
                 db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 db.execute("VACUUM")
             except sqlite3.Error as exc:  # busy, or no room for the copy: next start
-                log.warning("the trigger outbox could not be made to give space back: %s", exc)
+                log.warning("the outbox could not be made to give space back: %s", exc)
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    @staticmethod
+    def _create(db: sqlite3.Connection) -> None:
+        columns = {
+            table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for table in ("outbox", "dedupe")
+        }
+        before_queues = bool(columns["outbox"]) and "queue" not in columns["outbox"]
+        if before_queues:
+            for statement in _BEFORE_QUEUES:
+                db.execute(statement)
+        for statement in _statements(_SCHEMA):
+            db.execute(statement)
+        if before_queues:
+            db.execute(_RECOUNT)
+        if "body" in columns["outbox"]:
+            db.execute("INSERT INTO bodies (id, body) SELECT id, body FROM outbox")
+            db.execute("ALTER TABLE outbox DROP COLUMN body")
+        unsized = [table for table, names in columns.items() if names and "size" not in names]
+        for table in unsized:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+        db.execute("INSERT OR IGNORE INTO usage (part, bytes) VALUES (?, 0)", (DEDUPE_PART,))
+        for statement in _statements(_LEDGER):
+            db.execute(statement)
+        # What an older version stored is measured once, and counted by the ledger's triggers.
+        if "outbox" in unsized:
+            db.create_function("cost", 1, COSTS.record, deterministic=True)
+            db.execute(
+                "UPDATE outbox SET size = (SELECT cost(body) FROM bodies WHERE id = outbox.id)"
+            )
+        if "dedupe" in unsized:
+            db.execute("UPDATE dedupe SET size = ?", (COSTS.per_dedupe,))
+
+    def for_queue(self, queue: Queue) -> SqliteOutbox:
+        """This outbox seen through `queue`: the same file, connections, write turns, bound
+        and reserve (closing either closes both)."""
+        view = copy.copy(self)
+        view.queue = queue
+        return view
 
     # --- connections and transactions -----------------------------------------------
 
@@ -464,18 +527,21 @@ class SqliteOutbox:
     def checks(self) -> dict[str, str]:
         """`disk`: `full` while intake refuses for want of room (delivery goes on)."""
         room = self.has_room(0)  # which makes the reserve again once there is room for it
-        metrics.trigger_disk(str(self.path.parent), free_bytes=self.free_bytes(), full=not room)
+        metrics.outbox_disk(str(self.path.parent), free_bytes=self.free_bytes(), full=not room)
         return {"disk": "ok" if room else "full"}
 
     # --- accepting ---------------------------------------------------------------
 
-    def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
-        """Group commit: whoever gets the write lock stores adds waiting for it, in one
-        transaction and one fsync, so concurrent requests share the cost of durability.
+    def add(
+        self, item: Queued, dedupe: Dedupe | None, *, now: float, max_waiting: int
+    ) -> Accepted:
+        """Group commit: whoever gets the write lock stores adds waiting for it (of any
+        queue), in one transaction and one fsync, so concurrent requests share the cost of
+        durability.
 
         An add that can't get its turn within ADD_WAIT answers at once: not stored if no
         group took it along yet, else OutcomeUnknown (its group is still committing)."""
-        mine = _PendingAdd(trigger, dedupe, now, max_waiting)
+        mine = _PendingAdd(item, self.queue, dedupe, now, max_waiting)
         try:
             room = self.has_room(COSTS.record(mine.body))
         except OSError as exc:
@@ -512,7 +578,8 @@ class SqliteOutbox:
                 if taken and size > self.wal_bytes:
                     break
                 taken += 1
-            group, self._pending = self._pending[:taken], self._pending[taken:]
+            group = self._pending[:taken]
+            del self._pending[:taken]  # in place: every queue's view shares the list
         return group
 
     def _commit_group(self, group: list[_PendingAdd], deadline: float) -> None:
@@ -534,44 +601,49 @@ class SqliteOutbox:
             pending.outcome = outcome
 
     def _add_one(self, db: sqlite3.Connection, pending: _PendingAdd) -> Accepted | Exception:
-        dedupe, now = pending.dedupe, pending.now
-        found = db.execute(
-            "SELECT d.fingerprint, d.trigger_id, o.state FROM dedupe d "
-            "LEFT JOIN outbox o ON o.id = d.trigger_id WHERE d.key = ? AND d.expires_at > ?",
-            (dedupe.key, now),
-        ).fetchone()
-        if found is not None:
-            fingerprint, trigger_id, state = found
-            if fingerprint != dedupe.fingerprint:
-                return DedupeConflict()
-            return Accepted(trigger_id, state or PRUNED, created=False)
+        dedupe, now, queue = pending.dedupe, pending.now, pending.queue
+        key = f"{queue.dedupe_scope}{dedupe.key}" if dedupe is not None else ""
+        if dedupe is not None:
+            found = db.execute(
+                "SELECT d.fingerprint, d.trigger_id, o.state FROM dedupe d "
+                "LEFT JOIN outbox o ON o.id = d.trigger_id WHERE d.key = ? AND d.expires_at > ?",
+                (key, now),
+            ).fetchone()
+            if found is not None:
+                fingerprint, item_id, state = found
+                if fingerprint != dedupe.fingerprint:
+                    return DedupeConflict()
+                return Accepted(item_id, state or PRUNED, created=False)
         (waiting,) = db.execute(
-            "SELECT COALESCE(SUM(n), 0) FROM counts WHERE state IN (?, ?)", (QUEUED, SENDING)
+            "SELECT COALESCE(SUM(n), 0) FROM queue_counts WHERE queue = ? AND state IN (?, ?)",
+            (queue.name, QUEUED, SENDING),
         ).fetchone()
         if waiting >= pending.max_waiting:
             return OutboxFull()
         size = COSTS.record(pending.body)
+        needed = size + (COSTS.per_dedupe if dedupe is not None else 0)
         room = Room(
             dict(db.execute("SELECT part, bytes FROM usage").fetchall()), self.records_bytes
         )
-        if not room.fits(size + COSTS.per_dedupe):
+        if not room.fits(needed):
             return OutboxFull()
-        pruned = self._prune(db, room.to_prune(size + COSTS.per_dedupe))
-        trigger, trigger_id = pending.trigger, new_id()
+        pruned = self._prune(db, room.to_prune(needed))
+        item, item_id = pending.item, new_id(queue)
         db.execute(
             "INSERT INTO outbox (id, target, recipient, state, accepted_at, queued_at,"
-            " due_at, updated_at, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (trigger_id, trigger.target, trigger.recipient_index, QUEUED, *(now,) * 4, size),
+            " due_at, updated_at, queue, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (item_id, item.target, item.recipient_index, QUEUED, *(now,) * 4, queue.name, size),
         )
-        db.execute("INSERT INTO bodies (id, body) VALUES (?, ?)", (trigger_id, pending.body))
-        db.execute(
-            "INSERT INTO dedupe (key, fingerprint, trigger_id, expires_at, size) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-            "fingerprint = excluded.fingerprint, trigger_id = excluded.trigger_id, "
-            "expires_at = excluded.expires_at, size = excluded.size",
-            (dedupe.key, dedupe.fingerprint, trigger_id, now + dedupe.window, COSTS.per_dedupe),
-        )
-        return Accepted(trigger_id, QUEUED, created=True, pruned=pruned)
+        db.execute("INSERT INTO bodies (id, body) VALUES (?, ?)", (item_id, pending.body))
+        if dedupe is not None:
+            db.execute(
+                "INSERT INTO dedupe (key, fingerprint, trigger_id, expires_at, size) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "fingerprint = excluded.fingerprint, trigger_id = excluded.trigger_id, "
+                "expires_at = excluded.expires_at, size = excluded.size",
+                (key, dedupe.fingerprint, item_id, now + dedupe.window, COSTS.per_dedupe),
+            )
+        return Accepted(item_id, QUEUED, created=True, pruned=pruned)
 
     @staticmethod
     def _expire_dedupes(db: sqlite3.Connection, now: float, limit: int) -> int:
@@ -583,10 +655,10 @@ class SqliteOutbox:
 
     @staticmethod
     def _prune(db: sqlite3.Connection, excess: int) -> int:
-        """Remove kept history, oldest first, until `excess` bytes are freed; how many."""
+        """Remove kept history of every queue, oldest first, until `excess` bytes are
+        freed; how many items."""
         freed = removed = 0
-        for part in PRUNABLE:
-            state = part.removeprefix("trigger:")
+        for state in PRUNABLE_STATES:
             while freed < excess:
                 oldest = db.execute(
                     "SELECT id, size FROM outbox WHERE state = ? ORDER BY updated_at LIMIT 64",
@@ -595,8 +667,8 @@ class SqliteOutbox:
                 if not oldest:
                     break
                 doomed = []
-                for trigger_id, size in oldest:
-                    doomed.append(trigger_id)
+                for item_id, size in oldest:
+                    doomed.append(item_id)
                     freed += size
                     if freed >= excess:
                         break
@@ -605,7 +677,7 @@ class SqliteOutbox:
                 removed += len(doomed)
                 if state == DEAD:
                     log.warning(
-                        "pruned %d dead letters to make room for new triggers "
+                        "pruned %d dead letters to make room for new items "
                         "(WALLET_PROXY_TRIGGER_MAX_BYTES)",
                         len(doomed),
                     )
@@ -619,18 +691,20 @@ class SqliteOutbox:
         if not self._read(lambda db: self._anything_to_claim(db, now, window)):
             return []  # the common case when idle: no write lock taken, nothing to sync
 
+        queue = self.queue.name
+
         def take(db: sqlite3.Connection) -> list[tuple]:
             self._settle_leases(db, now)
             first = db.execute(
-                "SELECT target FROM outbox WHERE state = ? AND lease_until < ? AND due_at <= ? "
-                "ORDER BY due_at LIMIT 1",
-                (QUEUED, now, now - window),
+                "SELECT target FROM outbox WHERE queue = ? AND state = ? AND lease_until < ? "
+                "AND due_at <= ? ORDER BY due_at LIMIT 1",
+                (queue, QUEUED, now, now - window),
             ).fetchone()
             if first is None:
                 return []
             claimed = db.execute(
                 _CLAIM,
-                (owner, now + lease, now, QUEUED, first[0], now, now, limit),
+                (owner, now + lease, now, queue, QUEUED, first[0], now, now, limit),
             ).fetchall()
             marks = ", ".join("?" * len(claimed))
             return db.execute(
@@ -639,42 +713,45 @@ class SqliteOutbox:
             ).fetchall()
 
         rows = self._write(take)
-        return sorted((_record(row) for row in rows), key=lambda r: (r.accepted_at, r.id))
+        records = (_record(row, self.queue) for row in rows)
+        return sorted(records, key=lambda r: (r.accepted_at, r.id))
 
-    @staticmethod
-    def _anything_to_claim(db: sqlite3.Connection, now: float, window: float) -> bool:
+    def _anything_to_claim(self, db: sqlite3.Connection, now: float, window: float) -> bool:
         ready = db.execute(
-            "SELECT 1 FROM outbox WHERE state = ? AND lease_until < ? AND due_at <= ? LIMIT 1",
-            (QUEUED, now, now - window),
+            "SELECT 1 FROM outbox WHERE queue = ? AND state = ? AND lease_until < ? "
+            "AND due_at <= ? LIMIT 1",
+            (self.queue.name, QUEUED, now, now - window),
         ).fetchone()
         expired = db.execute(
             "SELECT 1 FROM outbox WHERE state IN (?, ?) AND lease_until > 0 AND lease_until < ? "
-            "LIMIT 1",
-            (QUEUED, SENDING, now),
+            "AND queue = ? LIMIT 1",
+            (QUEUED, SENDING, now, self.queue.name),
         ).fetchone()
         return ready is not None or expired is not None
 
     def abandon_leases(self, *, now: float) -> None:
-        """Settle every claim now, as if its lease had ended.
+        """Settle every claim of this queue now, as if its lease had ended.
 
-        For the deliverer that has just taken the instance lock: an SQLite outbox belongs
-        to one instance, so any claim left is a dead deliverer's, and waiting out its
-        lease would only delay the rest (and the report of what it left `sending`).
+        For the deliverer (or the queue's worker) that has just taken its instance lock: an
+        SQLite outbox belongs to one instance, so any claim left in the queue is a dead
+        predecessor's, and waiting out its lease would only delay the rest (and the report
+        of what it left `sending`).
         """
         self._write(lambda db: self._settle_leases(db, now, until=float("inf")))
 
-    @staticmethod
-    def _settle_leases(db: sqlite3.Connection, now: float, until: float | None = None) -> None:
+    def _settle_leases(
+        self, db: sqlite3.Connection, now: float, until: float | None = None
+    ) -> None:
         until = now if until is None else until
         db.execute(
             "UPDATE outbox SET owner = '', lease_until = 0 "
-            "WHERE state = ? AND lease_until > 0 AND lease_until < ?",
-            (QUEUED, until),
+            "WHERE state = ? AND lease_until > 0 AND lease_until < ? AND queue = ?",
+            (QUEUED, until, self.queue.name),
         )
         db.execute(
             "UPDATE outbox SET state = ?, reason = ?, lease_until = 0, updated_at = ? "
-            "WHERE state = ? AND lease_until < ?",
-            (UNKNOWN, STALE_SENDING, now, SENDING, until),
+            "WHERE state = ? AND lease_until < ? AND queue = ?",
+            (UNKNOWN, self.queue.stale_sending, now, SENDING, until, self.queue.name),
         )
 
     def move(
@@ -710,8 +787,8 @@ class SqliteOutbox:
             assignments += ", attempts = attempts + 1"
         marks = ", ".join("?" * len(ids))
         sources = ", ".join("?" * len(rule.sources))
-        where = f"id IN ({marks}) AND state IN ({sources})"
-        params: list = [*changes.values(), *ids, *rule.sources]
+        where = f"id IN ({marks}) AND state IN ({sources}) AND queue = ?"
+        params: list = [*changes.values(), *ids, *rule.sources, self.queue.name]
         if rule.owned:
             where += " AND owner = ?"
             params.append(owner)
@@ -735,6 +812,8 @@ class SqliteOutbox:
         return self._write(take)
 
     def purge(self, *, now: float) -> int:
+        """Every queue's old items: they share the retention rules."""
+
         def forget(db: sqlite3.Connection) -> int:
             removed = db.execute(
                 "DELETE FROM outbox WHERE (state = ? AND updated_at < ?) "
@@ -757,50 +836,58 @@ class SqliteOutbox:
                 # executescript steps the pragma to its end (execute would free one page)
                 self._db().executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP});")
             except sqlite3.Error as exc:
-                log.info("the trigger outbox gives space back later: %s", exc)
+                log.info("the outbox gives space back later: %s", exc)
                 return
             finally:
                 self._write_lock.release()
 
     # --- reading -----------------------------------------------------------------
 
-    def get(self, trigger_id: str) -> Record | None:
+    def get(self, item_id: str) -> Record | None:
         row = self._read(
-            lambda db: db.execute(f"{_SELECT} WHERE o.id = ?", (trigger_id,)).fetchone()
+            lambda db: db.execute(
+                f"{_SELECT} WHERE o.id = ? AND o.queue = ?", (item_id, self.queue.name)
+            ).fetchone()
         )
-        return _record(row) if row else None
+        return _record(row, self.queue) if row else None
 
     def listed(self, state: str, *, limit: int) -> list[Record]:
         order = "updated_at DESC" if state in FINISHED else "accepted_at"
         rows = self._read(
             lambda db: db.execute(
-                f"{_SELECT} WHERE o.state = ? ORDER BY o.{order} LIMIT ?",
-                (state, limit),
+                f"{_SELECT} WHERE o.queue = ? AND o.state = ? ORDER BY o.{order} LIMIT ?",
+                (self.queue.name, state, limit),
             ).fetchall()
         )
-        return [_record(row) for row in rows]
+        return [_record(row, self.queue) for row in rows]
 
     def recent(self, recipient: str, *, limit: int = 50) -> list[Record]:
         rows = self._read(
             lambda db: db.execute(
-                f"{_SELECT} WHERE o.recipient = ? ORDER BY o.accepted_at DESC LIMIT ?",
-                (recipient, limit),
+                f"{_SELECT} WHERE o.recipient = ? AND o.queue = ? "
+                "ORDER BY o.accepted_at DESC LIMIT ?",
+                (recipient, self.queue.name, limit),
             ).fetchall()
         )
-        return [_record(row) for row in rows]
+        return [_record(row, self.queue) for row in rows]
 
     def usage(self) -> dict[str, int]:
         return dict(self._read(lambda db: db.execute("SELECT part, bytes FROM usage").fetchall()))
 
     def counts(self) -> dict[str, int]:
-        rows = self._read(lambda db: db.execute("SELECT state, n FROM counts").fetchall())
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT state, n FROM queue_counts WHERE queue = ?", (self.queue.name,)
+            ).fetchall()
+        )
         found = dict(rows)
         return {state: found.get(state, 0) for state in ALL_STATES}
 
     def oldest_queued(self) -> float | None:
         row = self._read(
             lambda db: db.execute(
-                "SELECT MIN(accepted_at) FROM outbox WHERE state = ?", (QUEUED,)
+                "SELECT MIN(accepted_at) FROM outbox WHERE queue = ? AND state = ?",
+                (self.queue.name, QUEUED),
             ).fetchone()
         )
         return row[0] if row else None
