@@ -17,9 +17,10 @@ import redis
 import requests
 from prometheus_client import REGISTRY
 
-from tests.helpers import LiveServer
+from tests.helpers import API_KEY, LiveServer
 from wallet_proxy import create_app
 from wallet_proxy.factory import close_app
+from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 from wallet_proxy.triggers.model import QUEUED, SENT
 from wallet_proxy.triggers.outbox import ADD_BOUND, Dedupe, OutboxError
 from wallet_proxy.triggers.redis_outbox import RedisOutbox
@@ -191,11 +192,15 @@ def test_a_full_disk_refuses_new_triggers_early_and_delivers_the_stored_ones(
     clock,
 ):
     """The fault run: on a data folder with 164 KB free, triggers were accepted and then
-    sat undelivered while the disk stayed full, and /readyz said ok."""
+    sat undelivered while the disk stayed full, and /readyz said ok. The queued tags share
+    the outbox, and its disk."""
     data = small_disk / "data"
     app = create_app(
         {
             **trigger_env,
+            "SESSIONM_CORE_URL": sandbox.url,
+            "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
+            "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
             "WALLET_PROXY_DATA_DIR": str(data),
             "WALLET_PROXY_TRIGGER_MAX_BYTES": str(4 * 1024 * 1024),
             "TESTING": True,
@@ -222,6 +227,14 @@ def test_a_full_disk_refuses_new_triggers_early_and_delivers_the_stored_ones(
             assert refused.json()["error"]["code"] == "trigger_disk_full"
             assert "nothing was accepted" in refused.json()["error"]["message"]
             assert int(refused.headers["Retry-After"]) > 0
+            webhook = requests.post(
+                f"{live.url}/v1/users/user-1/tags",
+                json={"tags": ["visits"]},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                timeout=10,
+            )
+            assert webhook.status_code == 503
+            assert webhook.json()["error"]["code"] == "tags_disk_full"
             ready = requests.get(f"{live.url}/readyz", timeout=5)
             assert ready.status_code == 200
             assert ready.json()["status"] == "degraded"

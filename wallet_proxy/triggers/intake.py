@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from .. import metrics
 from ..errors import (
     IdempotencyConflict,
+    QueueDiskFull,
+    QueueMaybeStored,
     TriggerDiskFull,
     TriggerMaybeStored,
     TriggerQueueFull,
@@ -79,8 +81,8 @@ def store(
     max_waiting: int,
     full: type[WalletProxyError],
     unavailable: type[WalletProxyError],
-    disk_full: type[WalletProxyError],
-    maybe_stored: type[WalletProxyError],
+    disk_full: type[QueueDiskFull],
+    maybe_stored: type[QueueMaybeStored],
 ) -> Accepted:
     """`item` stored durably (or the one it repeats); raises `full` when its queue is at
     `max_waiting` or the store's byte bound, `unavailable` when the store failed and
