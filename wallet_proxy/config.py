@@ -183,6 +183,13 @@ class Settings:
         "WALLET_PROXY_TRIGGER_MAX_QUEUED", "integer", 100_000, low=1, high=10**7
     )
     trigger_set_email: bool = _setting("WALLET_PROXY_TRIGGER_SET_EMAIL", "boolean", False)
+    trigger_max_bytes: int = _setting(
+        "WALLET_PROXY_TRIGGER_MAX_BYTES",
+        "integer",
+        128 * 1024 * 1024,
+        low=4 * 1024 * 1024,
+        high=10**12,
+    )
     trigger_email_prioritization: tuple[str, ...] = _setting(
         "WALLET_PROXY_TRIGGER_EMAIL_PRIORITIZATION", "prioritization", DEFAULT_PRIORITIZATION
     )

@@ -59,16 +59,22 @@ def open_outbox(settings: Settings) -> Outbox:
             Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
             if not os.access(settings.data_dir, os.W_OK):
                 raise OSError(errno.EACCES, "not writable")
-            shared = RedisOutbox.from_url(settings.redis_url)
+            shared = RedisOutbox.from_url(settings.redis_url, max_bytes=settings.trigger_max_bytes)
             for warning in persistence_warnings(shared.client):
                 log.warning(warning)
             return shared
-        return SqliteOutbox(settings.data_dir)
+        return SqliteOutbox(settings.data_dir, max_bytes=settings.trigger_max_bytes)
     except (OSError, OutboxError) as exc:
         problem = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
             "WALLET_PROXY_DATA_DIR", f"can't hold the outbox or its workers' locks: {problem}"
         ) from None
+
+
+def outbox_of(app: Flask | None = None) -> Outbox | None:
+    """The outbox of `app` (or of the current request's), None when no feature uses it."""
+    found: Outbox | None = (app or current_app).extensions.get(OUTBOX)
+    return found
 
 
 def shared_outbox(app: Flask, found: Services) -> Outbox:
