@@ -98,6 +98,7 @@ def test_stalled_triggers_are_reported_and_the_instance_stays_ready(app, clock):
             "config": "ok",
             "cache": "ok",
             "sessionm_circuit": "closed",
+            "disk": "ok",
             "triggers": "ok",
         },
     }

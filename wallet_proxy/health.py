@@ -25,8 +25,9 @@ def readyz():
 
     A lost Redis is reported but keeps the instance ready: it still answers from
     its in-process cache, and failing every instance at once would be an outage.
-    The circuit breaker's state is shown for the same reason, without effect, and
-    so are the features' checks (triggers stalled: every instance shares the cause).
+    The circuit breaker's state is shown for the same reason, without effect, and so are
+    the features' checks: a full disk under the outbox (intake refuses, delivery goes on,
+    wallets too), stalled triggers (every instance shares the cause).
     """
     checks = {"config": "ok"}
     found = services()

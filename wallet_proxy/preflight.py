@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from .attributes.written import DATABASE as ATTRIBUTES_DATABASE
 from .config import ConfigError, Settings, declared_variables
 from .stores import DATABASE
 from .tags.running import LOCK_FILE as TAGS_LOCK_FILE
@@ -49,6 +50,8 @@ def data_dir_uses(settings: Settings) -> list[str]:
         uses.append("the tags worker's lock" if settings.redis_url else "the queued tags' outbox")
     if settings.staff_users and not settings.redis_url:
         uses.append("the staff sessions")
+    if (settings.triggers_configured or settings.staff_users) and not settings.redis_url:
+        uses.append("the attributes last written to Braze profiles")
     return uses
 
 
@@ -68,7 +71,11 @@ def _data_files() -> list[str]:
     return [
         LOCK_FILE,
         TAGS_LOCK_FILE,
-        *(f"{db}{end}" for db in (DATABASE, FILE_NAME) for end in ("", "-wal", "-shm")),
+        *(
+            f"{db}{end}"
+            for db in (DATABASE, FILE_NAME, ATTRIBUTES_DATABASE)
+            for end in ("", "-wal", "-shm")
+        ),
     ]
 
 
@@ -96,6 +103,21 @@ def _unwritable(folder: Path) -> str | None:
     except OSError as error:
         return f"can't {trying}: {(error.strerror or str(error)).lower()}"
     return None
+
+
+def braze_permissions(settings: Settings) -> list[str]:
+    """Which Braze REST API permissions each configured key needs, for what."""
+    found = []
+    if settings.braze_rest_api_key:
+        needs = ["campaigns.trigger.send", "canvas.trigger.send"]
+        uses = "the triggers"
+        if not settings.braze_track_api_key:
+            needs.append("users.track")
+            uses += " and `attributes sync`"
+        found.append(f"BRAZE_REST_API_KEY needs {', '.join(needs)} ({uses})")
+    if settings.braze_track_api_key:
+        found.append("BRAZE_TRACK_API_KEY needs users.track (`attributes sync`)")
+    return found
 
 
 def warnings(settings: Settings | None) -> list[str]:

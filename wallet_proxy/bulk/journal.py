@@ -1,4 +1,5 @@
-"""The `tags import` journal (FILE.journal): one fsync'd JSON line per event, per row sent."""
+"""The bulk journals (`tags import`'s FILE.journal, `attributes sync`'s FILE.sync.journal): one
+fsync'd JSON line per event, per row sent."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from ..files import make_private
-from .csvinput import BadInput, TagRow, tag_key
+from .csvinput import BadInput, tag_key
 from .sidecars import open_no_follow
 
 SENDING, ACCEPTED, NOT_APPLIED = "sending", "accepted", "not_applied"
 EVENTS = (SENDING, ACCEPTED, NOT_APPLIED)
+
+
+class Journaled(Protocol):
+    """A row as a journal keeps it: (id type, id, tags, ttl), and its line in the file."""
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def key(self) -> tuple: ...
 
 
 def read_journal(path: Path) -> tuple[dict[tuple, str], int]:
@@ -84,7 +96,7 @@ class Journal:
         self._sync_lock = threading.Lock()
         self._written = self._synced = 0
 
-    def record(self, event: str, row: TagRow) -> None:
+    def record(self, event: str, row: Journaled) -> None:
         """Returns once the line is on disk."""
         id_type, user_id, tags, ttl = row.key
         line = json.dumps(

@@ -1,8 +1,9 @@
 """What the support pages keep for themselves, built by their `init_app` and closed with the app.
 
 Staff sessions and the history of who looked at whom live in a store every worker shares
-(stores.py): Redis when the service has it, else a SQLite file in the data folder. The
-login throttle and the password-hash slots are this process's own.
+(stores.py): Redis when the service has it, else a SQLite file in the data folder; so do
+the attributes last written to each Braze profile (attributes/written.py), which the
+wallet page shows. The login throttle and the password-hash slots are this process's own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from ..attributes.written import WrittenStore, WrittenStoreError, written_store
+from ..config import ConfigError
 from ..container import Services
 from ..stores import shared_store
 from .history import StaffHistory
@@ -27,11 +30,20 @@ class SupportState:
     # None without staff accounts (then there are no pages either).
     staff_sessions: StaffSessions | None
     staff_history: StaffHistory | None
+    written: WrittenStore | None  # what was last written to Braze profiles
 
 
 def build_state(found: Services) -> SupportState:
     settings = found.settings
     store = shared_store(settings, found.redis, found.unix_time) if settings.staff_users else None
+    written = None
+    if settings.staff_users:
+        try:
+            written = written_store(found.redis, settings.data_dir, found.unix_time)
+        except WrittenStoreError as error:
+            raise ConfigError(
+                "WALLET_PROXY_DATA_DIR", f"can't read the attributes written to Braze: {error}"
+            ) from None
     state = SupportState(
         login_throttle=LoginThrottle(
             timer=found.unix_time, staff_names=settings.staff_users.keys()
@@ -39,6 +51,7 @@ def build_state(found: Services) -> SupportState:
         hash_slots=HashSlots(),
         staff_sessions=StaffSessions(store) if store is not None else None,
         staff_history=StaffHistory(store, found.clock) if store is not None else None,
+        written=written,
     )
     found.on_close(state.hash_slots.close)
     return state

@@ -8,14 +8,17 @@ trigger route answers 503 not_configured and the triggers need no data folder.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from flask import Flask, current_app
 
+from ..attributes.written import WrittenStore, WrittenStoreError, written_store
 from ..config import ConfigError, Settings
 from ..container import Services
 from .braze import BrazeClient
@@ -39,6 +42,7 @@ class Triggers:
     outbox: Outbox
     intake: Intake
     keys: tuple[str, ...]
+    written: WrittenStore  # what the deliverer last wrote to profiles (enrich: attributes)
 
 
 def triggers_of(app: Flask | None = None) -> Triggers | None:
@@ -56,11 +60,11 @@ def open_outbox(settings: Settings) -> Outbox:
             Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
             if not os.access(settings.data_dir, os.W_OK):
                 raise OSError(errno.EACCES, "not writable")
-            shared = RedisOutbox.from_url(settings.redis_url)
+            shared = RedisOutbox.from_url(settings.redis_url, max_bytes=settings.trigger_max_bytes)
             for warning in persistence_warnings(shared.client):
                 log.warning(warning)
             return shared
-        return SqliteOutbox(settings.data_dir)
+        return SqliteOutbox(settings.data_dir, max_bytes=settings.trigger_max_bytes)
     except (OSError, OutboxError) as exc:
         problem = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
@@ -75,11 +79,32 @@ def shared_outbox(app: Flask, found: Services) -> Outbox:
         outbox = open_outbox(found.settings)
         app.extensions[OUTBOX] = outbox
         found.on_close(outbox.close)
+        found.add_readiness(functools.partial(store_checks, outbox))
     return outbox
 
 
-def build_triggers(settings: Settings, outbox: Outbox, unix_time: Callable[[], float]) -> Triggers:
-    """The triggers' intake on the outbox (its triggers' queue)."""
+def store_checks(outbox: Outbox) -> dict[str, str]:
+    """What /readyz reports of the store itself (SQLite: its disk); never raises."""
+    try:
+        return outbox.checks()
+    except Exception:  # a probe reports, it never raises
+        return {"disk": "unknown"}
+
+
+def build_triggers(
+    settings: Settings,
+    outbox: Outbox,
+    unix_time: Callable[[], float],
+    redis_client: redis.Redis | None,
+) -> Triggers:
+    """The triggers' intake on the outbox (its triggers' queue), and the store of the
+    attributes the deliverer writes to profiles (`enrich: ["attributes"]`)."""
+    try:
+        written = written_store(redis_client, settings.data_dir, unix_time)
+    except WrittenStoreError as error:
+        raise ConfigError(
+            "WALLET_PROXY_DATA_DIR", f"can't hold the attributes written to Braze: {error}"
+        ) from None
     intake = Intake(
         outbox,
         max_queued=settings.trigger_max_queued,
@@ -87,7 +112,7 @@ def build_triggers(settings: Settings, outbox: Outbox, unix_time: Callable[[], f
         email_prioritization=settings.trigger_email_prioritization,
         clock=unix_time,
     )
-    return Triggers(outbox, intake, settings.trigger_keys)
+    return Triggers(outbox, intake, settings.trigger_keys, written)
 
 
 def build_deliverer(
@@ -95,6 +120,7 @@ def build_deliverer(
     outbox: Outbox,
     *,
     wallets: Wallets | None = None,
+    written: WrittenStore | None = None,
     clock: Callable[[], float],
 ) -> Deliverer:
     if not settings.braze_rest_url or not settings.braze_rest_api_key:
@@ -105,5 +131,6 @@ def build_deliverer(
         window=settings.trigger_batch_ms / 1000,
         max_age=settings.trigger_max_age,
         wallets=wallets,
+        written=written,
         clock=clock,
     )

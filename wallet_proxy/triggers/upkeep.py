@@ -1,8 +1,8 @@
 """The loop every worker of an outbox queue runs (the trigger deliverer, the tags worker):
 its own work one batch at a time, and around it what the queue needs: a heartbeat in the
-outbox every HEARTBEAT_EVERY seconds (liveness.py tells a stalled queue by it), its depth
-for the metrics every second, old items purged every minute, store failures logged and
-waited out.
+outbox every HEARTBEAT_EVERY seconds (liveness.py tells a stalled queue by it), its depth,
+the outbox's size and its disk for the metrics every second, old items purged every
+minute, store failures logged and waited out.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ import logging
 import threading
 from collections.abc import Callable
 
+from .. import metrics
 from .model import WAITING
 from .outbox import Outbox, OutboxError
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY = 10.0
-DEPTH_EVERY = 1.0  # seconds between readings of the queue's depth for the metrics
+DEPTH_EVERY = 1.0  # seconds between readings of the queue's depth (and more) for the metrics
 PURGE_EVERY = 60.0
 FAILURE_WAIT = 1.0
 
@@ -40,13 +41,15 @@ def keep_working(
         try:
             now = clock()
             if now - last_beat >= HEARTBEAT_EVERY:
+                last_beat = now  # a failed beat waits for the next one, not the work for it
                 outbox.beat(now=now)
-                last_beat = now
             handled = run_once()
             now = clock()
             if now - last_depth >= DEPTH_EVERY:
                 counts = outbox.counts()
                 depth(sum(counts[state] for state in WAITING))
+                metrics.outbox_bytes(sum(outbox.usage().values()))
+                outbox.checks()  # the disk's metrics, with or without readiness probes
                 last_depth = now
             if now - last_purge >= PURGE_EVERY:
                 removed = outbox.purge(now=now)
