@@ -6,19 +6,23 @@ its stats count the calls it received and the most it saw at once.
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import API_KEY, wait_until
+from tests.helpers import API_KEY, Clock, wait_until
 from wallet_proxy import create_app
-from wallet_proxy.cache import Entry
+from wallet_proxy.answers import MEMO_OVERHEAD, AnswerMemo
+from wallet_proxy.cache import Entry, MemoryCache, WalletKey
 from wallet_proxy.container import services
 from wallet_proxy.errors import UpstreamUnavailable
 from wallet_proxy.redis_clients import RedisHealth
 from wallet_proxy.sandbox import SandboxServer
-from wallet_proxy.wallet_service import JITTER
+from wallet_proxy.wallet import Offer, Wallet
+from wallet_proxy.wallet_service import HIT, JITTER, Lookup
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -240,6 +244,22 @@ def test_instances_share_the_redis_cache(env, clock, sandbox, redis_url):
     assert sandbox.stats()["calls"] == 2
 
 
+def test_the_cache_can_have_a_redis_of_its_own(env, clock, sandbox, redis_url):
+    """Issue 19 item 1: wallets (and their locks) go to WALLET_PROXY_CACHE_REDIS_URL, so
+    large ones never fill the Redis of the outbox and the budget."""
+    import redis
+
+    cache_url = redis_url.rsplit("/", 1)[0] + "/1"
+    redis.Redis.from_url(cache_url).flushdb()
+    settings = {"WALLET_PROXY_REDIS_URL": redis_url, "WALLET_PROXY_CACHE_REDIS_URL": cache_url}
+    one, two = (make_app(env, clock, **settings) for _ in range(2))
+    assert get(one).headers["X-Cache"] == "MISS"
+    assert get(two).headers["X-Cache"] == "HIT"
+    assert sandbox.stats()["calls"] == 1
+    assert redis.Redis.from_url(cache_url).keys("wallet-proxy:v2:wallet:*")
+    assert not redis.Redis.from_url(redis_url).keys("wallet-proxy:v2:*")
+
+
 def test_single_flight_holds_across_instances(env, clock, sandbox, redis_url):
     apps = [make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url) for _ in range(3)]
     sandbox.configure(latency=0.3)
@@ -317,3 +337,70 @@ def test_a_new_flight_is_not_answered_with_the_last_ones_failure(env, clock, san
     responses = at_once(2, lambda i: get((one, two)[i]))
     assert [r.status_code for r in responses] == [200, 200]
     assert sandbox.stats()["calls"] == 2
+
+
+# What a process keeps of wallets: bytes, not entries (issue 19 item 1).
+
+
+def large_wallet(user_id: str, offers: int, text: str) -> Wallet:
+    made = Offer(f"{user_id}-o", "o", "manual_fulfillment", text, text, "", "", "", 0, True, None)
+    return Wallet(user_id, "en-US", 0, 0, (made,) * offers, Clock().now)
+
+
+def test_the_process_cache_is_bounded_in_bytes_least_recently_used_first():
+    memory = MemoryCache(max_bytes=3_000_000, unix_time=lambda: 0.0)
+    entries = {n: Entry(large_wallet(f"u{n}", 1, "x" * 400_000), 0, 10, 20) for n in range(4)}
+    keys = {n: WalletKey("r", "en-US", f"u{n}") for n in entries}
+    for n in (0, 1, 2):
+        memory.put(keys[n], entries[n])
+    assert memory.get(keys[0]) is entries[0]  # 0 is now used more recently than 1
+    memory.put(keys[3], entries[3])
+    assert [n for n in keys if memory.get(keys[n]) is not None] == [0, 2, 3]
+    assert memory.held_bytes == sum(entries[n].held_bytes() for n in (0, 2, 3)) <= 3_000_000
+
+
+def test_an_entry_larger_than_the_bound_is_not_kept_nor_its_older_copy():
+    memory = MemoryCache(max_bytes=1_000_000, unix_time=lambda: 0.0)
+    key = WalletKey("r", "en-US", "u")
+    memory.put(key, Entry(large_wallet("u", 1, "small"), 0, 10, 20))
+    memory.put(key, Entry(large_wallet("u", 1, "x" * 1_000_000), 0, 10, 20))
+    assert memory.get(key) is None
+    assert memory.held_bytes == 0
+
+
+def test_a_wallet_is_measured_by_its_memory_not_its_json():
+    """One emoji makes a text take 4 bytes a character in memory: JSON would say 1."""
+    ascii_only = large_wallet("u", 10, "x" * 100_000)
+    with_emoji = large_wallet("u", 10, "x" * 100_000 + "\N{GRINNING FACE}")
+    assert with_emoji.held_bytes() > 3.9 * ascii_only.held_bytes()
+
+
+def test_the_answer_memo_keeps_no_wallet_alive_and_is_bounded_in_bytes(clock):
+    memo = AnswerMemo(max_bytes=100_000)
+    wallet = large_wallet("u", 2, "y" * 10_000)
+    first = memo.render(Lookup(wallet, HIT), clock.now, None)
+    assert memo.render(Lookup(wallet, HIT), clock.now, None) is first  # memoised
+    assert memo.held_bytes == MEMO_OVERHEAD + len(first)
+    gone = weakref.ref(wallet)
+    del wallet
+    gc.collect()
+    assert gone() is None
+    for n in range(20):  # 20 answers of 20 KB: only the newest fit in 100 KB
+        memo.render(Lookup(large_wallet(f"v{n}", 2, "z" * 10_000), HIT), clock.now, None)
+    assert memo.held_bytes <= 100_000
+
+
+def test_a_hit_on_the_shared_cache_reads_a_stamp_not_the_wallet(env, clock, sandbox, redis_url):
+    """Only a version this process has not decoded yet is read whole from Redis."""
+    import redis
+
+    one, two = (make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url) for _ in range(2))
+    get(one, "demo-carol")
+    assert get(two, "demo-carol").headers["X-Cache"] == "HIT"  # read whole, decoded once
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    for _ in range(5):
+        assert get(two, "demo-carol").headers["X-Cache"] == "HIT"
+    stats = client.info("commandstats")
+    assert stats["cmdstat_getrange"]["calls"] == 5
+    assert "cmdstat_get" not in stats

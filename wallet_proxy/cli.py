@@ -95,11 +95,16 @@ def check_config(probe: bool, user_id: str | None) -> None:
         raise click.ClickException(ConfigError.listing([*verdict.problems, *beyond]).report())
     failures = [str(problem) for problem in beyond]
     cache = "in-process"
-    if settings.redis_url:
-        problem = _redis_problem(settings.redis_url)
-        cache = "Redis (reachable)" if problem is None else "Redis (NOT reachable)"
-        if problem:
-            failures.append(f"WALLET_PROXY_REDIS_URL: {problem}")
+    for variable, url in (
+        ("WALLET_PROXY_REDIS_URL", settings.redis_url),
+        ("WALLET_PROXY_CACHE_REDIS_URL", settings.cache_redis_url),
+    ):
+        if url:
+            problem = _redis_problem(url)
+            own = " of its own" if variable == "WALLET_PROXY_CACHE_REDIS_URL" else ""
+            cache = f"Redis{own} ({'reachable' if problem is None else 'NOT reachable'})"
+            if problem:
+                failures.append(f"{variable}: {problem}")
     click.echo("configuration OK" if not failures else "configuration read, but:")
     click.echo(f"  SessionM Connect: {settings.sessionm_connect_url}")
     core = settings.sessionm_core_url or "not configured (the tags routes answer 503)"
@@ -113,6 +118,14 @@ def check_config(probe: bool, user_id: str | None) -> None:
             f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
             f"SessionM keys; outbox: {store}"
         )
+    worker, instance = (
+        peak(settings) / preflight.MB
+        for peak in (preflight.worker_peak_bytes, preflight.instance_peak_bytes)
+    )
+    click.echo(
+        f"  memory: at most about {worker:,.0f} MiB a worker, {instance:,.0f} MiB with "
+        f"{settings.web_concurrency} workers (docs/operations.md#memory)"
+    )
     if uses := preflight.data_dir_uses(settings):
         click.echo(f"  data folder: {settings.data_dir}, for {' and '.join(uses)}")
     if probe:

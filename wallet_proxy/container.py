@@ -29,6 +29,7 @@ from .cache import MemoryCache, RedisCache, WalletCache
 from .config import Settings
 from .coordination import Alone, Coordination, RedisCoordination
 from .idempotency import Idempotency, MemoryStore, RedisStore
+from .memory import Trimmer, limit_arenas
 from .redis_clients import RENDER, RedisHealth, connect
 from .sessionm import connect_client
 from .sessionm_core import CoreClient, core_client
@@ -42,6 +43,9 @@ EXTENSION = "wallet_proxy"
 # margin, then it is abandoned.
 LEASE_MARGIN = 30.0
 FLEET_STOP_WAIT = 1.0
+# The share of WALLET_PROXY_CACHE_MAX_BYTES for rendered answers (answers.py); the rest is
+# for the wallets themselves (cache.MemoryCache).
+ANSWERS_SHARE = 0.125
 
 Clock = Callable[[], datetime]  # an aware UTC datetime; tests move it by hand
 
@@ -92,9 +96,13 @@ def register(app: Flask, found: Services) -> None:
 
 def shared_redis(settings: Settings) -> tuple[redis.Redis | None, RedisHealth | None]:
     """The render profile's client of WALLET_PROXY_REDIS_URL and its health, or (None, None)."""
-    if not settings.redis_url:
+    return _render_client(settings.redis_url)
+
+
+def _render_client(url: str | None) -> tuple[redis.Redis | None, RedisHealth | None]:
+    if not url:
         return None, None
-    return connect(settings.redis_url, RENDER), RedisHealth(on_failure=metrics.redis_error)
+    return connect(url, RENDER), RedisHealth(on_failure=metrics.redis_error)
 
 
 def sessionm_budgets(
@@ -141,6 +149,32 @@ def sessionm_budgets(
     return budgets["connect"], budgets["core"]
 
 
+def wallet_cache(
+    settings: Settings,
+    max_bytes: int,
+    unix_time: Callable[[], float],
+    shared: tuple[redis.Redis | None, RedisHealth | None],
+    closers: list[Callable[[], object]],
+) -> tuple[WalletCache, Coordination]:
+    """The wallet cache, of at most `max_bytes` in this process, and how processes sharing
+    it take turns: in Redis when there is one, the cache's own (WALLET_PROXY_CACHE_REDIS_URL,
+    one that evicts what it must, so that wallets never fill the Redis of the outbox and the
+    budget) or else the shared one."""
+    limit_arenas()
+    trimmer = Trimmer()
+    closers.append(trimmer.close)
+    memory = MemoryCache(max_bytes=max_bytes, unix_time=unix_time, trimmer=trimmer)
+    client, health = _render_client(settings.cache_redis_url)
+    if client is not None:
+        closers.append(client.close)
+    else:
+        client, health = shared
+    if client is None or health is None:
+        return memory, Alone()
+    cache = RedisCache(client, local=memory, health=health, unix_time=unix_time)
+    return cache, RedisCoordination(client, health=health)
+
+
 def build_services(settings: Settings, clock: Clock) -> Services:
     """Every shared service of one app, wired together; the only place that does it."""
     closers: list[Callable[[], object]] = []
@@ -148,14 +182,13 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     def unix_time() -> float:
         return clock().timestamp()
 
-    memory = MemoryCache(maxsize=settings.cache_max_entries, unix_time=unix_time)
-    cache: WalletCache = memory
-    coordination: Coordination = Alone()
     shared, health = shared_redis(settings)
-    if shared is not None and health is not None:
+    if shared is not None:
         closers.append(shared.close)
-        cache = RedisCache(shared, local=memory, health=health, unix_time=unix_time)
-        coordination = RedisCoordination(shared, health=health)
+    answers_bytes = int(settings.cache_max_bytes * ANSWERS_SHARE)
+    cache, coordination = wallet_cache(
+        settings, settings.cache_max_bytes - answers_bytes, unix_time, (shared, health), closers
+    )
     connect_budget, core_budget = sessionm_budgets(settings, shared, health, closers)
     breaker = CircuitBreaker(
         threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown
@@ -190,7 +223,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
         settings=settings,
         clock=clock,
         wallet_service=wallet_service,
-        answers=AnswerMemo(max_bytes=settings.max_answer_bytes),
+        answers=AnswerMemo(max_bytes=answers_bytes, max_answer_bytes=settings.max_answer_bytes),
         redis=shared,
         redis_health=health,
         core=core,

@@ -1,6 +1,7 @@
 """What `check-config` and `serve` check beyond each setting's own rule, so that their OK
 is the server's: the data folder can be written where the settings need it, the deadline
-leaves room under Braze's 2 s, and no value is still an example file's placeholder.
+leaves room under Braze's 2 s, and no value is still an example file's placeholder; and
+what the settings let a process hold in memory at most (docs/operations.md#memory).
 
 Start-up opens the data folder itself (stores.py, triggers/setup.py). `data_dir_problem`
 asks the same question without leaving anything there: `check-config` may run as another
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from .answers import RENDERS_AT_ONCE
+from .cache import DECODES_AT_ONCE
 from .config import ConfigError, Settings, declared_variables
 from .stores import DATABASE
 from .triggers.running import LOCK_FILE
@@ -27,6 +30,16 @@ BRAZE_TIMEOUT = 2.0
 NETWORK_ROOM = 0.5
 # How every secret of deploy/wallet-proxy.env.example and secret.example.yaml starts.
 PLACEHOLDER = "replace-with-"
+
+# The memory formula's terms, measured (tests/test_memory_bounds.py, docs/operations.md):
+MB = 1024 * 1024
+WORKER_BASE = 50 * MB  # a worker once it has answered
+MASTER = 32 * MB  # gunicorn's master process
+# Memory a wallet takes while it is fetched and stored, per byte of SessionM's JSON: its
+# objects and the page being read; with Redis, its JSON made or read as well.
+PARSING = 2.5
+PARSING_WITH_REDIS = 3.5
+ALLOCATOR = 1.1  # a tenth more for the allocator's own
 
 
 def problems(env: Mapping[str, str], settings: Settings | None) -> list[ConfigError]:
@@ -96,16 +109,43 @@ def _unwritable(folder: Path) -> str | None:
 
 def warnings(settings: Settings | None) -> list[str]:
     """What may go wrong with settings that pass: an answer given at the deadline that may
-    reach Braze after its 2 s."""
-    if settings is None or BRAZE_TIMEOUT - settings.deadline >= NETWORK_ROOM:
+    reach Braze after its 2 s; wallets that may fill the trigger outbox's Redis."""
+    if settings is None:
         return []
-    room = BRAZE_TIMEOUT - settings.deadline
-    return [
-        f"WALLET_PROXY_DEADLINE={settings.deadline:g} leaves {max(room, 0):g} s of Braze's "
-        f"{BRAZE_TIMEOUT:g} s for the way to Braze and back: an answer given at the deadline "
-        f"may arrive too late, and Braze leaves its content out; keep it at "
-        f"{BRAZE_TIMEOUT - NETWORK_ROOM:g} or less"
-    ]
+    found = []
+    if BRAZE_TIMEOUT - settings.deadline < NETWORK_ROOM:
+        room = BRAZE_TIMEOUT - settings.deadline
+        found.append(
+            f"WALLET_PROXY_DEADLINE={settings.deadline:g} leaves {max(room, 0):g} s of Braze's "
+            f"{BRAZE_TIMEOUT:g} s for the way to Braze and back: an answer given at the "
+            f"deadline may arrive too late, and Braze leaves its content out; keep it at "
+            f"{BRAZE_TIMEOUT - NETWORK_ROOM:g} or less"
+        )
+    if settings.triggers_configured and settings.redis_url and not settings.cache_redis_url:
+        found.append(
+            "the wallet cache shares WALLET_PROXY_REDIS_URL with the trigger outbox: large "
+            "wallets can fill that Redis, and with noeviction (as the outbox needs) new "
+            "triggers are then refused; give the cache a Redis of its own that evicts "
+            "(maxmemory-policy allkeys-lru) in WALLET_PROXY_CACHE_REDIS_URL"
+        )
+    return found
+
+
+def worker_peak_bytes(settings: Settings) -> int:
+    """The most a worker holds with these settings: what it keeps of wallets (the cache's
+    bound), the wallets being fetched or read from Redis at once, and the answers being
+    rendered and sent."""
+    shared = settings.redis_url is not None
+    parsing = settings.upstream_concurrency + (DECODES_AT_ONCE if shared else 0)
+    per_wallet = PARSING_WITH_REDIS if shared else PARSING
+    answers = (settings.threads + 2 * RENDERS_AT_ONCE) * settings.max_answer_bytes
+    held = settings.cache_max_bytes + parsing * per_wallet * settings.max_wallet_bytes + answers
+    return WORKER_BASE + int(ALLOCATOR * held)
+
+
+def instance_peak_bytes(settings: Settings) -> int:
+    """The same for an instance: gunicorn's master and WEB_CONCURRENCY workers."""
+    return MASTER + settings.web_concurrency * worker_peak_bytes(settings)
 
 
 def placeholders(env: Mapping[str, str]) -> Iterator[ConfigError]:
