@@ -39,9 +39,11 @@ def sandbox(sandbox_server):
 
 
 @pytest.fixture
-def env(sandbox) -> dict:
-    """The settings a real deployment would have, pointed at the running sandbox."""
+def env(sandbox, tmp_path) -> dict:
+    """The settings a real deployment would have, pointed at the running sandbox, with a
+    data folder of the test's own (SQLite stores without Redis)."""
     return {
+        "WALLET_PROXY_DATA_DIR": str(tmp_path / "data"),
         "SESSIONM_CONNECT_URL": sandbox.url,
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,

@@ -25,8 +25,10 @@ from tests.staff import (
 from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.container import services
+from wallet_proxy.errors import StoreUnavailable
 from wallet_proxy.support import listing
 from wallet_proxy.support.history import KEEP, SAME_VISIT_SECONDS
+from wallet_proxy.support.state import support_state
 
 ALICE, CAROL = "/support/wallets/demo-alice", "/support/wallets/demo-carol"
 
@@ -374,10 +376,22 @@ def test_history_is_shared_by_every_worker(env, clock, store, request):
     assert len(history(page)) == 2
 
 
-def test_the_page_works_without_its_history(env, clock):
-    """Basic auth needs no session; a Redis that is down takes only the history away."""
-    app = make_app(env, clock, WALLET_PROXY_REDIS_URL="redis://127.0.0.1:9/0")
+def test_the_page_works_without_its_history(env, clock, monkeypatch):
+    """The history is a nicety: a store that fails it takes only the history away."""
+    app = make_app(env, clock)
+
+    def unavailable(*args, **kwargs):
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(support_state(app).staff_history.store, "recent", unavailable)
     response = app.test_client().get(ALICE, headers=basic(STAFF, PASSWORD))
     assert response.status_code == 200
     assert "Staff activity: unavailable right now" in response.text
     assert 'id="available-points">1,250<' in response.text
+
+
+def test_a_login_that_cannot_be_counted_is_refused(env, clock):
+    """Failed logins are counted in the shared store: without it nobody is let in (503),
+    rather than guesses let through uncounted."""
+    app = make_app(env, clock, WALLET_PROXY_REDIS_URL="redis://127.0.0.1:9/0")
+    assert_page(app.test_client().get(ALICE, headers=basic(STAFF, PASSWORD)), 503)

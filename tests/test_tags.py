@@ -17,7 +17,7 @@ from flask import request
 
 from tests.helpers import API_KEY, free_port, wait_until
 from wallet_proxy import create_app
-from wallet_proxy.idempotency import WINDOW, Answer, Idempotency, MemoryStore
+from wallet_proxy.idempotency import WINDOW, Answer, Idempotency
 from wallet_proxy.sandbox import (
     DEMO_CONNECT_AUTH,
     DEMO_CORE_API_KEY,
@@ -27,6 +27,7 @@ from wallet_proxy.sandbox import (
 )
 from wallet_proxy.sessionm import sessionm_http
 from wallet_proxy.sessionm_core import CoreClient
+from wallet_proxy.stores import SqliteSharedStore
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -52,8 +53,9 @@ def core(core_server):
 
 
 @pytest.fixture
-def core_env(core) -> dict:
+def core_env(core, tmp_path) -> dict:
     return {
+        "WALLET_PROXY_DATA_DIR": str(tmp_path),  # the Idempotency-Key records, without Redis
         "SESSIONM_CONNECT_URL": core.url,
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
@@ -588,9 +590,10 @@ def test_an_unknown_customer_answer_is_replayed(relay, core):
     assert len(calls(core)) == 1
 
 
-def test_keys_are_forgotten_after_24_hours():
+def test_keys_are_forgotten_after_24_hours(tmp_path):
     now = [0.0]
-    idempotency = Idempotency(MemoryStore(timer=lambda: now[0]), lease=30)
+    store = SqliteSharedStore(tmp_path / "idempotency.sqlite3", unix_time=lambda: now[0])
+    idempotency = Idempotency(store, lease=30)
     sent = []
 
     def call() -> Answer:

@@ -37,8 +37,8 @@ DEMO_API_KEY = "demo-api-key-not-secret"
 DEMO_TRIGGER_KEY = "demo-trigger-key-not-secret"
 DEMO_STAFF_USER = "support"
 DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo credential
-# One process, so that the cache, single-flight, Idempotency-Key replay and the login
-# throttle behave as they do in one process (a deployment shares them through Redis).
+# One process, so that the cache and single-flight behave as they do in one process (a
+# deployment shares them through Redis).
 DEMO_WORKERS, DEMO_THREADS = 1, 64
 REDIS_PING_TIMEOUT = 1.0
 # What `check-config --probe --user` prints of SessionM's offer field names.
@@ -453,8 +453,8 @@ def _print_demo(bind: str, env: Mapping[str, str], ignored: Sequence[str] = ()) 
     click.echo(
         "\nwallet-proxy demo: the SessionM sandbox stands in for SessionM at "
         f"{env['SESSIONM_CONNECT_URL']}\n"
-        f"  {DEMO_WORKERS} worker process with {DEMO_THREADS} threads: the cache, "
-        "single-flight and Idempotency-Key replay\n"
+        f"  {DEMO_WORKERS} worker process with {DEMO_THREADS} threads: the cache and "
+        "single-flight\n"
         "  behave as in one process (a deployment runs a worker per core, sharing them "
         "through Redis).\n"
     )

@@ -28,11 +28,14 @@ from .budget import UNLIMITED, Budget, Fleet, LocalBudget, Priority, SharedBudge
 from .cache import MemoryCache, RedisCache, WalletCache
 from .config import Settings
 from .coordination import Alone, Coordination, RedisCoordination
-from .idempotency import Idempotency, MemoryStore, RedisStore
+from .idempotency import DATABASE as IDEMPOTENCY_DATABASE
+from .idempotency import REDIS_PREFIX as IDEMPOTENCY_PREFIX
+from .idempotency import Idempotency
 from .memory import Trimmer, limit_arenas
 from .redis_clients import RENDER, RedisHealth, connect
 from .sessionm import connect_client
 from .sessionm_core import CoreClient, core_client
+from .stores import shared_store
 from .upstream import CircuitBreaker, UpstreamGuard
 from .wallet_service import WalletService
 
@@ -61,7 +64,7 @@ class Services:
     core: CoreClient | None  # None: SessionM Core is not configured
     connect_budget: Budget  # requests/s to SessionM Connect, for the whole fleet
     core_budget: Budget  # the same for Core
-    idempotency: Idempotency
+    idempotency: Idempotency | None  # None: SessionM Core is not configured
     _closers: list[Callable[[], object]] = field(default_factory=list)
 
     def unix_time(self) -> float:
@@ -185,6 +188,12 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     shared, health = shared_redis(settings)
     if shared is not None:
         closers.append(shared.close)
+    idempotency = None
+    if settings.core_configured:
+        store = shared_store(
+            settings, shared, unix_time, database=IDEMPOTENCY_DATABASE, prefix=IDEMPOTENCY_PREFIX
+        )
+        idempotency = Idempotency(store, lease=settings.core_timeout + LEASE_MARGIN)
     answers_bytes = int(settings.cache_max_bytes * ANSWERS_SHARE)
     cache, coordination = wallet_cache(
         settings, settings.cache_max_bytes - answers_bytes, unix_time, (shared, health), closers
@@ -214,11 +223,6 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     core = core_client(settings, core_budget)
     if core is not None:
         closers.append(core.close)
-    if shared is None and settings.core_configured:
-        log.warning(
-            "Idempotency-Key replay is per process without WALLET_PROXY_REDIS_URL: with "
-            "several workers, a retried counter-tag call may be applied twice"
-        )
     return Services(
         settings=settings,
         clock=clock,
@@ -229,9 +233,6 @@ def build_services(settings: Settings, clock: Clock) -> Services:
         core=core,
         connect_budget=connect_budget,
         core_budget=core_budget,
-        idempotency=Idempotency(
-            RedisStore(shared) if shared is not None else MemoryStore(),
-            lease=settings.core_timeout + LEASE_MARGIN,
-        ),
+        idempotency=idempotency,
         _closers=closers,
     )

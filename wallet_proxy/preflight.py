@@ -18,6 +18,7 @@ from pathlib import Path
 from .answers import RENDERS_AT_ONCE
 from .cache import DECODES_AT_ONCE
 from .config import ConfigError, Settings, declared_variables
+from .idempotency import DATABASE as IDEMPOTENCY_DATABASE
 from .stores import DATABASE
 from .triggers.running import LOCK_FILE
 from .triggers.sqlite_outbox import FILE_NAME
@@ -59,6 +60,8 @@ def data_dir_uses(settings: Settings) -> list[str]:
         uses.append("the triggers' deliverer lock" if settings.redis_url else "the trigger outbox")
     if settings.staff_users and not settings.redis_url:
         uses.append("the staff sessions")
+    if settings.core_configured and not settings.redis_url:
+        uses.append("the Idempotency-Key records")
     return uses
 
 
@@ -77,7 +80,11 @@ def _data_files() -> list[str]:
     """The files start-up opens in the data folder (SQLite's journals beside its databases)."""
     return [
         LOCK_FILE,
-        *(f"{db}{end}" for db in (DATABASE, FILE_NAME) for end in ("", "-wal", "-shm")),
+        *(
+            f"{db}{end}"
+            for db in (DATABASE, IDEMPOTENCY_DATABASE, FILE_NAME)
+            for end in ("", "-wal", "-shm")
+        ),
     ]
 
 

@@ -74,6 +74,7 @@ def add_tags(user_id: str, external: bool):
         answer, replayed = call(), False
     else:
         route = "external-users" if external else "users"
+        assert found.idempotency is not None  # there with Core (require_core_and_small_body)
         answer, replayed = found.idempotency.run(
             (route, user_id, key), dict(body), call, resend_safe=body["ttl"] is not None
         )

@@ -1,8 +1,8 @@
 """What the support pages keep for themselves, built by their `init_app` and closed with the app.
 
-Staff sessions and the history of who looked at whom live in a store every worker shares
-(stores.py): Redis when the service has it, else a SQLite file in the data folder. The
-login throttle and the password-hash slots are this process's own.
+Staff sessions, the history of who looked at whom and the failed logins counted against
+guessing live in a store every worker shares (stores.py): Redis when the service has it,
+else a SQLite file in the data folder. The password-hash slots are this process's own.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ EXTENSION = "wallet_proxy.support"
 
 @dataclass(frozen=True, slots=True)
 class SupportState:
-    login_throttle: LoginThrottle
     hash_slots: HashSlots
     # None without staff accounts (then there are no pages either).
+    login_throttle: LoginThrottle | None
     staff_sessions: StaffSessions | None
     staff_history: StaffHistory | None
 
@@ -33,10 +33,8 @@ def build_state(found: Services) -> SupportState:
     settings = found.settings
     store = shared_store(settings, found.redis, found.unix_time) if settings.staff_users else None
     state = SupportState(
-        login_throttle=LoginThrottle(
-            timer=found.unix_time, staff_names=settings.staff_users.keys()
-        ),
         hash_slots=HashSlots(),
+        login_throttle=LoginThrottle(store) if store is not None else None,
         staff_sessions=StaffSessions(store) if store is not None else None,
         staff_history=StaffHistory(store, found.clock) if store is not None else None,
     )
