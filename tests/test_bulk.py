@@ -12,8 +12,10 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from click.testing import CliRunner
 
 from tests.helpers import API_KEY, wait_until
 from wallet_proxy import create_app
+from wallet_proxy.bulk import csvinput
 from wallet_proxy.bulk.formulas import inert, restored
 from wallet_proxy.bulk.runner import Progress, RateLimiter
 from wallet_proxy.cli import main
@@ -160,6 +163,52 @@ def test_every_problem_is_listed_in_one_pass(tmp_path, core_env):
     assert result.exit_code == 2
     for line in ("line 2: empty id", "line 4: empty id", "line 5: id 'user-1' is already"):
         assert line in result.output
+
+
+def test_the_first_problems_are_listed_by_line_whatever_their_kind(tmp_path, core_env):
+    """Duplicates are found once the whole file is read (issue 19 item 3): they still
+    come in line order among the others, and the rest are counted."""
+    path = tmp_path / "segment.csv"
+    rows = ["external_id,tags", "user-1,a", "user-1,a", "user-2,a,extra", "user-3,bad tag!"]
+    rows += ["user-1,a" for _ in range(25)]
+    path.write_text("\n".join(rows) + "\n")
+    result = cli(["tags", "import", path, "--dry-run"], core_env)
+    assert result.exit_code == 2
+    listed = [line.strip() for line in result.output.splitlines() if line.startswith("  ")]
+    assert [line.split(":")[0] for line in listed[:20]] == [f"line {n}" for n in range(3, 23)]
+    assert listed[0] == "line 3: id 'user-1' is already on line 2"
+    assert listed[1] == "line 4: 3 fields where the header has 2"
+    assert listed[2].startswith("line 5: ")
+    assert listed[20] == "... and 8 more problems"
+
+
+def test_a_journal_line_without_end_is_damage_not_memory(tmp_path, core_env):
+    path = segment(tmp_path / "s.csv", 3)
+    Path(f"{path}.journal").write_bytes(b"x" * (3 << 20))
+    result = cli(["tags", "import", path, "--tag", "t", "--dry-run"], core_env)
+    assert result.exit_code == 2
+    assert "line 1 is not a journal record" in result.output
+
+
+def test_the_rows_kept_on_disk_are_private_and_gone_after_the_run(tmp_path, core_env, sandbox):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    seen = []
+    real = csvinput.Scratch.add_rows
+
+    def add_rows(self, rows):
+        (folder,) = scratch.iterdir()
+        seen.append((folder.stat().st_mode & 0o777, (folder / "scratch.sqlite3").stat().st_mode))
+        return real(self, rows)
+
+    path = segment(tmp_path / "s.csv", 3)
+    env = {**core_env, "TMPDIR": str(scratch)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(csvinput.Scratch, "add_rows", add_rows)
+        patch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+        assert cli(["tags", "import", path, "--tag", "t"], env).exit_code == 0
+    assert seen == [(0o700, stat.S_IFREG | 0o600)]
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_bad_tag_option_is_a_usage_error(tmp_path, core_env, sandbox):

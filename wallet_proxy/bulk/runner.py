@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import wait as wait_for
 from typing import TextIO
 
@@ -133,8 +133,11 @@ def _clock_time(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def run_parallel(items: list, handle: Callable, concurrency: int, stop: threading.Event) -> None:
-    """`handle(item)` for each item on `concurrency` threads, until done or `stop` is set.
+def run_parallel(
+    items: Iterable, handle: Callable, concurrency: int, stop: threading.Event
+) -> None:
+    """`handle(item)` for each item on `concurrency` threads, until done or `stop` is set;
+    `items` is read as the threads ask, so it may be read from disk as it goes.
 
     Ctrl-C and SIGTERM set `stop`: calls in flight finish and are journaled, so an
     interrupted run leaves nothing in doubt.
