@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["hits.py", "misses.py", "burst.py", "hang.py", "triggers.py", "logins.py"]
+SCRIPTS = [
+    "hits.py",
+    "redis_hits.py",
+    "misses.py",
+    "burst.py",
+    "hang.py",
+    "triggers.py",
+    "logins.py",
+]
 
 if __name__ == "__main__":
     failed = 0

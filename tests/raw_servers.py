@@ -54,3 +54,46 @@ class TrickledHeaders:
                 conn.sendall(b"x")
         except OSError:
             self.hung_up.set()
+
+
+class KeepAliveServer:
+    """An HTTP/1.1 server that keeps each connection open for the next request, as SessionM
+    and Braze do (the sandbox, Werkzeug's development server, closes every connection).
+    `reply(conn, n)` answers the n-th request (1-based); `connections` counts accepts."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.requests = 0
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn, conn.makefile("rb") as stream:
+            while True:
+                length = 0
+                while (line := stream.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                if line == b"":
+                    return  # the client closed the connection
+                stream.read(length)
+                self.requests += 1
+                try:
+                    self.reply(conn, self.requests)
+                except OSError:
+                    return
+
+    def close(self):
+        self.sock.close()

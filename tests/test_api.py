@@ -12,6 +12,7 @@ import requests_mock as requests_mock_module
 from tests.helpers import API_KEY, OTHER_KEY
 from wallet_proxy import create_app
 from wallet_proxy.container import services
+from wallet_proxy.factory import close_app
 from wallet_proxy.rules import canonical_culture
 from wallet_proxy.sandbox import SandboxServer
 from wallet_proxy.sessionm import GET_USER_OFFERS
@@ -41,6 +42,17 @@ OFFER_KEYS = {
     "expires_at",
     "expires_in_days",
 }
+
+
+@pytest.fixture(params=["fast hits", "flask only"])
+def app(request, env, clock):
+    """Every case here runs twice: with fresh hits answered before Flask's dispatch
+    (fast_hits.py), as deployed, and with every request through the Flask view."""
+    made = create_app(
+        {**env, "TESTING": True, "CLOCK": clock, "FAST_HITS": request.param == "fast hits"}
+    )
+    yield made
+    close_app(made)
 
 
 def basic(password: str, user: str = "braze") -> dict:

@@ -15,7 +15,7 @@ import yaml
 
 import wallet_proxy.gunicorn_config
 from wallet_proxy.config import Settings
-from wallet_proxy.preflight import MB, instance_peak_bytes
+from wallet_proxy.memory import MB, instance_peak_bytes
 from wallet_proxy.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent

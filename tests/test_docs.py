@@ -124,6 +124,34 @@ def test_no_page_sends_people_to_the_demos_default_ports():
         assert fixed == [], page.name
 
 
+def code_map() -> set[str]:
+    """The modules docs/architecture.md's code map names, as paths: a top-level entry's first
+    word, and every `name.py` inside a folder's entry."""
+    text = (DOCS / "architecture.md").read_text()
+    block = text.split("## The code", 1)[1].split("```", 2)[1]
+    found, folder = set(), None
+    for line in block.splitlines():
+        if not line.startswith("  ") or line.startswith("  —"):
+            continue
+        if not line.startswith("   "):  # a top-level entry: a module, or a folder
+            first = line.split()[0]
+            folder = first if first.endswith("/") else None
+            if folder is None:
+                found.add(f"wallet_proxy/{first}")
+            continue
+        if folder is not None:
+            found |= {f"wallet_proxy/{folder}{name}" for name in re.findall(r"\b\w+\.py\b", line)}
+    return found
+
+
+def test_the_code_map_names_every_module():
+    package = DOCS.parent / "wallet_proxy"
+    modules = {path.relative_to(DOCS.parent).as_posix() for path in package.rglob("*.py")}
+    documented = code_map()
+    assert modules - documented == set(), "add these to docs/architecture.md's code map"
+    assert documented - modules == set(), "rename or remove these in the code map"
+
+
 # --- the architecture picture ----------------------------------------------------------------
 
 PICTURE_SOURCE = DOCS / "architecture.dot"

@@ -23,7 +23,7 @@ import requests
 from bench.logins import rss
 from tests.helpers import API_KEY, GunicornInstance
 from wallet_proxy.config import Settings
-from wallet_proxy.preflight import WORKER_BASE, worker_peak_bytes
+from wallet_proxy.memory import WORKER_BASE, worker_peak_bytes
 from wallet_proxy.sandbox import SandboxServer
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import requests
 import urllib3
 
 from tests.helpers import free_port, wait_until
-from tests.raw_servers import RawServer, TrickledHeaders
+from tests.raw_servers import KeepAliveServer, RawServer, TrickledHeaders
 from wallet_proxy.errors import (
     InvalidUpstreamPayload,
     NotApplied,
@@ -576,6 +576,33 @@ def test_a_deadline_that_passes_after_its_call_never_cuts_the_next_call(sandbox)
     sandbox.configure(latency=0.8)  # the next call outlives the first one's deadline
     wallet = client.fetch_wallet("user-2", "en-US", deadline=time.monotonic() + 5)
     assert len(wallet.offers) == 3
+
+
+def test_a_connection_is_kept_open_for_the_next_call():
+    """SessionM keeps connections alive: calls reuse one (no new TCP or TLS handshake each)
+    once an answer has been read to its end."""
+    server = KeepAliveServer(lambda conn, n: ok_reply(conn))
+    client = connect_client(server.url)
+    try:
+        for _ in range(3):
+            assert [o.user_offer_id for o in fetch(client).offers] == ["a"]
+    finally:
+        server.close()
+    assert (server.connections, server.requests) == (1, 3)
+
+
+def test_a_kept_connection_is_not_cut_by_its_previous_calls_deadline():
+    """The previous call's deadline passes while the next call, on the same connection,
+    waits for its slower answer."""
+    server = KeepAliveServer(lambda conn, n: (n > 1 and time.sleep(0.8), ok_reply(conn)))
+    client = connect_client(server.url)
+    try:
+        client.fetch_wallet("u-1", "en-US", deadline=time.monotonic() + 0.4)
+        wallet = client.fetch_wallet("u-2", "en-US", deadline=time.monotonic() + 5)
+    finally:
+        server.close()
+    assert [o.user_offer_id for o in wallet.offers] == ["a"]
+    assert server.connections == 1
 
 
 def test_redirects_are_not_followed():

@@ -13,6 +13,7 @@ import requests
 
 from tests.helpers import API_KEY, LiveServer, wait_until
 from wallet_proxy import create_app
+from wallet_proxy.braze_users import EXTERNAL_ID, BrazeUser
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.triggers.model import QUEUED, SENT
 from wallet_proxy.triggers.outbox import BODY_WINDOW
@@ -75,7 +76,7 @@ def test_accepted_trigger_is_stored_before_the_202(server, trigger_app):
     assert found["status"] == QUEUED and found["trigger_id"].startswith("trg_")
     record = outbox(trigger_app).get(found["trigger_id"])
     assert record.state == QUEUED
-    assert record.trigger.recipient == "ext-ana"
+    assert record.trigger.recipient == BrazeUser(EXTERNAL_ID, "ext-ana")
     assert record.trigger.properties["offer_expires_at"] == "2030-01-01T00:00:00Z"
     assert record.trigger.attributes == {}  # WALLET_PROXY_TRIGGER_SET_EMAIL is off
 
@@ -296,6 +297,47 @@ def test_accepted_triggers_reach_the_sandboxs_braze_with_the_wallet(server, trig
     assert box.get(ids[0]).dispatch_id == messages["ext-ana"]["dispatch_id"]
 
 
+def test_every_recipient_kind_the_whole_way_to_brazes_stand_in(trigger_env, clock, sandbox):
+    """Braze's recipients object: "one of external_user_id, user_alias, braze_id, or email
+    ... Requests must specify only one"; an email comes with a prioritization."""
+    app = create_app(
+        {
+            **trigger_env,
+            "WALLET_PROXY_TRIGGER_EMAIL_PRIORITIZATION": "unidentified,most_recently_updated",
+            "WALLET_PROXY_TRIGGER_SET_EMAIL": "true",
+            "TESTING": True,
+            "CLOCK": clock,
+        }
+    )
+    alias = {"alias_name": "123", "alias_label": "loyalty_id"}
+    customers = [
+        {"braze_id": "5f0c6b0e5a11", "email": "bo@example.com"},
+        {"user_alias": alias, "external_id": "", "braze_id": None},  # as a template leaves them
+        {"email": "cy@example.com", "external_id": ""},
+    ]
+    with LiveServer(app) as live:
+        for customer in customers:
+            assert post(live, {**BODY, "customer": customer}).status_code == 202
+        both = post(live, {**BODY, "customer": {"external_id": "x", "user_alias": alias}})
+        assert both.status_code == 400
+        assert both.json()["error"]["message"] == (
+            "customer names the customer by external_id and user_alias: give at most one of "
+            "external_id, braze_id, user_alias (Braze takes one identifier per recipient)."
+        )
+    clock.advance(seconds=5)
+    deliverer = deliverer_for(app)
+    while deliverer.run_once():
+        pass
+    deliverer.close()
+    sent = [r for c in sandbox.braze.stats()["braze_calls"] for r in c["body"]["recipients"]]
+    assert [{k: v for k, v in r.items() if k != "trigger_properties"} for r in sent] == [
+        {"braze_id": "5f0c6b0e5a11", "attributes": {"email": "bo@example.com"}},
+        {"user_alias": alias},
+        {"email": "cy@example.com", "prioritization": ["unidentified", "most_recently_updated"]},
+    ]
+    assert len(sandbox.braze.stats()["braze_messages"]) == 3
+
+
 def test_trigger_settings_fail_fast_with_one_line(env):
     base = {**env, "WALLET_PROXY_TRIGGER_KEYS": TRIGGER_KEY}
     cases = [
@@ -308,6 +350,18 @@ def test_trigger_settings_fail_fast_with_one_line(env):
         ({"WALLET_PROXY_TRIGGER_SET_EMAIL": "maybe"}, "WALLET_PROXY_TRIGGER_SET_EMAIL"),
         ({"WALLET_PROXY_TRIGGER_KEYS": API_KEY}, "WALLET_PROXY_TRIGGER_KEYS"),
         ({"WALLET_PROXY_TRIGGER_KEYS": "short"}, "WALLET_PROXY_TRIGGER_KEYS"),
+        *(
+            (
+                {"WALLET_PROXY_TRIGGER_EMAIL_PRIORITIZATION": value},
+                "WALLET_PROXY_TRIGGER_EMAIL_PRIORITIZATION",
+            )
+            for value in (
+                "newest",
+                "identified,unidentified",
+                "most_recently_updated,most_recently_updated",
+                ",",
+            )
+        ),
     ]
     for extra, variable in cases:
         with pytest.raises(ConfigError) as caught:
@@ -320,6 +374,12 @@ def test_trigger_settings_fail_fast_with_one_line(env):
     settings = Settings.from_env(base)
     assert not settings.triggers_configured and settings.trigger_batch_ms == 250
     assert settings.trigger_max_age == 86_400 and settings.trigger_max_queued == 100_000
+    assert settings.trigger_email_prioritization == ("identified", "most_recently_updated")
+    chosen = {"WALLET_PROXY_TRIGGER_EMAIL_PRIORITIZATION": " unidentified, least_recently_updated"}
+    assert Settings.from_env({**base, **chosen}).trigger_email_prioritization == (
+        "unidentified",
+        "least_recently_updated",
+    )
     assert "k-secret" not in repr(
         Settings.from_env(
             {**base, "BRAZE_REST_URL": "https://b", "BRAZE_REST_API_KEY": "k-secret"}

@@ -10,6 +10,7 @@ import pytest
 
 from tests.helpers import free_port
 from tests.raw_servers import RawServer, TrickledHeaders
+from wallet_proxy.braze_users import BRAZE_ID, EMAIL, EXTERNAL_ID, USER_ALIAS, BrazeUser
 from wallet_proxy.triggers.braze import (
     BrazeClient,
     BrazeNotProcessed,
@@ -83,7 +84,7 @@ def test_call_bodies_for_broadcasts_and_attributes():
     }
     canvas_cast = Trigger(CANVAS, "cv", True, None, {}, {})
     assert call_body([(canvas_cast, {"a": 1})])["context"] == {"a": 1}
-    with_email = Trigger("campaign", "c", False, "x", {"email": "x@example.com"}, {})
+    with_email = trigger("x", "c", attributes={"email": "x@example.com"})
     assert call_body([(with_email, {})])["recipients"][0]["attributes"] == {
         "email": "x@example.com"
     }
@@ -116,14 +117,34 @@ def test_429_and_503_are_not_processed_and_say_when_to_retry(client, braze, knob
     assert braze.messages() == []
 
 
-@pytest.mark.parametrize("status", [500, 502, 504])
-def test_other_5xx_may_have_been_delivered(client, braze, status):
+@pytest.mark.parametrize("status", [500, 502, 504, 599])
+def test_every_5xx_sent_nothing_and_may_be_retried(client, braze, status):
+    """Braze's errors page: 5XX errors "indicate that no messages will be sent"; 502 and
+    504 come as the gateway's HTML page, not JSON."""
     braze.set(status=status)
-    with pytest.raises(BrazeOutcomeUnknown, match=f"HTTP {status}"):
+    with pytest.raises(BrazeNotProcessed, match=f"HTTP {status}") as caught:
         client.send("campaign", one())
+    assert not caught.value.may_have_applied and caught.value.retry_after is None
+    assert braze.messages() == []
+    braze.set(retry_after=5)
+    with pytest.raises(BrazeNotProcessed) as caught:
+        client.send("campaign", one())
+    assert caught.value.retry_after == 5
 
 
-@pytest.mark.parametrize("status", [400, 404, 422])
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_wrong_key_or_url_waits_with_the_operators_line(client, braze, status, caplog):
+    """Braze's errors page: "404 Not Found: Invalid URL", like a refused key (401, 403):
+    every call fails alike until someone fixes BRAZE_REST_*, so the triggers wait."""
+    braze.set(status=status)
+    with pytest.raises(BrazeNotProcessed) as caught:
+        client.send("campaign", one())
+    assert caught.value.status == status and caught.value.retry_after == 60
+    line = f"Braze refused this service's calls (HTTP {status}): check BRAZE_REST_*"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [line]
+
+
+@pytest.mark.parametrize("status", [400, 422])
 def test_other_4xx_are_final(client, braze, status):
     braze.set(status=status)
     with pytest.raises(BrazeRejected) as caught:
@@ -133,9 +154,49 @@ def test_other_4xx_are_final(client, braze, status):
 
 def test_braze_refusing_a_bad_body_is_final(client, braze):
     body = one()
-    body["recipients"].append(dict(body["recipients"][0]))
-    with pytest.raises(BrazeRejected, match="appears twice"):
+    body["recipients"][0]["braze_id"] = "also-named-by-braze-id"
+    with pytest.raises(BrazeRejected, match="exactly one of"):
         client.send("campaign", body)
+
+
+@pytest.mark.parametrize(
+    ("kind", "notice"),
+    [
+        ("campaign", "The campaign is paused. Resume the campaign"),
+        (CANVAS, "The Canvas is paused. Resume the Canvas to ensure trigger requests"),
+    ],
+)
+def test_a_paused_campaign_or_canvas_sent_nothing(client, braze, kind, notice):
+    """Braze answers 201 `success` with a `notice` and sends nothing: not `Sent`."""
+    made = trigger("ana", "paused-1", kind=kind)
+    braze.set(paused=["paused-1"])
+    with pytest.raises(BrazeRejected) as caught:
+        client.send(kind, call_body([(made, made.properties)]))
+    assert caught.value.status == 201 and caught.value.reason.startswith(notice)
+    assert not caught.value.may_have_applied
+    assert braze.messages() == [] and braze.calls()[0]["status"] == 201
+    assert client.send(kind, call_body([(trigger("ana", "running-1", kind=kind), {})]))
+
+
+def test_each_recipient_kind_reaches_braze_as_braze_names_it(client, braze):
+    alias = BrazeUser(USER_ALIAS, "123", "loyalty_id")
+    email = BrazeUser(
+        EMAIL, "ana@example.com", prioritization=("identified", "most_recently_updated")
+    )
+    users = [BrazeUser(EXTERNAL_ID, "ext-1"), BrazeUser(BRAZE_ID, "5f0c6b0e5a11"), alias, email]
+    for user in users:
+        made = trigger(user)
+        client.send("campaign", call_body([(made, made.properties)]))
+    assert [m["recipient"] for m in braze.messages()] == [
+        {"external_user_id": "ext-1"},
+        {"braze_id": "5f0c6b0e5a11"},
+        {"user_alias": {"alias_name": "123", "alias_label": "loyalty_id"}},
+        {"email": "ana@example.com"},
+    ]
+    assert braze.calls()[3]["body"]["recipients"][0]["prioritization"] == [
+        "identified",
+        "most_recently_updated",
+    ]
 
 
 def test_a_refused_key_waits_without_leaking_the_key(braze, caplog):
@@ -228,8 +289,26 @@ def test_the_stand_in_refuses_what_braze_refuses(braze):
         ("/canvas/trigger/send", {"canvas_id": "c", "trigger_properties": {}, "broadcast": True}),
         ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok], "context": {}}),
         ("/campaigns/trigger/send", {"campaign_id": "c", "broadcast": True, "recipients": [ok]}),
-        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [ok] * 2}),
         ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": []}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [{**ok, "braze_id": "b"}]}),
+        ("/campaigns/trigger/send", {"campaign_id": "c", "recipients": [{"email": "a@b.c"}]}),
+        (
+            "/campaigns/trigger/send",
+            {
+                "campaign_id": "c",
+                "recipients": [
+                    {"email": "a@b.c", "prioritization": ["identified", "unidentified"]}
+                ],
+            },
+        ),
+        (
+            "/campaigns/trigger/send",
+            {"campaign_id": "c", "recipients": [{**ok, "prioritization": ["identified"]}]},
+        ),
+        (
+            "/campaigns/trigger/send",
+            {"campaign_id": "c", "recipients": [{"user_alias": {"alias_name": "n"}}]},
+        ),
         (
             "/campaigns/trigger/send",
             {"campaign_id": "c", "recipients": [{"external_user_id": str(i)} for i in range(51)]},
@@ -263,5 +342,28 @@ def test_the_stand_in_refuses_what_braze_refuses(braze):
     )
     stats = requests.get(braze.url + "/_sandbox/braze/stats", timeout=5).json()
     assert len(stats["braze_messages"]) == 1
+    for knob in ({"paused": "c"}, {"reject": [1]}, {"paused": ["c"] * 1001}):
+        answer = requests.post(braze.url + "/_sandbox/braze/config", json=knob, timeout=5)
+        assert answer.status_code == 400 and "list of at most 1000 ids" in answer.json()["message"]
     braze.reset()
     assert braze.calls() == [] and braze.set()["status"] is None
+
+
+def test_the_stand_in_dedupes_a_recipient_named_twice_in_a_call(client, braze):
+    """Braze's recipients object: "if there exists a duplicated recipient targeting the same
+    address (that is, email, push), Braze dedupes the user": 201, one message."""
+    twice = one("ana")
+    twice["recipients"].append({**twice["recipients"][0], "trigger_properties": {"n": 2}})
+    assert client.send("campaign", twice)
+    assert [m["properties"] for m in braze.messages()] == [{"offer_title": "10 % off"}]
+    assert braze.calls()[0]["deduplicated"] == 1
+    emails = BrazeUser(EMAIL, "Ana@Example.com", prioritization=("identified",))
+    shared = [
+        trigger(emails),
+        trigger(BrazeUser(EMAIL, "ana@example.com", prioritization=("identified",))),
+        trigger("ext-9", attributes={"email": "ANA@example.com"}),  # the same address
+        trigger("ext-10", attributes={"email": "bo@example.com"}),
+    ]
+    client.send("campaign", call_body([(t, t.properties) for t in shared]))
+    assert len(braze.messages()) == 3
+    assert braze.calls()[1]["deduplicated"] == 2

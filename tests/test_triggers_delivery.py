@@ -11,6 +11,13 @@ import time
 import pytest
 
 from tests.helpers import wait_until
+from wallet_proxy.braze_users import (
+    BRAZE_ID,
+    DEFAULT_PRIORITIZATION,
+    EMAIL,
+    USER_ALIAS,
+    BrazeUser,
+)
 from wallet_proxy.logs import json_handler
 from wallet_proxy.triggers.braze import BrazeClient
 from wallet_proxy.triggers.deliverer import Deliverer, split_calls
@@ -65,8 +72,9 @@ def outbox(tmp_path):
 def deliverer(outbox, braze, clock, answer_timeout=5.0, **kwargs) -> Deliverer:
     kwargs.setdefault("window", WINDOW)
     kwargs.setdefault("max_age", MAX_AGE)
+    kwargs.setdefault("rng", lambda: 1.0)
     client = BrazeClient(braze.url, BRAZE_KEY, answer_timeout=answer_timeout)
-    return Deliverer(outbox, client, clock=clock, rng=lambda: 1.0, **kwargs)
+    return Deliverer(outbox, client, clock=clock, **kwargs)
 
 
 def accept(outbox, clock, made, key=None) -> str:
@@ -139,6 +147,58 @@ def test_split_calls_first_fit():
     ]
 
 
+def email(address: str) -> BrazeUser:
+    return BrazeUser(EMAIL, address, prioritization=DEFAULT_PRIORITIZATION)
+
+
+def test_split_calls_keeps_kinds_apart_and_each_address_once():
+    """An external id and an email (or a Braze id) may name one profile, which Braze would
+    dedupe within a call: calls hold one kind; an address (its identifier, or the email
+    set as an attribute) is in a call once, in any case."""
+    people = [
+        trigger("a"),
+        trigger(email("Ana@Example.com")),
+        trigger(email("ana@example.com")),
+        trigger("b", attributes={"email": "ANA@example.com"}),
+        trigger(BrazeUser(BRAZE_ID, "a")),
+        trigger("c", attributes={"email": "bo@example.com"}),
+        trigger(email("bo@example.com")),
+    ]
+    made = [Record(f"t{i}", t, QUEUED, 0.0, 0.0) for i, t in enumerate(people)]
+    assert [[r.id for r in call] for call in split_calls(made)] == [
+        ["t0", "t3", "t5"],
+        ["t1", "t6"],
+        ["t2"],
+        ["t4"],
+    ]
+
+
+def test_each_trigger_gets_its_own_message_though_braze_dedupes(outbox, braze, clock):
+    """The stand-in dedupes as Braze does (a recipient, or an address, twice in one call is
+    messaged once): every accepted trigger still reaches Braze as its own message."""
+    people = [
+        "ana",
+        "ana",
+        BrazeUser(USER_ALIAS, "123", "loyalty_id"),
+        BrazeUser(USER_ALIAS, "123", "loyalty_id"),
+        BrazeUser(BRAZE_ID, "5f0c6b0e5a11"),
+        email("Bo@Example.com"),
+        email("bo@example.com"),
+        "ana",
+        email("cy@example.com"),
+    ]
+    ids = [accept(outbox, clock, trigger(who, offer_id=str(i))) for i, who in enumerate(people)]
+    for i in range(2):  # two external ids whose profiles get the same address
+        made = trigger(f"shared-{i}", attributes={"email": "dee@example.com"}, offer_id=f"s{i}")
+        ids.append(accept(outbox, clock, made))
+    clock.advance(WINDOW)
+    drain(deliverer(outbox, braze, clock))
+    assert {outbox.get(i).state for i in ids} == {SENT}
+    assert all(call["deduplicated"] == 0 for call in braze.calls())
+    got = sorted(m["properties"]["offer_id"] for m in braze.messages())
+    assert got == sorted([*map(str, range(len(people))), "s0", "s1"])
+
+
 def test_triggers_wait_for_the_window_and_targets_go_apart(outbox, braze, clock):
     accept(outbox, clock, trigger("a", "camp-1"))
     accept(outbox, clock, trigger("a", "camp-2"))
@@ -198,8 +258,48 @@ def test_503_backs_off_exponentially(outbox, braze, clock):
     assert outbox.get(trigger_id).state == SENT and len(braze.calls()) == 4
 
 
-@pytest.mark.parametrize("knobs", [{"status": 500}, {"latency": 3}, {"drop": True}])
-def test_5xx_timeouts_and_drops_become_unknown_never_resent(outbox, braze, clock, knobs):
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_every_5xx_is_retried_with_backoff_and_jitter_then_sent_once(outbox, braze, clock, status):
+    """Braze's errors page: a 5XX means no messages were sent; "retry your request with
+    exponential backoff". Each wait is 1, 2, 4 ... s times a random 0.5 to 1."""
+    trigger_id = accept(outbox, clock, trigger("a"))
+    braze.set(status=status, times=3)
+    draws = iter([0.0, 0.5, 1.0])
+    worker = deliverer(outbox, braze, clock, rng=lambda: next(draws))
+    waits = []
+    for _ in range(3):
+        clock.advance(WINDOW + 0.01)
+        started = clock()
+        assert drain(worker) == 1
+        record = outbox.get(trigger_id)
+        assert record.state == QUEUED and f"HTTP {status}" in record.reason
+        waits.append(worker.paused_until - started)
+        clock.now = worker.paused_until
+    assert waits == pytest.approx([0.5, 1.5, 4.0], abs=0.05)
+    assert braze.messages() == []
+    clock.advance(WINDOW + 0.01)
+    drain(worker)
+    assert outbox.get(trigger_id).state == SENT and len(braze.calls()) == 4
+    assert len(braze.messages()) == 1
+
+
+def test_5xx_retries_stop_at_max_age(outbox, braze, clock):
+    trigger_id = accept(outbox, clock, trigger("a"))
+    braze.set(status=502)
+    worker = deliverer(outbox, braze, clock, max_age=100)
+    while outbox.get(trigger_id).state == QUEUED:
+        clock.advance(WINDOW + 0.01)
+        drain(worker)
+        clock.now = max(clock.now, worker.paused_until)
+    record = outbox.get(trigger_id)
+    assert record.state == DEAD
+    assert record.reason.startswith("not delivered within ")
+    assert record.reason.endswith(" h: Braze answered HTTP 502")
+    assert len(braze.calls()) == 7  # at 0, 1, 3, 7, 15, 31 and 63 s; the next would be past 100
+
+
+@pytest.mark.parametrize("knobs", [{"latency": 3}, {"drop": True}])
+def test_timeouts_and_drops_become_unknown_never_resent(outbox, braze, clock, knobs):
     ids = [accept(outbox, clock, trigger(f"c{i}")) for i in range(3)]
     clock.advance(WINDOW)
     braze.set(**knobs)
@@ -243,13 +343,52 @@ def test_a_refused_triggers_line_names_it_and_its_hashed_recipient(outbox, braze
     assert "customer-77" not in written.getvalue()
 
 
-def test_404_is_a_dead_letter(outbox, braze, clock):
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_wrong_url_or_key_holds_the_triggers_until_fixed(outbox, braze, clock, status, caplog):
+    """404 is Braze's "Invalid URL": held like a refused key, not a dead letter."""
     trigger_id = accept(outbox, clock, trigger("a"))
     clock.advance(WINDOW)
-    braze.set(status=404)
-    drain(deliverer(outbox, braze, clock))
+    braze.set(status=status)
+    worker = deliverer(outbox, braze, clock)
+    drain(worker)
     record = outbox.get(trigger_id)
-    assert record.state == DEAD and "HTTP 404" in record.reason
+    assert record.state == QUEUED and f"HTTP {status}" in record.reason
+    assert worker.paused_until == pytest.approx(clock() + 60)
+    line = f"Braze refused this service's calls (HTTP {status}): check BRAZE_REST_*"
+    assert line in [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    braze.set(status=None)  # the operator fixes BRAZE_REST_URL or the key
+    clock.now = worker.paused_until + WINDOW
+    drain(worker)
+    assert outbox.get(trigger_id).state == SENT and len(braze.messages()) == 1
+
+
+def test_a_paused_campaign_makes_dead_letters_with_brazes_notice(outbox, braze, clock):
+    from prometheus_client import REGISTRY
+
+    def dead_counted() -> float:
+        return REGISTRY.get_sample_value("wallet_proxy_triggers_total", {"outcome": "dead"}) or 0
+
+    before = dead_counted()
+    paused = [accept(outbox, clock, trigger(f"c{i}", "camp-paused")) for i in range(3)]
+    running = accept(outbox, clock, trigger("c0", "camp-running"))
+    clock.advance(WINDOW)
+    braze.set(paused=["camp-paused"])
+    worker = deliverer(outbox, braze, clock)
+    drain(worker)
+    notice = (
+        "The campaign is paused. Resume the campaign to ensure trigger requests will take effect."
+    )
+    assert [(outbox.get(i).state, outbox.get(i).reason) for i in paused] == [(DEAD, notice)] * 3
+    assert outbox.get(running).state == SENT
+    assert dead_counted() == before + 3
+    assert [m["target"] for m in braze.messages()] == ["camp-running"]
+    # Resumed in Braze, then re-queued by an operator: sent.
+    braze.set(paused=[])
+    assert outbox.move("requeue_dead", paused, now=clock()) == paused
+    clock.advance(WINDOW)
+    drain(worker)
+    assert {outbox.get(i).state for i in paused} == {SENT}
+    assert len(braze.messages()) == 4
 
 
 def test_triggers_older_than_max_age_die(outbox, braze, clock):

@@ -7,7 +7,8 @@ import threading
 import pytest
 import redis
 
-from wallet_proxy.triggers.model import CAMPAIGN, DEAD, QUEUED, SENDING, SENT, UNKNOWN, Trigger
+from wallet_proxy.braze_users import EMAIL, USER_ALIAS, BrazeUser
+from wallet_proxy.triggers.model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Trigger
 from wallet_proxy.triggers.outbox import (
     BODY_WINDOW,
     BROADCASTS_PER_MINUTE,
@@ -23,20 +24,11 @@ from wallet_proxy.triggers.outbox import (
 from wallet_proxy.triggers.redis_outbox import RedisOutbox, persistence_warnings
 from wallet_proxy.triggers.sqlite_outbox import SqliteOutbox
 
+from .triggers_helpers import trigger as make
+
 T0 = 1_800_000_000.0
 WINDOW = 0.25
 LEASE = 30.0
-
-
-def make(recipient: str | None = "cust-1", target: str = "camp-1", **properties) -> Trigger:
-    return Trigger(
-        kind=CAMPAIGN,
-        target_id=target,
-        broadcast=recipient is None,
-        recipient=recipient,
-        attributes={},
-        properties={"offer_title": "t", **properties},
-    )
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -243,6 +235,18 @@ def test_recent_per_customer_and_listings(outbox):
     queued = outbox.listed(QUEUED, limit=10)
     assert len(queued) == 4 and queued[-1].id == mine[2]  # oldest first
     assert [r.id for r in outbox.listed(QUEUED, limit=1)] == [queued[0].id]
+
+
+def test_recent_finds_every_kind_of_recipient_by_its_index(outbox):
+    """The index of another kind carries its name, so an external id that reads like it
+    is someone else."""
+    alias = BrazeUser(USER_ALIAS, "123", "loyalty_id")
+    email = BrazeUser(EMAIL, "Ana@Example.com", prioritization=("identified",))
+    ids = [add(outbox, make(user), now=T0).trigger_id for user in (alias, email, "123")]
+    assert [r.id for r in outbox.recent(alias.index)] == ids[:1]
+    assert outbox.get(ids[0]).trigger.recipient == alias
+    assert [r.id for r in outbox.recent(BrazeUser(EMAIL, "ana@EXAMPLE.com").index)] == ids[1:2]
+    assert [r.id for r in outbox.recent("123")] == ids[2:]
 
 
 def test_concurrent_adds_and_claims_never_overlap(outbox):

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from wallet_proxy.braze_users import (
+    BRAZE_ID,
+    DEFAULT_PRIORITIZATION,
+    EMAIL,
+    EXTERNAL_ID,
+    USER_ALIAS,
+    BrazeUser,
+)
 from wallet_proxy.errors import InvalidRequest
 from wallet_proxy.triggers.model import CAMPAIGN, CANVAS, Trigger
 from wallet_proxy.triggers.properties import (
@@ -57,8 +65,12 @@ KEYS = {
 }
 
 
-def trigger(body: dict, *, set_email: bool = False) -> Trigger:
-    return build_trigger(load_trigger_body(body), set_email=set_email)
+def trigger(
+    body: dict, *, set_email: bool = False, prioritization=DEFAULT_PRIORITIZATION
+) -> Trigger:
+    return build_trigger(
+        load_trigger_body(body), set_email=set_email, prioritization=prioritization
+    )
 
 
 def test_full_body_maps_to_flat_properties_for_a_campaign():
@@ -66,7 +78,7 @@ def test_full_body_maps_to_flat_properties_for_a_campaign():
     assert made.kind == CAMPAIGN
     assert made.target_id == FULL["braze_campaign_id"]
     assert made.target == f"campaign:{FULL['braze_campaign_id']}"
-    assert made.recipient == "cust-42"
+    assert made.recipient == BrazeUser(EXTERNAL_ID, "cust-42")
     assert made.broadcast is False
     assert made.attributes == {}  # the email is not set on the profile unless configured
     assert made.wallet_user_id is None
@@ -170,8 +182,53 @@ def test_broadcast_needs_no_customer():
             "offer.titel is not a known field",
         ),
         ({"braze_campaign_id": "a b", "customer": {"external_id": "x"}}, "braze_campaign_id must"),
-        ({"braze_campaign_id": "a", "customer": {"external_id": ""}}, "customer.external_id must"),
-        ({"braze_campaign_id": "a", "customer": {}}, "customer.external_id is required"),
+        (
+            {"braze_campaign_id": "a", "customer": {"external_id": "\x07"}},
+            "customer.external_id must",
+        ),
+        (
+            {"braze_campaign_id": "a", "customer": {"external_id": ""}},
+            "customer needs one of external_id, braze_id, user_alias or email",
+        ),
+        (
+            {"braze_campaign_id": "a", "customer": {}},
+            "customer needs one of external_id, braze_id, user_alias or email",
+        ),
+        (
+            {"braze_campaign_id": "a", "customer": {"external_id": "x", "braze_id": "b"}},
+            "customer names the customer by external_id and braze_id: give at most one of "
+            "external_id, braze_id, user_alias",
+        ),
+        (
+            {
+                "braze_campaign_id": "a",
+                "customer": {
+                    "braze_id": "b",
+                    "user_alias": {"alias_name": "n", "alias_label": "l"},
+                    "email": "a@example.com",
+                },
+            },
+            "customer names the customer by braze_id and user_alias",
+        ),
+        (
+            {"braze_campaign_id": "a", "customer": {"braze_id": "not a braze id"}},
+            "customer.braze_id must be 1 to 128 characters",
+        ),
+        (
+            {"braze_campaign_id": "a", "customer": {"user_alias": {"alias_name": "n"}}},
+            "customer.user_alias.alias_label is required",
+        ),
+        (
+            {
+                "braze_campaign_id": "a",
+                "customer": {"user_alias": {"alias_name": "n", "alias_label": "l", "x": 1}},
+            },
+            "customer.user_alias.x is not a known field",
+        ),
+        (
+            {"braze_campaign_id": "a", "customer": {"user_alias": "n"}},
+            "customer.user_alias must be a JSON object",
+        ),
         (
             {"braze_campaign_id": "a", "customer": {"external_id": "x", "email": "nope"}},
             "customer.email must be an email",
@@ -223,3 +280,49 @@ def test_properties_over_50_kb_are_refused_before_storing():
 def test_trigger_survives_its_json_form():
     made = trigger({**FULL, "enrich": ["wallet"]}, set_email=True)
     assert Trigger.from_json(made.to_json()) == made
+    for customer in (
+        {"braze_id": "5f0c6b0e5a114b0b9d1e0001"},
+        {"user_alias": {"alias_name": "123", "alias_label": "loyalty_id"}},
+        {"email": "Ana@Example.com"},
+    ):
+        other = trigger({**FULL, "customer": customer})
+        assert Trigger.from_json(other.to_json()) == other
+
+
+def test_an_external_id_is_stored_as_before_the_other_kinds():
+    """Triggers stored by the previous version load, and a repeat of one (same
+    Idempotency-Key, same body) still has its fingerprint: not a 422 after an upgrade."""
+    made = trigger(FULL)
+    stored = made.to_json()
+    assert '"recipient":"cust-42"' in stored
+    assert Trigger.from_json(stored).recipient == BrazeUser(EXTERNAL_ID, "cust-42")
+    assert made.recipient_index == "cust-42"
+
+
+def test_every_recipient_kind_braze_takes():
+    def customer(**fields):
+        return trigger({**FULL, "customer": fields}, set_email=True)
+
+    by_braze_id = customer(braze_id="5f0c6b0e5a114b0b9d1e0001", email="ana@example.com")
+    assert by_braze_id.recipient == BrazeUser(BRAZE_ID, "5f0c6b0e5a114b0b9d1e0001")
+    assert by_braze_id.attributes == {"email": "ana@example.com"}  # set beside an id
+    alias = {"alias_name": "123", "alias_label": "loyalty_id"}
+    by_alias = customer(user_alias=alias)
+    assert by_alias.recipient == BrazeUser(USER_ALIAS, "123", "loyalty_id")
+    # The email names the customer only when no id does, with the prioritization.
+    by_email = customer(email="Ana@Example.com", sessionm_user_id="sm-1")
+    assert by_email.recipient == BrazeUser(
+        EMAIL, "Ana@Example.com", prioritization=("identified", "most_recently_updated")
+    )
+    assert by_email.attributes == {}  # not also an attribute: it is the identifier
+    chosen = trigger(
+        {**FULL, "customer": {"email": "a@example.com"}}, prioritization=["unidentified"]
+    )
+    assert chosen.recipient.prioritization == ("unidentified",)
+    # SessionM's template carries every field: blanks are absent, also a blank alias.
+    blanks = {
+        "external_id": "",
+        "braze_id": None,
+        "user_alias": {"alias_name": "", "alias_label": ""},
+    }
+    assert customer(**blanks, email="b@example.com").recipient.kind == EMAIL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from wallet_proxy.braze_users import EXTERNAL_ID, BrazeUser
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, SandboxServer
 from wallet_proxy.triggers.model import CAMPAIGN, Trigger
 
@@ -22,12 +23,19 @@ class BrazeServer(SandboxServer):
         return self.braze.stats()["braze_messages"]
 
 
-def trigger(recipient: str | None = "cust-1", target: str = "camp-1", kind=CAMPAIGN, **props):
+def trigger(
+    recipient: str | BrazeUser | None = "cust-1",
+    target: str = "camp-1",
+    kind=CAMPAIGN,
+    attributes: dict | None = None,
+    **props,
+):
+    """A trigger for `recipient`: an external id, any other BrazeUser, or None (broadcast)."""
     return Trigger(
         kind=kind,
         target_id=target,
         broadcast=recipient is None,
-        recipient=recipient,
-        attributes={},
+        recipient=BrazeUser(EXTERNAL_ID, recipient) if isinstance(recipient, str) else recipient,
+        attributes=attributes or {},
         properties={"offer_title": "10 % off", **props},
     )

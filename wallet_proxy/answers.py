@@ -24,14 +24,12 @@ from typing import NamedTuple
 
 from cachetools import LRUCache
 
+from .memory import RENDERS_AT_ONCE
 from .wallet import Wallet, answer_changes_at, answer_parts, offer_answer
 from .wallet_service import Lookup
 
 MAX_ANSWER_BYTES = 1_000_000  # the default of WALLET_PROXY_MAX_ANSWER_BYTES: Braze's limit
 MEMO_OVERHEAD = 512  # what a memoised answer takes besides its bytes: key, record, bookkeeping
-# Answers rendered at once in a process. Rendering is CPU-bound: more threads would not
-# finish sooner, only hold more half-made answers (up to twice max_bytes each) together.
-RENDERS_AT_ONCE = 2
 
 
 def _encode(value: object) -> bytes:

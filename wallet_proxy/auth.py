@@ -19,7 +19,11 @@ from .errors import Unauthorized
 
 def presented_key(request: Request) -> str | None:
     """The key in `Authorization`, whichever of the two schemes carries it."""
-    header = request.headers.get("Authorization", "")
+    return key_in_header(request.headers.get("Authorization", ""))
+
+
+def key_in_header(header: str) -> str | None:
+    """The key in an `Authorization` header's value (Bearer, or Basic's password)."""
     scheme, _, value = header.partition(" ")
     scheme, value = scheme.lower(), value.strip()
     if scheme == "bearer" and value:

@@ -30,7 +30,7 @@ from typing import NamedTuple, Protocol
 import redis
 from cachetools import TLRUCache
 
-from .memory import Trimmer
+from .memory import DECODES_AT_ONCE, Trimmer
 from .redis_clients import RedisHealth
 from .wallet import Wallet
 
@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 PREFIX = "wallet-proxy:v2"  # of every Redis name of the cache; bump when Entry's format changes
 # What an entry takes besides its wallet: the key, the Entry, the cache's bookkeeping.
 ENTRY_OVERHEAD = 1024
-# Wallets read from Redis and decoded at once in a process. Decoding is CPU-bound: more
-# threads would not finish sooner, only hold more wallets' JSON in memory together.
-DECODES_AT_ONCE = 2
 # A Redis value begins `{"k": "<stamp>"`: the stamp, fresh at each write, tells versions apart.
 _STAMP_HEX = 16
 HEAD_BYTES = len('{"k": ""') + _STAMP_HEX

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import click
+import redis
 from werkzeug.security import generate_password_hash
 
-from . import preflight
+from . import memory, preflight
 from . import sandbox as sandbox_module
 from .budget import UNLIMITED
 from .bulk.commands import tags_group, warm_command
@@ -26,6 +27,7 @@ from .bulk.plan import plan_command
 from .config import ConfigError, Settings, examine, log_id_settings, serving_settings
 from .errors import InvalidRequest, UserNotFound, WalletProxyError
 from .logs import UserIds
+from .redis_clients import COMMAND, connect
 from .rules import check_user_id
 from .schemas import EXPIRY_FIELDS, OFFER_FIELDS_READ
 from .serving import CONFIG, gunicorn_command
@@ -40,7 +42,6 @@ DEMO_STAFF_PASSWORD = "demo-support-not-secret"  # noqa: S105 - public demo cred
 # One process, so that the cache and single-flight behave as they do in one process (a
 # deployment shares them through Redis).
 DEMO_WORKERS, DEMO_THREADS = 1, 64
-REDIS_PING_TIMEOUT = 1.0
 # What `check-config --probe --user` prints of SessionM's offer field names.
 MAX_FIELDS_SHOWN, MAX_FIELD_NAME = 100, 64
 DEFAULT_BIND = Settings().bind  # gunicorn_config.py's, when WALLET_PROXY_BIND is not set
@@ -119,8 +120,8 @@ def check_config(probe: bool, user_id: str | None) -> None:
             f"SessionM keys; outbox: {store}"
         )
     worker, instance = (
-        peak(settings) / preflight.MB
-        for peak in (preflight.worker_peak_bytes, preflight.instance_peak_bytes)
+        peak(settings) / memory.MB
+        for peak in (memory.worker_peak_bytes, memory.instance_peak_bytes)
     )
     click.echo(
         f"  memory: at most about {worker:,.0f} MiB a worker, {instance:,.0f} MiB with "
@@ -142,11 +143,7 @@ def check_config(probe: bool, user_id: str | None) -> None:
 
 def _redis_problem(url: str) -> str | None:
     """None if Redis answers PING within a second, else why not (without the password)."""
-    import redis
-
-    client = redis.Redis.from_url(
-        url, socket_timeout=REDIS_PING_TIMEOUT, socket_connect_timeout=REDIS_PING_TIMEOUT
-    )
+    client = connect(url, COMMAND)
     try:
         client.ping()
     except redis.RedisError as error:
@@ -154,7 +151,9 @@ def _redis_problem(url: str) -> str | None:
         password = urlsplit(url).password
         if password:
             message = message.replace(password, "***")
-        return f"Redis does not answer PING ({type(error).__name__}: {message})"
+        # redis-py's class, not ours: RedisNotConnected is a ConnectionError to an operator.
+        kind = next(c for c in type(error).__mro__ if c.__module__.startswith("redis."))
+        return f"Redis does not answer PING ({kind.__name__}: {message})"
     finally:
         client.close()
     return None

@@ -25,6 +25,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from .braze_users import DEFAULT_PRIORITIZATION, check_prioritization
 from .origins import ORIGIN_RULE, parse_origin
 from .rules import CULTURE_RULE, DEFAULT_CULTURE, canonical_culture
 
@@ -176,6 +177,9 @@ class Settings:
         "WALLET_PROXY_TRIGGER_MAX_QUEUED", "integer", 100_000, low=1, high=10**7
     )
     trigger_set_email: bool = _setting("WALLET_PROXY_TRIGGER_SET_EMAIL", "boolean", False)
+    trigger_email_prioritization: tuple[str, ...] = _setting(
+        "WALLET_PROXY_TRIGGER_EMAIL_PRIORITIZATION", "prioritization", DEFAULT_PRIORITIZATION
+    )
     # How gunicorn serves (gunicorn_config.py reads these four through `serving`).
     bind: str = _setting("WALLET_PROXY_BIND", "bind", "0.0.0.0:8000")
     web_concurrency: int = _setting(
@@ -559,6 +563,16 @@ class _Reader:
                 raise ConfigError(name, f"must be cultures {CULTURE_RULE}, comma-separated")
             listed.append(culture)
         return tuple(dict.fromkeys([first, *listed]))
+
+    def prioritization(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Braze's email prioritization, comma-separated, in order of preference."""
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return check_prioritization([item.strip() for item in value.split(",")])
+        except ValueError as exc:
+            raise ConfigError(name, str(exc)) from None
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)

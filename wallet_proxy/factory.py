@@ -14,6 +14,7 @@ from . import api, health, logs, openapi, prometheus, request_log, support, tags
 from .config import Settings
 from .container import EXTENSION, Services, build_services, register
 from .error_handlers import register_error_handlers
+from .fast_hits import FastHits
 from .forwarding import wire_front_proxies
 
 # Each feature registers its blueprints and builds what only it uses (Flask's init_app).
@@ -38,8 +39,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     app = Flask("wallet_proxy", static_folder=None)
     if test_config is not None:
         app.config.from_mapping({k: v for k, v in source.items() if not _is_setting(k)})
-    register_logging(app, settings)
-    wire_front_proxies(app, settings)
+    log = register_logging(app, settings)
     found = build_services(settings, clock)
     register(app, found)
     try:
@@ -49,6 +49,9 @@ def create_app(test_config: Mapping | None = None) -> Flask:
         found.close()
         raise
     register_error_handlers(app)
+    if app.config.get("FAST_HITS", True):  # tests turn it off to run the same cases on Flask
+        app.wsgi_app = FastHits(app.wsgi_app, found, log)  # type: ignore[method-assign]
+    wire_front_proxies(app, settings)  # outermost: the fast path sees what Flask sees
     return app
 
 
@@ -63,11 +66,11 @@ def _is_setting(name: str) -> bool:
     return name.startswith(("SESSIONM_", "WALLET_PROXY_"))
 
 
-def register_logging(app: Flask, settings: Settings) -> None:
+def register_logging(app: Flask, settings: Settings) -> request_log.RequestLog:
     """JSON lines (logs.py): records on stderr unless the host (gunicorn, pytest) set logging
     up already, and one line per request on stdout (request_log.py), hooked in first."""
     user_ids = logs.UserIds.from_settings(settings)
     logs.configure(user_ids)
     # urllib3 logs full URLs and, at debug, headers; keep it quiet.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    request_log.install(app, user_ids)
+    return request_log.install(app, user_ids)

@@ -15,6 +15,7 @@ urllib3 to the major version it is tested with (>=2.6,<3).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,6 +100,13 @@ class HttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = USER_AGENT
+        # The environment (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read here and per
+        # host, once: trusting it, requests reads it again, and .netrc, on every call.
+        self.session.trust_env = False
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or (
+            os.environ.get("CURL_CA_BUNDLE") or True
+        )
+        self._proxies: dict[str, dict[str, str]] = {}
 
     def close(self) -> None:
         self.session.close()
@@ -120,6 +128,8 @@ class HttpClient:
         timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
         with self.watchdog.watch(deadline) as watch:
             try:
+                # A body read to its end gives the connection back to the pool (urllib3),
+                # kept alive for the next call; one cut short is closed with the response.
                 with self.session.post(
                     url,
                     data=body,
@@ -128,6 +138,7 @@ class HttpClient:
                     timeout=timeout,
                     stream=True,
                     allow_redirects=False,
+                    proxies=self._proxies_for(url),
                 ) as response:
                     answer = HttpAnswer(
                         response.status_code,
@@ -141,6 +152,14 @@ class HttpClient:
             if watch.expired:  # cut at the deadline: the body may look complete
                 raise AnswerTimeout("cut at the call's deadline")
             return answer
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """The environment's proxies for `url`'s origin (NO_PROXY applied), read once."""
+        origin = "/".join(url.split("/", 3)[:3])
+        found = self._proxies.get(origin)
+        if found is None:
+            found = self._proxies[origin] = requests.utils.get_environ_proxies(origin)
+        return found
 
     def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
         """The body, refused past the cap and abandoned at the deadline.

@@ -1,5 +1,11 @@
-"""Memory a process gives back to the system once large wallets are let go (glibc only).
+"""What a worker holds at most, and the memory it gives back to the system.
 
+The formula (`worker_peak_bytes`, docs/operations.md#memory): what a worker keeps of
+wallets (the cache's bound), the wallets parsed at once and the answers rendered and sent,
+each term bounded by a setting or by a count here; its factors were measured by
+tests/test_memory_bounds.py.
+
+Giving back (glibc only; elsewhere, musl or macOS, nothing is done).
 CPython hands a freed wallet's memory back to the C allocator, which keeps it for reuse:
 glibc gives threads that contend arenas of their own (up to 8 per core) and returns
 nothing from the middle of one. A worker's resident memory then stays near the peak of
@@ -11,8 +17,6 @@ every wallet it ever parsed at once, whatever its cache holds now: after 30 wall
   out), `malloc_trim` returns the free pages of every arena. A loop of its own runs it
   a moment later, once the frames holding the wallet's JSON have returned, and at most
   once per moment however many wallets ask.
-
-Elsewhere (musl, macOS) both do nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +26,23 @@ import ctypes.util
 import threading
 
 from .background import Loop
+from .config import Settings
+
+# Wallets read from Redis and decoded at once in a process (cache.py), and answers rendered
+# at once (answers.py). Both are CPU-bound: more threads would not finish sooner, only hold
+# more wallets' JSON, or half-made answers, in memory together.
+DECODES_AT_ONCE = 2
+RENDERS_AT_ONCE = 2
+
+# The memory formula's terms, measured (tests/test_memory_bounds.py, docs/operations.md):
+MB = 1024 * 1024
+WORKER_BASE = 50 * MB  # a worker once it has answered
+MASTER = 32 * MB  # gunicorn's master process
+# Memory a wallet takes while it is fetched and stored, per byte of SessionM's JSON: its
+# objects and the page being read; with Redis, its JSON made or read as well.
+PARSING = 2.5
+PARSING_WITH_REDIS = 3.5
+ALLOCATOR = 1.1  # a tenth more for the allocator's own
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 ARENAS = 2
@@ -74,3 +95,20 @@ class Trimmer:
 
     def close(self) -> None:
         self._loop.stop(STOP_WAIT)
+
+
+def worker_peak_bytes(settings: Settings) -> int:
+    """The most a worker holds with these settings: what it keeps of wallets (the cache's
+    bound), the wallets being fetched or read from Redis at once, and the answers being
+    rendered and sent."""
+    shared = settings.redis_url is not None
+    parsing = settings.upstream_concurrency + (DECODES_AT_ONCE if shared else 0)
+    per_wallet = PARSING_WITH_REDIS if shared else PARSING
+    answers = (settings.threads + 2 * RENDERS_AT_ONCE) * settings.max_answer_bytes
+    held = settings.cache_max_bytes + parsing * per_wallet * settings.max_wallet_bytes + answers
+    return WORKER_BASE + int(ALLOCATOR * held)
+
+
+def instance_peak_bytes(settings: Settings) -> int:
+    """The same for an instance: gunicorn's master and WEB_CONCURRENCY workers."""
+    return MASTER + settings.web_concurrency * worker_peak_bytes(settings)

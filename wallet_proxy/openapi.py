@@ -314,7 +314,8 @@ ROUTES: list[Route] = [
         ok_headers=REPLAYED,
         ok_status=202,
         description="Exactly one of braze_campaign_id and braze_canvas_id; a customer unless "
-        "broadcast is true, never with it; enrich [wallet] needs customer.sessionm_user_id. "
+        "broadcast is true, never with it, named by at most one of external_id, braze_id and "
+        "user_alias, else by email; enrich [wallet] needs customer.sessionm_user_id. "
         "202 once stored durably; a repeat (same Idempotency-Key within 7 days, or the same "
         "body without one within 10 minutes) answers the first trigger's id and state.",
     ),

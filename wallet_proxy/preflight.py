@@ -1,7 +1,6 @@
 """What `check-config` and `serve` check beyond each setting's own rule, so that their OK
 is the server's: the data folder can be written where the settings need it, the deadline
-leaves room under Braze's 2 s, and no value is still an example file's placeholder; and
-what the settings let a process hold in memory at most (docs/operations.md#memory).
+leaves room under Braze's 2 s, and no value is still an example file's placeholder.
 
 Start-up opens the data folder itself (stores.py, triggers/setup.py). `data_dir_problem`
 asks the same question without leaving anything there: `check-config` may run as another
@@ -15,8 +14,6 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from .answers import RENDERS_AT_ONCE
-from .cache import DECODES_AT_ONCE
 from .config import ConfigError, Settings, declared_variables
 from .idempotency import DATABASE as IDEMPOTENCY_DATABASE
 from .stores import DATABASE
@@ -31,16 +28,6 @@ BRAZE_TIMEOUT = 2.0
 NETWORK_ROOM = 0.5
 # How every secret of deploy/wallet-proxy.env.example and secret.example.yaml starts.
 PLACEHOLDER = "replace-with-"
-
-# The memory formula's terms, measured (tests/test_memory_bounds.py, docs/operations.md):
-MB = 1024 * 1024
-WORKER_BASE = 50 * MB  # a worker once it has answered
-MASTER = 32 * MB  # gunicorn's master process
-# Memory a wallet takes while it is fetched and stored, per byte of SessionM's JSON: its
-# objects and the page being read; with Redis, its JSON made or read as well.
-PARSING = 2.5
-PARSING_WITH_REDIS = 3.5
-ALLOCATOR = 1.1  # a tenth more for the allocator's own
 
 
 def problems(env: Mapping[str, str], settings: Settings | None) -> list[ConfigError]:
@@ -136,23 +123,6 @@ def warnings(settings: Settings | None) -> list[str]:
             "(maxmemory-policy allkeys-lru) in WALLET_PROXY_CACHE_REDIS_URL"
         )
     return found
-
-
-def worker_peak_bytes(settings: Settings) -> int:
-    """The most a worker holds with these settings: what it keeps of wallets (the cache's
-    bound), the wallets being fetched or read from Redis at once, and the answers being
-    rendered and sent."""
-    shared = settings.redis_url is not None
-    parsing = settings.upstream_concurrency + (DECODES_AT_ONCE if shared else 0)
-    per_wallet = PARSING_WITH_REDIS if shared else PARSING
-    answers = (settings.threads + 2 * RENDERS_AT_ONCE) * settings.max_answer_bytes
-    held = settings.cache_max_bytes + parsing * per_wallet * settings.max_wallet_bytes + answers
-    return WORKER_BASE + int(ALLOCATOR * held)
-
-
-def instance_peak_bytes(settings: Settings) -> int:
-    """The same for an instance: gunicorn's master and WEB_CONCURRENCY workers."""
-    return MASTER + settings.web_concurrency * worker_peak_bytes(settings)
 
 
 def placeholders(env: Mapping[str, str]) -> Iterator[ConfigError]:

@@ -174,6 +174,12 @@ def flush_all() -> None:
         log.flush()
 
 
+def request_id(environ: dict) -> str:
+    """The caller's valid X-Request-ID, else a new one."""
+    given = environ.get("HTTP_X_REQUEST_ID")
+    return given if given is not None and valid_request_id(given) else _ids.new()
+
+
 def route_of(req: Request) -> str:
     """What logs and metrics name a request by: its URL rule's pattern, never the path,
     which holds user ids."""
@@ -181,7 +187,7 @@ def route_of(req: Request) -> str:
     return rule.rule if rule is not None else UNMATCHED
 
 
-def install(app: Flask, user_ids: UserIds, *, out: int = 1) -> None:
+def install(app: Flask, user_ids: UserIds, *, out: int = 1) -> RequestLog:
     """The request line and request metrics for every request `app` answers, written to `out`.
 
     Install before anything else that hooks requests, so the duration covers them.
@@ -190,9 +196,7 @@ def install(app: Flask, user_ids: UserIds, *, out: int = 1) -> None:
 
     @app.before_request
     def _begin() -> None:
-        given = request.environ.get("HTTP_X_REQUEST_ID")
-        request_id = given if given is not None and valid_request_id(given) else _ids.new()
-        tally.begin(request_id, time.perf_counter())
+        tally.begin(request_id(request.environ), time.perf_counter())
 
     @app.after_request
     def _end(response: Response) -> Response:
@@ -219,3 +223,5 @@ def install(app: Flask, user_ids: UserIds, *, out: int = 1) -> None:
             )
         )
         return response
+
+    return log

@@ -17,6 +17,7 @@ from typing import Any, TypedDict, cast
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .braze_users import BRAZE_ID, EMAIL, EXTERNAL_ID, KINDS, USER_ALIAS, BrazeUser
 from .errors import InvalidRequest
 
 # SessionM user ids, as they appear in the wallet URL Braze calls.
@@ -26,6 +27,21 @@ USER_ID_RE = re.compile(r"^[A-Za-z0-9._\-@+:]{1,128}\Z")
 # Any customer id SessionM Core takes (user or external id), one URL path segment.
 CUSTOMER_ID_RULE = "1 to 255 characters without control characters, and not '.' or '..'"
 CUSTOMER_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}\Z")
+
+# Braze's campaign, Canvas and user (braze_id) ids.
+BRAZE_ID_RULE = "1 to 128 characters of letters, digits, _ and -"
+BRAZE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+# Loose on purpose: Braze, not us, decides what an address is; this only stops garbage.
+EMAIL_RULE = "an email address"
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}\Z")
+# Each way of naming a Braze user (braze_users.py): an external id, a user alias's name and
+# label are any customer id; Braze's own ids look like its campaign ids.
+BRAZE_USER_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    EXTERNAL_ID: (CUSTOMER_ID_RE, CUSTOMER_ID_RULE),
+    BRAZE_ID: (BRAZE_ID_RE, BRAZE_ID_RULE),
+    USER_ALIAS: (CUSTOMER_ID_RE, CUSTOMER_ID_RULE),
+    EMAIL: (EMAIL_RE, EMAIL_RULE),
+}
 
 DEFAULT_CULTURE = "en-US"
 CULTURE_RULE = "like en, en-US, es-419 or zh-Hant-TW (any case; es_ES as Braze writes locales)"
@@ -57,6 +73,20 @@ def canonical_culture(value: str) -> str | None:
     return "-".join(
         [language.lower(), *(tag.title() if len(tag) == 4 else tag.upper() for tag in subtags)]
     )
+
+
+def check_braze_user(kind: str, value: str, alias_label: str = "") -> BrazeUser:
+    """A Braze user named by hand (`kind`, and for a user alias its label), or InvalidRequest."""
+    if kind not in BRAZE_USER_RULES:
+        raise InvalidRequest(f"A Braze user is named by one of {', '.join(KINDS)}.")
+    pattern, rule = BRAZE_USER_RULES[kind]
+    if not pattern.match(value):
+        raise InvalidRequest(f"The {kind} must be {rule}.")
+    if kind != USER_ALIAS:
+        return BrazeUser(kind, value)
+    if not CUSTOMER_ID_RE.match(alias_label):
+        raise InvalidRequest(f"The alias_label must be {CUSTOMER_ID_RULE}.")
+    return BrazeUser(kind, value, alias_label)
 
 
 def check_user_id(user_id: str) -> str:

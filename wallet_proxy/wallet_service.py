@@ -143,6 +143,14 @@ class WalletService:
         """The cached entry as it is, fresh or stale, without a fetch."""
         return self.cache.get(self.key(user_id, culture))
 
+    def hit(self, user_id: str, culture: str) -> Lookup | None:
+        """A fresh cached wallet (a HIT), or None: what the cache-hit path answers without
+        Flask (fast_hits.py); anything else goes through `lookup`."""
+        cached = self.cache.get(self.key(user_id, culture))
+        if cached is None or cached.wallet is None or cached.refused is not None:
+            return None
+        return Lookup(cached.wallet, HIT) if cached.is_fresh(self._now()) else None
+
     def status(self) -> dict[str, str]:
         """The readiness probe's checks: the cache's, and the circuit breaker's state."""
         return {**self.cache.status(), "sessionm_circuit": self.guard.breaker.state}

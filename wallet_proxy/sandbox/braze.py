@@ -1,17 +1,23 @@
 """Braze's two trigger endpoints, stood in for: the demo and the tests need no Braze.
 
 `POST /campaigns/trigger/send` and `POST /canvas/trigger/send` check what Braze checks
-(the key, exactly one id, at most 50 recipients or a broadcast without them, trigger
-properties only for campaigns and context only for Canvases, 50 KB per object), answer
-as Braze does (`success` with a `dispatch_id`, rate-limit headers on every answer) and
-record every call and every message delivered, so a test can prove who got what, once.
+(the key, exactly one id, at most 50 recipients or a broadcast without them, each
+recipient named by exactly one of `external_user_id`, `braze_id`, `user_alias` and
+`email`, the last with a `prioritization`, trigger properties only for campaigns and
+context only for Canvases, 50 KB per object), answer as Braze does (`success` with a
+`dispatch_id`, rate-limit headers on every answer) and record every call and every
+message delivered, so a test can prove who got what, once. Like Braze, a call that
+names one recipient twice, or two recipients with one email address, delivers to them
+once ("Braze dedupes the user").
 
 Its knobs are its own (`/_sandbox/braze/config`), so Braze can fail while SessionM
-answers: `status` forces an answer (for the next `times` calls, or until changed) with
-`retry_after` on 429/503; `latency` slows each answer (a timeout for our client) and
-`drop` cuts the connection, both after Braze has acted on the call; `maintenance`
-answers 202 `queued`; `reject` lists external ids Braze refuses with a 400;
-`remaining` sets X-RateLimit-Remaining (0 asks callers to wait for the reset).
+answers: `status` forces an answer with the body Braze (or the gateway in front of it)
+gives (for the next `times` calls, or until changed), with `retry_after` on a 429 or a
+5xx; `latency` slows each answer (a timeout for our client) and `drop` cuts the
+connection, both after Braze has acted on the call; `maintenance` answers 202 `queued`;
+`paused` lists campaign and Canvas ids answered 201 with Braze's `notice` and not sent;
+`reject` lists recipients (any identifier) Braze refuses with a 400; `remaining` sets
+X-RateLimit-Remaining (0 asks callers to wait for the reset).
 """
 
 from __future__ import annotations
@@ -41,10 +47,35 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "latency": 0.0,
     "drop": False,
     "maintenance": False,
+    "paused": [],
     "reject": [],
     "remaining": None,
     "reset_in": 3600.0,
 }
+MAX_LISTED = 1000  # ids in a list knob
+# What the `status` knob answers: Braze's own words for its errors (its errors page), and
+# for 502 and 504 the gateway's page, which is not JSON.
+_GATEWAY_PAGE = "<html><head><title>{0}</title></head><body><h1>{0}</h1></body></html>"
+FORCED_ANSWERS: dict[int, tuple[str, str]] = {
+    401: ("application/json", '{"message": "Invalid API key"}'),
+    403: ("application/json", '{"message": "Access Denied"}'),
+    404: ("application/json", '{"message": "Not Found"}'),
+    429: ("application/json", '{"message": "Rate Limited"}'),
+    500: ("application/json", '{"message": "Internal Server Error"}'),
+    502: ("text/html", _GATEWAY_PAGE.format("502 Bad Gateway")),
+    503: ("application/json", '{"message": "Service Unavailable"}'),
+    504: ("text/html", _GATEWAY_PAGE.format("504 Gateway Time-out")),
+}
+# Braze's post_send_triggered_canvases page quotes the Canvas's notice. Its campaign page
+# quotes none; the campaign's here is the same sentence, as integrations report seeing it.
+PAUSED_NOTICES = {
+    "campaign": "The campaign is paused. Resume the campaign to ensure trigger requests "
+    "will take effect.",
+    "canvas": "The Canvas is paused. Resume the Canvas to ensure trigger requests will take "
+    "effect.",
+}
+IDENTIFIERS = ("external_user_id", "braze_id", "user_alias", "email")
+PRIORITIES = ("identified", "unidentified", "most_recently_updated", "least_recently_updated")
 
 
 def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
@@ -62,10 +93,11 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
         seconds = name in ("latency", "reset_in", "retry_after") and value is not None
         if seconds and not (_number(value) and 0 <= value <= KNOB_LIMIT_SECONDS):
             raise ValueError(f"{name} must be seconds from 0 to {KNOB_LIMIT_SECONDS:g}")
-        if name == "reject" and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        listed = isinstance(value, list) and len(value) <= MAX_LISTED
+        if name in ("paused", "reject") and not (
+            listed and all(isinstance(v, str) for v in value)
         ):
-            raise ValueError("reject must be a list of external ids")
+            raise ValueError(f"{name} must be a list of at most {MAX_LISTED} ids")
     return dict(knobs)
 
 
@@ -101,21 +133,77 @@ def body_problem(kind: str, body: Any) -> str | None:
     elif not isinstance(recipients, list) or not 1 <= len(recipients) <= MAX_RECIPIENTS:
         return f"recipients must list 1 to {MAX_RECIPIENTS} users unless broadcast is true"
     objects = [body.get(props) or {}]
-    seen = set()
     for recipient in recipients or []:
-        if not isinstance(recipient, dict) or not isinstance(
-            recipient.get("external_user_id"), str
-        ):
-            return "each recipient needs an external_user_id"
+        problem = recipient_problem(recipient)
+        if problem is not None:
+            return problem
         if other in recipient:
             return f"{other} is not accepted by this endpoint"
-        if recipient["external_user_id"] in seen:
-            return f"recipient {recipient['external_user_id']} appears twice"
-        seen.add(recipient["external_user_id"])
         objects += [recipient.get(props) or {}, recipient.get("attributes") or {}]
     if any(not isinstance(o, dict) or _size(o) > MAX_OBJECT_BYTES for o in objects):
         return f"{props} and attributes must be objects of at most 50 KB"
     return None
+
+
+def recipient_problem(recipient: Any) -> str | None:
+    """Braze's recipients object: exactly one identifier, an email with a prioritization."""
+    if not isinstance(recipient, dict):
+        return "each recipient must be an object"
+    given = [name for name in IDENTIFIERS if name in recipient]
+    if len(given) != 1:
+        return f"each recipient needs exactly one of {', '.join(IDENTIFIERS)}"
+    value = recipient[given[0]]
+    if given[0] == "user_alias":
+        names = ("alias_name", "alias_label")
+        if not isinstance(value, dict) or not all(isinstance(value.get(n), str) for n in names):
+            return "a user_alias needs alias_name and alias_label"
+    elif not isinstance(value, str) or not value:
+        return f"{given[0]} must be a string"
+    if given[0] == "email":
+        order = recipient.get("prioritization")
+        if not isinstance(order, list) or not order or not all(p in PRIORITIES for p in order):
+            return "an email recipient needs a prioritization"
+        if {"identified", "unidentified"} <= set(order):
+            return "a prioritization holds only one of identified and unidentified"
+    elif "prioritization" in recipient:
+        return "prioritization goes with email only"
+    return None
+
+
+def recipient_of(recipient: dict) -> tuple[str, str]:
+    """Who a (checked) recipient names, as (identifier, value): an address in any case is
+    one address."""
+    name = next(name for name in IDENTIFIERS if name in recipient)
+    value = recipient[name]
+    if name == "user_alias":
+        return name, f"{value['alias_label']}:{value['alias_name']}"
+    return name, value.casefold() if name == "email" else value
+
+
+def addresses(recipient: dict) -> set[str]:
+    """The email addresses a (checked) recipient targets: its identifier, or the email its
+    attributes set before the send."""
+    found = {recipient["email"].casefold()} if "email" in recipient else set()
+    email = (recipient.get("attributes") or {}).get("email")
+    if isinstance(email, str) and email:
+        found.add(email.casefold())
+    return found
+
+
+def deduplicated(recipients: list[dict]) -> list[dict]:
+    """Braze's recipient deduping: "if there exists a duplicated recipient targeting the
+    same address (that is, email, push), Braze dedupes the user", leaving one: the first."""
+    kept: list[dict] = []
+    seen: set[tuple[str, str]] = set()
+    sent_to: set[str] = set()
+    for recipient in recipients:
+        who, where = recipient_of(recipient), addresses(recipient)
+        if who in seen or where & sent_to:
+            continue
+        kept.append(recipient)
+        seen.add(who)
+        sent_to |= where
+    return kept
 
 
 class Braze:
@@ -187,7 +275,7 @@ class Braze:
             self._calls.append(call)
             self._used += 1
             used = self._used
-        status, answer = self._produce(kind, body, knobs, forced, now)
+        status, mimetype, answer = self._produce(kind, body, knobs, forced, now, call)
         call["status"] = status
         # Slow or cut off after Braze has acted: the caller can't know it was delivered.
         if (knobs["latency"] and self._closing.wait(knobs["latency"])) or knobs["drop"]:
@@ -202,38 +290,48 @@ class Braze:
             ),
             "X-RateLimit-Reset": str(int(now + knobs["reset_in"])),
         }
-        if status in (429, 503) and knobs["retry_after"] is not None:
+        if (status == 429 or 500 <= status < 600) and knobs["retry_after"] is not None:
             headers["Retry-After"] = str(knobs["retry_after"])
-        return Response(json.dumps(answer), status, headers, mimetype="application/json")
+        return Response(answer, status, headers, mimetype=mimetype)
 
     def _produce(
-        self, kind: str, body: Any, knobs: dict, forced: int | None, now: float
-    ) -> tuple[int, dict]:
+        self, kind: str, body: Any, knobs: dict, forced: int | None, now: float, call: dict
+    ) -> tuple[int, str, str]:
+        """The answer's status, media type and body; what was delivered goes in the stats."""
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return 401, {"message": "Invalid API key"}
+            return _json(401, {"message": "Invalid API key"})
         if forced is not None:
-            return forced, {"message": f"forced by the sandbox's status knob ({forced})"}
+            mimetype, text = FORCED_ANSWERS.get(forced, ("application/json", ""))
+            return (
+                forced,
+                mimetype,
+                text or json.dumps({"message": f"forced by the sandbox's status knob ({forced})"}),
+            )
         problem = body_problem(kind, body)
         if problem is None:
-            refused = [
-                r["external_user_id"]
-                for r in body.get("recipients") or []
-                if r["external_user_id"] in knobs["reject"]
-            ]
+            named = [recipient_of(r)[1] for r in body.get("recipients") or []]
+            refused = [value for value in named if value in knobs["reject"]]
             if refused:
                 problem = f"invalid recipient(s): {', '.join(refused)}"
         if problem is not None:
-            return 400, {"message": problem}
+            return _json(400, {"message": problem})
         dispatch_id = uuid.uuid4().hex
-        props = "trigger_properties" if kind == "campaign" else "context"
         target = body["campaign_id" if kind == "campaign" else "canvas_id"]
+        if target in knobs["paused"]:  # Braze takes the call and sends nothing
+            notice = PAUSED_NOTICES[kind]
+            return _json(201, {"notice": notice, "dispatch_id": dispatch_id, "message": "success"})
+        props = "trigger_properties" if kind == "campaign" else "context"
+        recipients = body.get("recipients") or []
+        delivered = deduplicated(recipients) if recipients else [{}]
         with self._lock:
-            for recipient in body.get("recipients") or [{"external_user_id": None}]:
+            call["deduplicated"] = len(recipients) - len(delivered) if recipients else 0
+            for recipient in delivered:
                 self._messages.append(
                     {
                         "kind": kind,
                         "target": target,
-                        "external_user_id": recipient["external_user_id"],
+                        "external_user_id": recipient.get("external_user_id"),
+                        "recipient": {n: recipient[n] for n in IDENTIFIERS if n in recipient},
                         "properties": {**(body.get(props) or {}), **(recipient.get(props) or {})},
                         "attributes": recipient.get("attributes") or {},
                         "broadcast": body.get("broadcast") is True,
@@ -242,8 +340,12 @@ class Braze:
                     }
                 )
         if knobs["maintenance"]:
-            return 202, {"message": "queued"}
-        return 201, {"message": "success", "dispatch_id": dispatch_id}
+            return _json(202, {"message": "queued"})
+        return _json(201, {"message": "success", "dispatch_id": dispatch_id})
+
+
+def _json(status: int, answer: dict) -> tuple[int, str, str]:
+    return status, "application/json", json.dumps(answer)
 
 
 def _cut(sock: socket.socket | None) -> None:

@@ -1,15 +1,20 @@
-"""Support pages for SessionM-triggered Braze messages: a customer's recent triggers, and
-the dead letters with a re-queue button (a POST with the form's CSRF token)."""
+"""Support pages for SessionM-triggered Braze messages: a customer's recent triggers (by
+any identifier Braze takes), and the dead letters with a re-queue button (a POST with the
+form's CSRF token)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
 
+from ..braze_users import EXTERNAL_ID, KINDS, USER_ALIAS, BrazeUser
 from ..container import services
 from ..errors import NotConfigured, TriggerStoreUnavailable
-from ..rules import check_customer_id
+from ..rules import check_braze_user
 from ..triggers.model import DEAD
 from ..triggers.outbox import Outbox, OutboxError
 from ..triggers.setup import triggers_of
@@ -31,25 +36,32 @@ def moment(unix_time: float) -> datetime:
 
 @bp.get("/triggers")
 def triggers():
-    """Without a customer: the dead letters. With one (Braze's external id): their triggers."""
-    customer = request.args.get("customer", "").strip()
+    """Without a customer: the dead letters. With one, named by any identifier Braze takes
+    (`by`: external_id, braze_id, user_alias with its `alias_label`, or email): theirs."""
+    search = _search(request.args)
     outbox = _outbox()
     try:
-        if customer:
-            records = outbox.recent(check_customer_id(customer))
+        if search.user is not None:
+            records = outbox.recent(search.user.index)
         else:
             records = outbox.listed(DEAD, limit=DEAD_LISTED)
         counts = outbox.counts()
     except OutboxError:
         raise TriggerStoreUnavailable() from None
     return render_template(
-        "support/triggers.html", customer=customer, records=records, counts=counts, at=moment
+        "support/triggers.html",
+        search=search,
+        who=search.user.describe() if search.user is not None else None,
+        kinds=KINDS,
+        records=records,
+        counts=counts,
+        at=moment,
     )
 
 
 @bp.post("/triggers/<trigger_id>/requeue")
 def requeue_trigger(trigger_id: str):
-    customer = request.form.get("customer", "").strip()
+    search = _search(request.form)
     now = services().clock().timestamp()
     try:
         moved = _outbox().move("requeue_dead", [trigger_id], now=now)
@@ -59,5 +71,30 @@ def requeue_trigger(trigger_id: str):
         flash(f"Trigger {trigger_id} is queued for Braze again.")
     else:
         flash(f"Trigger {trigger_id} is not a dead letter (any more).", "error")
-    target = url_for(".triggers", customer=customer) if customer else url_for(".triggers")
-    return redirect(target, 303)
+    query: dict[str, Any] = search.query()
+    return redirect(url_for(".triggers", **query), 303)
+
+
+@dataclass(frozen=True)
+class Search:
+    """The customer asked for, as typed (the form shows it again) and as a Braze user."""
+
+    by: str
+    customer: str
+    alias_label: str
+    user: BrazeUser | None  # None: no customer, the dead letters
+
+    def query(self) -> dict[str, str]:
+        """The search's query string, to come back to it."""
+        if self.user is None:
+            return {}
+        found = {"by": self.by, "customer": self.customer}
+        return {**found, "alias_label": self.alias_label} if self.alias_label else found
+
+
+def _search(args: Mapping[str, str]) -> Search:
+    by = args.get("by", EXTERNAL_ID).strip() or EXTERNAL_ID
+    customer = args.get("customer", "").strip()
+    label = args.get("alias_label", "").strip() if by == USER_ALIAS else ""
+    user = check_braze_user(by, customer, label) if customer else None
+    return Search(by, customer, label, user)

@@ -1,15 +1,22 @@
 """HTTP to Braze's API-triggered sends: `/campaigns/trigger/send` and `/canvas/trigger/send`.
 
 This module knows Braze's wire format and nothing of the outbox. Every way a call can
-end is one of three things, and the exception's class says which, because Braze has
+end is one of four things, and the exception's class says which, because Braze has
 no idempotency key and sending again what it already took messages a customer twice:
 
-- `Sent`: a 2xx whose message is `success` or `queued` (maintenance);
-- `BrazeNotProcessed`: Braze certainly did nothing (429, 503, connection refused or
-  not made in time, our key refused, a redirect): safe to send again later;
-- `BrazeOutcomeUnknown`: it may have been delivered (a read timeout, a dropped
-  connection, another 5xx, a 2xx we can't read): never sent again by itself;
-- `BrazeRejected`: a final 4xx for this request (400 bad request, 404 unknown campaign).
+- `Sent`: a 2xx whose message is `success` or `queued` (maintenance), without a `notice`;
+- `BrazeNotProcessed`: Braze certainly did nothing, so the same call may go again later:
+  429; any 5xx (Braze's errors page: 5XX errors "indicate that no messages will be sent",
+  "retry your request with exponential backoff"); 401, 403 and 404 (our key or
+  BRAZE_REST_URL is wrong: "404 Not Found: Invalid URL"); a redirect; a connection
+  refused or not made in time;
+- `BrazeOutcomeUnknown`: it may have been delivered: the answer never came (a read
+  timeout, the connection dropped after the body went), or a 2xx we can't read; never
+  sent again by itself;
+- `BrazeRejected`: Braze will not send this request as it stands: another 4xx (a bad
+  body, or a campaign id Braze doesn't know: `400 Invalid Campaign ID`), or a 2xx with a
+  `notice`, which is how Braze says a campaign or Canvas is paused, stopped or archived
+  ("the Canvas is not sent through this endpoint").
 
 Each answer's rate-limit headers come back with it, so the deliverer slows down before
 Braze has to say 429.
@@ -114,14 +121,16 @@ class BrazeOutcomeUnknown(BrazeFailure):
 
 
 class BrazeRejected(BrazeFailure):
-    """Braze refused this request for good (a 4xx); sending it again won't help."""
+    """Braze will not send this request as it stands (a 4xx, or a 2xx with a notice of a
+    paused campaign or Canvas); sending it again won't help until someone changes that."""
 
     may_have_applied = False
 
 
 def recipient_entry(trigger: Trigger, properties: dict) -> dict:
     name = "trigger_properties" if trigger.kind == CAMPAIGN else "context"
-    entry: dict = {"external_user_id": trigger.recipient, name: properties}
+    assert trigger.recipient is not None, "a broadcast has no recipients"
+    entry: dict = {**trigger.recipient.recipient_fields(), name: properties}
     if trigger.attributes:
         entry["attributes"] = trigger.attributes
     return entry
@@ -226,9 +235,12 @@ def _outcome(status: int, headers, raw: bytes, now: float) -> Sent:
     except (ValueError, RecursionError):
         document = None
     document = document if isinstance(document, dict) else {}
-    said = str(document.get("message") or "")[:200]
+    said = _said(document.get("message"))
     if 200 <= status < 300:
         message = said.lower()
+        notice = _said(document.get("notice"))
+        if notice:  # e.g. "The Canvas is paused. Resume the Canvas to ensure ..."
+            raise BrazeRejected(notice, status=status, rate=rate)
         if message in ("success", "queued"):
             return Sent(
                 dispatch_id=str(document.get("dispatch_id") or "")[:128],
@@ -242,17 +254,22 @@ def _outcome(status: int, headers, raw: bytes, now: float) -> Sent:
             rate=rate,
         )
     about = f"Braze answered HTTP {status}" + (f": {said}" if said else "")
-    if status in (429, 503):
+    if status == 429 or 500 <= status < 600:
         wait = retry_after_seconds(headers, now, rate_limited=status == 429)
         raise BrazeNotProcessed(about, status=status, retry_after=wait, rate=rate)
-    if status in (401, 403) or 300 <= status < 400:
+    if status in (401, 403, 404) or 300 <= status < 400:
         # Our key or BRAZE_REST_URL is wrong: every call fails alike until an operator fixes
         # it, and Braze did nothing, so the triggers wait rather than die.
         log.error("Braze refused this service's calls (HTTP %s): check BRAZE_REST_*", status)
         raise BrazeNotProcessed(about, status=status, retry_after=60.0, rate=rate)
     if 400 <= status < 500:
         raise BrazeRejected(about, status=status, rate=rate)
-    raise BrazeOutcomeUnknown(about, status=status, rate=rate)
+    raise BrazeOutcomeUnknown(about, status=status, rate=rate)  # no status HTTP defines
+
+
+def _said(value: object) -> str:
+    """Braze's words from an answer, cut short (an answer is outside input)."""
+    return str(value or "")[:200]
 
 
 def _notes(errors: object) -> tuple[str, ...]:

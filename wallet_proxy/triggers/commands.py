@@ -84,7 +84,7 @@ def _listing(title: str, records: list[Record], counts: dict[str, int]) -> None:
     click.echo(f"\n{title}: {total}{more}")
     for record in records:
         trigger = record.trigger
-        who = trigger.recipient if trigger.recipient is not None else "(broadcast)"
+        who = trigger.recipient.describe() if trigger.recipient is not None else "(broadcast)"
         click.echo(f"  {record.id}  {trigger.target}  {who}  {record.reason}")
 
 

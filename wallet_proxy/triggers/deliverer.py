@@ -7,12 +7,13 @@ One loop, `run_once` at a time:
 2. expire what has waited past WALLET_PROXY_TRIGGER_MAX_AGE (dead letters);
 3. add the wallet where asked (within a budget; -1 when it can't be had in time);
 4. split into calls: a broadcast alone (within Braze's 250 a minute), others up to 50
-   recipients, never one recipient twice in a call;
+   recipients named the same way (external id, Braze id, alias or email), never one
+   recipient or one email address twice in a call (Braze would dedupe them);
 5. per call: mark `sending` (durably), call Braze, then mark by what Braze's answer
    proves: `sent`; `queued` again with a backoff if Braze certainly did nothing (and
    pause every call for as long); `unknown` if it may have delivered; `dead` on a final
-   refusal. A batch refused with a 400 is sent again one trigger at a time, so one bad
-   recipient doesn't sink 49 others.
+   refusal or a paused campaign or Canvas. A batch refused with a 400 is sent again one
+   trigger at a time, so one bad recipient doesn't sink 49 others.
 
 Braze's X-RateLimit-* headers are obeyed before it has to answer 429: when an answer
 says none are left, calls wait for the reset.
@@ -85,30 +86,38 @@ def default_owner() -> str:
 
 
 def loggable(reason: str, records: list[Record]) -> str:
-    """Braze's words for a log line: its messages may quote the recipients' ids, which
-    logs never carry in the clear (the outbox keeps the words as they were)."""
+    """Braze's words for a log line: its messages may quote the recipients' ids or
+    addresses, which logs never carry in the clear (the outbox keeps the words as they were)."""
     for record in records:
-        if record.trigger.recipient:
-            reason = reason.replace(record.trigger.recipient, "<recipient>")
+        trigger = record.trigger
+        named = [trigger.recipient.id] if trigger.recipient is not None else []
+        for word in [*named, *trigger.attributes.values()]:
+            if isinstance(word, str) and word:
+                reason = reason.replace(word, "<recipient>")
     return reason
 
 
 def split_calls(records: list[Record]) -> list[list[Record]]:
-    """Recipients' triggers in calls of at most 50, each recipient at most once per call.
+    """Recipients' triggers in calls of at most 50 named one way (`BrazeUser.kind`), none
+    sharing a recipient or an email address (`Trigger.call_keys`): Braze delivers such
+    duplicates in one call once. Kinds go apart because an external id and an email,
+    say, may name one profile, which we can't tell.
 
     First fit keeps a recipient's triggers in the order they were accepted.
     """
-    calls: list[tuple[list[Record], set]] = []
+    calls: list[tuple[str | None, list[Record], set]] = []
     for record in records:
         recipient = record.trigger.recipient
-        for members, seen in calls:
-            if len(members) < MAX_RECIPIENTS and recipient not in seen:
+        kind = recipient.kind if recipient is not None else None
+        keys = record.trigger.call_keys
+        for call_kind, members, seen in calls:
+            if call_kind == kind and len(members) < MAX_RECIPIENTS and not seen & keys:
                 members.append(record)
-                seen.add(recipient)
+                seen |= keys
                 break
         else:
-            calls.append(([record], {recipient}))
-    return [members for members, _ in calls]
+            calls.append((kind, [record], set(keys)))
+    return [members for _, members, _ in calls]
 
 
 class Deliverer:
@@ -297,7 +306,8 @@ class Deliverer:
             log.warning("%d triggers for %s refused: %s", len(records), target, reason)
             return
         recipient = records[0].trigger.recipient
-        to = UserRef(recipient) if recipient is not None else "everyone"
+        # Its id as SessionM sent it (the alias's name, the address), as `log-id` hashes it.
+        to = UserRef(recipient.id) if recipient is not None else "everyone"
         log.warning("trigger %s for %s to %s refused: %s", records[0].id, target, to, reason)
 
     def _one_by_one(self, records: list[Record], properties: dict[str, dict]) -> None:
@@ -322,7 +332,7 @@ class Deliverer:
         else:
             wait = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempts - 1)) * (0.5 + self.rng() / 2)
         due = now + wait
-        # 429, 503, a refused connection, a refused key: every call would fare the same.
+        # 429, a 5xx, a refused connection, a refused key: every call would fare the same.
         self.paused_until = max(self.paused_until, due)
         log.warning(
             "Braze did not take %d triggers (%s); retrying in %.1f s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .. import metrics
 from ..errors import (
@@ -19,16 +19,25 @@ log = logging.getLogger(__name__)
 
 class Intake:
     def __init__(
-        self, outbox: Outbox, *, max_queued: int, set_email: bool, clock: Callable[[], float]
+        self,
+        outbox: Outbox,
+        *,
+        max_queued: int,
+        set_email: bool,
+        email_prioritization: Sequence[str],
+        clock: Callable[[], float],
     ):
         self.outbox = outbox
         self.max_queued = max_queued
         self.set_email = set_email
+        self.email_prioritization = tuple(email_prioritization)
         self.clock = clock
 
     def accept(self, body: dict, idempotency_key: str | None) -> Accepted:
         """The stored trigger (or the one this repeats); raises into the error tree."""
-        trigger = build_trigger(body, set_email=self.set_email)
+        trigger = build_trigger(
+            body, set_email=self.set_email, prioritization=self.email_prioritization
+        )
         dedupe = Dedupe.of(trigger, idempotency_key)
         try:
             accepted = self.outbox.add(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..braze_users import BrazeUser
+
 CAMPAIGN, CANVAS = "campaign", "canvas"
 
 # Outbox states. `queued` may carry a deliverer's claim (a lease); `sending` is written
@@ -22,7 +24,7 @@ class Trigger:
     kind: str  # CAMPAIGN or CANVAS
     target_id: str  # the Braze campaign or Canvas id
     broadcast: bool
-    recipient: str | None  # Braze external_user_id; None for a broadcast
+    recipient: BrazeUser | None  # None for a broadcast
     attributes: dict  # set on the Braze profile before the send ({} or {"email": ...})
     properties: dict  # flat, every key present; trigger_properties or context
     wallet_user_id: str | None = None  # SessionM user id, when the wallet is to be added
@@ -32,15 +34,39 @@ class Trigger:
         """Triggers with the same target may share one call to Braze."""
         return f"{self.kind}:{self.target_id}"
 
+    @property
+    def recipient_index(self) -> str | None:
+        """How the outbox finds a customer's triggers (BrazeUser.index); None: broadcast."""
+        return self.recipient.index if self.recipient is not None else None
+
+    @property
+    def call_keys(self) -> frozenset[tuple[str, str, str]]:
+        """What one Braze call may hold once only: the recipient, and every email address
+        the trigger names (as its identifier or the attribute set before the send), since
+        Braze dedupes "a duplicated recipient targeting the same address"."""
+        if self.recipient is None:
+            return frozenset()
+        keys = {self.recipient.key}
+        email = self.attributes.get("email")
+        for address in (self.recipient.address, email.casefold() if email else None):
+            if address:
+                keys.add(("address", address, ""))
+        return frozenset(keys)
+
     def to_json(self, *, canonical: bool = False) -> str:
         """`canonical`: keys sorted at every level, so equal triggers give equal text."""
         # Field by field: dataclasses.asdict deep-copies every nested property first.
         fields = {name: getattr(self, name) for name in self.__slots__}
+        if self.recipient is not None:
+            fields["recipient"] = self.recipient.stored()
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=canonical)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Trigger:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        if fields["recipient"] is not None:
+            fields["recipient"] = BrazeUser.from_stored(fields["recipient"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ reading the wallet.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+from ..braze_users import EMAIL, user_from
 from ..errors import InvalidRequest
 from ..wallet import iso_z
 from .model import CAMPAIGN, CANVAS, Trigger
@@ -59,11 +61,18 @@ def object_bytes(value: dict) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
 
 
-def build_trigger(body: dict, *, set_email: bool) -> Trigger:
-    """The trigger to store, or InvalidRequest if Braze would refuse it for its size."""
+def build_trigger(body: dict, *, set_email: bool, prioritization: Sequence[str]) -> Trigger:
+    """The trigger to store, or InvalidRequest if Braze would refuse it for its size.
+
+    The customer's email names them only when no id does (then with `prioritization`);
+    beside an id it is set on the profile before the send when `set_email` asks.
+    """
     kind = CAMPAIGN if body["braze_campaign_id"] else CANVAS
-    customer = body["customer"] or {}
-    attributes = {"email": customer["email"]} if set_email and customer.get("email") else {}
+    customer = body["customer"]
+    recipient = user_from(customer, prioritization=prioritization) if customer else None
+    attributes = {}
+    if set_email and recipient is not None and recipient.kind != EMAIL and customer["email"]:
+        attributes["email"] = customer["email"]
     properties = trigger_properties(body)
     size = object_bytes(properties)
     if size > MAX_OBJECT_BYTES:
@@ -76,8 +85,8 @@ def build_trigger(body: dict, *, set_email: bool) -> Trigger:
         kind=kind,
         target_id=body["braze_campaign_id"] or body["braze_canvas_id"],
         broadcast=body["broadcast"],
-        recipient=customer.get("external_id"),
+        recipient=recipient,
         attributes=attributes,
         properties=properties,
-        wallet_user_id=customer.get("sessionm_user_id") if "wallet" in body["enrich"] else None,
+        wallet_user_id=customer["sessionm_user_id"] if "wallet" in body["enrich"] else None,
     )

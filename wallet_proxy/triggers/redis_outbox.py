@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from ..redis_clients import OUTBOX, connect
 from .model import QUEUED, SENDING, SENT, Record, Trigger
 from .outbox import (
     ALL_STATES,
@@ -258,10 +259,9 @@ class RedisOutbox:
 
     @classmethod
     def from_url(cls, url: str) -> RedisOutbox:
-        # Longer timeouts than the cache's: here a slow answer is better than a lost trigger.
-        client = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
-        )
+        # The outbox profile: longer timeouts than the cache's, as a slow answer is better
+        # than a lost trigger.
+        client = connect(url, OUTBOX)
         return cls(client)
 
     def _run(self, script: Any, args: Sequence[object]) -> Any:
@@ -280,7 +280,7 @@ class RedisOutbox:
                 new_id(),
                 trigger.to_json(),
                 trigger.target,
-                trigger.recipient or "",
+                trigger.recipient_index or "",
                 repr(now),
                 dedupe.key,
                 dedupe.fingerprint,

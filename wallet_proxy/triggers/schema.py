@@ -2,13 +2,12 @@
 
 Strict about shape (an unknown field is refused: a typo must not silently drop an offer's
 title from a message), liberal about values SessionM writes loosely: ids that arrive as
-numbers, null for "nothing", .NET-style dates. Both `braze_campaign_id` and
-`braze_canvas_id` appear in SessionM's template, so an empty or null one counts as absent.
+numbers, null for "nothing", .NET-style dates. SessionM's template carries every field it
+may fill (both `braze_campaign_id` and `braze_canvas_id`, each way of naming the customer),
+so an empty or null one counts as absent.
 """
 
 from __future__ import annotations
-
-import re
 
 from marshmallow import (
     RAISE,
@@ -21,16 +20,11 @@ from marshmallow import (
     validates_schema,
 )
 
+from ..braze_users import BRAZE_ID, EMAIL, EXTERNAL_ID, USER_ALIAS, NotOneUser, check_one_user
 from ..errors import InvalidRequest
-from ..rules import CUSTOMER_ID_RE as ID_RE
-from ..rules import CUSTOMER_ID_RULE as ID_RULE
-from ..rules import MAX_JSON_NUMBER
+from ..rules import BRAZE_ID_RE, BRAZE_ID_RULE, BRAZE_USER_RULES, MAX_JSON_NUMBER
 from ..schemas import Text, UtcDateTime, WholeNumber
 
-BRAZE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
-BRAZE_ID_RULE = "1 to 128 characters of letters, digits, _ and -"
-# Loose on purpose: Braze, not us, decides what an address is; this only stops garbage.
-EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}\Z")
 ENRICHMENTS = ("wallet",)
 TEXT_LIMIT = 10_000
 
@@ -44,28 +38,54 @@ def _text(**kwargs) -> Text:
     return Text(load_default="", validate=validate.Length(max=TEXT_LIMIT), **kwargs)
 
 
-class CustomerSchema(_Strict):
-    external_id = fields.String(
-        required=True,
-        validate=validate.Regexp(ID_RE, error=f"must be {ID_RULE}."),
-        error_messages={"null": "is required."},
-    )
-    email = fields.String(
-        load_default=None,
-        allow_none=True,
-        validate=validate.Regexp(EMAIL_RE, error="must be an email address."),
-    )
-    sessionm_user_id = fields.String(
-        load_default=None,
-        allow_none=True,
-        validate=validate.Regexp(ID_RE, error=f"must be {ID_RULE}."),
-    )
+def _blanks_dropped(data: object) -> object:
+    """A field SessionM's template left empty ("" or null) is a field not given."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if v not in ("", None)}
+    return data
+
+
+def _id_field(kind: str = EXTERNAL_ID, **kwargs) -> fields.String:
+    """A string following the rule for `kind` (an external id by default)."""
+    pattern, rule = BRAZE_USER_RULES[kind]
+    return fields.String(validate=validate.Regexp(pattern, error=f"must be {rule}."), **kwargs)
+
+
+class UserAliasSchema(_Strict):
+    """Braze's user alias object: a name under a label (both required)."""
+
+    alias_name = _id_field(USER_ALIAS, required=True)
+    alias_label = _id_field(USER_ALIAS, required=True)
 
     @pre_load
     def _blank_is_absent(self, data, **_kwargs):
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if not (k != "external_id" and v == "")}
+        return _blanks_dropped(data)
+
+
+class CustomerSchema(_Strict):
+    """Who gets the message: at most one of external_id, braze_id and user_alias (Braze
+    takes one identifier per recipient), else the email (braze_users.user_from)."""
+
+    external_id = _id_field(load_default=None)
+    braze_id = _id_field(BRAZE_ID, load_default=None)
+    user_alias = fields.Nested(UserAliasSchema, load_default=None)
+    email = _id_field(EMAIL, load_default=None)
+    sessionm_user_id = _id_field(load_default=None)
+
+    @pre_load
+    def _blank_is_absent(self, data, **_kwargs):
+        data = _blanks_dropped(data)
+        alias = data.get("user_alias") if isinstance(data, dict) else None
+        if isinstance(alias, dict) and not _blanks_dropped(alias):
+            data = {k: v for k, v in data.items() if k != "user_alias"}  # all of it blank
         return data
+
+    @validates_schema
+    def _one_user(self, data, **_kwargs):
+        try:
+            check_one_user(data)
+        except NotOneUser as exc:
+            raise ValidationError(str(exc)) from None
 
 
 class OfferSchema(_Strict):
@@ -190,6 +210,8 @@ def problem(messages: dict | list) -> str:
         name, found = min(found.items(), key=lambda item: str(item[0]))
         path.append(f"[{name}]" if isinstance(name, int) else str(name))
     text = found[0] if isinstance(found, list) and found else str(found)
+    if len(path) > 1 and path[-1] == "_schema":  # a rule across a section's fields
+        path.pop()
     label = ".".join(path).replace(".[", "[")
     if label in ("", "_schema"):
         return 'The body must be a JSON object like {"braze_campaign_id": "...", ...}.'

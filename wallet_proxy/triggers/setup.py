@@ -75,6 +75,7 @@ def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Trigge
         outbox,
         max_queued=settings.trigger_max_queued,
         set_email=settings.trigger_set_email,
+        email_prioritization=settings.trigger_email_prioritization,
         clock=unix_time,
     )
     return Triggers(outbox, intake, settings.trigger_keys)

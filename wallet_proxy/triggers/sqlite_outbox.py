@@ -289,7 +289,7 @@ class SqliteOutbox:
         db.execute(
             "INSERT INTO outbox (id, target, recipient, body, state, accepted_at, queued_at,"
             " due_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (trigger_id, trigger.target, trigger.recipient, trigger.to_json(), QUEUED)
+            (trigger_id, trigger.target, trigger.recipient_index, trigger.to_json(), QUEUED)
             + (now,) * 4,
         )
         db.execute(
