@@ -154,6 +154,19 @@ def gunicorn(
         _stop(process)
 
 
+# The start of a wrk script that POSTs JSON: each thread numbered (`tid`), each request
+# counted (`counter`), so a script's `request` can make every body or path unique.
+POST_PROLOGUE = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local counter = 0
+"""
+
 DONE_SCRIPT = """
 done = function(summary, latency, requests)
   io.write(string.format(

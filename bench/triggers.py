@@ -20,21 +20,15 @@ import uuid
 from contextlib import contextmanager
 
 import requests
-from common import free_port, gunicorn, sandbox_process, table, wrk
+from common import POST_PROLOGUE, free_port, gunicorn, sandbox_process, table, wrk
 
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY
 
 TRIGGER_KEY = "bench-trigger-key-1"
 PATH = "/v1/braze/triggers"
-POST_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-local counter = 0
+POST_SCRIPT = (
+    POST_PROLOGUE
+    + """
 request = function()
   counter = counter + 1
   local n = "RUN-" .. tostring(tid) .. "-" .. tostring(counter)
@@ -45,6 +39,7 @@ request = function()
   return wrk.format(nil, nil, nil, body)
 end
 """
+)
 
 
 def body(n: str) -> dict:

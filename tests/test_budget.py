@@ -468,6 +468,7 @@ def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock
         SESSIONM_CORE_API_SECRET=DEMO_CORE_API_SECRET,
         WALLET_PROXY_SESSIONM_CORE_RATE=0.5,
         WALLET_PROXY_CORE_TIMEOUT=1,  # the relay waits half of it for budget
+        WALLET_PROXY_TAGS_MODE="direct",
     )
     client = app.test_client()
 

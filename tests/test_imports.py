@@ -20,6 +20,9 @@ FUNCTION_LEVEL = {
     ("wallet_proxy.gunicorn_config", "wallet_proxy.triggers.running"): (
         "a worker hook: the master loads this file and must not load the app"
     ),
+    ("wallet_proxy.gunicorn_config", "wallet_proxy.tags.running"): (
+        "a worker hook: the master loads this file and must not load the app"
+    ),
     ("wallet_proxy.gunicorn_config", "wallet_proxy.factory"): (
         "a worker hook: the master loads this file and must not load the app"
     ),

@@ -19,7 +19,8 @@ import requests
 from tests.helpers import API_KEY, LiveServer, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.factory import close_app
-from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY
+from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
+from wallet_proxy.tags.running import start_in_worker as start_tags_worker
 from wallet_proxy.triggers.running import start_in_worker
 
 PACKAGE = Path(__file__).resolve().parent.parent / "wallet_proxy"
@@ -50,7 +51,8 @@ def app_threads() -> set[threading.Thread]:
 
 def test_closing_an_app_stops_its_threads(env, clock, sandbox, redis_url, tmp_path):
     """An app with everything that starts threads: Redis (the pub/sub listener, the fleet's
-    reporter), flights, the trigger deliverer, the staff pages' password hashing."""
+    reporter), flights, the trigger deliverer, the tags worker and its calls, the staff
+    pages' password hashing."""
     before = app_threads()
     app = create_app(
         {
@@ -61,10 +63,14 @@ def test_closing_an_app_stops_its_threads(env, clock, sandbox, redis_url, tmp_pa
             "BRAZE_REST_URL": sandbox.url,
             "BRAZE_REST_API_KEY": DEMO_BRAZE_API_KEY,
             "WALLET_PROXY_TRIGGER_KEYS": "trigger-key-0123456789",
+            "SESSIONM_CORE_URL": sandbox.url,
+            "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
+            "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
             "WALLET_PROXY_DATA_DIR": str(tmp_path),
         }
     )
     start_in_worker(app)
+    start_tags_worker(app)
     with LiveServer(app) as server:
         for n in range(3):
             answer = requests.get(
@@ -73,6 +79,14 @@ def test_closing_an_app_stops_its_threads(env, clock, sandbox, redis_url, tmp_pa
                 timeout=10,
             )
             assert answer.status_code == 200
+        tagged = requests.post(
+            f"{server.url}/v1/users/user-1/tags",
+            json={"tags": ["visits"]},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=10,
+        )
+        assert tagged.status_code == 202
+    wait_until(lambda: len(sandbox.stats()["core_calls"]) == 1, timeout=10)
     assert app_threads() - before, "the app started no thread: nothing is tested"
     started = time.monotonic()
     close_app(app)

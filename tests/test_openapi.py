@@ -28,7 +28,8 @@ from tests.test_docs import table_rows
 from wallet_proxy import create_app
 from wallet_proxy.cli import DEMO_TRIGGER
 from wallet_proxy.errors import InvalidRequest
-from wallet_proxy.openapi import ROUTES, ErrorAnswer, TagsAnswer, WalletAnswer
+from wallet_proxy.factory import close_app
+from wallet_proxy.openapi import ROUTES, ErrorAnswer, TagsAnswer, TagsQueued, WalletAnswer
 from wallet_proxy.rules import WalletQuerySchema, load_tags, parse_wallet_query
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 
@@ -194,7 +195,10 @@ def test_the_query_schema_states_the_query_rules(query):
     assert (WalletQuerySchema().validate(query) == {}) == accepted
 
 
-def test_tags_answers_match_the_schema(env, sandbox):
+@pytest.mark.parametrize(
+    ("mode", "status", "schema"), [("queued", 202, TagsQueued), ("direct", 200, TagsAnswer)]
+)
+def test_tags_answers_match_the_schema(env, sandbox, tmp_path, mode, status, schema):
     app = create_app(
         {
             **env,
@@ -202,13 +206,16 @@ def test_tags_answers_match_the_schema(env, sandbox):
             "SESSIONM_CORE_URL": sandbox.url,
             "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
             "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
+            "WALLET_PROXY_TAGS_MODE": mode,
+            "WALLET_PROXY_DATA_DIR": str(tmp_path),
         }
     )
     client = app.test_client()
     for body in ({"tags": ["a"]}, {"tags": ["a", "b"], "ttl": 60}):
         response = client.post("/v1/external-users/ext-1/tags", json=body, headers=AUTH)
-        assert response.status_code == 200
-        TagsAnswer().load(response.get_json())
+        assert response.status_code == status
+        schema().load(response.get_json())
+    close_app(app)
 
 
 def test_a_whole_ttl_written_with_a_point_is_a_whole_number():

@@ -36,6 +36,7 @@ def test_an_idempotency_key_sent_20_times_to_two_workers_is_one_sessionm_call(sa
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
         "WALLET_PROXY_SESSIONM_CORE_RATE": "0",
         "WALLET_PROXY_DATA_DIR": str(tmp_path),
+        "WALLET_PROXY_TAGS_MODE": "direct",  # the queued mode dedupes in its own outbox
     }
     with GunicornInstance(sandbox.url, workers=2, **core) as server:
 

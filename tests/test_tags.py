@@ -1,4 +1,7 @@
-"""The tags relay over real HTTP to the sandbox's Core: auth, validation, ids, errors, replays."""
+"""The direct tags relay (WALLET_PROXY_TAGS_MODE=direct) over real HTTP to the sandbox's
+Core: auth, validation, ids, errors, replays. The queued mode's tests (the default) are in
+tests/test_tags_queued.py; the input rules below hold in both modes (the view checks them
+before either)."""
 
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ def core_env(core, tmp_path) -> dict:
         "SESSIONM_CORE_URL": core.url,
         "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
         "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
+        "WALLET_PROXY_TAGS_MODE": "direct",
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
@@ -20,9 +21,10 @@ from wallet_proxy.triggers.outbox import (
     DedupeConflict,
     OutboxError,
     OutboxFull,
+    Queue,
 )
 from wallet_proxy.triggers.redis_outbox import RedisOutbox, persistence_warnings
-from wallet_proxy.triggers.sqlite_outbox import SqliteOutbox
+from wallet_proxy.triggers.sqlite_outbox import FILE_NAME, SqliteOutbox
 
 from .triggers_helpers import trigger as make
 
@@ -335,3 +337,102 @@ def test_the_same_body_in_another_key_order_is_the_same_trigger(outbox):
     first = make(event={"a": 1, "b": {"c": 2, "d": 3}})
     again = make(event={"b": {"d": 3, "c": 2}, "a": 1})
     assert add(outbox, first).trigger_id == add(outbox, again).trigger_id
+
+
+# --- queues: the tags' items beside the triggers, apart ------------------------------------
+
+TAGS_LIKE = Queue("tags-like", "tgl", Trigger.from_json, "a tags worker stopped", "tgl:")
+
+
+def test_each_queue_claims_counts_lists_and_moves_only_its_own(outbox):
+    other = outbox.for_queue(TAGS_LIKE)
+    trigger_id = add(outbox, make("cust-1"), key="k").trigger_id
+    item_id = add(other, make("cust-1"), key="k").trigger_id  # same key: another queue's
+    assert item_id.startswith("tgl_") and item_id != trigger_id
+    assert outbox.counts()[QUEUED] == other.counts()[QUEUED] == 1
+    assert [r.id for r in outbox.recent("cust-1")] == [trigger_id]
+    assert [r.id for r in other.recent("cust-1")] == [item_id]
+    assert outbox.get(item_id) is None and other.get(trigger_id) is None
+    assert [r.id for r in claim(other, owner="w")] == [item_id]
+    assert [r.id for r in claim(outbox, owner="d")] == [trigger_id]
+    assert outbox.move("sending", [item_id], now=T0 + 1, owner="w", lease_until=T0 + 9) == []
+    other.move("sending", [item_id], now=T0 + 1, owner="w", lease_until=T0 + 9)
+    other.move("dead", [item_id], now=T0 + 2, owner="w", reason="no such customer")
+    assert (
+        outbox.listed(DEAD, limit=10) == []
+        and outbox.move("requeue_dead", [item_id], now=T0) == []
+    )
+    assert [r.id for r in other.listed(DEAD, limit=10)] == [item_id]
+
+
+def test_each_queue_has_its_own_bound_and_stale_reason(outbox):
+    other = outbox.for_queue(TAGS_LIKE)
+    add(outbox, make("c-1"), limit=1)
+    assert add(other, make("c-1"), limit=1).created  # the triggers' one doesn't count here
+    with pytest.raises(OutboxFull):
+        add(other, make("c-2"), limit=1)
+    (record,) = claim(other, owner="w")
+    other.move("sending", [record.id], now=T0 + 1, owner="w", lease_until=T0 + 2)
+    claim(other, owner="x", now=T0 + 3)  # the lease ended: settled with the queue's reason
+    assert (other.get(record.id).state, other.get(record.id).reason) == (
+        UNKNOWN,
+        "a tags worker stopped",
+    )
+
+
+def test_without_a_dedupe_every_add_is_an_item_of_its_own(outbox):
+    first = outbox.add(make(), None, now=T0, max_waiting=10)
+    again = outbox.add(make(), None, now=T0, max_waiting=10)
+    assert first.created and again.created and first.trigger_id != again.trigger_id
+
+
+def test_adds_through_each_queue_are_stored_once(outbox):
+    """SQLite's views share one group commit: what one stored, the other must not again."""
+    other = outbox.for_queue(TAGS_LIKE)
+    for n in range(3):
+        outbox.add(make(f"c-{n}"), None, now=T0, max_waiting=10)
+        other.add(make(f"c-{n}"), None, now=T0, max_waiting=10)
+    assert outbox.counts()[QUEUED] == other.counts()[QUEUED] == 3
+
+
+# The schema before queues, as the release before them created it.
+BEFORE_QUEUES = """
+CREATE TABLE outbox (
+    id TEXT PRIMARY KEY, target TEXT NOT NULL, recipient TEXT, body TEXT NOT NULL,
+    state TEXT NOT NULL, accepted_at REAL NOT NULL, queued_at REAL NOT NULL,
+    due_at REAL NOT NULL, owner TEXT NOT NULL DEFAULT '', lease_until REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, dispatch_id TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL
+);
+CREATE INDEX outbox_due ON outbox (state, due_at);
+CREATE TABLE dedupe (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, trigger_id TEXT NOT NULL,
+    expires_at REAL NOT NULL);
+CREATE TABLE counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE broadcasts (at REAL NOT NULL);
+CREATE TRIGGER count_insert AFTER INSERT ON outbox BEGIN
+    UPDATE counts SET n = n + 1 WHERE state = NEW.state;
+END;
+INSERT INTO counts VALUES ('queued', 0), ('sending', 0), ('sent', 0), ('unknown', 0), ('dead', 0);
+"""
+
+
+def test_a_file_from_before_queues_is_brought_up_to_date(tmp_path):
+    with sqlite3.connect(tmp_path / FILE_NAME) as db:
+        db.executescript(BEFORE_QUEUES)
+        for n, state in enumerate((QUEUED, QUEUED, SENT)):
+            db.execute(
+                "INSERT INTO outbox (id, target, recipient, body, state, accepted_at, queued_at,"
+                " due_at, updated_at) VALUES (?, 'campaign:camp-1', 'c', ?, ?, ?, ?, ?, ?)",
+                (f"trg_{n}", make(f"c-{n}").to_json(), state, T0, T0, T0, T0),
+            )
+    box = SqliteOutbox(tmp_path)
+    other = box.for_queue(TAGS_LIKE)
+    assert box.counts() == {QUEUED: 2, SENDING: 0, SENT: 1, UNKNOWN: 0, DEAD: 0}
+    assert other.counts()[QUEUED] == 0
+    assert [r.id for r in claim(box, now=T0 + 1)] == ["trg_0", "trg_1"]
+    add(other, make())
+    assert box.counts()[QUEUED] == 2 and other.counts()[QUEUED] == 1
+    box.close()
+    again = SqliteOutbox(tmp_path)  # and opening it again changes nothing
+    assert again.counts()[SENT] == 1 and again.for_queue(TAGS_LIKE).counts()[QUEUED] == 1
+    again.close()

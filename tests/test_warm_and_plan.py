@@ -1,5 +1,6 @@
 """Before a campaign: `wallet-proxy warm --fresh-for` (with the clock moved by hand) and
-`wallet-proxy plan` (its numbers for fixed inputs, and no SessionM call)."""
+`wallet-proxy plan` (its numbers for fixed inputs, and no SessionM call), for a
+Connected Content send and for a webhook campaign."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from tests.helpers import API_KEY
 from wallet_proxy import create_app
 from wallet_proxy.bulk.commands import warm_all
 from wallet_proxy.bulk.durations import parse_duration, spoken
-from wallet_proxy.bulk.plan import make_plan
+from wallet_proxy.bulk.plan import (
+    CPU_PER_HIT_US,
+    INTAKE_PER_SECOND,
+    make_plan,
+    make_webhook_plan,
+)
 from wallet_proxy.cli import main
 from wallet_proxy.config import Settings
 from wallet_proxy.container import services
@@ -189,7 +195,102 @@ def test_the_plan_shown_in_the_docs_is_the_commands_output(env):
     assert result.output == shown.group(1)
 
 
+def test_plan_says_how_many_cores_a_warmed_send_needs_at_a_delivery_rate(env):
+    """Braze's fastest delivery: 500,000 messages a minute, each rendered twice, every
+    render a cache hit costing CPU_PER_HIT_US, a core counted at 70 %."""
+    alone = make_plan(settings(env, WALLET_PROXY_SESSIONM_RATE=20), 10, 2, None, 500_000)
+    per_second = 500_000 / 60 * 2
+    assert alone.cores == pytest.approx(per_second * CPU_PER_HIT_US["local"] / 1e6 / 0.7)
+    fleet = make_plan(
+        settings(env, WALLET_PROXY_SESSIONM_RATE=20, WALLET_PROXY_REDIS_URL="redis://r:6379/0"),
+        10,
+        2,
+        None,
+        500_000,
+    )
+    assert fleet.cores == pytest.approx(per_second * CPU_PER_HIT_US["redis"] / 1e6 / 0.7)
+    result = CliRunner().invoke(
+        main,
+        ["plan", "--recipients", "10", "--delivery-rate", "60000", "--renders", "3"],
+        env={**env, "WALLET_PROXY_SESSIONM_RATE": "20"},
+    )
+    assert result.exit_code == 0, result.output
+    cores = 60_000 / 60 * 3 * CPU_PER_HIT_US["local"] / 1e6 / 0.7
+    said = "At 60,000 messages a minute (1,000/s x 3 renders), the instances need about"
+    assert f"{said} {cores:.1f} cores" in result.output
+    refused = CliRunner().invoke(
+        main, ["plan", "--recipients", "10", "--delivery-rate", "600000"], env=env
+    )
+    assert refused.exit_code == 2  # past Braze's 500,000 a minute
+
+
 def test_plan_needs_a_budget(env):
     result = CliRunner().invoke(main, ["plan", "--recipients", "10"], env=env)  # rate 0
     assert result.exit_code == 2
     assert "WALLET_PROXY_SESSIONM_RATE is 0" in result.output
+
+
+# --- plan --webhooks -----------------------------------------------------------------------
+
+
+def test_webhook_plan_queued_for_a_segment_of_200_000(env):
+    plan = make_webhook_plan(settings(env, WALLET_PROXY_SESSIONM_CORE_RATE=50), 200_000)
+    assert plan.queued and not plan.bound_limited
+    assert plan.paced == pytest.approx(55 / 1.2)  # 1.1 x 50 in any 1.2 s: 45.8/s
+    assert plan.apply_rate == pytest.approx(0.8 * 55 / 1.2)  # the bulk share: 36.7/s
+    assert plan.per_minute == INTAKE_PER_SECOND * 30  # half a minute of what one instance stores
+    assert plan.send_seconds == pytest.approx(200_000 / (plan.per_minute / 60))
+    assert plan.backlog == round(200_000 - plan.apply_rate * plan.send_seconds)
+    assert plan.applied_after == pytest.approx(200_000 / plan.apply_rate)  # 1 h 30 min
+    assert spoken(plan.applied_after) == "1 h 30 min"
+
+
+def test_webhook_plan_keeps_the_queue_within_its_bound(env):
+    values = {"WALLET_PROXY_SESSIONM_CORE_RATE": 50, "WALLET_PROXY_TAGS_MAX_QUEUED": 100_000}
+    plan = make_webhook_plan(settings(env, **values), 300_000)
+    assert plan.bound_limited
+    assert plan.per_minute == 3219  # 60 x 36.7/s x 300,000 / (300,000 - 95 % of 100,000)
+    assert plan.backlog <= 95_000
+
+
+def test_webhook_plan_direct_is_the_budget(env):
+    values = {"WALLET_PROXY_SESSIONM_CORE_RATE": 50, "WALLET_PROXY_TAGS_MODE": "direct"}
+    plan = make_webhook_plan(settings(env, **values), 200_000)
+    assert not plan.queued
+    assert plan.per_minute == 2612  # 95 % of 45.8/s
+    assert plan.applied_after == plan.send_seconds == pytest.approx(200_000 / (2612 / 60))
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ([], "give exactly one of --recipients and --webhooks"),
+        (["--recipients", "10", "--webhooks", "10"], "give exactly one of"),
+        (["--webhooks", "10", "--renders", "3"], "--renders goes with --recipients"),
+        (["--webhooks", "10", "--send-within", "1h"], "--send-within goes with --recipients"),
+        (["--webhooks", "10", "--delivery-rate", "600"], "--delivery-rate goes with --recipients"),
+    ],
+)
+def test_plan_takes_one_kind_of_send(env, args, says):
+    result = CliRunner().invoke(main, ["plan", *args], env=env)
+    assert result.exit_code == 2 and says in result.output
+
+
+def test_plan_webhooks_needs_a_core_budget(env):
+    result = CliRunner().invoke(main, ["plan", "--webhooks", "10"], env=env)  # Core rate 0
+    assert result.exit_code == 2
+    assert "WALLET_PROXY_SESSIONM_CORE_RATE is 0" in result.output
+
+
+@pytest.mark.parametrize("mode", ["queued", "direct"])
+def test_the_webhook_plans_shown_in_the_docs_are_the_commands_output(env, mode):
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "bulk.md").read_text()
+    blocks = re.findall(r"```\n(SessionM Core budget: [^`]*)```", docs)
+    (shown,) = [block for block in blocks if f" customers, {mode} (" in block]
+    result = CliRunner().invoke(
+        main,
+        ["plan", "--webhooks", "200000"],
+        env={**env, "WALLET_PROXY_SESSIONM_CORE_RATE": "50", "WALLET_PROXY_TAGS_MODE": mode},
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == shown

@@ -33,6 +33,7 @@ from .schemas import EXPIRY_FIELDS, OFFER_FIELDS_READ
 from .serving import CONFIG, gunicorn_command
 from .sessionm import ConnectClient, connect_client
 from .support.staff import MIN_PASSWORD_LENGTH
+from .tags.commands import tags_requeue, tags_status
 from .triggers.commands import triggers_group
 
 DEMO_API_KEY = "demo-api-key-not-secret"
@@ -109,6 +110,8 @@ def check_config(probe: bool, user_id: str | None) -> None:
     click.echo("configuration OK" if not failures else "configuration read, but:")
     click.echo(f"  SessionM Connect: {settings.sessionm_connect_url}")
     core = settings.sessionm_core_url or "not configured (the tags routes answer 503)"
+    if settings.core_configured:
+        core += f"; tags relay: {settings.tags_mode}"
     click.echo(f"  SessionM Core: {core}")
     staff = f"{len(settings.staff_users)} staff users" if settings.staff_users else "off"
     click.echo(f"  API keys: {len(settings.api_keys)}; support pages: {staff}")
@@ -501,6 +504,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             process.kill()
 
 
+tags_group.add_command(tags_status)
+tags_group.add_command(tags_requeue)
 main.add_command(tags_group)
 main.add_command(warm_command)
 main.add_command(plan_command)

@@ -36,7 +36,8 @@ STAFF_NAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}\Z")
 # Environment variables that look like ours: one we don't read is most likely a typo.
 OUR_PREFIXES = ("WALLET_PROXY_", "SESSIONM_", "BRAZE_")
 GUNICORN_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-# The triggers' outbox, and staff sessions and history without Redis.
+TAGS_MODES = ("queued", "direct")
+# The outbox (triggers, queued tags), and staff sessions and history without Redis.
 DEFAULT_DATA_DIR = "/var/lib/wallet-proxy"
 
 
@@ -202,6 +203,15 @@ class Settings:
         default_name="WALLET_PROXY_DEFAULT_CULTURE",
     )
     core_timeout: float = _setting("WALLET_PROXY_CORE_TIMEOUT", "number", 5.0, low=0.1, high=30)
+    # Braze webhooks to SessionM tags (wallet_proxy/tags/): queued (202, then a worker applies
+    # them at Core's budget) or direct (relayed while Braze waits)
+    tags_mode: str = _setting("WALLET_PROXY_TAGS_MODE", "choice", "queued", choices=TAGS_MODES)
+    tags_max_queued: int = _setting(
+        "WALLET_PROXY_TAGS_MAX_QUEUED", "integer", 1_000_000, low=1, high=10**8
+    )
+    tags_max_age: float = _setting(
+        "WALLET_PROXY_TAGS_MAX_AGE", "number", 86_400.0, low=60, high=7 * 86_400
+    )
     max_wallet_offers: int = _setting(
         "WALLET_PROXY_MAX_WALLET_OFFERS", "integer", 10_000, low=1, high=50_000
     )
@@ -237,6 +247,11 @@ class Settings:
     @property
     def triggers_configured(self) -> bool:
         return self.braze_rest_url is not None
+
+    @property
+    def tags_queued(self) -> bool:
+        """Webhooks' tags go through the outbox: Core is configured, the mode is queued."""
+        return self.core_configured and self.tags_mode == "queued"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], needs: Sequence[Part] = SERVICE) -> Settings:

@@ -64,7 +64,7 @@ class Services:
     core: CoreClient | None  # None: SessionM Core is not configured
     connect_budget: Budget  # requests/s to SessionM Connect, for the whole fleet
     core_budget: Budget  # the same for Core
-    idempotency: Idempotency | None  # None: SessionM Core is not configured
+    idempotency: Idempotency | None  # None: no direct tags relay (no Core, or queued tags)
     _closers: list[Callable[[], object]] = field(default_factory=list)
 
     def unix_time(self) -> float:
@@ -189,7 +189,7 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     if shared is not None:
         closers.append(shared.close)
     idempotency = None
-    if settings.core_configured:
+    if settings.core_configured and not settings.tags_queued:  # queued: the outbox dedupes
         store = shared_store(
             settings, shared, unix_time, database=IDEMPOTENCY_DATABASE, prefix=IDEMPOTENCY_PREFIX
         )

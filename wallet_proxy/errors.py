@@ -201,6 +201,24 @@ class TriggerStoreUnavailable(WalletProxyError):
     retry_after = 5
 
 
+class TagsQueueFull(WalletProxyError):
+    """WALLET_PROXY_TAGS_MAX_QUEUED webhooks wait for SessionM already; nothing was stored."""
+
+    status = 503
+    code = "tags_queue_full"
+    message = "Too many webhooks' tags are waiting for SessionM; try again later."
+    retry_after = 30
+
+
+class TagsStoreUnavailable(WalletProxyError):
+    """The queued tags' store (the outbox: disk or Redis) failed; nothing was stored."""
+
+    status = 503
+    code = "tags_store_unavailable"
+    message = "The tags queue is unavailable; nothing was accepted. Try again shortly."
+    retry_after = 5
+
+
 def error_body(error: WalletProxyError) -> dict:
     return {"error": {"code": error.code, "message": error.message}}
 

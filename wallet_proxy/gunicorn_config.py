@@ -114,11 +114,14 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Offer each worker as the instance's trigger deliverer; a lock lets exactly one
-    deliver (wallet_proxy/triggers/running.py), and another takes over if it dies."""
+    """Offer each worker as the instance's trigger deliverer and tags worker; a lock each
+    lets exactly one do it (wallet_proxy/triggers/running.py, wallet_proxy/tags/running.py),
+    and another takes over if it dies."""
+    from wallet_proxy.tags.running import start_in_worker as start_tags_worker
     from wallet_proxy.triggers.running import start_in_worker
 
     start_in_worker(worker.wsgi)
+    start_tags_worker(worker.wsgi)
 
 
 def worker_exit(server, worker):

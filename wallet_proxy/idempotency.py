@@ -76,7 +76,8 @@ def fingerprint(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _record_key(scope: tuple[str, ...]) -> str:
+def scope_digest(scope: tuple[str, ...]) -> str:
+    """One key's record, whatever the key holds: (route, customer id, Idempotency-Key)."""
     return hashlib.sha256(json.dumps(scope).encode()).hexdigest()
 
 
@@ -91,7 +92,7 @@ class Idempotency:
         self, scope: tuple[str, ...], body: dict, call: Callable[[], Answer], *, resend_safe: bool
     ) -> tuple[Answer, bool]:
         """(answer, replayed). `resend_safe`: SessionM applying the body twice is harmless."""
-        key = _record_key(scope)
+        key = scope_digest(scope)
         pending = {"state": "pending", "fingerprint": fingerprint(body)}
         claim = json.dumps({**pending, "token": secrets.token_hex(16)})
         try:
@@ -110,7 +111,7 @@ class Idempotency:
         try:
             answer = call()
         except WalletProxyError as error:
-            if _changed_nothing(error) or (resend_safe and not isinstance(error, NotApplied)):
+            if changed_nothing(error) or (resend_safe and not isinstance(error, NotApplied)):
                 self._quietly(self.store.delete_if, key, claim)
             else:
                 self._keep(key, pending, Answer.of_error(error))
@@ -144,7 +145,7 @@ class Idempotency:
             log.warning("idempotency store update failed: %s", type(exc).__name__)
 
 
-def _changed_nothing(error: WalletProxyError) -> bool:
+def changed_nothing(error: WalletProxyError) -> bool:
     """Refusals a retry should really retry: SessionM (or we) declined before doing anything,
     for now rather than for good (unlike an unknown user or a 400, which are answers)."""
     return isinstance(error, NotApplied) and isinstance(

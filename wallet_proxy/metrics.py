@@ -45,6 +45,7 @@ R = TypeVar("R")
 
 CACHE_RESULTS: tuple[CacheResult, ...] = ("hit", "stale", "negative", "miss")
 TriggerOutcome = Literal["accepted", "repeat", "sent", "retry", "unknown", "dead"]
+TagsOutcome = Literal["accepted", "repeat", "applied", "retry", "unknown", "dead"]
 BREAKER_LEVELS = {"closed": 0, "half-open": 1, "open": 2}
 
 # Braze gives up at 2 s and the service answers by WALLET_PROXY_DEADLINE (1.5 s): the
@@ -140,6 +141,19 @@ TRIGGER_QUEUE = Gauge(
     "Triggers waiting for Braze (queued or being sent) in this instance's outbox.",
     multiprocess_mode="livesum",
 )
+QUEUED_TAGS = Counter(
+    "wallet_proxy_queued_tags",
+    "Webhooks' tags (WALLET_PROXY_TAGS_MODE=queued) by what happened to them: accepted, "
+    "repeat (an earlier webhook answered), applied, retry, unknown (SessionM may have "
+    "them), dead.",
+    ["outcome"],
+)
+# Set by the one tags worker of an instance, as the trigger queue's depth is.
+TAGS_QUEUE = Gauge(
+    "wallet_proxy_tags_queue_depth",
+    "Webhooks' tags waiting for SessionM (queued or being applied) in this instance's outbox.",
+    multiprocess_mode="livesum",
+)
 
 LOG_LINES_DROPPED = Counter(
     "wallet_proxy_log_lines_dropped",
@@ -148,6 +162,7 @@ LOG_LINES_DROPPED = Counter(
 
 _cache_children = {result: CACHE.labels(result) for result in CACHE_RESULTS}
 _trigger_children = {outcome: TRIGGERS.labels(outcome) for outcome in get_args(TriggerOutcome)}
+_tags_children = {outcome: QUEUED_TAGS.labels(outcome) for outcome in get_args(TagsOutcome)}
 # Resolved once per (route, status): `labels()` costs more than the increment itself.
 _answer_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
@@ -265,6 +280,14 @@ def trigger_outcome(outcome: TriggerOutcome, count: int = 1) -> None:
 
 def trigger_queue_depth(depth: int) -> None:
     TRIGGER_QUEUE.set(depth)
+
+
+def tags_outcome(outcome: TagsOutcome, count: int = 1) -> None:
+    _tags_children[outcome].inc(count)
+
+
+def tags_queue_depth(depth: int) -> None:
+    TAGS_QUEUE.set(depth)
 
 
 def log_line_dropped() -> None:

@@ -30,11 +30,13 @@ from .rules import (
     TagsBody,
     WalletQuerySchema,
 )
+from .tags.model import state_word
 from .triggers.model import STATES
 from .triggers.schema import TriggerBody
 from .version import __version__
 
 bp = Blueprint("openapi", __name__)
+TAGGING_STATES = [state_word(state) for state in STATES]
 
 
 def init_app(app: Flask, found: Services) -> None:
@@ -127,6 +129,15 @@ class TagsAnswer(_Strict):
     )
 
 
+class TagsQueued(TagsAnswer):
+    tagging_id = fields.String(required=True)
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(TAGGING_STATES),
+        metadata={"description": "The tagging's state now (a repeat answers the first's)."},
+    )
+
+
 class TriggerAccepted(_Strict):
     trigger_id = fields.String(required=True)
     status = fields.String(
@@ -170,8 +181,9 @@ REQUEST_ID = {
 
 @dataclass(frozen=True)
 class Route:
-    """One documented operation. `ok` is the schema of its 200 answer; every other status
-    in `statuses` answers the error shape (with the meaning in STATUSES unless given)."""
+    """One documented operation. `ok` is the schema of its `ok_status` answer, `also_ok`
+    other successes (status: meaning and schema); every other status in `statuses` answers
+    the error shape (with the meaning in STATUSES unless given)."""
 
     method: str
     path: str  # OpenAPI's template: /v1/wallets/{user_id}
@@ -185,11 +197,14 @@ class Route:
     secured: bool = True
     ok_status: int = 200
     description: str = ""
+    also_ok: Mapping[int, tuple[str, type[Schema]]] = field(default_factory=dict)
 
     def operation(self) -> dict[str, Any]:
         responses: dict[str, Any] = {
             str(self.ok_status): _answer("OK", self.ok, {**REQUEST_ID, **self.ok_headers}),
         }
+        for status, (success, schema) in self.also_ok.items():
+            responses[str(status)] = _answer(success, schema, {**REQUEST_ID, **self.ok_headers})
         for status, meaning in sorted(self.statuses.items()):
             headers = {**REQUEST_ID, **(RETRY_AFTER if status in (409, 503) else {})}
             responses[str(status)] = _answer(meaning or STATUSES[status], ErrorAnswer, headers)
@@ -248,13 +263,14 @@ REPLAYED = {
 TAGS_STATUSES: dict[int, str | None] = {
     400: None,
     401: None,
-    404: "SessionM Core does not know this customer.",
+    404: "Direct mode: SessionM Core does not know this customer.",
     409: None,
     413: None,
     422: None,
-    502: None,
-    503: "SessionM is unavailable or SessionM Core is not configured; see Retry-After.",
-    504: None,
+    502: "Direct mode: SessionM answered with something unusable.",
+    503: "SessionM Core is not configured; queued mode: the queue is full or can't store; "
+    "direct mode: SessionM is unavailable. See Retry-After.",
+    504: "Direct mode: SessionM did not answer within the deadline.",
 }
 
 # Every API route, once. A new route is one more entry here.
@@ -284,11 +300,21 @@ ROUTES: list[Route] = [
             path,
             f"Tag a customer by {named_by} (Braze webhook to SessionM Core)",
             "tags",
-            TagsAnswer,
+            TagsQueued,
             TAGS_STATUSES,
             parameters=(CUSTOMER_ID, IDEMPOTENCY_KEY),
             body=TagsBody,
             ok_headers=REPLAYED,
+            ok_status=202,
+            also_ok={
+                200: (
+                    "Direct mode (WALLET_PROXY_TAGS_MODE=direct): SessionM applied the tags.",
+                    TagsAnswer,
+                )
+            },
+            description="Queued mode (the default): 202 once stored durably; a worker applies "
+            "the tags to SessionM Core at Core's budget, at most once each. A repeat (same "
+            "Idempotency-Key within 24 hours) answers the first tagging's id and state.",
         )
         for path, named_by in (
             ("/v1/users/{user_id}/tags", "SessionM user id"),

@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import ConfigError, Settings, declared_variables
 from .idempotency import DATABASE as IDEMPOTENCY_DATABASE
 from .stores import DATABASE
+from .tags.running import LOCK_FILE as TAGS_LOCK_FILE
 from .triggers.running import LOCK_FILE
 from .triggers.sqlite_outbox import FILE_NAME
 
@@ -45,9 +46,11 @@ def data_dir_uses(settings: Settings) -> list[str]:
     uses = []
     if settings.triggers_configured:
         uses.append("the triggers' deliverer lock" if settings.redis_url else "the trigger outbox")
+    if settings.tags_queued:
+        uses.append("the tags worker's lock" if settings.redis_url else "the queued tags' outbox")
     if settings.staff_users and not settings.redis_url:
         uses.append("the staff sessions")
-    if settings.core_configured and not settings.redis_url:
+    if settings.core_configured and not settings.tags_queued and not settings.redis_url:
         uses.append("the Idempotency-Key records")
     return uses
 
@@ -67,6 +70,7 @@ def _data_files() -> list[str]:
     """The files start-up opens in the data folder (SQLite's journals beside its databases)."""
     return [
         LOCK_FILE,
+        TAGS_LOCK_FILE,
         *(
             f"{db}{end}"
             for db in (DATABASE, IDEMPOTENCY_DATABASE, FILE_NAME)

@@ -163,7 +163,7 @@ def _planned(scratch: Scratch, unknown_policy: str) -> Iterator[tuple[str, Row]]
 
 @click.group("tags")
 def tags_group() -> None:
-    """SessionM customer tags in bulk."""
+    """SessionM customer tags: in bulk from a CSV, and the queued webhooks' tags."""
 
 
 @tags_group.command("import")

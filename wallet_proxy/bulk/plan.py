@@ -1,8 +1,11 @@
 """`wallet-proxy plan`: before a send, what the budget allows, in plain words and numbers.
 
-Pure arithmetic on the settings (no SessionM call, no Redis): how long a warm-up of N
-customers takes, the Braze delivery rate limit that keeps a cold send inside the
-budget, what happens when Braze sends faster, and the snippet to use.
+Pure arithmetic on the settings (no SessionM call, no Redis), for one kind of send per
+run. `--recipients N` (Connected Content): how long a warm-up of N customers takes, the
+Braze delivery rate limit that keeps a cold send inside the budget, what happens when
+Braze sends faster, and the snippet to use. `--webhooks N` (a webhook campaign tagging
+N customers): the delivery rate to set in Braze for the relay's intake, and how long
+SessionM Core takes to apply them (see `make_webhook_plan`).
 
 The model, which bench/campaign.py measures against (docs/benchmarks.md):
 - through the service each message costs one SessionM request however many times
@@ -23,6 +26,7 @@ import click
 
 from ..budget import PROMISE, paced_rate
 from ..config import Settings
+from ..tags.worker import WORKER_PRIORITY
 from .commands import load_settings
 from .csvinput import BadInput
 from .durations import Duration, spoken
@@ -33,7 +37,22 @@ RETRY_BACKOFF = (2, 4, 8, 16, 32)  # Braze's :retry, seconds before each retry
 MIN_FRESH_FOR, MAX_FRESH_FOR = 60.0, 4 * 3600.0
 FRESH_FOR_STEP = 15 * 60
 UNHEALTHY_FAILURES, UNHEALTHY_SHARE = 3000, 0.9  # per minute: Braze stops calling the host
+# Webhooks one instance (2 workers on 2 cores, the outbox in SQLite) stores per second, at
+# least: bench/webhooks.py measures it and fails below it (the triggers, the same write,
+# stored 656/s on a quiet machine: docs/benchmarks.md). And the share of it the delivery
+# rate may use: Braze "will try to evenly distribute the message sends throughout the
+# minute, but can't guarantee this", so a minute's webhooks may come in its first half.
+INTAKE_PER_SECOND = 400
+INTAKE_SHARE = 0.5
+QUEUE_HEADROOM = 0.95  # of WALLET_PROXY_TAGS_MAX_QUEUED, the most a plan lets wait
+BRAZE_ABORTS_AFTER = 72 * 3600  # "messages will be aborted if they're delayed 72 hours"
 FASTER = (2, 3, 10)  # delivery rates shown, as multiples of the budget
+# CPU a warmed render costs the service (a fresh cache hit, its request line and metrics
+# included), in microseconds: bench/hits.py (a worker's own cache) and bench/redis_hits.py
+# (hits read from a shared Redis, the fleet's case) on a 2-core machine, docs/benchmarks.md.
+CPU_PER_HIT_US = {"local": 150.0, "redis": 360.0}
+CPU_UTILISATION = 0.7  # of each core a plan counts on: bursts, refreshes, the rest
+BRAZE_DELIVERY_RATES = (10, 500_000)  # Braze's delivery rate limit, messages per minute
 SNIPPET = (
     "{% connected_content https://YOUR-HOST/v1/wallets/{{${user_id}}} "
     ":basic_auth wallet_proxy :retry :save wallet %}\n"
@@ -65,10 +84,17 @@ class Plan:
     fresh_for: float  # the --fresh-for the warm-up and the send need (may pass the maximum)
     send_within: float | None
     faster: tuple[Faster, ...]
+    delivery_rate: int | None  # messages per minute a warmed send goes at, if given
+    cores: float | None  # cores the service needs for a warmed send at that rate
+    hit_us: float  # CPU per warmed render it counts with
 
 
 def make_plan(
-    settings: Settings, recipients: int, renders: int, send_within: float | None
+    settings: Settings,
+    recipients: int,
+    renders: int,
+    send_within: float | None,
+    delivery_rate: int | None = None,
 ) -> Plan:
     rate = settings.sessionm_rate
     paced = paced_rate(rate)
@@ -88,7 +114,18 @@ def make_plan(
         fresh_for=max(3600.0, fresh_for),
         send_within=send_within,
         faster=tuple(_faster(recipients, renders, paced, k * rate) for k in FASTER),
+        delivery_rate=delivery_rate,
+        cores=None if delivery_rate is None else warm_cores(settings, delivery_rate, renders),
+        hit_us=CPU_PER_HIT_US["redis" if settings.redis_url else "local"],
     )
+
+
+def warm_cores(settings: Settings, per_minute: int, renders: int) -> float:
+    """Cores the service's instances need for a warmed send at `per_minute` messages: each
+    message is `renders` cache hits, each costing CPU_PER_HIT_US, and a core is counted at
+    CPU_UTILISATION."""
+    hit_us = CPU_PER_HIT_US["redis" if settings.redis_url else "local"]
+    return per_minute / 60 * renders * hit_us / 1e6 / CPU_UTILISATION
 
 
 def _faster(recipients: int, renders: int, rate: float, per_second: float) -> Faster:
@@ -126,6 +163,15 @@ def describe(plan: Plan, settings: Settings) -> str:
         f"  Past that, wallets are served stale for up to {spoken(settings.stale_ttl)} "
         "(WALLET_PROXY_STALE_TTL) while background refreshes renew them.",
     ]
+    if plan.delivery_rate is not None and plan.cores is not None:
+        where = "read from Redis" if settings.redis_url else "from a worker's own cache"
+        lines.append(
+            f"  At {plan.delivery_rate:,} messages a minute ({plan.delivery_rate / 60:,.0f}/s x "
+            f"{plan.renders} renders), the instances need about {plan.cores:.1f} cores "
+            f"(at least {max(1, math.ceil(plan.cores))}): a warmed render costs about "
+            f"{plan.hit_us:.0f} us of CPU ({where}), and each core is counted at "
+            f"{CPU_UTILISATION:.0%}."
+        )
     if plan.fresh_for > MAX_FRESH_FOR:
         lines.append(
             f"  Too long: --fresh-for is at most {spoken(MAX_FRESH_FOR)}. Warm and send the "
@@ -170,6 +216,141 @@ def describe(plan: Plan, settings: Settings) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class WebhookPlan:
+    """A webhook campaign tagging `webhooks` customers, in the configured tags mode."""
+
+    webhooks: int
+    queued: bool  # WALLET_PROXY_TAGS_MODE
+    rate: float  # Core's requests/s for the fleet
+    paced: float  # what Core's budget sustains of it
+    apply_rate: float  # tags applied per second
+    per_minute: int  # the delivery rate to set in Braze
+    send_seconds: float  # for Braze to send every webhook once
+    applied_after: float  # from the send's start to the last tagging applied
+    backlog: int  # the most taggings waiting in the queue at once
+    bound_limited: (
+        bool  # the rate is lower than the intake allows, for WALLET_PROXY_TAGS_MAX_QUEUED
+    )
+
+
+def make_webhook_plan(settings: Settings, webhooks: int) -> WebhookPlan:
+    """Queued: Braze may send as fast as one instance stores webhooks (INTAKE_PER_SECOND,
+    with room for Braze's uneven minute), unless the queue would pass its bound
+    (WALLET_PROXY_TAGS_MAX_QUEUED); the worker applies them at the bulk share of what Core's
+    budget sustains. Direct: each webhook waits for its own Core call, so Braze's rate is
+    95 % of what the budget sustains, like a cold send's."""
+    rate = settings.sessionm_core_rate
+    paced = paced_rate(rate)
+    queued = settings.tags_mode == "queued"
+    if not queued:
+        per_minute = max(1, math.floor(paced * 60 * COLD_HEADROOM))
+        send_seconds = webhooks / (per_minute / 60)
+        return WebhookPlan(
+            webhooks,
+            False,
+            rate,
+            paced,
+            per_minute / 60,
+            per_minute,
+            send_seconds,
+            send_seconds,
+            0,
+            False,
+        )
+    apply_rate = paced * settings.bulk_share
+    per_minute = math.floor(INTAKE_PER_SECOND * 60 * INTAKE_SHARE)
+    bound = settings.tags_max_queued * QUEUE_HEADROOM
+    bound_limited = False
+    if webhooks > bound:
+        # The queue grows by (rate - apply_rate) for the send's length: at its end, it
+        # holds webhooks - apply_rate x webhooks / rate, which must stay within the bound.
+        under_bound = math.floor(60 * apply_rate * webhooks / (webhooks - bound))
+        if under_bound < per_minute:
+            per_minute, bound_limited = max(1, under_bound), True
+    send_seconds = webhooks / (per_minute / 60)
+    backlog = max(0, round(webhooks - apply_rate * send_seconds))
+    applied_after = max(send_seconds, webhooks / apply_rate)
+    return WebhookPlan(
+        webhooks,
+        True,
+        rate,
+        paced,
+        apply_rate,
+        per_minute,
+        send_seconds,
+        applied_after,
+        backlog,
+        bound_limited,
+    )
+
+
+def describe_webhooks(plan: WebhookPlan, settings: Settings) -> str:
+    n = f"{plan.webhooks:,}"
+    where = "campaign: Target Audiences, Delivery speed rate limiting; Canvas: Send Settings"
+    budget = (
+        f"SessionM Core budget: {plan.rate:g} requests/s for the whole fleet "
+        f"(WALLET_PROXY_SESSIONM_CORE_RATE), sustained at {plan.paced:.3g}/s."
+    )
+    halt = (
+        "Braze halts a host for a minute after 3,000 failed webhooks in a minute, and "
+        "retries a webhook at most 5 times in 30 minutes: a tag not taken by then is lost."
+    )
+    if not plan.queued:
+        return "\n".join(
+            [
+                budget,
+                "",
+                f"Webhook campaign tagging {n} customers, direct (WALLET_PROXY_TAGS_MODE=direct): "
+                "each webhook waits for SessionM Core's answer.",
+                f"  Set the delivery speed in Braze ({where}) to at most "
+                f"{plan.per_minute:,} webhooks per minute: {COLD_HEADROOM:.0%} of what the "
+                "budget sustains. Faster, the webhooks the budget can't serve within half of "
+                "WALLET_PROXY_CORE_TIMEOUT get 503.",
+                f"  Braze sends them, and SessionM applies them, in about "
+                f"{spoken(plan.send_seconds)}.",
+                f"  {halt} The halt is per host name: give the relay a host name of its own, "
+                "apart from Connected Content's (docs/braze.md).",
+            ]
+        )
+    share = settings.bulk_share
+    lines = [
+        budget,
+        "",
+        f"Webhook campaign tagging {n} customers, queued (WALLET_PROXY_TAGS_MODE=queued): "
+        "the relay answers 202 once a webhook is stored, and one worker per instance "
+        "applies the tags to SessionM Core.",
+        f"  Set the delivery speed in Braze ({where}) to at most {plan.per_minute:,} "
+        "webhooks per minute.",
+    ]
+    if plan.bound_limited:
+        lines.append(
+            f"  That keeps the queue within WALLET_PROXY_TAGS_MAX_QUEUED "
+            f"({settings.tags_max_queued:,}) while SessionM applies them."
+        )
+    else:
+        lines.append(
+            f"  One instance stores at least {INTAKE_PER_SECOND:,} webhooks/s "
+            "(docs/benchmarks.md); Braze may send a minute's webhooks in its first half, "
+            f"so this is {INTAKE_SHARE:.0%} of that."
+        )
+    lines += [
+        f"  Braze sends them in about {spoken(plan.send_seconds)}; up to {plan.backlog:,} "
+        f"wait in the queue at once (WALLET_PROXY_TAGS_MAX_QUEUED: {settings.tags_max_queued:,}).",
+        f"  SessionM applies {plan.apply_rate:.3g} taggings/s: the tags worker takes Core's "
+        f"budget at the {WORKER_PRIORITY.value} priority, {share:.0%} of what it sustains "
+        "(WALLET_PROXY_SESSIONM_BULK_SHARE), after any direct call. The last is applied "
+        f"about {spoken(plan.applied_after)} after the send starts.",
+        f"  Faster than that, webhooks the relay can't store in time fail. {halt}",
+    ]
+    if plan.send_seconds > BRAZE_ABORTS_AFTER:
+        lines.append(
+            "  Too slow for Braze: it aborts a message delayed 72 hours by the rate limit. "
+            "Send the segment in parts."
+        )
+    return "\n".join(lines)
+
+
 def _option(seconds: float) -> str:
     hours, rest = divmod(round(seconds), 3600)
     minutes = rest // 60
@@ -179,29 +360,66 @@ def _option(seconds: float) -> str:
 @click.command("plan")
 @click.option(
     "--recipients",
-    required=True,
     type=click.IntRange(1, 100_000_000),
-    help="Customers in the send.",
+    help="Customers in a Connected Content send.",
+)
+@click.option(
+    "--webhooks",
+    type=click.IntRange(1, 100_000_000),
+    help="Customers a webhook campaign tags (the tags relay).",
 )
 @click.option(
     "--renders",
     default=2,
     show_default=True,
     type=click.IntRange(1, 10),
-    help="Connected Content calls Braze makes per message (HTML, plain text, AMP).",
+    help="With --recipients: Connected Content calls Braze makes per message (HTML, plain "
+    "text, AMP).",
 )
 @click.option(
     "--send-within",
     type=Duration(60, 7 * 86_400),
-    help="How long the send may take, e.g. 2h.",
+    help="With --recipients: how long the send may take, e.g. 2h.",
 )
-def plan_command(recipients: int, renders: int, send_within: float | None) -> None:
-    """Before a send: how long warming takes, the Braze delivery rate to set, what happens
-    if Braze sends faster, and the snippet to use. Calls nothing."""
+@click.option(
+    "--delivery-rate",
+    type=click.IntRange(*BRAZE_DELIVERY_RATES),
+    help="With --recipients: the Braze delivery rate limit of a warmed send (messages per "
+    "minute), to say how many cores the service needs for it.",
+)
+@click.pass_context
+def plan_command(
+    ctx: click.Context,
+    recipients: int | None,
+    webhooks: int | None,
+    renders: int,
+    send_within: float | None,
+    delivery_rate: int | None,
+) -> None:
+    """Before a send, calling nothing. --recipients N: how long warming takes, the Braze
+    delivery rate to set, what happens if Braze sends faster, and the snippet to use.
+    --webhooks N: the delivery rate to set for the tags relay, and how long SessionM takes
+    to apply the tags."""
+    if (recipients is None) == (webhooks is None):
+        raise click.UsageError("give exactly one of --recipients and --webhooks")
     settings = load_settings()
+    if webhooks is not None:
+        for name in ("renders", "send_within", "delivery_rate"):
+            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+                option = "--" + name.replace("_", "-")
+                raise click.UsageError(f"{option} goes with --recipients, not --webhooks")
+        if not settings.sessionm_core_rate:
+            raise BadInput(
+                "WALLET_PROXY_SESSIONM_CORE_RATE is 0 (no budget): set SessionM Core's "
+                "requests per second to plan against"
+            )
+        click.echo(describe_webhooks(make_webhook_plan(settings, webhooks), settings))
+        return
+    assert recipients is not None
     if not settings.sessionm_rate:
         raise BadInput(
             "WALLET_PROXY_SESSIONM_RATE is 0 (no budget): set SessionM's requests per second "
             "to plan against"
         )
-    click.echo(describe(make_plan(settings, recipients, renders, send_within), settings))
+    plan = make_plan(settings, recipients, renders, send_within, delivery_rate)
+    click.echo(describe(plan, settings))

@@ -35,6 +35,7 @@ from ..schemas import EXPIRY_FIELDS
 from ..wallet import EXPIRED, NOT_REDEEMABLE, days_left, iso_z, live_view
 from ..wallet_service import Lookup
 from . import listing, staff
+from . import tags as tag_pages
 from . import triggers as trigger_pages
 from .blueprint import bp
 from .state import EXTENSION, build_state
@@ -66,8 +67,8 @@ def init_app(app: Flask, found: Services) -> None:
     if found.settings.secret_key:
         app.secret_key = found.settings.secret_key
     app.session_interface = staff.StaffSessionInterface()
-    # The trigger pages are on the same blueprint (its guard, its CSRF): imported above.
-    assert trigger_pages.bp is bp
+    # The trigger and tags pages are on the same blueprint (its guard, its CSRF): imported above.
+    assert trigger_pages.bp is bp and tag_pages.bp is bp
     app.register_blueprint(bp)
 
 

@@ -1,5 +1,5 @@
-"""The support pages' blueprint, in a module of its own: the wallet pages (support/__init__.py)
-and the trigger pages (support/triggers.py) both add routes to it."""
+"""The support pages' blueprint, in a module of its own: the wallet pages (support/__init__.py),
+the trigger pages (support/triggers.py) and the tags pages (support/tags.py) add routes to it."""
 
 from flask import Blueprint
 

@@ -1,6 +1,6 @@
 """Support pages for SessionM-triggered Braze messages: a customer's recent triggers (by
 any identifier Braze takes), and the dead letters with a re-queue button (a POST with the
-form's CSRF token)."""
+form's CSRF token; `requeue_dead_letter` serves every queue's, the queued tags' too)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flask import flash, redirect, render_template, request, url_for
 
 from ..braze_users import EXTERNAL_ID, KINDS, USER_ALIAS, BrazeUser
 from ..container import services
-from ..errors import NotConfigured, TriggerStoreUnavailable
+from ..errors import NotConfigured, TriggerStoreUnavailable, WalletProxyError
 from ..rules import check_braze_user
 from ..triggers.model import DEAD
 from ..triggers.outbox import Outbox, OutboxError
@@ -61,18 +61,36 @@ def triggers():
 
 @bp.post("/triggers/<trigger_id>/requeue")
 def requeue_trigger(trigger_id: str):
-    search = _search(request.form)
+    query: dict[str, Any] = _search(request.form).query()
+    return requeue_dead_letter(
+        _outbox(),
+        trigger_id,
+        again=f"Trigger {trigger_id} is queued for Braze again.",
+        unavailable=TriggerStoreUnavailable,
+        back_to=url_for(".triggers", **query),
+    )
+
+
+def requeue_dead_letter(
+    outbox: Outbox,
+    item_id: str,
+    *,
+    again: str,
+    unavailable: type[WalletProxyError],
+    back_to: str,
+):
+    """A re-queue button's POST: the dead letter queued again (`again` says so) or a note
+    that it is not one, then back to the page it came from."""
     now = services().clock().timestamp()
     try:
-        moved = _outbox().move("requeue_dead", [trigger_id], now=now)
+        moved = outbox.move("requeue_dead", [item_id], now=now)
     except OutboxError:
-        raise TriggerStoreUnavailable() from None
+        raise unavailable() from None
     if moved:
-        flash(f"Trigger {trigger_id} is queued for Braze again.")
+        flash(again)
     else:
-        flash(f"Trigger {trigger_id} is not a dead letter (any more).", "error")
-    query: dict[str, Any] = search.query()
-    return redirect(url_for(".triggers", **query), 303)
+        flash(f"{item_id} is not a dead letter (any more).", "error")
+    return redirect(back_to, 303)
 
 
 @dataclass(frozen=True)

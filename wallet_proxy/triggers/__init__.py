@@ -15,17 +15,18 @@ from flask import Flask
 
 from ..container import Services
 from . import running
-from .setup import EXTENSION, build_triggers
+from .setup import EXTENSION, build_triggers, shared_outbox
 from .views import bp
 
 
 def init_app(app: Flask, found: Services) -> None:
     """The trigger route, the outbox and intake behind it, and this process's deliverer
     (started by the service's launcher, running.py); closed with the app."""
-    triggers = build_triggers(found.settings, found.unix_time)
+    triggers = None
+    if found.settings.triggers_configured:
+        triggers = build_triggers(found.settings, shared_outbox(app, found), found.unix_time)
     app.extensions[EXTENSION] = triggers
     if triggers is not None:
-        found.on_close(triggers.outbox.close)
         deliverer = running.deliverer_loop(app)
         app.extensions[running.EXTENSION] = deliverer
         found.on_close(lambda: deliverer.stop(running.STOP_WAIT))

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import click
 from flask import Flask
@@ -58,7 +59,25 @@ def triggers_group() -> None:
 @triggers_group.command("status")
 def status() -> None:
     """Triggers by state, the oldest waiting, and those needing a decision."""
-    outbox = _outbox(_app())
+    show_status(_outbox(_app()), describe=_described, check_in="Braze")
+
+
+def _described(record: Record) -> str:
+    trigger = record.trigger
+    who = trigger.recipient.describe() if trigger.recipient is not None else "(broadcast)"
+    return f"{trigger.target}  {who}"
+
+
+def show_status(
+    outbox: Outbox,
+    *,
+    describe: Callable[[Record], str],
+    check_in: str,
+    word: Callable[[str], str] = str,
+) -> None:
+    """A queue's items by state (each state as `word` says it), the oldest waiting, and
+    those needing a decision, each as `describe` says it; `check_in`: where an operator
+    finds out whether an item whose outcome is unknown arrived."""
     try:
         counts = outbox.counts()
         oldest = outbox.oldest_queued()
@@ -66,26 +85,27 @@ def status() -> None:
         dead = outbox.listed(DEAD, limit=LISTED)
     except OutboxError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo("  ".join(f"{state} {counts[state]}" for state in counts))
+    click.echo("  ".join(f"{word(state)} {counts[state]}" for state in counts))
     if oldest is not None:
         click.echo(f"oldest queued: accepted {time.time() - oldest:.0f} s ago")
     if isinstance(outbox, RedisOutbox):
         for warning in persistence_warnings(outbox.client):
             click.echo(f"warning: {warning}", err=True)
-    _listing("outcome unknown (check in Braze, then requeue --unknown ...)", unknown, counts)
-    _listing("dead letters (fix the cause, then requeue --dead)", dead, counts)
+    check = f"outcome unknown (check in {check_in}, then requeue --unknown ...)"
+    _listing(check, unknown, counts, describe)
+    _listing("dead letters (fix the cause, then requeue --dead)", dead, counts, describe)
 
 
-def _listing(title: str, records: list[Record], counts: dict[str, int]) -> None:
+def _listing(
+    title: str, records: list[Record], counts: dict[str, int], describe: Callable[[Record], str]
+) -> None:
     if not records:
         return
     total = counts[records[0].state]
     more = f", the {len(records)} latest" if total > len(records) else ""
     click.echo(f"\n{title}: {total}{more}")
     for record in records:
-        trigger = record.trigger
-        who = trigger.recipient.describe() if trigger.recipient is not None else "(broadcast)"
-        click.echo(f"  {record.id}  {trigger.target}  {who}  {record.reason}")
+        click.echo(f"  {record.id}  {describe(record)}  {record.reason}")
 
 
 @triggers_group.command("deliver")
@@ -142,19 +162,53 @@ def _waiting(outbox: Outbox) -> int:
     return counts[QUEUED] + counts[SENDING]
 
 
+def settle_options(
+    *, item: str, unknown: str
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A `requeue` command's options (`--dead`, `--unknown`, `--id`), for a queue whose items
+    are `item`s; `unknown` says what its --unknown choices settle."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        options = (
+            click.option("--dead", "dead", is_flag=True, help="Queue dead letters again."),
+            click.option(
+                "--unknown", "unknown", type=click.Choice(["resend", "mark-done"]), help=unknown
+            ),
+            click.option(
+                "--id",
+                "ids",
+                multiple=True,
+                help=f"Only this {item} (repeatable); default: all of them.",
+            ),
+        )
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @triggers_group.command("requeue")
-@click.option("--dead", "dead", is_flag=True, help="Send dead letters again.")
-@click.option(
-    "--unknown",
-    "unknown",
-    type=click.Choice(["resend", "mark-done"]),
-    help="Triggers whose outcome is unknown: send again, or record as delivered.",
-)
-@click.option(
-    "--id", "ids", multiple=True, help="Only this trigger (repeatable); default: all of them."
+@settle_options(
+    item="trigger",
+    unknown="Triggers whose outcome is unknown: send again, or record as delivered.",
 )
 def requeue(dead: bool, unknown: str | None, ids: tuple[str, ...]) -> None:
     """Settle dead letters or triggers whose outcome is unknown."""
+    settle(_outbox(_app()), dead=dead, unknown=unknown, ids=ids, noun="triggers")
+
+
+def settle(
+    outbox: Outbox,
+    *,
+    dead: bool,
+    unknown: str | None,
+    ids: tuple[str, ...],
+    noun: str,
+    word: Callable[[str], str] = str,
+) -> None:
+    """`requeue` of a queue's dead letters (`dead`) or of its items whose outcome is
+    unknown (`unknown`: resend or mark-done), all of them or `ids`."""
     if dead == (unknown is not None):
         raise click.UsageError("give exactly one of --dead and --unknown resend|mark-done")
     if dead:
@@ -162,8 +216,7 @@ def requeue(dead: bool, unknown: str | None, ids: tuple[str, ...]) -> None:
     elif unknown == "resend":
         move, state, done = "resend_unknown", UNKNOWN, "re-queued"
     else:
-        move, state, done = "mark_done", UNKNOWN, f"marked {SENT}"
-    outbox = _outbox(_app())
+        move, state, done = "mark_done", UNKNOWN, f"marked {word(SENT)}"
     moved = 0
     try:
         if ids:
@@ -176,7 +229,7 @@ def requeue(dead: bool, unknown: str | None, ids: tuple[str, ...]) -> None:
                     break
     except OutboxError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{done} {moved} triggers")
+    click.echo(f"{done} {moved} {noun}")
     if ids and moved < len(ids):
         click.echo(f"{len(ids) - moved} of the given ids were not {state}", err=True)
         sys.exit(1)

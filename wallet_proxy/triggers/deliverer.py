@@ -44,9 +44,10 @@ from .braze import (
     Sent,
     call_body,
 )
-from .model import WAITING, Record
-from .outbox import Outbox, OutboxError
+from .model import Record
+from .outbox import Outbox
 from .properties import WALLET_UNKNOWN, with_wallet
+from .upkeep import keep_working
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ CLAIM_LIMIT = 500
 CLAIM_LEASE = 30.0  # from claim to `sending`: enough for the wallet budget and the batch
 SEND_LEASE = 60.0  # a call's connect and answer timeouts (13 s), with room to record it
 IDLE_WAIT = 0.05
-DEPTH_EVERY = 1.0  # seconds between readings of the outbox's depth for the metrics
 # The moves the metrics count, as the outcomes they are.
 COUNTED_MOVES: dict[str, metrics.TriggerOutcome] = {
     "sent": "sent",
@@ -62,7 +62,6 @@ COUNTED_MOVES: dict[str, metrics.TriggerOutcome] = {
     "unknown": "unknown",
     "dead": "dead",
 }
-PURGE_EVERY = 60.0
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
 WALLET_BUDGET = 2.0  # seconds for the whole batch's wallets
@@ -158,30 +157,15 @@ class Deliverer:
         """Deliver until `stop` is set; store failures are logged and waited out."""
         log.info("trigger deliverer %s started", self.owner)
         self._stop = stop  # also ends a batch early: the calls not yet made are released
-        last_purge = last_depth = 0.0
-        while not stop.is_set():
-            try:
-                handled = self.run_once()
-                now = self.clock()
-                if now - last_depth >= DEPTH_EVERY:
-                    counts = self.outbox.counts()
-                    metrics.trigger_queue_depth(sum(counts[state] for state in WAITING))
-                    last_depth = now
-                if now - last_purge >= PURGE_EVERY:
-                    removed = self.outbox.purge(now=now)
-                    if removed:
-                        log.info("purged %d old triggers", removed)
-                    last_purge = now
-            except OutboxError as exc:
-                log.warning("trigger deliverer: %s; retrying in 1 s", exc)
-                stop.wait(1.0)
-                continue
-            except Exception:
-                log.exception("trigger deliverer failed; retrying in 1 s")
-                stop.wait(1.0)
-                continue
-            if not handled:
-                stop.wait(max(IDLE_WAIT, min(1.0, self.paused_until - self.clock())))
+        keep_working(
+            "trigger deliverer",
+            stop,
+            self.run_once,
+            self.outbox,
+            depth=metrics.trigger_queue_depth,
+            idle_wait=lambda: max(IDLE_WAIT, min(1.0, self.paused_until - self.clock())),
+            clock=self.clock,
+        )
         log.info("trigger deliverer %s stopped", self.owner)
 
     def run_once(self) -> int:

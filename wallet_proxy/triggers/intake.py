@@ -1,4 +1,7 @@
-"""Accepting a trigger: map it, recognise a repeat, respect the bound, store it durably."""
+"""Accepting a trigger: map it, recognise a repeat, respect the bound, store it durably.
+
+`store` is any queue's accepting (the queued tags' too): the outbox's refusals as the
+route's errors."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from ..errors import (
     IdempotencyConflict,
     TriggerQueueFull,
     TriggerStoreUnavailable,
+    WalletProxyError,
 )
-from .outbox import Accepted, Dedupe, DedupeConflict, Outbox, OutboxError, OutboxFull
+from .outbox import Accepted, Dedupe, DedupeConflict, Outbox, OutboxError, OutboxFull, Queued
 from .properties import build_trigger
 
 log = logging.getLogger(__name__)
@@ -38,17 +42,38 @@ class Intake:
         trigger = build_trigger(
             body, set_email=self.set_email, prioritization=self.email_prioritization
         )
-        dedupe = Dedupe.of(trigger, idempotency_key)
-        try:
-            accepted = self.outbox.add(
-                trigger, dedupe, now=self.clock(), max_waiting=self.max_queued
-            )
-        except OutboxFull:
-            raise TriggerQueueFull() from None
-        except DedupeConflict:
-            raise IdempotencyConflict() from None
-        except OutboxError as exc:
-            log.error("could not store a trigger: %s", exc)
-            raise TriggerStoreUnavailable() from None
+        accepted = store(
+            self.outbox,
+            trigger,
+            Dedupe.of(trigger, idempotency_key),
+            now=self.clock(),
+            max_waiting=self.max_queued,
+            full=TriggerQueueFull,
+            unavailable=TriggerStoreUnavailable,
+        )
         metrics.trigger_outcome("accepted" if accepted.created else "repeat")
         return accepted
+
+
+def store(
+    outbox: Outbox,
+    item: Queued,
+    dedupe: Dedupe | None,
+    *,
+    now: float,
+    max_waiting: int,
+    full: type[WalletProxyError],
+    unavailable: type[WalletProxyError],
+) -> Accepted:
+    """`item` stored durably (or the one it repeats); raises `full` when its queue is at
+    `max_waiting`, `unavailable` when the store failed (nothing was stored), and
+    IdempotencyConflict for a key reused with another body."""
+    try:
+        return outbox.add(item, dedupe, now=now, max_waiting=max_waiting)
+    except OutboxFull:
+        raise full() from None
+    except DedupeConflict:
+        raise IdempotencyConflict() from None
+    except OutboxError as exc:
+        log.error("could not store an item of the %s queue: %s", outbox.queue.name, exc)
+        raise unavailable() from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from ..braze_users import BrazeUser
 
@@ -14,7 +15,9 @@ CAMPAIGN, CANVAS = "campaign", "canvas"
 # which becomes `unknown` when its lease runs out: Braze may or may not have it.
 QUEUED, SENDING, SENT, UNKNOWN, DEAD = "queued", "sending", "sent", "unknown", "dead"
 STATES = (QUEUED, SENDING, SENT, UNKNOWN, DEAD)
-WAITING = (QUEUED, SENDING)  # what WALLET_PROXY_TRIGGER_MAX_QUEUED bounds
+WAITING = (QUEUED, SENDING)  # what a queue's bound counts (WALLET_PROXY_*_MAX_QUEUED)
+
+Item = TypeVar("Item")  # what a queue of the outbox holds: a Trigger, or a webhook's tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +73,12 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    """A trigger in the outbox, with its delivery so far (times are epoch seconds)."""
+class Record(Generic[Item]):
+    """An item in the outbox (a trigger, or a webhook's tags), with its delivery so far
+    (times are epoch seconds)."""
 
     id: str
-    trigger: Trigger
+    item: Item
     state: str
     accepted_at: float
     queued_at: float  # when its current delivery began: accepted, or re-queued by an operator
@@ -82,3 +86,8 @@ class Record:
     dispatch_id: str = ""
     reason: str = ""
     updated_at: float = 0.0
+
+    @property
+    def trigger(self) -> Item:
+        """The item, by the name the triggers' code knows it (a Trigger in their queue)."""
+        return self.item

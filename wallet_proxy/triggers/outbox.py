@@ -15,14 +15,20 @@ flight when its deliverer died: Braze has no idempotency key, so it becomes `unk
 rather than being sent again.
 
 Times are epoch seconds passed in by the caller, so tests move time by hand.
+
+The outbox holds more than triggers: each kind of item is a `Queue` of its own (the
+triggers', and the queued tags' of wallet_proxy/tags/), with the same states, moves,
+leases and de-duplication. A queue's items are apart from the others' (in SQLite by the
+rows' `queue` column, in Redis by the keys' prefix): each queue's worker claims, counts
+and lists only its own. `for_queue` gives another queue's view of the same store.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record, Trigger
 
@@ -61,6 +67,37 @@ MOVES = {
     "resend_unknown": Move((UNKNOWN,), QUEUED, owned=False),
     "mark_done": Move((UNKNOWN,), SENT, owned=False),
 }
+
+
+class Queued(Protocol):
+    """What the outbox needs of an item: where it goes (items with the same target may be
+    delivered together), how a customer's listing finds it, and its JSON."""
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def recipient_index(self) -> str | None: ...
+
+    def to_json(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One kind of item in the outbox: its name (its rows' `queue` in SQLite, its keys'
+    prefix in Redis), its ids' prefix, how its items are read back, the reason an item
+    gets when its worker died while sending it, and the prefix of its de-duplication keys
+    in SQLite's table, which every queue shares."""
+
+    name: str
+    id_prefix: str
+    decode: Callable[[str], Any]
+    stale_sending: str
+    dedupe_scope: str
+
+
+# The triggers' de-duplication keys have no scope: they are as they were before queues.
+TRIGGERS = Queue("triggers", "trg", Trigger.from_json, STALE_SENDING, dedupe_scope="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +139,20 @@ class OutboxError(Exception):
 
 
 class Outbox(Protocol):
-    """The durable store. Every method is atomic; `ids` not matching a move are skipped."""
+    """The durable store, seen through one queue (every method reads and moves that queue's
+    items only). Every method is atomic; `ids` not matching a move are skipped."""
 
-    def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
-        """Store durably before returning; raises OutboxFull or DedupeConflict."""
+    queue: Queue
+
+    def for_queue(self, queue: Queue) -> Outbox:
+        """The same store (its connections, its file or Redis) seen through `queue`."""
+        ...
+
+    def add(
+        self, item: Queued, dedupe: Dedupe | None, *, now: float, max_waiting: int
+    ) -> Accepted:
+        """Store durably before returning; raises OutboxFull or DedupeConflict. Without
+        `dedupe` no repeat is recognised. `max_waiting` bounds this queue's waiting items."""
         ...
 
     def claim(
@@ -153,7 +200,7 @@ class Outbox(Protocol):
         ...
 
     def purge(self, *, now: float) -> int:
-        """Forget sent triggers after SENT_RETENTION and dead ones after DEAD_RETENTION."""
+        """Forget sent items after SENT_RETENTION and dead ones after DEAD_RETENTION."""
         ...
 
     def close(self) -> None: ...

@@ -1,12 +1,13 @@
 """The outbox in Redis, shared by every instance: any of them delivers what another accepted.
 
 Each change is one Lua script, so it is atomic and every instance sees the same queue.
-Layout under `wallet-proxy:triggers:`: `t:<id>` a hash per trigger; `s:<state>` a sorted
-set of ids per state (counts, listings, purging); `q:<target>` the unclaimed queued ids
-of one campaign or Canvas by due time, and `targets` each target by its earliest due
-time (what to batch next); `leases` claimed and sending ids by lease end; `d:<key>`
-de-duplication records that expire by themselves; `c:<external id>` a customer's recent
-triggers; `broadcasts` the last minute's broadcast calls.
+Each queue of the outbox (outbox.Queue) has its keys under `wallet-proxy:<queue>:`
+(`wallet-proxy:triggers:` for the triggers). Layout under it: `t:<id>` a hash per item;
+`s:<state>` a sorted set of ids per state (counts, listings, purging); `q:<target>` the
+unclaimed queued ids of one campaign or Canvas by due time, and `targets` each target by
+its earliest due time (what to batch next); `leases` claimed and sending ids by lease
+end; `d:<key>` de-duplication records that expire by themselves; `c:<external id>` a
+customer's recent items; `broadcasts` the last minute's broadcast calls.
 
 Redis holding triggers must persist (appendonly yes) and never evict (maxmemory-policy
 noeviction): an evicted key is a lost trigger. `persistence_warnings` reads both when
@@ -24,7 +25,7 @@ from typing import Any
 import redis
 
 from ..redis_clients import OUTBOX, connect
-from .model import QUEUED, SENDING, SENT, Record, Trigger
+from .model import QUEUED, SENDING, SENT, Record
 from .outbox import (
     ALL_STATES,
     BROADCASTS_PER_MINUTE,
@@ -33,16 +34,23 @@ from .outbox import (
     MOVES,
     RECENT_PER_CUSTOMER,
     SENT_RETENTION,
-    STALE_SENDING,
+    TRIGGERS,
     Accepted,
     Dedupe,
     DedupeConflict,
     OutboxError,
     OutboxFull,
+    Queue,
+    Queued,
 )
 from .sqlite_outbox import new_id
 
-PREFIX = "wallet-proxy:triggers:"
+
+def prefix_of(queue: Queue) -> str:
+    return f"wallet-proxy:{queue.name}:"
+
+
+PREFIX = prefix_of(TRIGGERS)
 BATCH = 1000
 
 _LIB = """
@@ -66,14 +74,14 @@ local function enqueue(id, target, due)
 end
 """
 
-# ARGV: prefix, id, body, target, recipient, now, dedupe key, fingerprint, window ms,
-# max waiting, recent per customer, recent ttl s. A dedupe record holds its own expiry (the
-# caller's clock decides) and Redis drops it a minute after that.
+# ARGV: prefix, id, body, target, recipient, now, dedupe key ('' for none), fingerprint,
+# window ms, max waiting, recent per customer, recent ttl s. A dedupe record holds its own
+# expiry (the caller's clock decides) and Redis drops it a minute after that.
 _ADD = (
     _LIB
     + """
 local dk = P .. 'd:' .. ARGV[7]
-local found = redis.call('GET', dk)
+local found = ARGV[7] ~= '' and redis.call('GET', dk)
 if found then
   local record = cjson.decode(found)
   if tonumber(record[3]) > tonumber(ARGV[6]) then
@@ -96,8 +104,10 @@ if ARGV[5] ~= '' then
   redis.call('ZREMRANGEBYRANK', ck, 0, -tonumber(ARGV[11]) - 1)
   redis.call('EXPIRE', ck, ARGV[12])
 end
-local expires = tonumber(now) + tonumber(ARGV[9]) / 1000
-redis.call('SET', dk, cjson.encode({ARGV[8], id, tostring(expires)}), 'PX', ARGV[9] + 60000)
+if ARGV[7] ~= '' then
+  local expires = tonumber(now) + tonumber(ARGV[9]) / 1000
+  redis.call('SET', dk, cjson.encode({ARGV[8], id, tostring(expires)}), 'PX', ARGV[9] + 60000)
+end
 return {'created', id, 'queued'}
 """
 )
@@ -205,13 +215,13 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _record(trigger_id: str, fields: dict) -> Record | None:
+def _record(trigger_id: str, fields: dict, queue: Queue) -> Record | None:
     if not fields:
         return None
     found = {_text(k): _text(v) for k, v in fields.items()}
     return Record(
         id=trigger_id,
-        trigger=Trigger.from_json(found["body"]),
+        item=queue.decode(found["body"]),
         state=found["state"],
         accepted_at=float(found["accepted_at"]),
         queued_at=float(found["queued_at"]),
@@ -248,9 +258,10 @@ def persistence_warnings(client: redis.Redis) -> list[str]:
 
 
 class RedisOutbox:
-    def __init__(self, client: redis.Redis, prefix: str = PREFIX):
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX, queue: Queue = TRIGGERS):
         self.client = client
         self.prefix = prefix
+        self.queue = queue
         self._add = client.register_script(_ADD)
         self._claim = client.register_script(_CLAIM)
         self._move = client.register_script(_MOVE)
@@ -264,6 +275,10 @@ class RedisOutbox:
         client = connect(url, OUTBOX)
         return cls(client)
 
+    def for_queue(self, queue: Queue) -> RedisOutbox:
+        """This outbox's Redis seen through `queue` (closing either closes both)."""
+        return RedisOutbox(self.client, prefix_of(queue), queue)
+
     def _run(self, script: Any, args: Sequence[object]) -> Any:
         try:
             return script(args=[self.prefix, *args])
@@ -273,18 +288,20 @@ class RedisOutbox:
     def close(self) -> None:
         self.client.close()
 
-    def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
+    def add(
+        self, item: Queued, dedupe: Dedupe | None, *, now: float, max_waiting: int
+    ) -> Accepted:
         answer = self._run(
             self._add,
             [
-                new_id(),
-                trigger.to_json(),
-                trigger.target,
-                trigger.recipient_index or "",
+                new_id(self.queue),
+                item.to_json(),
+                item.target,
+                item.recipient_index or "",
                 repr(now),
-                dedupe.key,
-                dedupe.fingerprint,
-                int(dedupe.window * 1000),
+                dedupe.key if dedupe else "",
+                dedupe.fingerprint if dedupe else "",
+                int(dedupe.window * 1000) if dedupe else 0,
                 max_waiting,
                 RECENT_PER_CUSTOMER,
                 DEAD_RETENTION,
@@ -301,7 +318,8 @@ class RedisOutbox:
         self, *, owner: str, now: float, window: float, lease: float, limit: int
     ) -> list[Record]:
         ids = self._run(
-            self._claim, [owner, repr(now), repr(window), repr(now + lease), limit, STALE_SENDING]
+            self._claim,
+            [owner, repr(now), repr(window), repr(now + lease), limit, self.queue.stale_sending],
         )
         records = self._records([_text(i) for i in ids])
         return sorted(records, key=lambda r: (r.accepted_at, r.id))
@@ -372,7 +390,7 @@ class RedisOutbox:
             found = pipe.execute()
         except redis.RedisError as exc:
             raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
-        records = (_record(i, fields) for i, fields in zip(ids, found, strict=True))
+        records = (_record(i, fields, self.queue) for i, fields in zip(ids, found, strict=True))
         return [record for record in records if record is not None]
 
     def _ids(self, key: str, *, newest_first: bool, limit: int) -> list[str]:

@@ -14,7 +14,9 @@ import functools
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from flask import Flask
 
@@ -22,6 +24,7 @@ from ..background import Loop
 from ..container import services
 from ..files import open_private
 from .deliverer import Deliverer
+from .outbox import Outbox
 from .setup import build_deliverer, triggers_of
 from .sqlite_outbox import SqliteOutbox
 from .wallets import ServiceWallets
@@ -38,10 +41,13 @@ STOP_WAIT = 8.0
 
 
 class InstanceLock:
-    def __init__(self, data_dir: str | Path):
+    """One holder per instance of a lock file in the data folder (`name`: the deliverer's,
+    or another worker's, such as the tags worker's)."""
+
+    def __init__(self, data_dir: str | Path, name: str = LOCK_FILE):
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True, mode=0o750)
-        self._fd = open_private(path / LOCK_FILE, os.O_RDWR)
+        self._fd = open_private(path / name, os.O_RDWR)
 
     def try_acquire(self) -> bool:
         try:
@@ -75,26 +81,45 @@ def deliverer_for(app: Flask) -> Deliverer | None:
     )
 
 
-def took_over(deliverer: Deliverer) -> None:
-    """Just became the instance's deliverer: settle what a dead predecessor left claimed."""
-    if isinstance(deliverer.outbox, SqliteOutbox):
-        deliverer.outbox.abandon_leases(now=deliverer.clock())
+class QueueWorker(Protocol):
+    """What works one of the outbox's queues: the deliverer, the tags worker."""
+
+    outbox: Outbox
+    clock: Callable[[], float]
+
+    def run(self, stop: threading.Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def took_over(worker: QueueWorker) -> None:
+    """Just became the instance's worker of its queue: settle what a dead predecessor left
+    claimed."""
+    if isinstance(worker.outbox, SqliteOutbox):
+        worker.outbox.abandon_leases(now=worker.clock())
     # With Redis, other instances' claims are alive: their leases decide.
+
+
+def work_alone(
+    worker: QueueWorker | None, data_dir: str, lock_name: str, stop: threading.Event
+) -> None:
+    """Wait to hold `lock_name` (one holder per instance), then run `worker` until `stop`
+    is set; nothing when there is no worker (its feature is off)."""
+    if worker is None:
+        return
+    lock = InstanceLock(data_dir, lock_name)
+    try:
+        if lock.wait(stop):
+            took_over(worker)
+            worker.run(stop)
+    finally:
+        lock.close()
+        worker.close()
 
 
 def deliver(app: Flask, stop: threading.Event) -> None:
     """Wait to be this instance's deliverer, then deliver until `stop` is set."""
-    deliverer = deliverer_for(app)
-    if deliverer is None:
-        return
-    lock = InstanceLock(services(app).settings.data_dir)
-    try:
-        if lock.wait(stop):
-            took_over(deliverer)
-            deliverer.run(stop)
-    finally:
-        lock.close()
-        deliverer.close()
+    work_alone(deliverer_for(app), services(app).settings.data_dir, LOCK_FILE, stop)
 
 
 def deliverer_loop(app: Flask) -> Loop:

@@ -1,7 +1,8 @@
-"""Building the triggers feature (its outbox and intake), and a deliverer on demand.
+"""Building the triggers feature (its intake on the outbox), and a deliverer on demand.
 
-Nothing is opened unless Braze is configured: without BRAZE_REST_URL the route answers
-503 not_configured and no data folder is needed.
+The outbox is the instance's one store of queued items (the triggers', the queued tags'):
+the first feature that needs it opens it (`shared_outbox`). Without BRAZE_REST_URL the
+trigger route answers 503 not_configured and the triggers need no data folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from ..config import ConfigError, Settings
+from ..container import Services
 from .braze import BrazeClient
 from .deliverer import Deliverer, Wallets
 from .intake import Intake
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 
 EXTENSION = "wallet_proxy.triggers"
+OUTBOX = "wallet_proxy.outbox"  # the app's outbox, whichever feature opened it
 
 
 @dataclass(frozen=True)
@@ -61,16 +64,22 @@ def open_outbox(settings: Settings) -> Outbox:
     except (OSError, OutboxError) as exc:
         problem = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
-            "WALLET_PROXY_DATA_DIR", f"can't hold the trigger outbox or its lock: {problem}"
+            "WALLET_PROXY_DATA_DIR", f"can't hold the outbox or its workers' locks: {problem}"
         ) from None
 
 
-def build_triggers(settings: Settings, unix_time: Callable[[], float]) -> Triggers | None:
-    """The outbox and the intake, or None when Braze isn't configured (then the route
-    answers 503 not_configured and no data folder is needed)."""
-    if not settings.triggers_configured:
-        return None
-    outbox = open_outbox(settings)
+def shared_outbox(app: Flask, found: Services) -> Outbox:
+    """The app's outbox, opened by the first feature that asks and closed with the app."""
+    outbox: Outbox | None = app.extensions.get(OUTBOX)
+    if outbox is None:
+        outbox = open_outbox(found.settings)
+        app.extensions[OUTBOX] = outbox
+        found.on_close(outbox.close)
+    return outbox
+
+
+def build_triggers(settings: Settings, outbox: Outbox, unix_time: Callable[[], float]) -> Triggers:
+    """The triggers' intake on the outbox (its triggers' queue)."""
     intake = Intake(
         outbox,
         max_queued=settings.trigger_max_queued,

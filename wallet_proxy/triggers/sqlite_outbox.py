@@ -4,13 +4,18 @@ WAL mode with `synchronous=FULL`: a commit is on disk before `add` returns, so a
 means the trigger survives a kill -9 or a power cut. Concurrent adds in one process share
 a transaction and its fsync (group commit). Each thread has its own connection; writers
 take the lock up front (BEGIN IMMEDIATE) so two transactions never deadlock upgrading a
-read lock. Counts per state are kept by SQL triggers in the same
+read lock. Counts per queue and state are kept by SQL triggers in the same
 transactions, so the bound check is one row read rather than a count of 100,000 rows.
+
+Every queue of the outbox (outbox.Queue) is in the same table, told apart by `queue`, so
+they share the file, its write lock and its group commits. A file written before queues
+existed (its rows are all triggers) is brought up to date when it is opened.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import secrets
 import sqlite3
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..files import private_database
-from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record, Trigger
+from .model import DEAD, QUEUED, SENDING, SENT, UNKNOWN, Record
 from .outbox import (
     ALL_STATES,
     BROADCASTS_PER_MINUTE,
@@ -31,12 +36,14 @@ from .outbox import (
     FINISHED,
     MOVES,
     SENT_RETENTION,
-    STALE_SENDING,
+    TRIGGERS,
     Accepted,
     Dedupe,
     DedupeConflict,
     OutboxError,
     OutboxFull,
+    Queue,
+    Queued,
 )
 
 T = TypeVar("T")
@@ -61,9 +68,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     dispatch_id TEXT NOT NULL DEFAULT '',
     reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    queue TEXT NOT NULL DEFAULT 'triggers'
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, due_at);
+CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (queue, state, due_at);
 CREATE INDEX IF NOT EXISTS outbox_target ON outbox (state, target, due_at);
 CREATE INDEX IF NOT EXISTS outbox_lease ON outbox (state, lease_until);
 CREATE INDEX IF NOT EXISTS outbox_updated ON outbox (state, updated_at);
@@ -75,20 +83,42 @@ CREATE TABLE IF NOT EXISTS dedupe (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at);
-CREATE TABLE IF NOT EXISTS counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS queue_counts (
+    queue TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (queue, state)
+);
 CREATE TABLE IF NOT EXISTS broadcasts (at REAL NOT NULL);
-CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON outbox BEGIN
-    UPDATE counts SET n = n + 1 WHERE state = NEW.state;
+CREATE TRIGGER IF NOT EXISTS queue_count_insert AFTER INSERT ON outbox BEGIN
+    INSERT INTO queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+    ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
-CREATE TRIGGER IF NOT EXISTS count_update AFTER UPDATE OF state ON outbox
+CREATE TRIGGER IF NOT EXISTS queue_count_update AFTER UPDATE OF state ON outbox
 WHEN OLD.state <> NEW.state BEGIN
-    UPDATE counts SET n = n - 1 WHERE state = OLD.state;
-    UPDATE counts SET n = n + 1 WHERE state = NEW.state;
+    UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
+    INSERT INTO queue_counts (queue, state, n) VALUES (NEW.queue, NEW.state, 1)
+    ON CONFLICT (queue, state) DO UPDATE SET n = n + 1;
 END;
-CREATE TRIGGER IF NOT EXISTS count_delete AFTER DELETE ON outbox BEGIN
-    UPDATE counts SET n = n - 1 WHERE state = OLD.state;
+CREATE TRIGGER IF NOT EXISTS queue_count_delete AFTER DELETE ON outbox BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE queue = OLD.queue AND state = OLD.state;
 END;
 """
+
+# A file from before queues: its rows become the triggers' queue, its counts per state
+# give way to counts per queue and state (recounted from the rows in the same transaction).
+_BEFORE_QUEUES = (
+    "ALTER TABLE outbox ADD COLUMN queue TEXT NOT NULL DEFAULT 'triggers'",
+    "DROP TRIGGER IF EXISTS count_insert",
+    "DROP TRIGGER IF EXISTS count_update",
+    "DROP TRIGGER IF EXISTS count_delete",
+    "DROP TABLE IF EXISTS counts",
+    "DROP INDEX IF EXISTS outbox_due",
+)
+_RECOUNT = (
+    "INSERT INTO queue_counts (queue, state, n) "
+    "SELECT queue, state, COUNT(*) FROM outbox GROUP BY queue, state"
+)
 
 _COLUMNS = "id, body, state, accepted_at, queued_at, attempts, dispatch_id, reason, updated_at"
 
@@ -96,17 +126,27 @@ _COLUMNS = "id, body, state, accepted_at, queued_at, attempts, dispatch_id, reas
 # Column names in these f-strings are constants; every value is bound.
 _CLAIM = (
     "UPDATE outbox SET owner = ?, lease_until = ?, updated_at = ? WHERE id IN ("  # noqa: S608
-    " SELECT id FROM outbox WHERE state = ? AND target = ? AND lease_until < ?"
+    " SELECT id FROM outbox WHERE queue = ? AND state = ? AND target = ? AND lease_until < ?"
     " AND due_at <= ? ORDER BY due_at LIMIT ?"
     f") RETURNING {_COLUMNS}"
 )
 
 
-def _record(row: tuple) -> Record:
+def _statements(script: str) -> Iterator[str]:
+    """The statements of `script`, one by one (a trigger's body holds semicolons)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+
+
+def _record(row: tuple, queue: Queue) -> Record:
     trigger_id, body, state, accepted_at, queued_at, attempts, dispatch_id, reason, updated = row
     return Record(
         id=trigger_id,
-        trigger=Trigger.from_json(body),
+        item=queue.decode(body),
         state=state,
         accepted_at=accepted_at,
         queued_at=queued_at,
@@ -141,21 +181,23 @@ def _begin_immediate(db: sqlite3.Connection) -> None:
 class _PendingAdd:
     """An `add` waiting for its group's commit; `outcome` is set by the group's leader."""
 
-    trigger: Trigger
-    dedupe: Dedupe
+    item: Queued
+    queue: Queue
+    dedupe: Dedupe | None
     now: float
     max_waiting: int
     outcome: Accepted | Exception | None = None
 
 
-def new_id() -> str:
-    """Sortable by creation (nanoseconds, then random): triggers accepted in the same
+def new_id(queue: Queue) -> str:
+    """Sortable by creation (nanoseconds, then random): items accepted in the same
     instant by the caller's clock still keep their order."""
-    return f"trg_{time.time_ns():016x}{secrets.token_hex(6)}"
+    return f"{queue.id_prefix}_{time.time_ns():016x}{secrets.token_hex(6)}"
 
 
 class SqliteOutbox:
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, queue: Queue = TRIGGERS):
+        self.queue = queue
         self.path = Path(data_dir) / FILE_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         private_database(self.path)  # Braze ids, emails, offers
@@ -169,14 +211,36 @@ class SqliteOutbox:
             db = self._db()
             # Every worker opens the file at once at start-up: wait for each other here.
             db.execute(f"PRAGMA busy_timeout={START_TIMEOUT_MS}")
-            db.executescript(_SCHEMA)
-            db.executemany(
-                "INSERT OR IGNORE INTO counts (state, n) VALUES (?, 0)",
-                [(state,) for state in ALL_STATES],
-            )
+            _begin_immediate(db)
+            try:
+                self._create(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             raise OutboxError(f"the trigger store failed: {exc}") from None
+
+    @staticmethod
+    def _create(db: sqlite3.Connection) -> None:
+        """The schema, in one transaction with bringing a file from before queues up to date."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        before_queues = bool(columns) and "queue" not in columns
+        if before_queues:
+            for statement in _BEFORE_QUEUES:
+                db.execute(statement)
+        for statement in _statements(_SCHEMA):
+            db.execute(statement)
+        if before_queues:
+            db.execute(_RECOUNT)
+
+    def for_queue(self, queue: Queue) -> SqliteOutbox:
+        """This outbox seen through `queue`: the same file, connections and write turns
+        (closing either closes both)."""
+        view = copy.copy(self)
+        view.queue = queue
+        return view
 
     # --- connections and transactions -----------------------------------------------
 
@@ -240,16 +304,20 @@ class SqliteOutbox:
 
     # --- accepting ---------------------------------------------------------------
 
-    def add(self, trigger: Trigger, dedupe: Dedupe, *, now: float, max_waiting: int) -> Accepted:
-        """Group commit: whoever gets the write lock stores every add waiting for it, in one
-        transaction and one fsync, so concurrent requests share the cost of durability."""
-        mine = _PendingAdd(trigger, dedupe, now, max_waiting)
+    def add(
+        self, item: Queued, dedupe: Dedupe | None, *, now: float, max_waiting: int
+    ) -> Accepted:
+        """Group commit: whoever gets the write lock stores every add waiting for it (of any
+        queue), in one transaction and one fsync, so concurrent requests share the cost of
+        durability."""
+        mine = _PendingAdd(item, self.queue, dedupe, now, max_waiting)
         with self._pending_lock:
             self._pending.append(mine)
         with self._writing():
             if mine.outcome is None:  # nobody took it along: lead this group
-                with self._pending_lock:
-                    group, self._pending = self._pending, []
+                with self._pending_lock:  # in place: every queue's view shares the list
+                    group = self._pending[:]
+                    self._pending.clear()
                 try:
                     with self._write(locked=True) as db:
                         for pending in group:
@@ -269,34 +337,39 @@ class SqliteOutbox:
 
     @staticmethod
     def _add_one(db: sqlite3.Connection, pending: _PendingAdd) -> Accepted | Exception:
-        dedupe, now = pending.dedupe, pending.now
-        found = db.execute(
-            "SELECT d.fingerprint, d.trigger_id, o.state FROM dedupe d "
-            "LEFT JOIN outbox o ON o.id = d.trigger_id WHERE d.key = ? AND d.expires_at > ?",
-            (dedupe.key, now),
-        ).fetchone()
-        if found is not None:
-            fingerprint, trigger_id, state = found
-            if fingerprint != dedupe.fingerprint:
-                return DedupeConflict()
-            return Accepted(trigger_id, state or SENT, created=False)
+        dedupe, now, queue = pending.dedupe, pending.now, pending.queue
+        key = f"{queue.dedupe_scope}{dedupe.key}" if dedupe is not None else ""
+        if dedupe is not None:
+            found = db.execute(
+                "SELECT d.fingerprint, d.trigger_id, o.state FROM dedupe d "
+                "LEFT JOIN outbox o ON o.id = d.trigger_id WHERE d.key = ? AND d.expires_at > ?",
+                (key, now),
+            ).fetchone()
+            if found is not None:
+                fingerprint, trigger_id, state = found
+                if fingerprint != dedupe.fingerprint:
+                    return DedupeConflict()
+                return Accepted(trigger_id, state or SENT, created=False)
         (waiting,) = db.execute(
-            "SELECT COALESCE(SUM(n), 0) FROM counts WHERE state IN (?, ?)", (QUEUED, SENDING)
+            "SELECT COALESCE(SUM(n), 0) FROM queue_counts WHERE queue = ? AND state IN (?, ?)",
+            (queue.name, QUEUED, SENDING),
         ).fetchone()
         if waiting >= pending.max_waiting:
             return OutboxFull()
-        trigger, trigger_id = pending.trigger, new_id()
+        item, trigger_id = pending.item, new_id(queue)
         db.execute(
             "INSERT INTO outbox (id, target, recipient, body, state, accepted_at, queued_at,"
-            " due_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (trigger_id, trigger.target, trigger.recipient_index, trigger.to_json(), QUEUED)
-            + (now,) * 4,
+            " due_at, updated_at, queue) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (trigger_id, item.target, item.recipient_index, item.to_json(), QUEUED)
+            + (now,) * 4
+            + (queue.name,),
         )
-        db.execute(
-            "INSERT OR REPLACE INTO dedupe (key, fingerprint, trigger_id, expires_at) "
-            "VALUES (?, ?, ?, ?)",
-            (dedupe.key, dedupe.fingerprint, trigger_id, now + dedupe.window),
-        )
+        if dedupe is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO dedupe (key, fingerprint, trigger_id, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (key, dedupe.fingerprint, trigger_id, now + dedupe.window),
+            )
         return Accepted(trigger_id, QUEUED, created=True)
 
     # --- delivering --------------------------------------------------------------
@@ -306,56 +379,60 @@ class SqliteOutbox:
     ) -> list[Record]:
         if not self._read(lambda db: self._anything_to_claim(db, now, window)):
             return []  # the common case when idle: no write lock taken, nothing to sync
+        queue = self.queue.name
         with self._write() as db:
             self._settle_leases(db, now)
             first = db.execute(
-                "SELECT target FROM outbox WHERE state = ? AND lease_until < ? AND due_at <= ? "
-                "ORDER BY due_at LIMIT 1",
-                (QUEUED, now, now - window),
+                "SELECT target FROM outbox WHERE queue = ? AND state = ? AND lease_until < ? "
+                "AND due_at <= ? ORDER BY due_at LIMIT 1",
+                (queue, QUEUED, now, now - window),
             ).fetchone()
             if first is None:
                 return []
             rows = db.execute(
                 _CLAIM,
-                (owner, now + lease, now, QUEUED, first[0], now, now, limit),
+                (owner, now + lease, now, queue, QUEUED, first[0], now, now, limit),
             ).fetchall()
-        return sorted((_record(row) for row in rows), key=lambda r: (r.accepted_at, r.id))
+        records = (_record(row, self.queue) for row in rows)
+        return sorted(records, key=lambda r: (r.accepted_at, r.id))
 
-    @staticmethod
-    def _anything_to_claim(db: sqlite3.Connection, now: float, window: float) -> bool:
+    def _anything_to_claim(self, db: sqlite3.Connection, now: float, window: float) -> bool:
         ready = db.execute(
-            "SELECT 1 FROM outbox WHERE state = ? AND lease_until < ? AND due_at <= ? LIMIT 1",
-            (QUEUED, now, now - window),
+            "SELECT 1 FROM outbox WHERE queue = ? AND state = ? AND lease_until < ? "
+            "AND due_at <= ? LIMIT 1",
+            (self.queue.name, QUEUED, now, now - window),
         ).fetchone()
         expired = db.execute(
             "SELECT 1 FROM outbox WHERE state IN (?, ?) AND lease_until > 0 AND lease_until < ? "
-            "LIMIT 1",
-            (QUEUED, SENDING, now),
+            "AND queue = ? LIMIT 1",
+            (QUEUED, SENDING, now, self.queue.name),
         ).fetchone()
         return ready is not None or expired is not None
 
     def abandon_leases(self, *, now: float) -> None:
-        """Settle every claim now, as if its lease had ended.
+        """Settle every claim of this queue now, as if its lease had ended.
 
-        For the deliverer that has just taken the instance lock: an SQLite outbox belongs
-        to one instance, so any claim left is a dead deliverer's, and waiting out its
-        lease would only delay the rest (and the report of what it left `sending`).
+        For the deliverer (or the queue's worker) that has just taken its instance lock: an
+        SQLite outbox belongs to one instance, so any claim left in the queue is a dead
+        predecessor's, and waiting out its lease would only delay the rest (and the report
+        of what it left `sending`).
         """
         with self._write() as db:
             self._settle_leases(db, now, until=float("inf"))
 
-    @staticmethod
-    def _settle_leases(db: sqlite3.Connection, now: float, until: float | None = None) -> None:
+    def _settle_leases(
+        self, db: sqlite3.Connection, now: float, until: float | None = None
+    ) -> None:
         until = now if until is None else until
         db.execute(
             "UPDATE outbox SET owner = '', lease_until = 0 "
-            "WHERE state = ? AND lease_until > 0 AND lease_until < ?",
-            (QUEUED, until),
+            "WHERE state = ? AND lease_until > 0 AND lease_until < ? AND queue = ?",
+            (QUEUED, until, self.queue.name),
         )
         db.execute(
             "UPDATE outbox SET state = ?, reason = ?, lease_until = 0, updated_at = ? "
-            "WHERE state = ? AND lease_until < ?",
-            (UNKNOWN, STALE_SENDING, now, SENDING, until),
+            "WHERE state = ? AND lease_until < ? AND queue = ?",
+            (UNKNOWN, self.queue.stale_sending, now, SENDING, until, self.queue.name),
         )
 
     def move(
@@ -391,8 +468,8 @@ class SqliteOutbox:
             assignments += ", attempts = attempts + 1"
         marks = ", ".join("?" * len(ids))
         sources = ", ".join("?" * len(rule.sources))
-        where = f"id IN ({marks}) AND state IN ({sources})"
-        params: list = [*changes.values(), *ids, *rule.sources]
+        where = f"id IN ({marks}) AND state IN ({sources}) AND queue = ?"
+        params: list = [*changes.values(), *ids, *rule.sources, self.queue.name]
         if rule.owned:
             where += " AND owner = ?"
             params.append(owner)
@@ -413,6 +490,7 @@ class SqliteOutbox:
             return 0.0
 
     def purge(self, *, now: float) -> int:
+        """Every queue's old items: they share the retention rules."""
         with self._write() as db:
             removed = db.execute(
                 "DELETE FROM outbox WHERE (state = ? AND updated_at < ?) "
@@ -427,41 +505,47 @@ class SqliteOutbox:
     def get(self, trigger_id: str) -> Record | None:
         row = self._read(
             lambda db: db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE id = ?",  # noqa: S608
-                (trigger_id,),
+                f"SELECT {_COLUMNS} FROM outbox WHERE id = ? AND queue = ?",  # noqa: S608
+                (trigger_id, self.queue.name),
             ).fetchone()
         )
-        return _record(row) if row else None
+        return _record(row, self.queue) if row else None
 
     def listed(self, state: str, *, limit: int) -> list[Record]:
         order = "updated_at DESC" if state in FINISHED else "accepted_at"
         rows = self._read(
             lambda db: db.execute(
-                f"SELECT {_COLUMNS} FROM outbox WHERE state = ? ORDER BY {order} LIMIT ?",  # noqa: S608
-                (state, limit),
+                f"SELECT {_COLUMNS} FROM outbox WHERE queue = ? AND state = ? "  # noqa: S608
+                f"ORDER BY {order} LIMIT ?",
+                (self.queue.name, state, limit),
             ).fetchall()
         )
-        return [_record(row) for row in rows]
+        return [_record(row, self.queue) for row in rows]
 
     def recent(self, recipient: str, *, limit: int = 50) -> list[Record]:
         rows = self._read(
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM outbox WHERE recipient = ? "  # noqa: S608
-                "ORDER BY accepted_at DESC LIMIT ?",
-                (recipient, limit),
+                "AND queue = ? ORDER BY accepted_at DESC LIMIT ?",
+                (recipient, self.queue.name, limit),
             ).fetchall()
         )
-        return [_record(row) for row in rows]
+        return [_record(row, self.queue) for row in rows]
 
     def counts(self) -> dict[str, int]:
-        rows = self._read(lambda db: db.execute("SELECT state, n FROM counts").fetchall())
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT state, n FROM queue_counts WHERE queue = ?", (self.queue.name,)
+            ).fetchall()
+        )
         found = dict(rows)
         return {state: found.get(state, 0) for state in ALL_STATES}
 
     def oldest_queued(self) -> float | None:
         row = self._read(
             lambda db: db.execute(
-                "SELECT MIN(accepted_at) FROM outbox WHERE state = ?", (QUEUED,)
+                "SELECT MIN(accepted_at) FROM outbox WHERE queue = ? AND state = ?",
+                (self.queue.name, QUEUED),
             ).fetchone()
         )
         return row[0] if row else None
