@@ -143,9 +143,9 @@ class RedisSharedStore:
             pipe.get(self._name(key))
             pipe.pttl(self._name(key))
             count, left = pipe.execute()
-        if count is None or left <= 0:
+        if count is None:
             return 0, 0.0
-        return int(count), left / 1000
+        return int(count), max(left, 0) / 1000  # 0: it expires within the millisecond
 
     def append(self, key: str, item: str, *, keep: int, ttl: float) -> None:
         now, name = self.unix_time(), self._name(key)
