@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import API_KEY, OTHER_KEY, Clock, LiveServer, RedisServer
+from tests.triggers_helpers import BrazeServer
 from wallet_proxy import create_app, request_log
 from wallet_proxy.factory import close_app
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID, SandboxServer
@@ -36,6 +37,20 @@ def sandbox(sandbox_server):
     sandbox_server.reset()
     yield sandbox_server
     sandbox_server.reset()
+
+
+@pytest.fixture(scope="module")
+def braze_server():
+    """The sandbox seen from its Braze side, one per module (tests/triggers_helpers.py)."""
+    with BrazeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def braze(braze_server):
+    braze_server.reset()
+    yield braze_server
+    braze_server.reset()
 
 
 @pytest.fixture

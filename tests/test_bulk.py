@@ -211,6 +211,27 @@ def test_the_rows_kept_on_disk_are_private_and_gone_after_the_run(tmp_path, core
     assert list(scratch.iterdir()) == []
 
 
+def test_a_scratch_file_that_cannot_grow_is_one_line(tmp_path, core_env):
+    """A full disk under $TMPDIR, played by a limit on file sizes: a clear line, exit 1."""
+    path = segment(tmp_path / "s.csv", 50_000)
+    limited = (
+        "import resource, signal, sys; from wallet_proxy.cli import main; "
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); main(sys.argv[1:])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", limited, "tags", "import", str(path), "--tag", "t", "--dry-run"],
+        env={**os.environ, **core_env, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: the scratch file in ") and "point TMPDIR at a folder" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["s.csv"]  # the scratch folder is gone
+
+
 def test_a_bad_tag_option_is_a_usage_error(tmp_path, core_env, sandbox):
     result = cli(
         ["tags", "import", segment(tmp_path / "s.csv", 2), "--tag", "no spaces"], core_env

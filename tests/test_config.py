@@ -270,7 +270,7 @@ def test_check_config_warns_when_wallets_can_fill_the_outboxs_redis(redis_url, t
         "WALLET_PROXY_DATA_DIR": str(tmp_path),
     }
     shared = run("wallet_proxy.cli", "check-config", env=triggers)
-    assert "warning: the wallet cache shares WALLET_PROXY_REDIS_URL with the trigger outbox" in (
+    assert "warning: the wallet cache shares WALLET_PROXY_REDIS_URL with the outbox" in (
         shared.stderr
     )
     own = run(

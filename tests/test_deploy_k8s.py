@@ -12,8 +12,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from click.testing import CliRunner
 
 import wallet_proxy.gunicorn_config
+from wallet_proxy.cli import main
 from wallet_proxy.config import Settings
 from wallet_proxy.memory import MB, instance_peak_bytes
 from wallet_proxy.version import __version__
@@ -212,3 +214,57 @@ def test_the_documented_image_name_is_the_one_the_deployment_gets(tmp_path):
         kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
     (container,) = pod_of(found, "Deployment", "wallet-proxy")["containers"]
     assert container["image"] == pushed
+
+
+def test_the_attributes_sync_runs_the_command_nightly_with_the_services_settings(tmp_path):
+    """The CronJob of docs/braze.md: the Deployment's image, settings and security, one run
+    at a time, suspended until set up, its export on a volume it may write (the journal),
+    Redis reachable, and no Service or PDB selecting its pods."""
+    found = resources()
+    cron = found[("CronJob", "wallet-proxy-attributes-sync")]
+    assert cron["spec"]["suspend"] is True and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (served,) = pod_of(found, "Deployment", "wallet-proxy")["containers"]
+    assert container["image"] == served["image"]
+    assert container["envFrom"] == served["envFrom"]
+    assert container["securityContext"] == served["securityContext"]
+    assert pod["securityContext"] == pod_of(found, "Deployment", "wallet-proxy")["securityContext"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+
+    program, *args = container["command"]
+    assert program == "wallet-proxy" and args[:2] == ["attributes", "sync"]
+    export = Path(args[2])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims[mounts[str(export.parent)]] == "wallet-proxy-segments"
+    assert ("PersistentVolumeClaim", "wallet-proxy-segments") in found
+    # The command line is the command's own: a dry run of it on a copy of an export.
+    copy = tmp_path / export.name
+    copy.write_text("external_id\next-1\n")
+    dry = CliRunner().invoke(main, [*args[:2], str(copy), *args[3:], "--dry-run"], env={})
+    assert dry.exit_code == 0, dry.output
+
+    labels = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    for kind, name in (("Service", "wallet-proxy"), ("PodDisruptionBudget", "wallet-proxy")):
+        spec = found[(kind, name)]["spec"]
+        selector = spec.get("selector", {}).get("matchLabels", spec.get("selector"))
+        assert not selector.items() <= labels.items(), kind
+    redis_from = found[("NetworkPolicy", "wallet-proxy-redis")]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": labels}} in redis_from
+
+
+def test_the_cron_line_in_the_docs_runs_what_the_cronjob_runs():
+    braze = (ROOT / "docs" / "braze.md").read_text()
+    match = re.search(r"<!-- cron-test -->\n```\n(.*?)\n```", braze, re.S)
+    assert match, "no cron-test block in docs/braze.md"
+    minute, hour, *rest = match.group(1).split(maxsplit=5)
+    cron = resources()[("CronJob", "wallet-proxy-attributes-sync")]
+    assert f"{minute} {hour} {' '.join(rest[:3])}" == cron["spec"]["schedule"]
+    words = shlex.split(rest[3])
+    (program,) = [i for i, word in enumerate(words) if word.endswith("/wallet-proxy")]
+    assert words[program + 1 : program + 3] == ["attributes", "sync"]

@@ -256,7 +256,7 @@ def test_pages_are_accessible_basics(staff_client):
         for field in re.findall(r'<input id="([^"]+)"', page):
             assert f'<label for="{field}">' in page
     page = staff_client.get("/support/wallets/demo-alice").text
-    assert page.count('<th scope="col">') == 10 and page.count('<th scope="row"') == 5
+    assert page.count('<th scope="col">') == 13 and page.count('<th scope="row"') == 5
 
 
 # Refresh

@@ -4,12 +4,14 @@ with a filter, and who on staff looked at a customer lately."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
 from datetime import datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 
 from tests.helpers import OFFER_WITH_UNKNOWN_EXPIRY
 from tests.staff import (
@@ -23,11 +25,15 @@ from tests.staff import (
     token_in,
 )
 from wallet_proxy import create_app
+from wallet_proxy.attributes.written import WrittenStoreError
+from wallet_proxy.cli import main
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.container import services
 from wallet_proxy.errors import StoreUnavailable
+from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY
 from wallet_proxy.support import listing
 from wallet_proxy.support.history import KEEP, SAME_VISIT_SECONDS
+from wallet_proxy.support.state import EXTENSION as support_state_key
 from wallet_proxy.support.state import support_state
 
 ALICE, CAROL = "/support/wallets/demo-alice", "/support/wallets/demo-carol"
@@ -224,6 +230,61 @@ def test_an_offer_without_an_expiry_field_we_know_is_marked(staff_client, sandbo
 
 
 # The JSON and the copy buttons
+
+
+def test_the_page_shows_the_attributes_last_written_to_braze_and_when(
+    env, staff_client, sandbox, tmp_path
+):
+    bob = "/support/wallets/demo-bob"
+    before = staff_client.get(bob).text
+    assert "has written no loyalty attributes to a Braze profile" in before
+    assert element(
+        before, r"<td><code>sessionm_available_points</code></td>.*?<td>(.*?)</td>"
+    ) == ("—")
+    export = tmp_path / "export.csv"
+    export.write_text("external_id,user_id\next-bob,demo-bob\n")
+    sync_env = {
+        **env,
+        "BRAZE_REST_URL": sandbox.url,
+        "BRAZE_TRACK_API_KEY": DEMO_BRAZE_API_KEY,
+        "WALLET_PROXY_BRAZE_TRACK_RATE": "0",
+    }
+    synced = CliRunner().invoke(main, ["attributes", "sync", str(export)], env=sync_env)
+    assert synced.exit_code == 0, synced.output
+
+    page = staff_client.get(bob).text
+    assert "Last written to the profile <code>ext-bob</code> at" in page
+    assert "by the attributes sync" in page
+    written_at = datetime.fromisoformat(element(page, r'<time id="written-at" datetime="([^"]+)"'))
+    assert abs((datetime.now(written_at.tzinfo) - written_at).total_seconds()) < 60
+    table = element(page, r'<table id="in-braze-attributes">(.*?)</table>')
+    rows = re.findall(
+        r"<td><code>(\w+)</code></td>\s*<td>(.*?)</td>\s*<td>(.*?)</td>", table, re.S
+    )
+    cells = {name: (was, now) for name, was, now in rows}
+    assert cells["sessionm_available_points"] == ("<code>40</code>", "<code>40</code>")
+    assert cells["sessionm_offer_count"] == ("<code>0</code>", "<code>0</code>")
+    assert cells["sessionm_next_offer_expires_at"] == ("<code>null</code>", "<code>null</code>")
+    assert "changed" not in table
+
+    sandbox.configure(extra_offers=[{**OFFER_WITH_UNKNOWN_EXPIRY, "is_redeemable": True}])
+    staff_client.post(f"{bob}/refresh", data={"csrf_token": token_in(page), "culture": "en-US"})
+    later = element(staff_client.get(bob).text, r'<table id="in-braze-attributes">(.*?)</table>')
+    assert re.search(r"<code>1</code> <span class=\"badge stale\">changed</span>", later)
+
+
+def test_the_page_stands_when_what_was_written_cant_be_read(app, staff_client):
+    class Failing:
+        def latest_for(self, user_id):
+            raise WrittenStoreError("database is locked")
+
+    state = app.extensions[support_state_key]
+    app.extensions[support_state_key] = dataclasses.replace(state, written=Failing())
+    page = staff_client.get("/support/wallets/demo-bob")
+    assert page.status_code == 200
+    assert "What was written to Braze can't be read right now" in page.text
+    table = element(page.text, r'<table id="in-braze-attributes">(.*?)</table>')
+    assert "<code>40</code>" in table  # what a write would set is still shown
 
 
 def test_json_is_indented_and_folded(staff_client, auth):

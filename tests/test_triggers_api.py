@@ -297,6 +297,33 @@ def test_accepted_triggers_reach_the_sandboxs_braze_with_the_wallet(server, trig
     assert box.get(ids[0]).dispatch_id == messages["ext-ana"]["dispatch_id"]
 
 
+def test_a_trigger_asking_for_attributes_sets_what_changed_on_the_profile(
+    server, trigger_app, sandbox
+):
+    """The whole way: the wallet from SessionM, its attributes with the send, remembered."""
+    asking = {
+        **BODY,
+        "customer": {"external_id": "ext-bob", "sessionm_user_id": "demo-bob"},
+        "enrich": ["attributes"],
+    }
+    deliverer = deliverer_for(trigger_app)
+    deliverer.window = 0  # the hand clock doesn't move by itself
+    for award in (10, 20):  # two triggers, not a repeat of one
+        assert post(server, {**asking, "points": {"award_amount": award}}).status_code == 202
+        while deliverer.run_once():
+            pass
+    first, second = sandbox.braze.stats()["braze_messages"]
+    assert first["attributes"] == {
+        "sessionm_available_points": 40,
+        "sessionm_total_points": 40,
+        "sessionm_offer_count": 0,
+        "sessionm_next_offer_expires_at": None,
+    }
+    assert second["attributes"] == {}  # nothing new to set
+    written = triggers_of(trigger_app).written.latest_for("demo-bob")
+    assert written is not None and written.user == BrazeUser(EXTERNAL_ID, "ext-bob")
+
+
 def test_every_recipient_kind_the_whole_way_to_brazes_stand_in(trigger_env, clock, sandbox):
     """Braze's recipients object: "one of external_user_id, user_alias, braze_id, or email
     ... Requests must specify only one"; an email comes with a prioritization."""

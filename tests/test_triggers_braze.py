@@ -10,36 +10,22 @@ import pytest
 
 from tests.helpers import free_port
 from tests.raw_servers import RawServer, TrickledHeaders
-from wallet_proxy.braze_users import BRAZE_ID, EMAIL, EXTERNAL_ID, USER_ALIAS, BrazeUser
-from wallet_proxy.triggers.braze import (
-    BrazeClient,
+from wallet_proxy.braze_rest import (
     BrazeNotProcessed,
     BrazeOutcomeUnknown,
     BrazeRejected,
     RateLimit,
-    call_body,
     retry_after_seconds,
 )
+from wallet_proxy.braze_users import BRAZE_ID, EMAIL, EXTERNAL_ID, USER_ALIAS, BrazeUser
+from wallet_proxy.triggers.braze import BrazeClient, call_body
 from wallet_proxy.triggers.model import CANVAS, Trigger
 
-from .triggers_helpers import BRAZE_KEY, BrazeServer, trigger
+from .triggers_helpers import BRAZE_KEY, trigger
 
 # What a cut call may take past its deadline on a loaded machine: the watchdog's wake-up
 # and the blocked read's return.
 TRICKLE_ALLOWANCE = 1.0
-
-
-@pytest.fixture(scope="module")
-def braze_server():
-    with BrazeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def braze(braze_server):
-    braze_server.reset()
-    yield braze_server
-    braze_server.reset()
 
 
 @pytest.fixture

@@ -118,3 +118,25 @@ def test_check_config_mentions_triggers(cli_env):
     assert f"Braze triggers: {cli_env['BRAZE_REST_URL']}; 1 SessionM keys" in result.output
     assert f"outbox: SQLite in {cli_env['WALLET_PROXY_DATA_DIR']}" in result.output
     assert BRAZE_KEY not in result.output
+    assert (
+        "BRAZE_REST_API_KEY needs campaigns.trigger.send, canvas.trigger.send, users.track "
+        "(the triggers and `attributes sync`)"
+    ) in result.output
+
+
+def test_check_config_says_what_each_braze_key_needs(cli_env, monkeypatch):
+    monkeypatch.setenv("BRAZE_TRACK_API_KEY", "track-key-123456")
+    both = CliRunner().invoke(main, ["check-config"])
+    assert both.exit_code == 0, both.output
+    assert "BRAZE_REST_API_KEY needs campaigns.trigger.send, canvas.trigger.send (the " in (
+        both.output
+    )
+    assert "BRAZE_TRACK_API_KEY needs users.track (`attributes sync`)" in both.output
+    monkeypatch.delenv("BRAZE_REST_API_KEY")
+    track_only = CliRunner().invoke(main, ["check-config"])
+    assert track_only.exit_code == 0, track_only.output
+    assert "Braze triggers" not in track_only.output and "BRAZE_REST_API_KEY" not in (
+        track_only.output
+    )
+    assert "BRAZE_TRACK_API_KEY needs users.track" in track_only.output
+    assert "track-key-123456" not in track_only.output

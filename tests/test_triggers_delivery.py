@@ -11,10 +11,13 @@ import time
 import pytest
 
 from tests.helpers import wait_until
+from wallet_proxy.attributes.values import Loyalty
+from wallet_proxy.attributes.written import SqliteWritten
 from wallet_proxy.braze_users import (
     BRAZE_ID,
     DEFAULT_PRIORITIZATION,
     EMAIL,
+    EXTERNAL_ID,
     USER_ALIAS,
     BrazeUser,
 )
@@ -27,7 +30,7 @@ from wallet_proxy.triggers.properties import WALLET_UNKNOWN
 from wallet_proxy.triggers.redis_outbox import RedisOutbox
 from wallet_proxy.triggers.sqlite_outbox import SqliteOutbox
 
-from .triggers_helpers import BRAZE_KEY, BrazeServer, trigger
+from .triggers_helpers import BRAZE_KEY, trigger
 
 WINDOW = 0.25
 MAX_AGE = 86_400.0
@@ -42,19 +45,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(scope="module")
-def braze_server():
-    with BrazeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def braze(braze_server):
-    braze_server.reset()
-    yield braze_server
-    braze_server.reset()
 
 
 @pytest.fixture
@@ -459,16 +449,16 @@ def test_maintenance_queued_is_sent_with_a_note(outbox, braze, clock):
 
 
 class Wallets:
-    """Wallet summaries by SessionM id; one too slow for the budget, one unknown."""
+    """Customers' loyalty by SessionM id; one too slow for the budget, one unknown."""
 
     def __init__(self):
         self.asked = []
 
-    def summary(self, user_id):
+    def loyalty(self, user_id):
         self.asked.append(user_id)
         if user_id == "slow":
             time.sleep(1)
-        return {"sm-1": (900, 3)}.get(user_id)
+        return {"sm-1": Loyalty(900, 1000, 3, None)}.get(user_id)
 
 
 def test_wallet_summaries_are_added_or_minus_one(outbox, braze, clock):
@@ -492,6 +482,60 @@ def test_wallet_summaries_are_added_or_minus_one(outbox, braze, clock):
         assert got[name]["wallet_offer_count"] == WALLET_UNKNOWN
     assert "wallet_offer_count" not in got["d"]
     assert sorted(wallets.asked) == ["missing", "slow", "sm-1"]
+
+
+def test_loyalty_attributes_go_with_the_send_when_they_changed(outbox, braze, clock, tmp_path):
+    import dataclasses
+
+    import requests
+
+    store = SqliteWritten(tmp_path / "attributes.sqlite3", unix_time=clock)
+    # The profile is in Braze already (a trigger sends to existing users only).
+    requests.post(
+        f"{braze.url}/users/track",
+        json={"attributes": [{"external_id": "a", "sessionm_next_offer_expires_at": "x"}]},
+        headers={"Authorization": f"Bearer {BRAZE_KEY}"},
+        timeout=5,
+    ).raise_for_status()
+    wallets = Wallets()
+
+    def send(recipient: str, sm_id: str) -> str:
+        offer = str(len(braze.calls()))  # each trigger its own, not a repeat of the last
+        made = dataclasses.replace(trigger(recipient, offer_id=offer), attributes_user_id=sm_id)
+        trigger_id = accept(outbox, clock, made)
+        clock.advance(WINDOW)
+        drain(deliverer(outbox, braze, clock, wallets=wallets, written=store))
+        return trigger_id
+
+    send("a", "sm-1")
+    loyalty = {
+        "sessionm_available_points": 900,
+        "sessionm_total_points": 1000,
+        "sessionm_offer_count": 3,
+        "sessionm_next_offer_expires_at": None,
+    }
+    assert braze.messages()[-1]["attributes"] == loyalty
+    assert braze.braze.profiles()["external_id:a"]["attributes"] == {
+        k: v for k, v in loyalty.items() if v is not None
+    }
+    remembered = store.get(BrazeUser(EXTERNAL_ID, "a"))
+    assert (remembered.attributes, remembered.by, remembered.sessionm_user_id) == (
+        loyalty,
+        "trigger",
+        "sm-1",
+    )
+
+    send("a", "sm-1")  # nothing changed: nothing set, no data point spent
+    assert braze.messages()[-1]["attributes"] == {}
+
+    send("c", "missing")  # no wallet to be had: the message goes without
+    assert braze.messages()[-1]["attributes"] == {}
+    assert store.get(BrazeUser(EXTERNAL_ID, "c")) is None
+
+    braze.set(status=500, times=1)  # not taken: nothing remembered, sent again later
+    trigger_id = send("d", "sm-1")
+    assert outbox.get(trigger_id).state == QUEUED
+    assert store.get(BrazeUser(EXTERNAL_ID, "d")) is None
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wallet_proxy.braze_users import (
@@ -147,6 +149,18 @@ def test_wallet_enrichment_reserves_its_keys():
     assert filled["wallet_available_points"] == 900 and filled["wallet_offer_count"] == 3
 
 
+def test_attributes_enrichment_keeps_the_sessionm_id_and_old_fingerprints():
+    made = trigger({**FULL, "enrich": ["attributes"]})
+    assert made.attributes_user_id == "sm-42" and made.wallet_user_id is None
+    assert "wallet_available_points" not in made.properties
+    assert json.loads(made.to_json())["attributes_user_id"] == "sm-42"
+    assert Trigger.from_json(made.to_json()) == made
+    # A trigger without it is stored as before it existed: its fingerprint is unchanged.
+    plain = trigger(FULL)
+    assert "attributes_user_id" not in plain.to_json(canonical=True)
+    assert Trigger.from_json(plain.to_json()) == plain
+
+
 def test_broadcast_needs_no_customer():
     made = trigger({"braze_campaign_id": "c", "broadcast": True})
     assert made.broadcast is True and made.recipient is None
@@ -168,6 +182,10 @@ def test_broadcast_needs_no_customer():
         (
             {"braze_campaign_id": "a", "customer": {"external_id": "x"}, "enrich": ["wallet"]},
             "enrich wallet needs customer.sessionm_user_id",
+        ),
+        (
+            {"braze_campaign_id": "a", "customer": {"external_id": "x"}, "enrich": ["attributes"]},
+            "enrich attributes needs customer.sessionm_user_id",
         ),
         (
             {"braze_campaign_id": "a", "customer": {"external_id": "x"}, "enrich": ["points"]},

@@ -19,6 +19,7 @@ from wallet_proxy.bulk.plan import (
     CPU_PER_HIT_US,
     INTAKE_PER_SECOND,
     make_plan,
+    make_sync_plan,
     make_webhook_plan,
 )
 from wallet_proxy.cli import main
@@ -264,11 +265,16 @@ def test_webhook_plan_direct_is_the_budget(env):
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        ([], "give exactly one of --recipients and --webhooks"),
+        ([], "give exactly one of --recipients, --webhooks, --sync"),
         (["--recipients", "10", "--webhooks", "10"], "give exactly one of"),
+        (["--recipients", "10", "--sync", "10"], "give exactly one of"),
+        (["--webhooks", "10", "--sync", "10"], "give exactly one of"),
         (["--webhooks", "10", "--renders", "3"], "--renders goes with --recipients"),
         (["--webhooks", "10", "--send-within", "1h"], "--send-within goes with --recipients"),
         (["--webhooks", "10", "--delivery-rate", "600"], "--delivery-rate goes with --recipients"),
+        (["--sync", "10", "--renders", "3"], "--renders goes with --recipients, not --sync"),
+        (["--sync", "10", "--send-within", "1h"], "--send-within goes with --recipients"),
+        (["--sync", "10", "--delivery-rate", "600"], "--delivery-rate goes with --recipients"),
     ],
 )
 def test_plan_takes_one_kind_of_send(env, args, says):
@@ -294,3 +300,49 @@ def test_the_webhook_plans_shown_in_the_docs_are_the_commands_output(env, mode):
     )
     assert result.exit_code == 0, result.output
     assert result.output == shown
+
+
+# --- plan --sync ---------------------------------------------------------------------------
+
+
+def test_a_sync_plan_of_100000_customers(env):
+    plan = make_sync_plan(settings(env, WALLET_PROXY_SESSIONM_RATE=50), 100_000)
+    assert plan.requests == 1334  # 100,000 / 75, the last one not full
+    assert plan.warmed_seconds == pytest.approx(133.4)  # at the default 10 requests/s
+    assert plan.wallet_rate == pytest.approx(0.8 * 55 / 1.2)  # 36.7 wallets/s
+    assert plan.cold_seconds == pytest.approx(100_000 / (0.8 * 55 / 1.2))  # 45 min 27 s
+    assert spoken(plan.cold_seconds) == "45 min 27 s"
+
+    narrow = make_sync_plan(
+        settings(env, WALLET_PROXY_BRAZE_TRACK_BATCH=50, WALLET_PROXY_BRAZE_TRACK_RATE=0), 100_000
+    )
+    assert narrow.requests == 2000 and narrow.track_rate == 1000  # Braze's 3,000 per 3 s
+    assert narrow.cold_seconds is None  # no SessionM budget to plan against
+
+
+def test_plan_sync_in_plain_words_without_calling_anything(env, sandbox):
+    result = CliRunner().invoke(
+        main, ["plan", "--sync", "100000"], env={**env, "WALLET_PROXY_SESSIONM_RATE": "50"}
+    )
+    assert result.exit_code == 0, result.output
+    for words in (
+        "at most 1,334 /users/track requests of 75 profiles",
+        "started at most 10/s (WALLET_PROXY_BRAZE_TRACK_RATE): 2 min 13 s",
+        "36.7 wallets/s, the bulk share (80%) of what the budget of 50 requests/s sustains: "
+        "about 45 min 27 s",
+        "the Braze rate alone bounds it: about 2 min 13 s",
+        "The first sync sets 4 a customer (400,000)",
+    ):
+        assert words in result.output
+    assert sandbox.stats()["calls"] == 0 and sandbox.braze.stats()["braze_calls"] == []
+
+
+def test_the_sync_plan_shown_in_the_docs_is_the_commands_output(env):
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "braze.md").read_text()
+    shown = re.search(r"```\n(Sync of .*?)```", docs, re.DOTALL)
+    assert shown is not None
+    result = CliRunner().invoke(
+        main, ["plan", "--sync", "100000"], env={**env, "WALLET_PROXY_SESSIONM_RATE": "50"}
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == shown.group(1)

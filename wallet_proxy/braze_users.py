@@ -4,7 +4,8 @@ Braze's recipients object: "You must include one of `external_user_id`, `user_al
 `braze_id`, or `email` in this object. Requests must specify only one." An email address
 is not an id (several profiles may share one), so it comes with a `prioritization` saying
 which profile Braze picks. Every Braze call that names users (the triggers' recipients,
-triggers/braze.py) takes them from here, and a store indexes them by `BrazeUser.index`.
+triggers/braze.py; the attributes objects of `/users/track`, attributes/track.py) takes
+them from here, and a store indexes them by `BrazeUser.index`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ class BrazeUser:
         if self.kind == EMAIL:
             fields["prioritization"] = list(self.prioritization)
         return fields
+
+    def attribute_fields(self) -> dict:
+        """The identifier as a `/users/track` attributes object carries it: "one of
+        `external_id`, `user_alias`, `braze_id`, `email`, or `phone` is required" (no
+        prioritization there: Braze updates "the most recently updated profile")."""
+        if self.kind == USER_ALIAS:
+            return {"user_alias": {"alias_name": self.id, "alias_label": self.label}}
+        return {self.kind: self.id}
 
     def describe(self) -> str:
         """For people: an external id as itself, the other kinds named."""

@@ -24,6 +24,7 @@ from . import sandbox as sandbox_module
 from .budget import UNLIMITED
 from .bulk.commands import tags_group, warm_command
 from .bulk.plan import plan_command
+from .bulk.sync import attributes_group
 from .config import ConfigError, Settings, examine, log_id_settings, serving_settings
 from .errors import InvalidRequest, UserNotFound, WalletProxyError
 from .logs import UserIds
@@ -130,6 +131,8 @@ def check_config(probe: bool, user_id: str | None) -> None:
         f"  memory: at most about {worker:,.0f} MiB a worker, {instance:,.0f} MiB with "
         f"{settings.web_concurrency} workers (docs/operations.md#memory)"
     )
+    for needs in preflight.braze_permissions(settings):
+        click.echo(f"  {needs}")
     if uses := preflight.data_dir_uses(settings):
         click.echo(f"  data folder: {settings.data_dir}, for {' and '.join(uses)}")
     if probe:
@@ -509,6 +512,7 @@ tags_group.add_command(tags_requeue)
 main.add_command(tags_group)
 main.add_command(warm_command)
 main.add_command(plan_command)
+main.add_command(attributes_group)
 main.add_command(triggers_group)
 
 if __name__ == "__main__":

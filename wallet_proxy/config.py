@@ -39,6 +39,10 @@ GUNICORN_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 TAGS_MODES = ("queued", "direct")
 # The outbox (triggers, queued tags), and staff sessions and history without Redis.
 DEFAULT_DATA_DIR = "/var/lib/wallet-proxy"
+# Braze's /users/track: "up to 75 event objects, 75 attribute objects, and 75 purchase
+# objects" a request (its rate limits page); contracts of Monthly Active Users CY 24-25:
+# "up to 50 updates combined across attribute, event, or purchase objects".
+TRACK_BATCH = 75
 
 
 class ConfigError(Exception):
@@ -91,6 +95,10 @@ SHARED_CACHE = Part(
     ("WALLET_PROXY_REDIS_URL",),
     "to warm the cache the service shares: without it the wallets would only land in "
     "this command's memory",
+)
+BRAZE_TRACK = Part(
+    ("BRAZE_REST_URL",),
+    "to write Braze profiles (with BRAZE_TRACK_API_KEY, or BRAZE_REST_API_KEY)",
 )
 SERVICE = (CONNECT, API)  # what the service itself can't start without
 
@@ -178,8 +186,24 @@ class Settings:
         "WALLET_PROXY_TRIGGER_MAX_QUEUED", "integer", 100_000, low=1, high=10**7
     )
     trigger_set_email: bool = _setting("WALLET_PROXY_TRIGGER_SET_EMAIL", "boolean", False)
+    trigger_max_bytes: int = _setting(
+        "WALLET_PROXY_TRIGGER_MAX_BYTES",
+        "integer",
+        128 * 1024 * 1024,
+        low=4 * 1024 * 1024,
+        high=10**12,
+    )
     trigger_email_prioritization: tuple[str, ...] = _setting(
         "WALLET_PROXY_TRIGGER_EMAIL_PRIORITIZATION", "prioritization", DEFAULT_PRIORITIZATION
+    )
+    # Loyalty attributes written to Braze profiles (wallet_proxy/attributes/): a key with the
+    # users.track permission (else BRAZE_REST_API_KEY's), requests/s and objects a request.
+    braze_track_api_key: str | None = _setting("BRAZE_TRACK_API_KEY", "text", None, secret=True)
+    braze_track_rate: float = _setting(
+        "WALLET_PROXY_BRAZE_TRACK_RATE", "per_second", 10.0, high=1000
+    )
+    braze_track_batch: int = _setting(
+        "WALLET_PROXY_BRAZE_TRACK_BATCH", "integer", TRACK_BATCH, low=1, high=TRACK_BATCH
     )
     # How gunicorn serves (gunicorn_config.py reads these four through `serving`).
     bind: str = _setting("WALLET_PROXY_BIND", "bind", "0.0.0.0:8000")
@@ -246,7 +270,13 @@ class Settings:
 
     @property
     def triggers_configured(self) -> bool:
-        return self.braze_rest_url is not None
+        """Braze's URL and the trigger-send key are set: the triggers route is on."""
+        return self.braze_rest_url is not None and self.braze_rest_api_key is not None
+
+    @property
+    def track_api_key(self) -> str | None:
+        """The key that writes Braze profiles (users.track): its own, else the REST key."""
+        return self.braze_track_api_key or self.braze_rest_api_key
 
     @property
     def tags_queued(self) -> bool:
@@ -301,13 +331,24 @@ class Settings:
             for missing in (name for name, value in core.items() if not value):
                 yield ConfigError(missing, f"required when {given[0]} is set")
 
-    def _check_triggers(self) -> Iterator[ConfigError]:
-        if bool(self.braze_rest_url) != bool(self.braze_rest_api_key):
-            missing = "BRAZE_REST_API_KEY" if self.braze_rest_url else "BRAZE_REST_URL"
-            given = "BRAZE_REST_URL" if self.braze_rest_url else "BRAZE_REST_API_KEY"
-            yield ConfigError(missing, f"required when {given} is set")
-        if self.braze_rest_url and not self.trigger_keys:
-            yield ConfigError("WALLET_PROXY_TRIGGER_KEYS", "required when BRAZE_REST_URL is set")
+    def _check_braze(self) -> Iterator[ConfigError]:
+        keys = {
+            "BRAZE_REST_API_KEY": self.braze_rest_api_key,
+            "BRAZE_TRACK_API_KEY": self.braze_track_api_key,
+        }
+        if not self.braze_rest_url:
+            for name in (name for name, key in keys.items() if key):
+                yield ConfigError("BRAZE_REST_URL", f"required when {name} is set")
+        elif not any(keys.values()):
+            yield ConfigError(
+                "BRAZE_REST_API_KEY",
+                "required when BRAZE_REST_URL is set (or BRAZE_TRACK_API_KEY alone, to write "
+                "profiles without the triggers)",
+            )
+        if self.triggers_configured and not self.trigger_keys:
+            yield ConfigError(
+                "WALLET_PROXY_TRIGGER_KEYS", "required when BRAZE_REST_API_KEY is set"
+            )
         if set(self.trigger_keys) & set(self.api_keys):
             yield ConfigError(
                 "WALLET_PROXY_TRIGGER_KEYS", "must not reuse a key of WALLET_PROXY_API_KEYS"
@@ -329,7 +370,7 @@ def examine(env: Mapping[str, str], needs: Sequence[Part] = SERVICE) -> Verdict:
     read = _Reading(env, needs)
     settings = Settings._declare(read)
     problems: dict[str, ConfigError] = {}
-    combinations = [*settings._check_combinations(), *settings._check_triggers()]
+    combinations = [*settings._check_combinations(), *settings._check_braze()]
     for error in [*read.problems, *read.missing(needs), *combinations]:
         problems.setdefault(error.variable, error)  # the first word on each variable
     warnings = tuple(unknown_variables(env, read.names))

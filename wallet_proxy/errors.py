@@ -201,6 +201,39 @@ class TriggerStoreUnavailable(WalletProxyError):
     retry_after = 5
 
 
+class QueueMaybeStored(WalletProxyError):
+    """The outbox did not confirm a write in time: it may have stored it (one subclass per
+    route, as each names what it stores)."""
+
+    status = 503
+    retry_after = 5
+
+
+class QueueDiskFull(WalletProxyError):
+    """The disk of the SQLite outbox is too full to take an item; nothing was stored, and
+    what was stored before is still delivered (one subclass per route)."""
+
+    status = 503
+    retry_after = 60
+
+
+class TriggerMaybeStored(QueueMaybeStored):
+    code = "trigger_maybe_stored"
+    message = (
+        "The trigger store did not confirm in time; this trigger may have been stored. "
+        "Send it again with the same Idempotency-Key (without one, the same body within "
+        "10 minutes): a repeat is answered with the trigger's id, never stored twice."
+    )
+
+
+class TriggerDiskFull(QueueDiskFull):
+    code = "trigger_disk_full"
+    message = (
+        "The disk holding the trigger store is full; nothing was accepted. "
+        "Triggers already accepted are still delivered. Try again later."
+    )
+
+
 class TagsQueueFull(WalletProxyError):
     """WALLET_PROXY_TAGS_MAX_QUEUED webhooks wait for SessionM already; nothing was stored."""
 
@@ -217,6 +250,23 @@ class TagsStoreUnavailable(WalletProxyError):
     code = "tags_store_unavailable"
     message = "The tags queue is unavailable; nothing was accepted. Try again shortly."
     retry_after = 5
+
+
+class TagsMaybeStored(QueueMaybeStored):
+    code = "tags_maybe_stored"
+    message = (
+        "The tags queue did not confirm in time; this webhook may have been stored. Send it "
+        "again with the same Idempotency-Key: a repeat is recognised, never applied twice "
+        "(without a key, sending it again may apply its tags twice)."
+    )
+
+
+class TagsDiskFull(QueueDiskFull):
+    code = "tags_disk_full"
+    message = (
+        "The disk holding the tags queue is full; nothing was accepted. "
+        "Webhooks already accepted are still applied. Try again later."
+    )
 
 
 def error_body(error: WalletProxyError) -> dict:

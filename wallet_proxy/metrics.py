@@ -154,6 +154,32 @@ TAGS_QUEUE = Gauge(
     "Webhooks' tags waiting for SessionM (queued or being applied) in this instance's outbox.",
     multiprocess_mode="livesum",
 )
+# The whole outbox's, every queue's: any worker reading it reads the same (`livemax`).
+OUTBOX_BYTES = Gauge(
+    "wallet_proxy_outbox_bytes",
+    "Bytes the instance's outbox (triggers and queued tags) holds against "
+    "WALLET_PROXY_TRIGGER_MAX_BYTES.",
+    multiprocess_mode="livemax",
+)
+OUTBOX_PRUNED = Counter(
+    "wallet_proxy_outbox_pruned",
+    "Kept items (sent, then dead letters; of any queue) removed to make room within "
+    "WALLET_PROXY_TRIGGER_MAX_BYTES.",
+)
+# Labelled by the data folder so that they are absent with the outbox in Redis.
+OUTBOX_DISK_FREE = Gauge(
+    "wallet_proxy_outbox_disk_free_bytes",
+    "Free bytes on the disk of the SQLite outbox (its reserve not counted).",
+    ["folder"],
+    multiprocess_mode="livemostrecent",
+)
+OUTBOX_DISK_FULL = Gauge(
+    "wallet_proxy_outbox_disk_full",
+    "1 while new items are refused for want of room on the SQLite outbox's disk "
+    "(delivery goes on from its reserve), else 0.",
+    ["folder"],
+    multiprocess_mode="livemostrecent",
+)
 
 LOG_LINES_DROPPED = Counter(
     "wallet_proxy_log_lines_dropped",
@@ -288,6 +314,20 @@ def tags_outcome(outcome: TagsOutcome, count: int = 1) -> None:
 
 def tags_queue_depth(depth: int) -> None:
     TAGS_QUEUE.set(depth)
+
+
+def outbox_bytes(total: int) -> None:
+    OUTBOX_BYTES.set(total)
+
+
+def outbox_pruned(count: int) -> None:
+    OUTBOX_PRUNED.inc(count)
+
+
+def outbox_disk(folder: str, *, free_bytes: int, full: bool) -> None:
+    """What the SQLite outbox's disk has free, and whether intake refuses for want of it."""
+    OUTBOX_DISK_FREE.labels(folder).set(free_bytes)
+    OUTBOX_DISK_FULL.labels(folder).set(1 if full else 0)
 
 
 def log_line_dropped() -> None:

@@ -32,11 +32,12 @@ from .rules import (
 )
 from .tags.model import state_word
 from .triggers.model import STATES
+from .triggers.outbox import PRUNED
 from .triggers.schema import TriggerBody
 from .version import __version__
 
 bp = Blueprint("openapi", __name__)
-TAGGING_STATES = [state_word(state) for state in STATES]
+TAGGING_STATES = [*(state_word(state) for state in STATES), PRUNED]
 
 
 def init_app(app: Flask, found: Services) -> None:
@@ -134,7 +135,10 @@ class TagsQueued(TagsAnswer):
     status = fields.String(
         required=True,
         validate=validate.OneOf(TAGGING_STATES),
-        metadata={"description": "The tagging's state now (a repeat answers the first's)."},
+        metadata={
+            "description": "The tagging's state now (a repeat answers the first's; `pruned` "
+            "when that was applied and its record removed to make room)."
+        },
     )
 
 
@@ -142,8 +146,11 @@ class TriggerAccepted(_Strict):
     trigger_id = fields.String(required=True)
     status = fields.String(
         required=True,
-        validate=validate.OneOf(STATES),
-        metadata={"description": "The trigger's state now (a repeat answers the first's)."},
+        validate=validate.OneOf([*STATES, PRUNED]),
+        metadata={
+            "description": "The trigger's state now (a repeat answers the first's; `pruned` "
+            "when that was sent and its record removed to make room)."
+        },
     )
 
 
@@ -268,8 +275,10 @@ TAGS_STATUSES: dict[int, str | None] = {
     413: None,
     422: None,
     502: "Direct mode: SessionM answered with something unusable.",
-    503: "SessionM Core is not configured; queued mode: the queue is full or can't store; "
-    "direct mode: SessionM is unavailable. See Retry-After.",
+    503: "SessionM Core is not configured; queued mode: the queue is full, the outbox's "
+    "disk is full, it can't store, or it did not confirm in time (tags_maybe_stored: send "
+    "again with the same Idempotency-Key); direct mode: SessionM is unavailable. See "
+    "Retry-After.",
     504: "Direct mode: SessionM did not answer within the deadline.",
 }
 
@@ -332,8 +341,9 @@ ROUTES: list[Route] = [
             401: "No valid trigger key (WALLET_PROXY_TRIGGER_KEYS; Bearer, or Basic's password).",
             413: None,
             422: None,
-            503: "Braze is not configured, the queue is full or the outbox can't store; "
-            "see Retry-After.",
+            503: "Braze is not configured, the queue is full, the outbox's disk is full, it "
+            "can't store, or it did not confirm in time (trigger_maybe_stored: send again "
+            "with the same Idempotency-Key); see Retry-After.",
         },
         parameters=(IDEMPOTENCY_KEY,),
         body=TriggerBody,
@@ -341,7 +351,9 @@ ROUTES: list[Route] = [
         ok_status=202,
         description="Exactly one of braze_campaign_id and braze_canvas_id; a customer unless "
         "broadcast is true, never with it, named by at most one of external_id, braze_id and "
-        "user_alias, else by email; enrich [wallet] needs customer.sessionm_user_id. "
+        "user_alias, else by email; enrich [wallet] (the wallet summary in the properties) "
+        "and [attributes] (the loyalty attributes that changed, set on the profile) need "
+        "customer.sessionm_user_id. "
         "202 once stored durably; a repeat (same Idempotency-Key within 7 days, or the same "
         "body without one within 10 minutes) answers the first trigger's id and state.",
     ),

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from .attributes.written import DATABASE as ATTRIBUTES_DATABASE
 from .config import ConfigError, Settings, declared_variables
 from .idempotency import DATABASE as IDEMPOTENCY_DATABASE
 from .stores import DATABASE
@@ -52,6 +53,8 @@ def data_dir_uses(settings: Settings) -> list[str]:
         uses.append("the staff sessions")
     if settings.core_configured and not settings.tags_queued and not settings.redis_url:
         uses.append("the Idempotency-Key records")
+    if (settings.triggers_configured or settings.staff_users) and not settings.redis_url:
+        uses.append("the attributes last written to Braze profiles")
     return uses
 
 
@@ -73,7 +76,7 @@ def _data_files() -> list[str]:
         TAGS_LOCK_FILE,
         *(
             f"{db}{end}"
-            for db in (DATABASE, IDEMPOTENCY_DATABASE, FILE_NAME)
+            for db in (DATABASE, IDEMPOTENCY_DATABASE, FILE_NAME, ATTRIBUTES_DATABASE)
             for end in ("", "-wal", "-shm")
         ),
     ]
@@ -105,9 +108,24 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+def braze_permissions(settings: Settings) -> list[str]:
+    """Which Braze REST API permissions each configured key needs, for what."""
+    found = []
+    if settings.braze_rest_api_key:
+        needs = ["campaigns.trigger.send", "canvas.trigger.send"]
+        uses = "the triggers"
+        if not settings.braze_track_api_key:
+            needs.append("users.track")
+            uses += " and `attributes sync`"
+        found.append(f"BRAZE_REST_API_KEY needs {', '.join(needs)} ({uses})")
+    if settings.braze_track_api_key:
+        found.append("BRAZE_TRACK_API_KEY needs users.track (`attributes sync`)")
+    return found
+
+
 def warnings(settings: Settings | None) -> list[str]:
     """What may go wrong with settings that pass: an answer given at the deadline that may
-    reach Braze after its 2 s; wallets that may fill the trigger outbox's Redis."""
+    reach Braze after its 2 s; wallets that may fill the outbox's Redis."""
     if settings is None:
         return []
     found = []
@@ -119,12 +137,13 @@ def warnings(settings: Settings | None) -> list[str]:
             f"deadline may arrive too late, and Braze leaves its content out; keep it at "
             f"{BRAZE_TIMEOUT - NETWORK_ROOM:g} or less"
         )
-    if settings.triggers_configured and settings.redis_url and not settings.cache_redis_url:
+    outbox = settings.triggers_configured or settings.tags_queued
+    if outbox and settings.redis_url and not settings.cache_redis_url:
         found.append(
-            "the wallet cache shares WALLET_PROXY_REDIS_URL with the trigger outbox: large "
-            "wallets can fill that Redis, and with noeviction (as the outbox needs) new "
-            "triggers are then refused; give the cache a Redis of its own that evicts "
-            "(maxmemory-policy allkeys-lru) in WALLET_PROXY_CACHE_REDIS_URL"
+            "the wallet cache shares WALLET_PROXY_REDIS_URL with the outbox (triggers, queued "
+            "tags): large wallets can fill that Redis, and with noeviction (as the outbox "
+            "needs) new triggers and webhooks are then refused; give the cache a Redis of its "
+            "own that evicts (maxmemory-policy allkeys-lru) in WALLET_PROXY_CACHE_REDIS_URL"
         )
     return found
 

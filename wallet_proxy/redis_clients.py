@@ -5,8 +5,14 @@ Every client is made by `connect(url, profile)`; the profile states its timeouts
 - RENDER: everything on the request path (the wallet cache, single-flight coordination,
   the SessionM budget, staff sessions, Idempotency-Key records). A slow Redis must not
   eat Braze's deadline: 0.25 s to connect and to answer.
-- OUTBOX: the durable trigger outbox. A slow answer is better than a lost trigger: 2 s
-  to connect, 5 s to answer.
+- OUTBOX: the durable trigger outbox, as the deliverer and the commands use it. A slow
+  answer is better than a step of delivery lost: 2 s to connect, 5 s to answer.
+- TRIGGER_INTAKE: storing a trigger while its sender waits, within 2 s (the outbox's
+  ADD_BOUND): 0.25 s to connect, 0.5 s to answer. A write whose answer doesn't come is
+  read back once on another connection when the bound leaves time for it (connecting,
+  the handshake and the read: 1.25 s), so the sender learns whether it was stored;
+  Redis normally answers in a millisecond, and a stall past 0.5 s costs a retry, which
+  the outbox recognises as a repeat.
 - COMMAND: a command a person runs (check-config's PING): 1 s each.
 
 No profile retries a command. redis-py retries up to 10 times by default, which would
@@ -38,8 +44,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
-    connect_timeout: float  # seconds to connect (and for the connection's handshake)
-    answer_timeout: float  # seconds for each command's answer
+    connect_timeout: float  # seconds to connect
+    answer_timeout: float  # seconds for each command's answer, and for the handshake's
     max_connections: int  # per process
 
 
@@ -48,6 +54,9 @@ class Profile:
 RENDER = Profile("render", connect_timeout=0.25, answer_timeout=0.25, max_connections=512)
 OUTBOX = Profile("outbox", connect_timeout=2.0, answer_timeout=5.0, max_connections=64)
 COMMAND = Profile("command", connect_timeout=1.0, answer_timeout=1.0, max_connections=4)
+TRIGGER_INTAKE = Profile(
+    "trigger-intake", connect_timeout=0.25, answer_timeout=0.5, max_connections=64
+)
 
 
 class RedisNotConnected(redis.ConnectionError):

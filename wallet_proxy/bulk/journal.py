@@ -1,6 +1,7 @@
-"""The `tags import` journal (FILE.journal): one fsync'd JSON line per event, per row sent.
+"""The bulk journals (`tags import`'s FILE.journal, `attributes sync`'s FILE.sync.journal): one
+fsync'd JSON line per event, per row sent.
 
-It is read a chunk at a time into the run's Scratch (scratch.py), where each row is
+A journal is read a chunk at a time into the run's Scratch (scratch.py), where each row is
 looked up: a journal of millions of lines takes no more memory than one of ten.
 """
 
@@ -13,9 +14,10 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from ..files import make_private
-from .csvinput import BadInput, TagRow, key_text, tag_key
+from .csvinput import BadInput, key_text, tag_key
 from .scratch import Scratch
 from .sidecars import open_no_follow
 
@@ -23,6 +25,16 @@ SENDING, ACCEPTED, NOT_APPLIED = "sending", "accepted", "not_applied"
 EVENTS = (SENDING, ACCEPTED, NOT_APPLIED)
 CHUNK = 1 << 20
 MAX_LINE = 1 << 20  # a journal line is a few hundred bytes: longer is damage
+
+
+class Journaled(Protocol):
+    """A row as a journal keeps it: (id type, id, tags, ttl), and its line in the file."""
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def key(self) -> tuple: ...
 
 
 def read_journal(path: Path, scratch: Scratch) -> None:
@@ -107,7 +119,7 @@ class Journal:
         self._sync_lock = threading.Lock()
         self._written = self._synced = 0
 
-    def record(self, event: str, row: TagRow) -> None:
+    def record(self, event: str, row: Journaled) -> None:
         """Returns once the line is on disk."""
         id_type, user_id, tags, ttl = row.key
         line = json.dumps(

@@ -1,11 +1,13 @@
 """`wallet-proxy plan`: before a send, what the budget allows, in plain words and numbers.
 
-Pure arithmetic on the settings (no SessionM call, no Redis), for one kind of send per
+Pure arithmetic on the settings (no SessionM call, no Redis), for one kind of work per
 run. `--recipients N` (Connected Content): how long a warm-up of N customers takes, the
 Braze delivery rate limit that keeps a cold send inside the budget, what happens when
 Braze sends faster, and the snippet to use. `--webhooks N` (a webhook campaign tagging
 N customers): the delivery rate to set in Braze for the relay's intake, and how long
-SessionM Core takes to apply them (see `make_webhook_plan`).
+SessionM Core takes to apply them (see `make_webhook_plan`). `--sync N` (`attributes
+sync`): the /users/track requests and how long the sync takes, cold and after a warm-up
+(see `make_sync_plan`).
 
 The model, which bench/campaign.py measures against (docs/benchmarks.md):
 - through the service each message costs one SessionM request however many times
@@ -24,12 +26,14 @@ from dataclasses import dataclass
 
 import click
 
+from ..attributes.values import NAMES
 from ..budget import PROMISE, paced_rate
-from ..config import Settings
+from ..config import TRACK_BATCH, Settings
 from ..tags.worker import WORKER_PRIORITY
 from .commands import load_settings
 from .csvinput import BadInput
 from .durations import Duration, spoken
+from .sync import RATE_OPTION as SYNC_RATE_OPTION
 
 COLD_HEADROOM = 0.95  # of the paced rate, for Braze's uneven minute, retries and refreshes
 WARM_RATE_OPTION = 50.0  # `warm --rate`'s default, a further cap on the warm-up
@@ -53,6 +57,9 @@ FASTER = (2, 3, 10)  # delivery rates shown, as multiples of the budget
 CPU_PER_HIT_US = {"local": 150.0, "redis": 360.0}
 CPU_UTILISATION = 0.7  # of each core a plan counts on: bursts, refreshes, the rest
 BRAZE_DELIVERY_RATES = (10, 500_000)  # Braze's delivery rate limit, messages per minute
+# Braze's /users/track: "3,000 requests per three seconds" (its rate limits page), what
+# paces a sync with WALLET_PROXY_BRAZE_TRACK_RATE=0.
+BRAZE_TRACK_BURST = 3000 / 3
 SNIPPET = (
     "{% connected_content https://YOUR-HOST/v1/wallets/{{${user_id}}} "
     ":basic_auth wallet_proxy :retry :save wallet %}\n"
@@ -351,6 +358,79 @@ def describe_webhooks(plan: WebhookPlan, settings: Settings) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class SyncPlan:
+    """An `attributes sync` of `customers`: Braze's side, then SessionM's, cold and warmed."""
+
+    customers: int
+    requests: int  # at most: only customers whose attributes changed are sent
+    track_rate: float  # requests/s started (WALLET_PROXY_BRAZE_TRACK_RATE, else Braze's burst)
+    braze_seconds: float  # the requests alone, at that rate
+    wallet_rate: float  # wallets/s from SessionM (0: no budget to plan against)
+    cold_seconds: float | None  # None without a budget
+    warmed_seconds: float
+
+
+def make_sync_plan(settings: Settings, customers: int) -> SyncPlan:
+    """Cold: wallets come at the bulk share of what the budget sustains (capped by the
+    command's --rate), the requests at the Braze rate, side by side: the slower bounds it.
+    Warmed: wallets come from the shared cache, so the Braze rate alone does."""
+    requests = math.ceil(customers / settings.braze_track_batch)
+    track_rate = settings.braze_track_rate or BRAZE_TRACK_BURST
+    braze_seconds = requests / track_rate
+    wallet_rate = 0.0
+    cold_seconds = None
+    if settings.sessionm_rate:
+        wallet_rate = min(
+            paced_rate(settings.sessionm_rate) * settings.bulk_share, SYNC_RATE_OPTION
+        )
+        cold_seconds = max(customers / wallet_rate, braze_seconds)
+    return SyncPlan(
+        customers, requests, track_rate, braze_seconds, wallet_rate, cold_seconds, braze_seconds
+    )
+
+
+def describe_sync(plan: SyncPlan, settings: Settings) -> str:
+    n = f"{plan.customers:,}"
+    pace = (
+        f"started at most {plan.track_rate:g}/s (WALLET_PROXY_BRAZE_TRACK_RATE)"
+        if settings.braze_track_rate
+        else f"at Braze's burst limit, {plan.track_rate:,.0f}/s (WALLET_PROXY_BRAZE_TRACK_RATE=0)"
+    )
+    lines = [
+        f"Sync of {n} customers' loyalty attributes to Braze (wallet-proxy attributes sync):",
+        f"  Braze: at most {plan.requests:,} /users/track requests of "
+        f"{settings.braze_track_batch} profiles (WALLET_PROXY_BRAZE_TRACK_BATCH), {pace}: "
+        f"{spoken(plan.braze_seconds)}. Only customers whose attributes changed are sent, "
+        "so a sync with little new sends fewer.",
+    ]
+    if plan.cold_seconds is None:
+        lines.append(
+            "  Cold: WALLET_PROXY_SESSIONM_RATE is 0 (no budget): wallets come at the "
+            f"command's --rate ({SYNC_RATE_OPTION:g}/s by default) or SessionM's own pace."
+        )
+    else:
+        lines.append(
+            f"  Cold (each wallet from SessionM): {plan.wallet_rate:.3g} wallets/s, the bulk "
+            f"share ({settings.bulk_share:.0%}) of what the budget of "
+            f"{settings.sessionm_rate:g} requests/s sustains: about {spoken(plan.cold_seconds)}."
+        )
+    lines += [
+        "  Warmed (wallet-proxy warm FILE just before, with WALLET_PROXY_REDIS_URL): no "
+        f"SessionM call, the Braze rate alone bounds it: about {spoken(plan.warmed_seconds)} "
+        "(after the warm-up, which takes the cold time).",
+        "  Braze's limits: 3,000 /users/track requests every three seconds, others by "
+        "contract (its API Usage Dashboard shows yours); 75 attributes objects a request, "
+        f"50 in all on Monthly Active Users CY 24-25 contracts (set "
+        f"WALLET_PROXY_BRAZE_TRACK_BATCH=50; now {settings.braze_track_batch} of "
+        f"{TRACK_BATCH}).",
+        f"  Data points: Braze bills each attribute set. The first sync sets {len(NAMES)} a "
+        f"customer ({len(NAMES) * plan.customers:,}), later ones only what changed; --stamp "
+        "adds one a customer at every sync.",
+    ]
+    return "\n".join(lines)
+
+
 def _option(seconds: float) -> str:
     hours, rest = divmod(round(seconds), 3600)
     minutes = rest // 60
@@ -367,6 +447,11 @@ def _option(seconds: float) -> str:
     "--webhooks",
     type=click.IntRange(1, 100_000_000),
     help="Customers a webhook campaign tags (the tags relay).",
+)
+@click.option(
+    "--sync",
+    type=click.IntRange(1, 100_000_000),
+    help="Customers an `attributes sync` writes to Braze.",
 )
 @click.option(
     "--renders",
@@ -392,6 +477,7 @@ def plan_command(
     ctx: click.Context,
     recipients: int | None,
     webhooks: int | None,
+    sync: int | None,
     renders: int,
     send_within: float | None,
     delivery_rate: int | None,
@@ -399,15 +485,22 @@ def plan_command(
     """Before a send, calling nothing. --recipients N: how long warming takes, the Braze
     delivery rate to set, what happens if Braze sends faster, and the snippet to use.
     --webhooks N: the delivery rate to set for the tags relay, and how long SessionM takes
-    to apply the tags."""
-    if (recipients is None) == (webhooks is None):
-        raise click.UsageError("give exactly one of --recipients and --webhooks")
+    to apply the tags. --sync N: the requests to Braze and how long an `attributes sync`
+    takes."""
+    counts = {"--recipients": recipients, "--webhooks": webhooks, "--sync": sync}
+    if sum(count is not None for count in counts.values()) != 1:
+        raise click.UsageError(f"give exactly one of {', '.join(counts)}")
     settings = load_settings()
+    other = "--webhooks" if webhooks is not None else "--sync" if sync is not None else None
+    for name in ("renders", "send_within", "delivery_rate"):
+        given = ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        if other is not None and given:
+            option = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{option} goes with --recipients, not {other}")
+    if sync is not None:
+        click.echo(describe_sync(make_sync_plan(settings, sync), settings))
+        return
     if webhooks is not None:
-        for name in ("renders", "send_within", "delivery_rate"):
-            if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
-                option = "--" + name.replace("_", "-")
-                raise click.UsageError(f"{option} goes with --recipients, not --webhooks")
         if not settings.sessionm_core_rate:
             raise BadInput(
                 "WALLET_PROXY_SESSIONM_CORE_RATE is 0 (no budget): set SessionM Core's "

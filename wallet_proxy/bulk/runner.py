@@ -10,14 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import wait as wait_for
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from ..background import Pool
 from ..errors import (
     UpstreamServerError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    WalletProxyError,
 )
 
 MAX_ATTEMPTS = 6
@@ -58,11 +57,18 @@ class RateLimiter:
             self._next = max(self._next, self.clock() + seconds)
 
 
+class Refusal(Protocol):
+    """A failure that may say how long to wait: SessionM's (WalletProxyError) or Braze's."""
+
+    @property
+    def retry_after(self) -> float | None: ...
+
+
 def pause_before_retry(
-    error: WalletProxyError, attempt: int, limiter: RateLimiter, stop: threading.Event
+    error: Refusal, attempt: int, limiter: RateLimiter, stop: threading.Event
 ) -> bool:
-    """Exponential backoff with jitter, at least SessionM's Retry-After (which then holds
-    every worker, not just this one). False if stopped while waiting."""
+    """Exponential backoff with jitter, at least the Retry-After the failure carries (which
+    then holds every worker, not just this one). False if stopped while waiting."""
     delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
     if error.retry_after:
         delay = max(delay, float(error.retry_after))

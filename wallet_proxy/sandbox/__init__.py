@@ -1,5 +1,6 @@
 """SessionM stand-in: a real HTTP server speaking Connect offers and Core customer tags, and
-Braze's two trigger endpoints (`braze`, with knobs of its own under `/_sandbox/braze/`).
+Braze's two trigger endpoints and `/users/track` (`braze`, with knobs of its own under
+`/_sandbox/braze/`).
 
 Tests run it in a thread (`SandboxServer`), people run it with `wallet-proxy sandbox`
 (`serve`). Answers depend only on the clock and the seeded users; knobs are the one way to
@@ -21,10 +22,10 @@ local test double with demo credentials and must never face a real network.
 
 Layout: `server` (the socket, the Flask app, `/_sandbox/*`), `state` (knobs acting on every
 call, counters, the `Api` protocol), `knobs` (their rules), `connect` and `core` (one API
-each), `braze` (Braze's trigger sends), `logos` (the offers' images,
-`/_sandbox/logos/<name>.png`), `customers` (the seeded demo data), `wire` (SessionM's
-formats). Another API is one more module implementing `state.Api`, listed in
-`server.build_sandbox`.
+each), `braze` (Braze's trigger sends and `/users/track`) with `profiles` (what
+`/users/track` keeps), `logos` (the offers' images, `/_sandbox/logos/<name>.png`),
+`customers` (the seeded demo data), `wire` (SessionM's formats). Another API is one more
+module implementing `state.Api`, listed in `server.build_sandbox`.
 """
 
 from .braze import DEMO_BRAZE_API_KEY

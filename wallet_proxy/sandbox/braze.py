@@ -1,4 +1,5 @@
-"""Braze's two trigger endpoints, stood in for: the demo and the tests need no Braze.
+"""Braze's trigger endpoints and `/users/track`, stood in for: the demo and the tests need no
+Braze.
 
 `POST /campaigns/trigger/send` and `POST /canvas/trigger/send` check what Braze checks
 (the key, exactly one id, at most 50 recipients or a broadcast without them, each
@@ -8,7 +9,9 @@ context only for Canvases, 50 KB per object), answer as Braze does (`success` wi
 `dispatch_id`, rate-limit headers on every answer) and record every call and every
 message delivered, so a test can prove who got what, once. Like Braze, a call that
 names one recipient twice, or two recipients with one email address, delivers to them
-once ("Braze dedupes the user").
+once ("Braze dedupes the user"). `POST /users/track` keeps profiles (profiles.py), within
+Braze's burst limit: `track_limit` requests every `track_window` seconds ("3,000 requests
+per three seconds"), then 429 with X-RateLimit-* until the window ends.
 
 Its knobs are its own (`/_sandbox/braze/config`), so Braze can fail while SessionM
 answers: `status` forces an answer with the body Braze (or the gateway in front of it)
@@ -17,13 +20,15 @@ gives (for the next `times` calls, or until changed), with `retry_after` on a 42
 connection, both after Braze has acted on the call; `maintenance` answers 202 `queued`;
 `paused` lists campaign and Canvas ids answered 201 with Braze's `notice` and not sent;
 `reject` lists recipients (any identifier) Braze refuses with a 400; `remaining` sets
-X-RateLimit-Remaining (0 asks callers to wait for the reset).
+X-RateLimit-Remaining (0 asks callers to wait for the reset); `max_objects` caps the
+objects of a `/users/track` request in total.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import socket
 import threading
 import time
@@ -32,12 +37,14 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from .profiles import Profiles, track_problem
 from .state import Sandbox
 
 DEMO_BRAZE_API_KEY = "demo-braze-rest-key"
 MAX_RECIPIENTS = 50
 MAX_OBJECT_BYTES = 50 * 1024
 HOURLY_LIMIT = 250_000
+TRACK = "track"  # the kind of a /users/track call, beside the campaign and Canvas sends
 KNOB_LIMIT_SECONDS = 3600.0
 
 DEFAULT_KNOBS: dict[str, Any] = {
@@ -51,6 +58,9 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "reject": [],
     "remaining": None,
     "reset_in": 3600.0,
+    "track_limit": 3000,
+    "track_window": 3.0,
+    "max_objects": None,
 }
 MAX_LISTED = 1000  # ids in a list knob
 # What the `status` knob answers: Braze's own words for its errors (its errors page), and
@@ -90,6 +100,12 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("status must be an HTTP status (100-599) or null")
         if name in ("times", "remaining") and value is not None and not _whole(value, 0, 10**9):
             raise ValueError(f"{name} must be a whole number or null")
+        if name == "track_limit" and not _whole(value, 1, 10**6):
+            raise ValueError("track_limit must be requests per track_window, 1 or more")
+        if name == "track_window" and not (_number(value) and 0.1 <= value <= 60):
+            raise ValueError("track_window must be seconds from 0.1 to 60")
+        if name == "max_objects" and value is not None and not _whole(value, 1, 225):
+            raise ValueError("max_objects must be 1 to 225 objects, or null")
         seconds = name in ("latency", "reset_in", "retry_after") and value is not None
         if seconds and not (_number(value) and 0 <= value <= KNOB_LIMIT_SECONDS):
             raise ValueError(f"{name} must be seconds from 0 to {KNOB_LIMIT_SECONDS:g}")
@@ -207,7 +223,8 @@ def deduplicated(recipients: list[dict]) -> list[dict]:
 
 
 class Braze:
-    """The trigger endpoints; stats are `braze_calls` (each call) and `braze_messages`.
+    """The trigger endpoints and /users/track; stats are `braze_calls` (each call) and
+    `braze_messages`; `profiles()` what /users/track was told.
 
     Cleared with the rest of the sandbox by `/_sandbox/reset`.
     """
@@ -216,6 +233,7 @@ class Braze:
         self.api_key = api_key
         self._lock = threading.Lock()  # its own: the knobs and history are Braze's alone
         self._closing = threading.Event()
+        self._profiles = Profiles()
         self.clear()
 
     def clear(self) -> None:
@@ -224,6 +242,8 @@ class Braze:
             self._calls: list[dict[str, Any]] = []
             self._messages: list[dict[str, Any]] = []
             self._used = 0
+            self._track_window, self._track_used = 0.0, 0
+        self._profiles.clear()
 
     def configure(self, knobs: dict[str, Any]) -> dict[str, Any]:
         checked = check_knobs(knobs)
@@ -238,6 +258,11 @@ class Braze:
                 "braze_messages": [dict(message) for message in self._messages],
             }
 
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        """Each profile /users/track was told about, by "identifier:value": its attributes
+        and when each was set."""
+        return self._profiles.snapshot()
+
     def register(self, app: Flask, sandbox: Sandbox) -> None:
         self._closing = sandbox.closing
 
@@ -245,6 +270,10 @@ class Braze:
         @app.post("/canvas/trigger/send", defaults={"kind": "canvas"})
         def trigger_send(kind: str) -> Response:
             return self._answer(kind)
+
+        @app.post("/users/track")
+        def users_track() -> Response:
+            return self._answer(TRACK)
 
         @app.route("/_sandbox/braze/config", methods=["GET", "POST"])
         def braze_config() -> tuple[Response, int] | Response:
@@ -260,6 +289,10 @@ class Braze:
         def braze_stats() -> Response:
             return jsonify(self.stats())
 
+        @app.get("/_sandbox/braze/profiles")
+        def braze_profiles() -> Response:
+            return jsonify(self.profiles())
+
     def _answer(self, kind: str) -> Response:
         body = request.get_json(silent=True)
         now = time.time()
@@ -273,9 +306,9 @@ class Braze:
                 else:
                     self._knobs["times"] = knobs["times"] - 1
             self._calls.append(call)
-            self._used += 1
-            used = self._used
-        status, mimetype, answer = self._produce(kind, body, knobs, forced, now, call)
+            limit, used, reset = self._count(kind, knobs, now)
+        over = used > limit
+        status, mimetype, answer = self._produce(kind, body, knobs, forced, now, call, over)
         call["status"] = status
         # Slow or cut off after Braze has acted: the caller can't know it was delivered.
         if (knobs["latency"] and self._closing.wait(knobs["latency"])) or knobs["drop"]:
@@ -284,18 +317,40 @@ class Braze:
             return Response(status=500)
         remaining = knobs["remaining"]
         headers = {
-            "X-RateLimit-Limit": str(HOURLY_LIMIT),
+            "X-RateLimit-Limit": str(limit),
             "X-RateLimit-Remaining": str(
-                remaining if remaining is not None else max(0, HOURLY_LIMIT - used)
+                remaining if remaining is not None else max(0, limit - used)
             ),
-            "X-RateLimit-Reset": str(int(now + knobs["reset_in"])),
+            "X-RateLimit-Reset": str(reset),
         }
         if (status == 429 or 500 <= status < 600) and knobs["retry_after"] is not None:
             headers["Retry-After"] = str(knobs["retry_after"])
         return Response(answer, status, headers, mimetype=mimetype)
 
+    def _count(self, kind: str, knobs: dict, now: float) -> tuple[int, int, int]:
+        """(limit, calls used of it, when it resets in epoch seconds) for this call's rate
+        limit: the hour's for the sends, the burst window's for /users/track (its end,
+        rounded up: a caller waiting for it finds the window over). Called with the lock
+        held."""
+        if kind != TRACK:
+            self._used += 1
+            return HOURLY_LIMIT, self._used, int(now + knobs["reset_in"])
+        window = knobs["track_window"]
+        start = math.floor(now / window) * window
+        if start != self._track_window:
+            self._track_window, self._track_used = start, 0
+        self._track_used += 1
+        return knobs["track_limit"], self._track_used, math.ceil(start + window)
+
     def _produce(
-        self, kind: str, body: Any, knobs: dict, forced: int | None, now: float, call: dict
+        self,
+        kind: str,
+        body: Any,
+        knobs: dict,
+        forced: int | None,
+        now: float,
+        call: dict,
+        over: bool,
     ) -> tuple[int, str, str]:
         """The answer's status, media type and body; what was delivered goes in the stats."""
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -307,6 +362,13 @@ class Braze:
                 mimetype,
                 text or json.dumps({"message": f"forced by the sandbox's status knob ({forced})"}),
             )
+        if over:
+            return 429, *FORCED_ANSWERS[429]
+        if kind == TRACK:
+            problem = track_problem(body, knobs["max_objects"])
+            if problem is not None:
+                return _json(400, {"message": problem})
+            return _json(201, self._profiles.track(body, reject=knobs["reject"], now=now))
         problem = body_problem(kind, body)
         if problem is None:
             named = [recipient_of(r)[1] for r in body.get("recipients") or []]
@@ -339,6 +401,8 @@ class Braze:
                         "at": now,
                     }
                 )
+                if recipient.get("attributes"):
+                    self._profiles.update_existing(recipient, recipient["attributes"], now)
         if knobs["maintenance"]:
             return _json(202, {"message": "queued"})
         return _json(201, {"message": "success", "dispatch_id": dispatch_id})

@@ -27,6 +27,8 @@ from flask import (
 )
 
 from .. import api
+from ..attributes.values import NAMES, Attributes, attributes_of, loyalty_of
+from ..attributes.written import KEEP, Written, WrittenStoreError
 from ..cache import Entry
 from ..container import Services, services
 from ..origins import origin_of
@@ -38,7 +40,7 @@ from . import listing, staff
 from . import tags as tag_pages
 from . import triggers as trigger_pages
 from .blueprint import bp
-from .state import EXTENSION, build_state
+from .state import EXTENSION, build_state, support_state
 
 PUBLIC_ENDPOINTS = {"support.static", "support.login"}
 REASONS = {
@@ -187,6 +189,7 @@ def wallet(user_id: str):
         braze_keeps_until=now + BRAZE_CACHE_AGE,
         braze_keeps_at_most_until=now + BRAZE_MAX_CACHE_AGE,
         history=staff.staff_history().visit(user_id, g.staff, culture),
+        in_braze=in_braze(user_id, attributes_of(loyalty_of(lookup.wallet, now))),
         now=now,
         culture=culture,
         api_path=f"/v1/wallets/{user_id}{query}",
@@ -268,6 +271,30 @@ def look_up(user_id: str, culture: str) -> tuple[Lookup, Entry | None]:
         if entry is not None and entry.wallet is not None and entry.wallet.fetched_at == shown:
             return lookup, entry
     return lookup, None
+
+
+@dataclass(frozen=True, slots=True)
+class InBraze:
+    """The loyalty attributes last written to the customer's Braze profile, beside what a
+    write would send from the wallet shown."""
+
+    written: Written | None  # None: none kept (or `unavailable`)
+    unavailable: bool  # the store did not answer
+    current: Attributes  # what a write would send from the wallet shown
+    names: tuple[str, ...] = NAMES
+    kept_days: int = int(KEEP // 86_400)
+
+    def at(self) -> datetime | None:
+        return datetime.fromtimestamp(self.written.at, UTC) if self.written else None
+
+
+def in_braze(user_id: str, current: Attributes) -> InBraze:
+    store = support_state().written
+    assert store is not None  # the pages exist only with staff accounts, and so does this
+    try:
+        return InBraze(store.latest_for(user_id), False, current)
+    except WrittenStoreError:
+        return InBraze(None, True, current)
 
 
 def freshness(lookup: Lookup, entry: Entry | None, now: datetime) -> Freshness:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .. import metrics
-from ..errors import TagsQueueFull, TagsStoreUnavailable
+from ..errors import TagsDiskFull, TagsMaybeStored, TagsQueueFull, TagsStoreUnavailable
 from ..idempotency import WINDOW, fingerprint, scope_digest
 from ..triggers.intake import store
 from ..triggers.outbox import Accepted, Dedupe, Outbox
@@ -40,6 +40,8 @@ class TagsIntake:
             max_waiting=self.max_queued,
             full=TagsQueueFull,
             unavailable=TagsStoreUnavailable,
+            disk_full=TagsDiskFull,
+            maybe_stored=TagsMaybeStored,
         )
         metrics.tags_outcome("accepted" if accepted.created else "repeat")
         return accepted

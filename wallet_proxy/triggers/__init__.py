@@ -24,7 +24,8 @@ def init_app(app: Flask, found: Services) -> None:
     (started by the service's launcher, running.py); closed with the app."""
     triggers = None
     if found.settings.triggers_configured:
-        triggers = build_triggers(found.settings, shared_outbox(app, found), found.unix_time)
+        outbox = shared_outbox(app, found)
+        triggers = build_triggers(found.settings, outbox, found.unix_time, found.redis)
     app.extensions[EXTENSION] = triggers
     if triggers is not None:
         deliverer = running.deliverer_loop(app)

@@ -5,7 +5,10 @@ One loop, `run_once` at a time:
 1. claim the next batch: every queued trigger of the campaign or Canvas whose oldest
    has waited WALLET_PROXY_TRIGGER_BATCH_MS (so triggers arriving together go together);
 2. expire what has waited past WALLET_PROXY_TRIGGER_MAX_AGE (dead letters);
-3. add the wallet where asked (within a budget; -1 when it can't be had in time);
+3. add the wallet where asked (within a budget; -1 when it can't be had in time), and the
+   loyalty attributes that changed since the profile last got them where asked (none when
+   the wallet can't be had), set on the profile with the send (attributes/written.py keeps
+   them once Braze took the call);
 4. split into calls: a broadcast alone (within Braze's 250 a minute), others up to 50
    recipients named the same way (external id, Braze id, alias or email), never one
    recipient or one email address twice in a call (Braze would dedupe them);
@@ -29,22 +32,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .. import metrics
+from ..attributes.values import Attributes, Loyalty, attributes_of, changed
+from ..attributes.written import TRIGGER, Written, WrittenStore, WrittenStoreError
 from ..background import Pool
+from ..braze_rest import BrazeNotProcessed, BrazeOutcomeUnknown, BrazeRejected, RateLimit
 from ..logs import UserRef
-from .braze import (
-    MAX_RECIPIENTS,
-    BrazeNotProcessed,
-    BrazeOutcomeUnknown,
-    BrazeRejected,
-    RateLimit,
-    Sent,
-    call_body,
-)
-from .model import Record
+from .braze import MAX_RECIPIENTS, Sent, call_body
+from .model import Record, Trigger
 from .outbox import Outbox
 from .properties import WALLET_UNKNOWN, with_wallet
 from .upkeep import keep_working
@@ -75,9 +75,20 @@ class Sender(Protocol):
 
 
 class Wallets(Protocol):
-    def summary(self, user_id: str) -> tuple[int, int] | None:
-        """(available points, live offer count), or None if it can't be had now."""
+    def loyalty(self, user_id: str) -> Loyalty | None:
+        """What the customer's wallet says now, or None if it can't be had now."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A trigger as it is sent: with the wallet in its properties and the loyalty
+    attributes that changed in its recipient's attributes, where asked; `profile`: every
+    loyalty attribute, to remember as written once Braze takes the call."""
+
+    trigger: Trigger
+    properties: dict
+    profile: Attributes | None = None
 
 
 def default_owner() -> str:
@@ -128,6 +139,7 @@ class Deliverer:
         window: float,
         max_age: float,
         wallets: Wallets | None = None,
+        written: WrittenStore | None = None,
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
         rng: Callable[[], float] = random.random,
@@ -138,6 +150,7 @@ class Deliverer:
         self.window = window
         self.max_age = max_age
         self.wallets = wallets
+        self.written = written
         self.clock = clock
         self.owner = owner or default_owner()
         self.rng = rng
@@ -179,7 +192,7 @@ class Deliverer:
         if not records:
             return 0
         live = self._expire(records, now)
-        properties = self._properties(live)
+        outgoing = self._outgoing(live)
         waiting: list[Record] = []
         for record in [r for r in live if r.trigger.broadcast]:
             if self._paused():
@@ -189,12 +202,12 @@ class Deliverer:
             if wait > 0:  # Braze allows 250 broadcasts a minute
                 self._move("release", [record], due_at=self.clock() + wait)
                 continue
-            self._call([record], properties)
+            self._call([record], outgoing)
         for call in split_calls([r for r in live if not r.trigger.broadcast]):
             if self._paused():
                 waiting += call
                 continue
-            self._call(call, properties)
+            self._call(call, outgoing)
         if waiting:
             self._move("release", waiting, due_at=max(self.paused_until, self.clock()))
         return len(records)
@@ -214,26 +227,82 @@ class Deliverer:
     def _too_old(self) -> str:
         return f"not delivered within {self.max_age / 3600:g} h"
 
-    def _properties(self, records: list[Record]) -> dict[str, dict]:
-        """Each trigger's properties as sent: with its wallet summary where asked."""
-        found = {r.id: r.trigger.properties for r in records}
-        asking = [r for r in records if r.trigger.wallet_user_id]
-        if not asking or self.wallets is None:
-            return found
-        wallets = self.wallets
-        futures = {
-            r.id: self._pool.submit(wallets.summary, r.trigger.wallet_user_id or "")
-            for r in asking
+    def _outgoing(self, records: list[Record]) -> dict[str, Outgoing]:
+        """Each trigger as it is sent: a customer's wallet, read once for the batch within
+        its budget, goes where asked (-1 in the summary, no attributes, when it can't)."""
+        wanted = {
+            user_id
+            for record in records
+            for user_id in (record.trigger.wallet_user_id, record.trigger.attributes_user_id)
+            if user_id
         }
-        wait_for(futures.values(), timeout=self.wallet_budget)
-        for record in asking:
-            future = futures[record.id]
-            summary = future.result() if future.done() and not future.exception() else None
-            points, offers = summary if summary is not None else (WALLET_UNKNOWN, WALLET_UNKNOWN)
-            found[record.id] = with_wallet(record.trigger.properties, points, offers)
+        loyalties: dict[str, Future] = {}
+        if wanted and self.wallets is not None:
+            loyalties = {uid: self._pool.submit(self.wallets.loyalty, uid) for uid in wanted}
+            wait_for(loyalties.values(), timeout=self.wallet_budget)
+
+        def loyalty(user_id: str | None) -> Loyalty | None:
+            future = loyalties.get(user_id or "")
+            if future is None or not future.done() or future.exception():
+                return None
+            found: Loyalty | None = future.result()
+            return found
+
+        found = {}
+        for record in records:
+            trigger, properties = record.trigger, record.trigger.properties
+            if trigger.wallet_user_id:
+                summary = loyalty(trigger.wallet_user_id)
+                points, offers = (
+                    (summary.available_points, summary.offer_count)
+                    if summary is not None
+                    else (WALLET_UNKNOWN, WALLET_UNKNOWN)
+                )
+                properties = with_wallet(properties, points, offers)
+            found[record.id] = self._with_attributes(
+                Outgoing(trigger, properties), loyalty(trigger.attributes_user_id)
+            )
         return found
 
-    def _call(self, records: list[Record], properties: dict[str, dict]) -> None:
+    def _with_attributes(self, outgoing: Outgoing, loyalty: Loyalty | None) -> Outgoing:
+        """The loyalty attributes the recipient's profile doesn't hold yet, set with the send."""
+        trigger = outgoing.trigger
+        if loyalty is None or trigger.recipient is None:
+            return outgoing
+        profile = attributes_of(loyalty)
+        last = None
+        if self.written is not None:
+            try:
+                last = self.written.get(trigger.recipient)
+            except WrittenStoreError as error:
+                log.warning(
+                    "what was last written to Braze can't be read (%s): all is sent", error
+                )
+        changes = changed(profile, last.attributes if last is not None else None)
+        sent = replace(trigger, attributes={**changes, **trigger.attributes})
+        return replace(outgoing, trigger=sent, profile=profile)
+
+    def _remember(self, records: list[Record], outgoing: dict[str, Outgoing]) -> None:
+        """What Braze took of the loyalty attributes, so the next write sends only changes."""
+        at = self.clock()
+        writes = [
+            Written(
+                sent.trigger.recipient,
+                sent.trigger.attributes_user_id or "",
+                sent.profile,
+                at,
+                TRIGGER,
+            )
+            for sent in (outgoing[r.id] for r in records)
+            if sent.profile is not None and sent.trigger.recipient is not None
+        ]
+        if writes and self.written is not None:
+            try:
+                self.written.put_many(writes)
+            except WrittenStoreError as error:
+                log.warning("what was written to Braze can't be kept (%s)", error)
+
+    def _call(self, records: list[Record], outgoing: dict[str, Outgoing]) -> None:
         now = self.clock()
         marked = set(
             self.outbox.move(
@@ -246,12 +315,12 @@ class Deliverer:
         )
         mine = [r for r in records if r.id in marked]  # a claim lost to another instance
         if mine:
-            self._send(mine, properties)
+            self._send(mine, outgoing)
 
-    def _send(self, records: list[Record], properties: dict[str, dict]) -> None:
+    def _send(self, records: list[Record], outgoing: dict[str, Outgoing]) -> None:
         """Records are `sending` and ours; afterwards each is sent, queued, unknown or dead."""
         kind = records[0].trigger.kind
-        body = call_body([(r.trigger, properties[r.id]) for r in records])
+        body = call_body([(outgoing[r.id].trigger, outgoing[r.id].properties) for r in records])
         try:
             sent = self.sender.send(kind, body)
         except BrazeNotProcessed as failure:
@@ -270,7 +339,7 @@ class Deliverer:
             self._note_rate(failure.rate)
             if failure.status == 400 and len(records) > 1:
                 log.info("Braze refused a batch of %d; sending each alone", len(records))
-                self._one_by_one(records, properties)
+                self._one_by_one(records, outgoing)
                 return
             self._refused(records, failure.reason)
             self._move("dead", records, reason=failure.reason)
@@ -280,6 +349,7 @@ class Deliverer:
                 "queued by Braze (maintenance)" if sent.queued else ""
             )
             self._move("sent", records, dispatch_id=sent.dispatch_id, reason=note)
+            self._remember(records, outgoing)
 
     @staticmethod
     def _refused(records: list[Record], reason: str) -> None:
@@ -294,7 +364,7 @@ class Deliverer:
         to = UserRef(recipient.id) if recipient is not None else "everyone"
         log.warning("trigger %s for %s to %s refused: %s", records[0].id, target, to, reason)
 
-    def _one_by_one(self, records: list[Record], properties: dict[str, dict]) -> None:
+    def _one_by_one(self, records: list[Record], outgoing: dict[str, Outgoing]) -> None:
         for index, record in enumerate(records):
             if self._paused():
                 self._move(
@@ -306,7 +376,7 @@ class Deliverer:
                 return
             now = self.clock()
             if self._move("renew", [record], lease_until=now + SEND_LEASE):
-                self._send([record], properties)
+                self._send([record], outgoing)
 
     def _retry(self, records: list[Record], failure: BrazeNotProcessed) -> None:
         now = self.clock()

@@ -1,4 +1,5 @@
-"""Accepting a trigger: map it, recognise a repeat, respect the bound, store it durably.
+"""Accepting a trigger: map it, recognise a repeat, respect the bounds, store it durably,
+and answer the truth within the outbox's ADD_BOUND: stored, not stored, or maybe stored.
 
 `store` is any queue's accepting (the queued tags' too): the outbox's refusals as the
 route's errors."""
@@ -11,11 +12,25 @@ from collections.abc import Callable, Sequence
 from .. import metrics
 from ..errors import (
     IdempotencyConflict,
+    QueueDiskFull,
+    QueueMaybeStored,
+    TriggerDiskFull,
+    TriggerMaybeStored,
     TriggerQueueFull,
     TriggerStoreUnavailable,
     WalletProxyError,
 )
-from .outbox import Accepted, Dedupe, DedupeConflict, Outbox, OutboxError, OutboxFull, Queued
+from .outbox import (
+    Accepted,
+    Dedupe,
+    DedupeConflict,
+    DiskFull,
+    Outbox,
+    OutboxError,
+    OutboxFull,
+    OutcomeUnknown,
+    Queued,
+)
 from .properties import build_trigger
 
 log = logging.getLogger(__name__)
@@ -50,6 +65,8 @@ class Intake:
             max_waiting=self.max_queued,
             full=TriggerQueueFull,
             unavailable=TriggerStoreUnavailable,
+            disk_full=TriggerDiskFull,
+            maybe_stored=TriggerMaybeStored,
         )
         metrics.trigger_outcome("accepted" if accepted.created else "repeat")
         return accepted
@@ -64,16 +81,30 @@ def store(
     max_waiting: int,
     full: type[WalletProxyError],
     unavailable: type[WalletProxyError],
+    disk_full: type[QueueDiskFull],
+    maybe_stored: type[QueueMaybeStored],
 ) -> Accepted:
     """`item` stored durably (or the one it repeats); raises `full` when its queue is at
-    `max_waiting`, `unavailable` when the store failed (nothing was stored), and
-    IdempotencyConflict for a key reused with another body."""
+    `max_waiting` or the store's byte bound, `unavailable` when the store failed and
+    `disk_full` when its disk is (nothing was stored in either case), `maybe_stored` when
+    the store did not confirm in time, and IdempotencyConflict for a key reused with
+    another body. Kept items pruned to make room are counted."""
+    queue = outbox.queue.name
     try:
-        return outbox.add(item, dedupe, now=now, max_waiting=max_waiting)
+        accepted = outbox.add(item, dedupe, now=now, max_waiting=max_waiting)
     except OutboxFull:
         raise full() from None
     except DedupeConflict:
         raise IdempotencyConflict() from None
+    except DiskFull as exc:
+        log.error("refused an item of the %s queue: %s", queue, exc)
+        raise disk_full() from None
     except OutboxError as exc:
-        log.error("could not store an item of the %s queue: %s", outbox.queue.name, exc)
+        log.error("could not store an item of the %s queue: %s", queue, exc)
         raise unavailable() from None
+    except OutcomeUnknown:
+        log.error("an item of the %s queue may be stored: the store did not confirm", queue)
+        raise maybe_stored() from None
+    if accepted.pruned:
+        metrics.outbox_pruned(accepted.pruned)
+    return accepted

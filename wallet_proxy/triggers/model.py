@@ -31,6 +31,8 @@ class Trigger:
     attributes: dict  # set on the Braze profile before the send ({} or {"email": ...})
     properties: dict  # flat, every key present; trigger_properties or context
     wallet_user_id: str | None = None  # SessionM user id, when the wallet is to be added
+    # SessionM user id, when the profile is to get the loyalty attributes that changed
+    attributes_user_id: str | None = None
 
     @property
     def target(self) -> str:
@@ -62,6 +64,8 @@ class Trigger:
         fields = {name: getattr(self, name) for name in self.__slots__}
         if self.recipient is not None:
             fields["recipient"] = self.recipient.stored()
+        if self.attributes_user_id is None:  # as stored before it existed: same fingerprint
+            del fields["attributes_user_id"]
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=canonical)
 
     @classmethod

@@ -89,4 +89,7 @@ def build_trigger(body: dict, *, set_email: bool, prioritization: Sequence[str])
         attributes=attributes,
         properties=properties,
         wallet_user_id=customer["sessionm_user_id"] if "wallet" in body["enrich"] else None,
+        attributes_user_id=(
+            customer["sessionm_user_id"] if "attributes" in body["enrich"] else None
+        ),
     )

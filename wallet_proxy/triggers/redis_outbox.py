@@ -6,8 +6,17 @@ Each queue of the outbox (outbox.Queue) has its keys under `wallet-proxy:<queue>
 `s:<state>` a sorted set of ids per state (counts, listings, purging); `q:<target>` the
 unclaimed queued ids of one campaign or Canvas by due time, and `targets` each target by
 its earliest due time (what to batch next); `leases` claimed and sending ids by lease
-end; `d:<key>` de-duplication records that expire by themselves; `c:<external id>` a
-customer's recent items; `broadcasts` the last minute's broadcast calls.
+end; `d:<key>` de-duplication records that expire by themselves, and `dedupes` their keys
+by expiry, so that the ledger forgets them when they expire; `c:<external id>` a
+customer's recent items; `broadcasts` the last minute's broadcast calls; `fence:<id>` an
+add that must not happen any more. `wallet-proxy:usage`, every queue's, is the ledger of
+bytes per part (outbox.py): the scripts find it, and the queue's name, from the prefix.
+
+An add whose answer is lost (a timeout or a dropped connection after the script was sent)
+may run later: Redis runs what it has read even from a client that has given up. So the
+intake settles it on another connection, within the bound, with one script that either
+finds the trigger stored or fences the add (`fence:<id>`), which then refuses to store
+it whenever it runs: the answer is then the truth, not a guess.
 
 Redis holding triggers must persist (appendonly yes) and never evict (maxmemory-policy
 noeviction): an evicted key is a lost trigger. `persistence_warnings` reads both when
@@ -18,47 +27,115 @@ scripts touch keys they compute.
 from __future__ import annotations
 
 import json
+import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
-from ..redis_clients import OUTBOX, connect
-from .model import QUEUED, SENDING, SENT, Record
+from ..redis_clients import OUTBOX, TRIGGER_INTAKE, RedisNotConnected, connect
+from .model import DEAD, QUEUED, SENDING, SENT, Record
 from .outbox import (
+    ADD_BOUND,
     ALL_STATES,
     BROADCASTS_PER_MINUTE,
     DEAD_RETENTION,
+    DEDUPE_PART,
+    DEFAULT_MAX_BYTES,
     FINISHED,
     MOVES,
+    PRUNABLE_STATES,
+    PRUNED,
     RECENT_PER_CUSTOMER,
     SENT_RETENTION,
     TRIGGERS,
     Accepted,
+    Costs,
     Dedupe,
     DedupeConflict,
     OutboxError,
     OutboxFull,
+    OutcomeUnknown,
     Queue,
     Queued,
 )
 from .sqlite_outbox import new_id
 
+log = logging.getLogger(__name__)
+
+ROOT = "wallet-proxy:"
+
 
 def prefix_of(queue: Queue) -> str:
-    return f"wallet-proxy:{queue.name}:"
+    return f"{ROOT}{queue.name}:"
 
 
 PREFIX = prefix_of(TRIGGERS)
 BATCH = 1000
+# A fenced add may still be on its way to Redis (in a socket buffer, or resent by TCP for
+# minutes over a broken network): the fence outlives any such delay.
+FENCE_TTL = 86_400
+# Measured (used_memory): about 1,900 bytes a trigger besides its body (its hash, its
+# members in the state, queue and customer sets), 450 a dedupe record (its key and its
+# member of `dedupes`), and jemalloc's size classes round a large body up by up to 1/8.
+COSTS = Costs(per_record=2048, per_dedupe=512, body_share=1 / 8)
+EXPIRE_DEDUPES = 100  # expired dedupe keys forgotten per add (purge forgets the rest)
+# Reading an add back takes, at worst, a new connection: connecting, its handshake and
+# the read. Done only when that still ends within ADD_BOUND.
+SETTLE_WORST = TRIGGER_INTAKE.connect_timeout + 2 * TRIGGER_INTAKE.answer_timeout
 
-_LIB = """
+_LIB = (
+    """
 local P = ARGV[1]
+local Q = string.match(P, '([^:]+):$')
+local ROOT = string.sub(P, 1, #P - #Q - 1)
+local L = ROOT .. 'usage'
+local D = '"""
+    + DEDUPE_PART
+    + """'
 local function set_state(id, old, new, score)
-  if old then redis.call('ZREM', P .. 's:' .. old, id) end
+  local key = P .. 't:' .. id
+  local size = tonumber(redis.call('HGET', key, 'size') or '0')
+  if old then
+    redis.call('ZREM', P .. 's:' .. old, id)
+    redis.call('HINCRBY', L, Q .. ':' .. old, -size)
+  end
   redis.call('ZADD', P .. 's:' .. new, score, id)
-  redis.call('HSET', P .. 't:' .. id, 'state', new)
+  redis.call('HSET', key, 'state', new)
+  redis.call('HINCRBY', L, Q .. ':' .. new, size)
+end
+local function forget(queue, id, state)
+  local prefix = ROOT .. queue .. ':'
+  redis.call('ZREM', prefix .. 's:' .. state, id)
+  local key = prefix .. 't:' .. id
+  local got = redis.call('HMGET', key, 'state', 'size', 'recipient')
+  if not got[1] then return 0 end
+  local size = tonumber(got[2] or '0')
+  redis.call('HINCRBY', L, queue .. ':' .. got[1], -size)
+  if got[3] and got[3] ~= '' then redis.call('ZREM', prefix .. 'c:' .. got[3], id) end
+  redis.call('DEL', key)
+  return size
+end
+local function expire_dedupes(now, limit, size)
+  local keys = redis.call('ZRANGEBYSCORE', P .. 'dedupes', '-inf', now, 'LIMIT', 0, limit)
+  for _, key in ipairs(keys) do
+    redis.call('ZREM', P .. 'dedupes', key)
+    redis.call('DEL', P .. 'd:' .. key)
+    redis.call('HINCRBY', L, D, -size)
+  end
+  return #keys
+end
+local function lookup(key, fingerprint, now, pruned)
+  if key == '' then return nil end
+  local found = redis.call('GET', P .. 'd:' .. key)
+  if not found then return nil end
+  local record = cjson.decode(found)
+  if tonumber(record[3]) <= tonumber(now) then return nil end
+  if record[1] ~= fingerprint then return {'conflict'} end
+  local state = redis.call('HGET', P .. 't:' .. record[2], 'state')
+  return {'found', record[2], state or pruned}
 end
 local function refresh_target(target)
   local first = redis.call('ZRANGE', P .. 'q:' .. target, 0, 0, 'WITHSCORES')
@@ -73,42 +150,93 @@ local function enqueue(id, target, due)
   refresh_target(target)
 end
 """
+)
 
-# ARGV: prefix, id, body, target, recipient, now, dedupe key ('' for none), fingerprint,
-# window ms, max waiting, recent per customer, recent ttl s. A dedupe record holds its own
-# expiry (the caller's clock decides) and Redis drops it a minute after that.
+# ARGV: prefix, spec (JSON), body. A dedupe record holds its own expiry (the caller's clock
+# decides) and Redis drops it a minute after that; `dedupes` lets the ledger forget it.
 _ADD = (
     _LIB
     + """
-local dk = P .. 'd:' .. ARGV[7]
-local found = ARGV[7] ~= '' and redis.call('GET', dk)
-if found then
-  local record = cjson.decode(found)
-  if tonumber(record[3]) > tonumber(ARGV[6]) then
-    if record[1] ~= ARGV[8] then return {'conflict'} end
-    local state = redis.call('HGET', P .. 't:' .. record[2], 'state')
-    return {'found', record[2], state or 'sent'}
+local spec = cjson.decode(ARGV[2])
+local id, now = spec.id, spec.now
+if redis.call('EXISTS', P .. 'fence:' .. id) == 1 then return {'fenced'} end
+local repeated = lookup(spec.key, spec.fingerprint, now, spec.pruned)
+if repeated then return repeated end
+local waiting = redis.call('ZCARD', P .. 's:queued') + redis.call('ZCARD', P .. 's:sending')
+if waiting >= spec.max_waiting then return {'full'} end
+expire_dedupes(now, spec.expire_dedupes, spec.dedupe_size)
+local usage = redis.call('HGETALL', L)
+local prunable = {}
+for _, state in ipairs(spec.prunable) do prunable[state] = true end
+local held, total, holding = 0, 0, {}
+for i = 1, #usage, 2 do
+  local bytes = tonumber(usage[i + 1])
+  local queue, state = string.match(usage[i], '^(.*):([^:]+)$')
+  total = total + bytes
+  if state and prunable[state] then
+    if bytes > 0 then
+      holding[state] = holding[state] or {}
+      table.insert(holding[state], queue)
+    end
+  else
+    held = held + bytes
   end
 end
-local waiting = redis.call('ZCARD', P .. 's:queued') + redis.call('ZCARD', P .. 's:sending')
-if waiting >= tonumber(ARGV[10]) then return {'full'} end
-local id, now = ARGV[2], ARGV[6]
-redis.call('HSET', P .. 't:' .. id, 'body', ARGV[3], 'target', ARGV[4], 'recipient', ARGV[5],
+local needed = spec.size + (spec.key ~= '' and spec.dedupe_size or 0)
+if held + needed > spec.max_bytes then return {'full'} end
+local excess = total + needed - spec.max_bytes
+local pruned = {}
+for _, state in ipairs(spec.prunable) do
+  pruned[#pruned + 1] = 0
+  local queues = holding[state] or {}
+  while excess > 0 do
+    -- the oldest of every queue's oldest
+    local oldest, from, at = nil, nil, nil
+    for _, queue in ipairs(queues) do
+      local first = redis.call('ZRANGE', ROOT .. queue .. ':s:' .. state, 0, 0, 'WITHSCORES')
+      if #first > 0 and (at == nil or tonumber(first[2]) < at) then
+        oldest, from, at = first[1], queue, tonumber(first[2])
+      end
+    end
+    if oldest == nil then break end
+    excess = excess - forget(from, oldest, state)
+    pruned[#pruned] = pruned[#pruned] + 1
+  end
+end
+local body, target, recipient = ARGV[3], spec.target, spec.recipient
+redis.call('HSET', P .. 't:' .. id, 'body', body, 'target', target, 'recipient', recipient,
   'accepted_at', now, 'queued_at', now, 'due_at', now, 'owner', '', 'lease_until', '0',
-  'attempts', '0', 'dispatch_id', '', 'reason', '', 'updated_at', now)
+  'attempts', '0', 'dispatch_id', '', 'reason', '', 'updated_at', now, 'size', spec.size)
 set_state(id, nil, 'queued', now)
-enqueue(id, ARGV[4], now)
-if ARGV[5] ~= '' then
-  local ck = P .. 'c:' .. ARGV[5]
+enqueue(id, target, now)
+if recipient ~= '' then
+  local ck = P .. 'c:' .. recipient
   redis.call('ZADD', ck, now, id)
-  redis.call('ZREMRANGEBYRANK', ck, 0, -tonumber(ARGV[11]) - 1)
-  redis.call('EXPIRE', ck, ARGV[12])
+  redis.call('ZREMRANGEBYRANK', ck, 0, -spec.recent - 1)
+  redis.call('EXPIRE', ck, spec.recent_ttl)
 end
-if ARGV[7] ~= '' then
-  local expires = tonumber(now) + tonumber(ARGV[9]) / 1000
-  redis.call('SET', dk, cjson.encode({ARGV[8], id, tostring(expires)}), 'PX', ARGV[9] + 60000)
+if spec.key ~= '' then
+  local expires = tonumber(now) + spec.window_ms / 1000
+  redis.call('SET', P .. 'd:' .. spec.key,
+    cjson.encode({spec.fingerprint, id, tostring(expires)}), 'PX', spec.window_ms + 60000)
+  if redis.call('ZADD', P .. 'dedupes', expires, spec.key) == 1 then
+    redis.call('HINCRBY', L, D, spec.dedupe_size)
+  end
 end
-return {'created', id, 'queued'}
+return {'created', id, 'queued', unpack(pruned)}
+"""
+)
+
+# ARGV: prefix, id, dedupe key, fingerprint, now, fence ttl s, pruned state. After this
+# script, the add of `id` has happened (its trigger is found) or never will (fenced).
+_SETTLE = (
+    _LIB
+    + """
+local id = ARGV[2]
+local state = redis.call('HGET', P .. 't:' .. id, 'state')
+if state then return {'created', id, state} end
+redis.call('SET', P .. 'fence:' .. id, '1', 'EX', ARGV[6])
+return lookup(ARGV[3], ARGV[4], ARGV[5], ARGV[7]) or {'absent'}
 """
 )
 
@@ -198,15 +326,17 @@ return '0'
 """
 
 # ARGV: prefix, state, cutoff, batch
-_PURGE = """
-local P = ARGV[1]
+_PURGE = (
+    _LIB
+    + """
 local ids = redis.call('ZRANGEBYSCORE', P .. 's:' .. ARGV[2], '-inf', ARGV[3], 'LIMIT', 0, ARGV[4])
-for _, id in ipairs(ids) do
-  redis.call('DEL', P .. 't:' .. id)
-  redis.call('ZREM', P .. 's:' .. ARGV[2], id)
-end
+for _, id in ipairs(ids) do forget(Q, id, ARGV[2]) end
 return #ids
 """
+)
+
+# ARGV: prefix, now, batch, dedupe size
+_EXPIRE_DEDUPES = _LIB + "return expire_dedupes(ARGV[2], ARGV[3], tonumber(ARGV[4]))"
 
 
 def _text(value: object) -> str:
@@ -258,26 +388,41 @@ def persistence_warnings(client: redis.Redis) -> list[str]:
 
 
 class RedisOutbox:
-    def __init__(self, client: redis.Redis, prefix: str = PREFIX, queue: Queue = TRIGGERS):
+    """`client` for delivery and commands (OUTBOX); `intake` stores what senders wait for,
+    within ADD_BOUND (TRIGGER_INTAKE)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        intake: redis.Redis,
+        prefix: str = PREFIX,
+        queue: Queue = TRIGGERS,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ):
         self.client = client
+        self.intake = intake
         self.prefix = prefix
         self.queue = queue
+        self.max_bytes = max_bytes
         self._add = client.register_script(_ADD)
+        self._settle = client.register_script(_SETTLE)
         self._claim = client.register_script(_CLAIM)
         self._move = client.register_script(_MOVE)
         self._broadcast = client.register_script(_BROADCAST)
         self._purge = client.register_script(_PURGE)
+        self._expire_dedupes = client.register_script(_EXPIRE_DEDUPES)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisOutbox:
-        # The outbox profile: longer timeouts than the cache's, as a slow answer is better
-        # than a lost trigger.
-        client = connect(url, OUTBOX)
-        return cls(client)
+    def from_url(cls, url: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> RedisOutbox:
+        return cls(connect(url, OUTBOX), connect(url, TRIGGER_INTAKE), max_bytes=max_bytes)
 
     def for_queue(self, queue: Queue) -> RedisOutbox:
-        """This outbox's Redis seen through `queue` (closing either closes both)."""
-        return RedisOutbox(self.client, prefix_of(queue), queue)
+        """This outbox's Redis seen through `queue`, within the same bound (closing either
+        closes both)."""
+        return RedisOutbox(
+            self.client, self.intake, prefix_of(queue), queue, max_bytes=self.max_bytes
+        )
 
     def _run(self, script: Any, args: Sequence[object]) -> Any:
         try:
@@ -287,32 +432,83 @@ class RedisOutbox:
 
     def close(self) -> None:
         self.client.close()
+        self.intake.close()
 
     def add(
         self, item: Queued, dedupe: Dedupe | None, *, now: float, max_waiting: int
     ) -> Accepted:
-        answer = self._run(
-            self._add,
-            [
-                new_id(self.queue),
-                item.to_json(),
-                item.target,
-                item.recipient_index or "",
-                repr(now),
-                dedupe.key if dedupe else "",
-                dedupe.fingerprint if dedupe else "",
-                int(dedupe.window * 1000) if dedupe else 0,
-                max_waiting,
-                RECENT_PER_CUSTOMER,
-                DEAD_RETENTION,
-            ],
-        )
-        outcome, *rest = [_text(part) for part in answer]
+        body, item_id = item.to_json(), new_id(self.queue)
+        spec = {
+            "id": item_id,
+            "now": repr(now),
+            "key": dedupe.key if dedupe else "",
+            "fingerprint": dedupe.fingerprint if dedupe else "",
+            "window_ms": int(dedupe.window * 1000) if dedupe else 0,
+            "target": item.target,
+            "recipient": item.recipient_index or "",
+            "size": COSTS.record(body),
+            "dedupe_size": COSTS.per_dedupe,
+            "max_bytes": self.max_bytes,
+            "max_waiting": max_waiting,
+            "prunable": list(PRUNABLE_STATES),
+            "pruned": PRUNED,
+            "expire_dedupes": EXPIRE_DEDUPES,
+            "recent": RECENT_PER_CUSTOMER,
+            "recent_ttl": DEAD_RETENTION,
+        }
+        started = time.monotonic()
+        try:
+            answer = self._add(args=[self.prefix, json.dumps(spec), body], client=self.intake)
+        except RedisNotConnected as exc:
+            raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Sent, and no answer: Redis may run it yet. Find out, if there is time.
+            if time.monotonic() - started + SETTLE_WORST > ADD_BOUND:
+                raise OutcomeUnknown() from None
+            answer = self._settled(item_id, dedupe, now)
+        except redis.RedisError as exc:  # Redis answered with an error: nothing stored
+            raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
+        return self._accepted([_text(part) for part in answer])
+
+    def _settled(self, item_id: str, dedupe: Dedupe | None, now: float) -> list:
+        """Whether the add of `item_id` happened; if not, it never will (fenced)."""
+        try:
+            answer = self._settle(
+                args=[
+                    self.prefix,
+                    item_id,
+                    dedupe.key if dedupe else "",
+                    dedupe.fingerprint if dedupe else "",
+                    repr(now),
+                    FENCE_TTL,
+                    PRUNED,
+                ],
+                client=self.intake,
+            )
+        except redis.RedisError:
+            raise OutcomeUnknown() from None
+        if _text(answer[0]) == "absent":
+            raise OutboxError("the store did not answer in time; the item is not stored")
+        return answer
+
+    @staticmethod
+    def _accepted(answer: list[str]) -> Accepted:
+        outcome, *rest = answer
         if outcome == "conflict":
             raise DedupeConflict()
         if outcome == "full":
             raise OutboxFull()
-        return Accepted(rest[0], rest[1], created=outcome == "created")
+        if outcome != "created":
+            return Accepted(rest[0], rest[1], created=False)
+        # What the add pruned, per state; a read-back does not know (the counts are left out).
+        pruned = dict(zip(PRUNABLE_STATES, map(int, rest[2:]), strict=False))
+        if pruned.get(DEAD):
+            log.warning(
+                "pruned %d dead letters to make room for new items "
+                "(WALLET_PROXY_TRIGGER_MAX_BYTES)",
+                pruned[DEAD],
+            )
+        return Accepted(rest[0], rest[1], created=True, pruned=sum(pruned.values()))
 
     def claim(
         self, *, owner: str, now: float, window: float, lease: float, limit: int
@@ -372,12 +568,14 @@ class RedisOutbox:
 
     def purge(self, *, now: float) -> int:
         removed = 0
-        for state, keep in ((SENT, SENT_RETENTION), ("dead", DEAD_RETENTION)):
+        for state, keep in ((SENT, SENT_RETENTION), (DEAD, DEAD_RETENTION)):
             while True:
                 count = int(self._run(self._purge, [state, repr(now - keep), BATCH]))
                 removed += count
                 if count < BATCH:
                     break
+        while int(self._run(self._expire_dedupes, [repr(now), BATCH, COSTS.per_dedupe])) == BATCH:
+            pass
         return removed
 
     def _records(self, ids: list[str]) -> list[Record]:
@@ -409,6 +607,16 @@ class RedisOutbox:
 
     def recent(self, recipient: str, *, limit: int = RECENT_PER_CUSTOMER) -> list[Record]:
         return self._records(self._ids(f"c:{recipient}", newest_first=True, limit=limit))
+
+    def usage(self) -> dict[str, int]:
+        try:
+            found = self.client.hgetall(f"{ROOT}usage")
+        except redis.RedisError as exc:
+            raise OutboxError(f"the trigger store failed: {type(exc).__name__}") from None
+        return {_text(part): int(size) for part, size in found.items()}
+
+    def checks(self) -> dict[str, str]:
+        return {}  # Redis's own health is the wallet cache's check
 
     def counts(self) -> dict[str, int]:
         try:

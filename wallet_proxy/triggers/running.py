@@ -77,6 +77,7 @@ def deliverer_for(app: Flask) -> Deliverer | None:
         found.settings,
         triggers.outbox,
         wallets=ServiceWallets(found.wallet_service, found.settings.default_culture),
+        written=triggers.written,
         clock=found.unix_time,
     )
 

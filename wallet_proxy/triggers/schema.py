@@ -25,7 +25,7 @@ from ..errors import InvalidRequest
 from ..rules import BRAZE_ID_RE, BRAZE_ID_RULE, BRAZE_USER_RULES, MAX_JSON_NUMBER
 from ..schemas import Text, UtcDateTime, WholeNumber
 
-ENRICHMENTS = ("wallet",)
+ENRICHMENTS = ("wallet", "attributes")
 TEXT_LIMIT = 10_000
 
 
@@ -135,7 +135,9 @@ class TriggerBody(_Strict):
     broadcast = fields.Boolean(load_default=False)
     customer = fields.Nested(CustomerSchema, load_default=None, allow_none=True)
     enrich = fields.List(
-        fields.String(validate=validate.OneOf(ENRICHMENTS, error="must be one of: wallet.")),
+        fields.String(
+            validate=validate.OneOf(ENRICHMENTS, error="must be one of: wallet, attributes.")
+        ),
         load_default=list,
         validate=validate.Length(max=8, error="must list at most 8 enrichments."),
     )
@@ -169,8 +171,9 @@ class TriggerBody(_Strict):
             )
         if not data.get("broadcast") and customer is None:
             raise ValidationError("is required unless broadcast is true.", "customer")
-        if "wallet" in (data.get("enrich") or []) and not (customer or {}).get("sessionm_user_id"):
-            raise ValidationError("wallet needs customer.sessionm_user_id.", "enrich")
+        for enrichment in sorted(set(data.get("enrich") or [])):
+            if not (customer or {}).get("sessionm_user_id"):
+                raise ValidationError(f"{enrichment} needs customer.sessionm_user_id.", "enrich")
 
     @post_load
     def _nothing_is_empty(self, data, **_kwargs):

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from flask import Flask, current_app
 
+from ..attributes.written import WrittenStore, WrittenStoreError, written_store
 from ..config import ConfigError, Settings
 from ..container import Services
 from .braze import BrazeClient
@@ -39,6 +41,7 @@ class Triggers:
     outbox: Outbox
     intake: Intake
     keys: tuple[str, ...]
+    written: WrittenStore  # what the deliverer last wrote to profiles (enrich: attributes)
 
 
 def triggers_of(app: Flask | None = None) -> Triggers | None:
@@ -56,16 +59,22 @@ def open_outbox(settings: Settings) -> Outbox:
             Path(settings.data_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
             if not os.access(settings.data_dir, os.W_OK):
                 raise OSError(errno.EACCES, "not writable")
-            shared = RedisOutbox.from_url(settings.redis_url)
+            shared = RedisOutbox.from_url(settings.redis_url, max_bytes=settings.trigger_max_bytes)
             for warning in persistence_warnings(shared.client):
                 log.warning(warning)
             return shared
-        return SqliteOutbox(settings.data_dir)
+        return SqliteOutbox(settings.data_dir, max_bytes=settings.trigger_max_bytes)
     except (OSError, OutboxError) as exc:
         problem = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(
             "WALLET_PROXY_DATA_DIR", f"can't hold the outbox or its workers' locks: {problem}"
         ) from None
+
+
+def outbox_of(app: Flask | None = None) -> Outbox | None:
+    """The outbox of `app` (or of the current request's), None when no feature uses it."""
+    found: Outbox | None = (app or current_app).extensions.get(OUTBOX)
+    return found
 
 
 def shared_outbox(app: Flask, found: Services) -> Outbox:
@@ -78,8 +87,20 @@ def shared_outbox(app: Flask, found: Services) -> Outbox:
     return outbox
 
 
-def build_triggers(settings: Settings, outbox: Outbox, unix_time: Callable[[], float]) -> Triggers:
-    """The triggers' intake on the outbox (its triggers' queue)."""
+def build_triggers(
+    settings: Settings,
+    outbox: Outbox,
+    unix_time: Callable[[], float],
+    redis_client: redis.Redis | None,
+) -> Triggers:
+    """The triggers' intake on the outbox (its triggers' queue), and the store of the
+    attributes the deliverer writes to profiles (`enrich: ["attributes"]`)."""
+    try:
+        written = written_store(redis_client, settings.data_dir, unix_time)
+    except WrittenStoreError as error:
+        raise ConfigError(
+            "WALLET_PROXY_DATA_DIR", f"can't hold the attributes written to Braze: {error}"
+        ) from None
     intake = Intake(
         outbox,
         max_queued=settings.trigger_max_queued,
@@ -87,7 +108,7 @@ def build_triggers(settings: Settings, outbox: Outbox, unix_time: Callable[[], f
         email_prioritization=settings.trigger_email_prioritization,
         clock=unix_time,
     )
-    return Triggers(outbox, intake, settings.trigger_keys)
+    return Triggers(outbox, intake, settings.trigger_keys, written)
 
 
 def build_deliverer(
@@ -95,6 +116,7 @@ def build_deliverer(
     outbox: Outbox,
     *,
     wallets: Wallets | None = None,
+    written: WrittenStore | None = None,
     clock: Callable[[], float],
 ) -> Deliverer:
     if not settings.braze_rest_url or not settings.braze_rest_api_key:
@@ -105,5 +127,6 @@ def build_deliverer(
         window=settings.trigger_batch_ms / 1000,
         max_age=settings.trigger_max_age,
         wallets=wallets,
+        written=written,
         clock=clock,
     )

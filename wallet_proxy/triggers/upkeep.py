@@ -1,6 +1,7 @@
 """The loop every worker of an outbox queue runs (the trigger deliverer, the tags worker):
-its own work one batch at a time, and around it what the queue needs: its depth for the
-metrics every second, old items purged every minute, store failures logged and waited out.
+its own work one batch at a time, and around it what the queue needs: its depth, the
+outbox's size and its disk for the metrics every second, old items purged every minute,
+store failures logged and waited out.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import logging
 import threading
 from collections.abc import Callable
 
+from .. import metrics
 from .model import WAITING
 from .outbox import Outbox, OutboxError
 
 log = logging.getLogger(__name__)
 
-DEPTH_EVERY = 1.0  # seconds between readings of the queue's depth for the metrics
+DEPTH_EVERY = 1.0  # seconds between readings of the queue's depth (and more) for the metrics
 PURGE_EVERY = 60.0
 FAILURE_WAIT = 1.0
 
@@ -40,6 +42,8 @@ def keep_working(
             if now - last_depth >= DEPTH_EVERY:
                 counts = outbox.counts()
                 depth(sum(counts[state] for state in WAITING))
+                metrics.outbox_bytes(sum(outbox.usage().values()))
+                outbox.checks()  # the disk's metrics, with or without readiness probes
                 last_depth = now
             if now - last_purge >= PURGE_EVERY:
                 removed = outbox.purge(now=now)
