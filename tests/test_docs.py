@@ -70,7 +70,12 @@ def _error_codes() -> set[tuple[int, str]]:
         for sub in cls.__subclasses__():
             yield from tree(sub)
 
-    ours = {(cls.status, cls.code) for cls in tree(errors.WalletProxyError)}
+    # A base that only groups its subclasses (no code of its own) is never answered as such.
+    ours = {
+        (cls.status, cls.code)
+        for cls in tree(errors.WalletProxyError)
+        if "code" in vars(cls) or not cls.__subclasses__()
+    }
     # Werkzeug's own, as errors.py names them: an unknown route, a wrong method, a big body.
     werkzeug = {
         (exc.code, error_handlers._http_code(exc()))

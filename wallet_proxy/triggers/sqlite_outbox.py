@@ -329,9 +329,10 @@ class SqliteOutbox:
         self.reserve = Reserve(
             self.path.parent / RESERVE_NAME, min(MAX_RESERVE_BYTES, max_bytes // SHARE_OF_BOUND)
         )
-        # The log may pass `wal_bytes` by one transaction before it is cut back: a group
-        # commit takes at most `wal_bytes` of items, the workers' far less.
-        self.records_bytes = max_bytes - self.reserve.size - 2 * self.wal_bytes
+        # The log may pass `wal_bytes` by one transaction before it is cut back (a group
+        # commit takes at most `wal_bytes` of items, the workers' far less), and by one more
+        # while a reader's snapshot holds the checkpoint back (seen on a loaded machine).
+        self.records_bytes = max_bytes - self.reserve.size - 3 * self.wal_bytes
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
