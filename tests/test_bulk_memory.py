@@ -3,8 +3,9 @@
 `tags import --dry-run` of 2,000,000 rows took 1.04 GB: the CSV reader kept every row,
 and the journal was read whole. Here a file of 2,000,000 rows, with a journal of as many
 lines (a previous run that did them all), goes through `tags import --dry-run`, a real
-`tags import` (which then finds everything done and sends nothing) and `warm --dry-run`,
-each in a process of its own that reports its peak resident memory.
+`tags import` (which then finds everything done and sends nothing), `warm --dry-run` and
+`attributes sync --dry-run`, each in a process of its own that reports its peak resident
+memory.
 """
 
 from __future__ import annotations
@@ -93,4 +94,11 @@ def test_a_real_run_of_two_million_rows_stays_under_150_mb(two_million, sandbox)
 def test_a_warm_dry_run_of_two_million_rows_stays_under_150_mb(two_million):
     peak, output = peak_memory(["warm", str(two_million), "--dry-run"])
     assert f"is valid: {ROWS} user ids" in output
+    assert peak < LIMIT, peak / MB
+
+
+def test_an_attributes_sync_dry_run_of_two_million_rows_stays_under_150_mb(two_million):
+    args = ["attributes", "sync", str(two_million), "--id-column", "user_id", "--dry-run"]
+    peak, output = peak_memory(args)
+    assert f"is valid: {ROWS} rows" in output
     assert peak < LIMIT, peak / MB
