@@ -135,20 +135,12 @@ class Scratch:
 
     def rows(self) -> Iterator[tuple[Row, str | None]]:
         """Every row in line order, with the last event its key has in the journal."""
-        after = 0
-        while True:
-            with self._using() as db:
-                batch = db.execute(
-                    "SELECT row.line, row.id, row.data, row.ttl, row.key, journal.event "
-                    "FROM row LEFT JOIN journal ON journal.key = row.key "
-                    "WHERE row.line > ? ORDER BY row.line LIMIT ?",
-                    (after, BATCH),
-                ).fetchall()
-            if not batch:
-                return
-            for line, user_id, data, ttl, key, event in batch:
-                yield (line, user_id, data, ttl, key), event
-            after = batch[-1][0]
+        for line, user_id, data, ttl, key, event in self._by_line(
+            "SELECT row.line, row.id, row.data, row.ttl, row.key, journal.event "
+            "FROM row LEFT JOIN journal ON journal.key = row.key "
+            "WHERE row.line > ? ORDER BY row.line LIMIT ?"
+        ):
+            yield (line, user_id, data, ttl, key), event
 
     def fail(self, line: int, reason: str, *, unknown: bool) -> None:
         """Note that the row at `line` failed (or that its outcome is unknown)."""
@@ -157,17 +149,21 @@ class Scratch:
 
     def failures(self) -> Iterator[tuple[Row, str, bool]]:
         """Every failed row in line order, with its reason and whether it is unknown."""
+        for line, user_id, data, ttl, key, reason, unknown in self._by_line(
+            "SELECT row.line, row.id, row.data, row.ttl, row.key, reason, unknown "
+            "FROM failure JOIN row USING (line) "
+            "WHERE line > ? ORDER BY line LIMIT ?"
+        ):
+            yield (line, user_id, data, ttl, key), reason, bool(unknown)
+
+    def _by_line(self, query: str) -> Iterator[tuple]:
+        """What `query` selects, a line first (after its first `?`, at most its second), read
+        a batch at a time: no cursor stays open while the workers write failures."""
         after = 0
         while True:
             with self._using() as db:
-                batch = db.execute(
-                    "SELECT row.line, row.id, row.data, row.ttl, row.key, reason, unknown "
-                    "FROM failure JOIN row USING (line) "
-                    "WHERE line > ? ORDER BY line LIMIT ?",
-                    (after, BATCH),
-                ).fetchall()
+                batch = db.execute(query, (after, BATCH)).fetchall()
             if not batch:
                 return
-            for line, user_id, data, ttl, key, reason, unknown in batch:
-                yield (line, user_id, data, ttl, key), reason, bool(unknown)
+            yield from batch
             after = batch[-1][0]

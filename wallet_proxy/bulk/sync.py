@@ -504,74 +504,60 @@ def sync_command(
     interrupted sync. Rows that fail go to FILE.sync.failed.csv with the reason.
     """
     with Scratch() as scratch:
-        _sync(file, id_column, user_id_column, full, stamp, concurrency, rate, dry_run, scratch)
-
-
-def _sync(
-    file: Path,
-    id_column: str | None,
-    user_id_column: str | None,
-    full: bool,
-    stamp: bool,
-    concurrency: int,
-    rate: float,
-    dry_run: bool,
-    scratch: Scratch,
-) -> None:
-    sync = sync_file(file, id_column, user_id_column, scratch)
-    journal_file = sidecar(file, JOURNAL)
-    if dry_run:
-        read_journal(journal_file, scratch)
-        _dry_run(sync, load_settings(), full, stamp)
-        return
-    settings = load_settings(CONNECT, BRAZE_TRACK)
-    assert settings.braze_rest_url and settings.track_api_key, "BRAZE_TRACK requires them"
-    check_replaceable(sidecar(file, FAILED_FILE))
-    started = time.monotonic()
-    with contextlib.ExitStack() as closing:
-        services = build_services(settings, lambda: datetime.now(UTC))
-        closing.callback(services.close)
-        try:
-            store = written_store(services.redis, settings.data_dir, services.unix_time)
-        except WrittenStoreError as error:
-            raise BadInput(
-                f"WALLET_PROXY_DATA_DIR: can't keep what is written to Braze there ({error})"
-            ) from None
-        client = TrackClient(
-            settings.braze_rest_url, settings.track_api_key, pool_size=concurrency
-        )
-        closing.callback(client.close)
-        journal = Journal(journal_file, scratch)
-        closing.callback(journal.close)  # after the unlink below: the lock is held till then
-        spool = closing.enter_context(
-            tempfile.TemporaryFile("w+", newline="", encoding="utf-8", dir=file.parent)
-        )
-        failures = Failures(spool)
-        stop = threading.Event()
-        worker = Sync(
-            service=services.wallet_service,
-            culture=settings.default_culture,
-            store=store,
-            client=client,
-            journal=journal,
-            failures=failures,
-            progress=Progress("attributes sync", sync.count),
-            batch_size=settings.braze_track_batch,
-            track_rate=settings.braze_track_rate,
-            sessionm_rate=_sessionm_rate(settings, rate),
-            full=full,
-            stamp=stamp,
-            stop=stop,
-        )
-        run_parallel(sync.rows(), worker.handle, concurrency, stop)
-        worker.finish()
-        worker.progress.close()
-        complete = worker.progress.done == sync.count
-        if complete:  # the next run starts afresh
-            journal_file.unlink(missing_ok=True)
-        _write_failures(failures, sidecar(file, FAILED_FILE), sync)
-    click.echo(worker.run.summary(time.monotonic() - started), err=True)
-    _explain_and_exit(file, worker.run, complete)
+        sync = sync_file(file, id_column, user_id_column, scratch)
+        journal_file = sidecar(file, JOURNAL)
+        if dry_run:
+            read_journal(journal_file, scratch)
+            _dry_run(sync, load_settings(), full, stamp)
+            return
+        settings = load_settings(CONNECT, BRAZE_TRACK)
+        assert settings.braze_rest_url and settings.track_api_key, "BRAZE_TRACK requires them"
+        check_replaceable(sidecar(file, FAILED_FILE))
+        started = time.monotonic()
+        with contextlib.ExitStack() as closing:
+            services = build_services(settings, lambda: datetime.now(UTC))
+            closing.callback(services.close)
+            try:
+                store = written_store(services.redis, settings.data_dir, services.unix_time)
+            except WrittenStoreError as error:
+                raise BadInput(
+                    f"WALLET_PROXY_DATA_DIR: can't keep what is written to Braze there ({error})"
+                ) from None
+            client = TrackClient(
+                settings.braze_rest_url, settings.track_api_key, pool_size=concurrency
+            )
+            closing.callback(client.close)
+            journal = Journal(journal_file, scratch)
+            closing.callback(journal.close)  # after the unlink below: the lock is held till then
+            spool = closing.enter_context(
+                tempfile.TemporaryFile("w+", newline="", encoding="utf-8", dir=file.parent)
+            )
+            failures = Failures(spool)
+            stop = threading.Event()
+            worker = Sync(
+                service=services.wallet_service,
+                culture=settings.default_culture,
+                store=store,
+                client=client,
+                journal=journal,
+                failures=failures,
+                progress=Progress("attributes sync", sync.count),
+                batch_size=settings.braze_track_batch,
+                track_rate=settings.braze_track_rate,
+                sessionm_rate=_sessionm_rate(settings, rate),
+                full=full,
+                stamp=stamp,
+                stop=stop,
+            )
+            run_parallel(sync.rows(), worker.handle, concurrency, stop)
+            worker.finish()
+            worker.progress.close()
+            complete = worker.progress.done == sync.count
+            if complete:  # the next run starts afresh
+                journal_file.unlink(missing_ok=True)
+            _write_failures(failures, sidecar(file, FAILED_FILE), sync)
+        click.echo(worker.run.summary(time.monotonic() - started), err=True)
+        _explain_and_exit(file, worker.run, complete)
 
 
 def _sessionm_rate(settings: Settings, rate: float) -> float:
