@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import click
+import pytest
 from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from wallet_proxy import errors
 from wallet_proxy.cli import main
 from wallet_proxy.config import declared_variables
+from wallet_proxy.sandbox import braze as sandbox_braze
+from wallet_proxy.sandbox import knobs as sandbox_knobs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def table_rows(page: str) -> list[list[str]]:
     """The cells of every table row of a docs page (header and rule lines left out)."""
+    return table_rows_of((DOCS / page).read_text())
+
+
+def table_rows_of(text: str) -> list[list[str]]:
     rows = []
-    for line in (DOCS / page).read_text().splitlines():
+    for line in text.splitlines():
         if line.startswith("|") and not line.startswith("|---"):
             cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
             rows.append(cells)
@@ -29,6 +37,32 @@ def test_the_configuration_table_is_the_declared_settings():
     documented = [row[0].strip("`") for row in table_rows("configuration.md")[1:]]
     assert len(documented) == len(set(documented))
     assert set(documented) == set(declared_variables())
+
+
+def knob_table(section: str) -> dict[str, str]:
+    """The knobs a docs/sandbox.md section's table lists, each with its default as shown."""
+    text = (DOCS / "sandbox.md").read_text().split(section, 1)[1]
+    text = re.split(r"^#{2,3} ", text, flags=re.MULTILINE)[0]
+    rows = [row for row in table_rows_of(text) if row[0] != "knob"]
+    names = [row[0].strip("`") for row in rows]
+    assert len(names) == len(set(names)), section
+    return {row[0].strip("`"): row[-1].strip("`") for row in rows}
+
+
+@pytest.mark.parametrize(
+    ("section", "knobs"),
+    [
+        ("## Knobs: make SessionM misbehave", sandbox_knobs.DEFAULT_KNOBS),
+        ("### Braze's knobs", sandbox_braze.DEFAULT_KNOBS),
+    ],
+    ids=["sessionm", "braze"],
+)
+def test_the_sandbox_knob_tables_are_its_knobs(section, knobs):
+    documented = knob_table(section)
+    assert set(documented) == set(knobs)
+    for name, default in documented.items():
+        shown = json.dumps(knobs[name])
+        assert default in (shown, shown.removesuffix(".0")), name
 
 
 def _commands(group: click.Group, path: str = "wallet-proxy"):

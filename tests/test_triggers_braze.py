@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 from wallet_proxy.triggers.braze import (
     BrazeClient,
     BrazeNotProcessed,
@@ -241,3 +242,32 @@ def test_the_stand_in_refuses_what_braze_refuses(braze):
     assert len(stats["braze_messages"]) == 1
     braze.reset()
     assert braze.calls() == [] and braze.set()["status"] is None
+
+
+def test_hold_after_holds_answers_once_braze_has_that_many_messages(braze):
+    """The knob that lets a test stop a deliverer at a point it chose (kill -9 mid-send)."""
+    client = BrazeClient(braze.url, BRAZE_KEY, answer_timeout=30.0)
+    braze.set(hold_after=2)
+    assert client.send("campaign", one("ana")).dispatch_id  # 0 before it: answered
+    assert client.send("campaign", one("bo")).dispatch_id  # 1 before it: answered
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.send, "campaign", one("cy"))
+        wait_until(lambda: braze.held() == 1, timeout=10)
+        # Braze acted before holding the answer, as with `latency`.
+        assert [m["external_user_id"] for m in braze.messages()] == ["ana", "bo", "cy"]
+        assert not held.done()
+        braze.set(hold_after=None)
+        assert held.result(timeout=10).dispatch_id
+    assert braze.held() == 0
+
+
+def test_stopping_the_sandbox_cuts_a_held_answer():
+    with BrazeServer() as own:
+        own.set(hold_after=0)
+        client = BrazeClient(own.url, BRAZE_KEY, answer_timeout=30.0)
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(client.send, "campaign", one())
+            wait_until(lambda: own.held() == 1, timeout=10)
+            own.stop()
+            with pytest.raises(BrazeOutcomeUnknown, match="dropped"):
+                held.result(timeout=10)

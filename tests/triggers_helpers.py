@@ -21,6 +21,10 @@ class BrazeServer(SandboxServer):
     def messages(self) -> list[dict]:
         return self.braze.stats()["braze_messages"]
 
+    def held(self) -> int:
+        """Calls the `hold_after` knob holds now."""
+        return self.braze.stats()["braze_held"]
+
 
 def trigger(recipient: str | None = "cust-1", target: str = "camp-1", kind=CAMPAIGN, **props):
     return Trigger(
