@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 BIND ?= 127.0.0.1:8000
 
-.PHONY: run test lint format bench system-deps clean
+.PHONY: run test test-quick lint format bench system-deps clean
 
 # Installing says one line and then nothing unless something goes wrong, so that what
 # `make run` prints first is the demo's banner.
@@ -35,6 +35,12 @@ system-deps:
 
 test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The loop while working: every test but those marked slow (gunicorn, containers, nginx,
+# several processes) or browser (setup.cfg). `make test`, what CI and the README run,
+# runs them all.
+test-quick: system-deps $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -4,7 +4,10 @@ The helpers behind them live in tests/helpers.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from flask import Flask
 
 from tests.helpers import API_KEY, OTHER_KEY, Clock, LiveServer, RedisServer
 from wallet_proxy import create_app, request_log
@@ -53,8 +56,21 @@ def env(sandbox) -> dict:
 
 
 @pytest.fixture
-def app(env, clock):
-    return create_app({**env, "TESTING": True, "CLOCK": clock})
+def make_app(env, clock) -> Callable[..., Flask]:
+    """The one app factory of the tests: `env` (as the module defines it), TESTING, the
+    clock moved by hand, and any settings on top by name, as text like the environment's:
+    `make_app(WALLET_PROXY_DEADLINE=0.5)`."""
+
+    def make(**settings: object) -> Flask:
+        on_top = {name: str(value) for name, value in settings.items()}
+        return create_app({**env, "TESTING": True, "CLOCK": clock, **on_top})
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

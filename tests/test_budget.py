@@ -22,7 +22,6 @@ import redis
 import requests
 
 from tests.helpers import API_KEY, GunicornInstance, LiveServer, free_port, wait_until
-from wallet_proxy import create_app
 from wallet_proxy.budget import (
     FALL_BACK_AFTER,
     Claim,
@@ -331,13 +330,14 @@ def test_redis_down_without_a_report_uses_the_fleet_size_setting(redis_server, r
 # --- over HTTP ---------------------------------------------------------------------
 
 
-def budget_app(env, clock, **settings):
-    config = {**env, "CLOCK": clock, "WALLET_PROXY_SESSIONM_RATE": "20"}
-    return create_app({**config, **{k: str(v) for k, v in settings.items()}})
+@pytest.fixture
+def budget_app(make_app):
+    """The app factory with a SessionM budget: 20 calls a second unless a test says."""
+    return lambda **settings: make_app(**{"WALLET_PROXY_SESSIONM_RATE": 20, **settings})
 
 
-def test_a_render_without_budget_gets_503_with_retry_after_not_a_call(env, clock, sandbox):
-    app = budget_app(env, clock, WALLET_PROXY_SESSIONM_RATE=1, WALLET_PROXY_DEADLINE=1)
+def test_a_render_without_budget_gets_503_with_retry_after_not_a_call(sandbox, budget_app):
+    app = budget_app(WALLET_PROXY_SESSIONM_RATE=1, WALLET_PROXY_DEADLINE=1)
     sandbox.configure(latency=0.05)
     with LiveServer(app) as server, ThreadPoolExecutor(8) as pool:
         responses = list(
@@ -358,8 +358,10 @@ def test_a_render_without_budget_gets_503_with_retry_after_not_a_call(env, clock
     assert sandbox.stats()["calls"] == len(served)
 
 
-def test_a_stale_copy_is_served_and_its_refresh_skipped_while_budget_is_short(env, clock, sandbox):
-    app = budget_app(env, clock, WALLET_PROXY_SESSIONM_RATE=0.5)
+def test_a_stale_copy_is_served_and_its_refresh_skipped_while_budget_is_short(
+    clock, sandbox, budget_app
+):
+    app = budget_app(WALLET_PROXY_SESSIONM_RATE=0.5)
     client = app.test_client()
     assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200
     assert sandbox.stats()["calls"] == 1  # the budget's next slot is 2 s away
@@ -377,11 +379,9 @@ def test_a_stale_copy_is_served_and_its_refresh_skipped_while_budget_is_short(en
     assert sandbox.stats()["calls"] == 2
 
 
-def test_sessionms_429_pauses_the_other_instance_too(env, clock, sandbox, redis_url):
+def test_sessionms_429_pauses_the_other_instance_too(sandbox, redis_url, budget_app):
     apps = [
         budget_app(
-            env,
-            clock,
             WALLET_PROXY_REDIS_URL=redis_url,
             WALLET_PROXY_DEADLINE=0.5,
             WALLET_PROXY_BREAKER_THRESHOLD=100,
@@ -409,8 +409,8 @@ def test_sessionms_429_pauses_the_other_instance_too(env, clock, sandbox, redis_
     assert sandbox.stats()["calls"] == 2
 
 
-def test_a_429_without_retry_after_pauses_for_5_seconds(env, clock, sandbox):
-    app = budget_app(env, clock, WALLET_PROXY_DEADLINE=0.5)
+def test_a_429_without_retry_after_pauses_for_5_seconds(sandbox, budget_app):
+    app = budget_app(WALLET_PROXY_DEADLINE=0.5)
     sandbox.configure(status=429, retry_after=None)
     client = app.test_client()
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 503
@@ -421,10 +421,8 @@ def test_a_429_without_retry_after_pauses_for_5_seconds(env, clock, sandbox):
     assert sandbox.stats()["calls"] == 1
 
 
-def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock, sandbox):
+def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(sandbox, budget_app):
     app = budget_app(
-        env,
-        clock,
         SESSIONM_CORE_URL=sandbox.url,
         SESSIONM_CORE_API_KEY=DEMO_CORE_API_KEY,
         SESSIONM_CORE_API_SECRET=DEMO_CORE_API_SECRET,
@@ -451,15 +449,15 @@ def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock
     assert [call["user_id"] for call in sandbox.stats()["core_calls"]] == ["user-1", "user-2"]
 
 
-def test_without_redis_the_budget_is_per_process_and_start_up_says_so(env, clock, caplog):
+def test_without_redis_the_budget_is_per_process_and_start_up_says_so(caplog, budget_app):
     with caplog.at_level(logging.WARNING):
-        budget_app(env, clock, WALLET_PROXY_FLEET_SIZE=4)
+        budget_app(WALLET_PROXY_FLEET_SIZE=4)
     assert "per process without WALLET_PROXY_REDIS_URL" in caplog.text
     assert "5 requests/s" in caplog.text  # 20 / 4
 
 
-def test_rate_zero_is_no_budget(env, clock):
-    app = budget_app(env, clock, WALLET_PROXY_SESSIONM_RATE=0, WALLET_PROXY_SESSIONM_CORE_RATE=0)
+def test_rate_zero_is_no_budget(budget_app):
+    app = budget_app(WALLET_PROXY_SESSIONM_RATE=0, WALLET_PROXY_SESSIONM_CORE_RATE=0)
     assert services(app).connect_budget.rate == 0
     assert services(app).core_budget.rate == 0
 

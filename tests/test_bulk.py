@@ -278,6 +278,7 @@ def test_dry_run_validates_and_sends_nothing(tmp_path, core_env, sandbox):
 # --- exactly once: journal, kill -9, resume --------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_mid_run_and_resumed_each_row_is_tagged_exactly_once(tmp_path, core_env, sandbox):
     total, concurrency = 5000, 8
     path = segment(tmp_path / "segment.csv", total)

@@ -334,8 +334,8 @@ def test_unknown_customer_is_a_404_page(staff_client):
     ("knobs", "status"),
     [({"garbage": True}, 502), ({"status": 429}, 503), ({"latency": 1.0}, 504)],
 )
-def test_sessionm_trouble_is_a_friendly_page(env, clock, sandbox, knobs, status):
-    app = create_app({**env, "WALLET_PROXY_DEADLINE": "0.2", "TESTING": True, "CLOCK": clock})
+def test_sessionm_trouble_is_a_friendly_page(sandbox, knobs, status, make_app):
+    app = make_app(WALLET_PROXY_DEADLINE=0.2)
     client = app.test_client()
     log_in(client)
     sandbox.configure(**knobs)

@@ -21,7 +21,6 @@ from tests.staff import (
     staff_env,
     token_in,
 )
-from wallet_proxy import create_app
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.services import services
 from wallet_proxy.support import listing
@@ -41,10 +40,6 @@ def env(env, tmp_path):
 def staff_client(client):
     assert log_in(client).status_code == 303
     return client
-
-
-def make_app(env, clock, **settings):
-    return create_app({**env, **settings, "TESTING": True, "CLOCK": clock})
 
 
 def lookup_box(page: str) -> str:
@@ -128,8 +123,8 @@ def test_badge_and_text_both_follow_the_entrys_fresh_until(app, staff_client, cl
 # Cultures
 
 
-def test_culture_switcher_lists_the_configured_cultures(env, clock):
-    client = make_app(env, clock, WALLET_PROXY_CULTURES="es-ES, fr-FR").test_client()
+def test_culture_switcher_lists_the_configured_cultures(make_app):
+    client = make_app(WALLET_PROXY_CULTURES="es-ES, fr-FR").test_client()
     log_in(client)
     page = client.get(f"{ALICE}?q=coffee").text
     switcher = element(page, r'<nav class="cultures" aria-label="Culture">(.*?)</nav>')
@@ -307,20 +302,20 @@ def test_history_keeps_the_last_twenty_for_seven_days(staff_client, clock):
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_history_is_shared_by_every_worker(env, clock, store, request):
+def test_history_is_shared_by_every_worker(clock, store, request, make_app):
     settings = {}
     if store == "redis":
         settings["WALLET_PROXY_REDIS_URL"] = request.getfixturevalue("redis_url")
-    first, second = make_app(env, clock, **settings), make_app(env, clock, **settings)
+    first, second = make_app(**settings), make_app(**settings)
     first.test_client().get(ALICE, headers=basic(STAFF, PASSWORD))
     clock.advance(seconds=SAME_VISIT_SECONDS)
     page = second.test_client().get(ALICE, headers=basic(STAFF, PASSWORD)).text
     assert len(history(page)) == 2
 
 
-def test_the_page_works_without_its_history(env, clock):
+def test_the_page_works_without_its_history(make_app):
     """Basic auth needs no session; a Redis that is down takes only the history away."""
-    app = make_app(env, clock, WALLET_PROXY_REDIS_URL="redis://127.0.0.1:9/0")
+    app = make_app(WALLET_PROXY_REDIS_URL="redis://127.0.0.1:9/0")
     response = app.test_client().get(ALICE, headers=basic(STAFF, PASSWORD))
     assert response.status_code == 200
     assert "Staff activity: unavailable right now" in response.text
