@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 import requests_mock as requests_mock_module
 
-from tests.helpers import API_KEY, CI_ALLOWANCE, OTHER_KEY
+from tests.helpers import API_KEY, CI_ALLOWANCE, OTHER_KEY, UNHURRIED
 from wallet_proxy.sandbox import SandboxServer
 from wallet_proxy.services import services
 from wallet_proxy.sessionm import GET_USER_OFFERS
@@ -80,7 +80,8 @@ def test_user_without_offers(client, auth):
     assert (body["offer_count"], body["has_offers"], body["offers"]) == (0, False, [])
 
 
-def test_paged_wallet_is_complete(client, auth, sandbox):
+def test_paged_wallet_is_complete(make_app, auth, sandbox):
+    client = make_app(**UNHURRIED).test_client()
     body = client.get("/v1/wallets/demo-carol?limit=5", headers=auth).get_json()
     assert body["offer_count"] == 2500 and len(body["offers"]) == 5
     assert sandbox.stats()["calls"] == 3

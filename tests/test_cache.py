@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import API_KEY, CI_ALLOWANCE, wait_until
+from tests.helpers import API_KEY, CI_ALLOWANCE, UNHURRIED, wait_until
 from wallet_proxy import service
 from wallet_proxy.cache import REDIS_RETRY_INTERVAL, Entry
 from wallet_proxy.errors import UpstreamUnavailable
@@ -296,7 +296,7 @@ def test_a_shared_failure_keeps_its_class_even_a_new_one(redis_url, monkeypatch,
 
 
 def test_service_survives_losing_redis(sandbox, redis_url, redis_server, make_app):
-    app = make_app(WALLET_PROXY_REDIS_URL=redis_url)
+    app = make_app(WALLET_PROXY_REDIS_URL=redis_url, **UNHURRIED)
     services(app).wallet_service.cache.timer = ticks = Ticks()
     assert get(app).status_code == 200
     redis_server.kill()

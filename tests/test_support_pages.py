@@ -11,6 +11,7 @@ from datetime import datetime
 
 import pytest
 
+from tests.helpers import UNHURRIED
 from tests.staff import (
     PASSWORD,
     STAFF,
@@ -31,9 +32,7 @@ ALICE, CAROL = "/support/wallets/demo-alice", "/support/wallets/demo-carol"
 
 @pytest.fixture
 def env(env, tmp_path):
-    # Not a test of the deadline: demo-carol's 3 SessionM pages on a loaded machine.
-    slow_ok = {"WALLET_PROXY_DEADLINE": "10", "WALLET_PROXY_UPSTREAM_TIMEOUT": "10"}
-    return staff_env({**env, **slow_ok}, tmp_path / "data")
+    return staff_env({**env, **UNHURRIED}, tmp_path / "data")
 
 
 @pytest.fixture
