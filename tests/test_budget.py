@@ -24,6 +24,7 @@ import requests
 from tests.helpers import (
     API_KEY,
     CI_ALLOWANCE,
+    CI_RATE_FACTOR,
     GunicornInstance,
     LiveServer,
     free_port,
@@ -585,7 +586,7 @@ def test_one_budget_across_two_gunicorn_masters(redis_url):
     # under SessionM's own limit of 40.
     granted = redis.Redis.from_url(redis_url).get("wallet-proxy:budget:{connect}:peak")
     assert PACED - 1 <= int(granted) <= 1.1 * rate
-    assert stats["busiest_second"] <= 1.5 * rate
+    assert stats["busiest_second"] <= CI_RATE_FACTOR * rate
     assert stats["rate_limited"] == 0
     assert stats["calls"] >= 2 * rate  # the budget is used, not just refused
     statuses = [a.status_code for a in answers]
