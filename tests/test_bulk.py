@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import API_KEY, wait_until
+from tests.helpers import API_KEY, CI_RATE_FACTOR, wait_until
 from wallet_proxy import create_app
 from wallet_proxy.bulk import csvinput
 from wallet_proxy.bulk.formulas import inert, restored
@@ -349,6 +349,7 @@ def test_dry_run_validates_and_sends_nothing(tmp_path, core_env, sandbox):
 # --- exactly once: journal, kill -9, resume --------------------------------------------
 
 
+@pytest.mark.slow
 def test_killed_mid_run_and_resumed_each_row_is_tagged_exactly_once(tmp_path, core_env, sandbox):
     total, concurrency = 5000, 8
     path = segment(tmp_path / "segment.csv", total)
@@ -595,6 +596,7 @@ def test_a_counter_after_a_500_is_in_doubt_but_an_expiring_tag_is_retried(
 
 
 def test_the_rate_limit_holds_at_sessionm(tmp_path, core_env, sandbox):
+    rate = 20
     path = segment(tmp_path / "s.csv", 40)
     result = cli(
         [
@@ -606,7 +608,7 @@ def test_the_rate_limit_holds_at_sessionm(tmp_path, core_env, sandbox):
             "--ttl",
             "60",
             "--rate",
-            "20",
+            str(rate),
             "--concurrency",
             "8",
         ],
@@ -615,10 +617,12 @@ def test_the_rate_limit_holds_at_sessionm(tmp_path, core_env, sandbox):
     assert result.exit_code == 0, result.output
     times = sorted(call["at"] for call in sandbox.stats()["core_calls"])
     assert len(times) == 40
-    # Starts are at least 50 ms apart; arrivals can jitter by a few ms, never bunch up.
-    assert times[-1] - times[0] >= 39 / 20 * 0.95
+    # Starts are 50 ms apart at least (test_the_rate_limiter_spaces_starts_evenly); as
+    # SessionM sees them, arrivals bunched by a loaded machine, never those of 8 workers
+    # let loose, which would land all 40 within a fraction of a second.
+    assert times[-1] - times[0] >= 39 / (CI_RATE_FACTOR * rate)
     busiest = max(sum(start <= t < start + 1.0 for t in times) for start in times)
-    assert busiest <= 21
+    assert busiest <= CI_RATE_FACTOR * rate
 
 
 def test_a_second_run_on_the_same_file_is_refused_while_the_first_runs(

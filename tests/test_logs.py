@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from werkzeug.security import generate_password_hash
 
 from tests.helpers import API_KEY, OTHER_KEY, GunicornInstance
-from wallet_proxy import create_app, request_log
+from wallet_proxy import request_log
 from wallet_proxy.cli import DEMO_TRIGGER, main
 from wallet_proxy.container import services
 from wallet_proxy.logs import JsonLines, UserIds, json_handler
@@ -93,10 +93,8 @@ def test_an_odd_request_id_is_replaced(client, capfd, given):
     assert request_lines(written(capfd))[-1]["request_id"] != given
 
 
-def test_user_ids_are_hmacs_that_log_id_computes(env, clock, capfd):
-    app = create_app(
-        {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY}
-    )
+def test_user_ids_are_hmacs_that_log_id_computes(capfd, make_app):
+    app = make_app(WALLET_PROXY_LOG_HASH_KEY=HASH_KEY)
     written(capfd)
     app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
     output = written(capfd)
@@ -110,21 +108,21 @@ def test_user_ids_are_hmacs_that_log_id_computes(env, clock, capfd):
     assert re.fullmatch(r"[0-9a-f]{16}", line["user"])
 
 
-def test_user_ids_as_they_are_when_asked(env, clock, capfd):
-    app = create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_USER_IDS": "true"})
+def test_user_ids_as_they_are_when_asked(capfd, make_app):
+    app = make_app(WALLET_PROXY_LOG_USER_IDS="true")
     written(capfd)
     app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
     (line,) = request_lines(written(capfd))
     assert line["user"] == "demo-alice"
 
 
-def test_without_a_key_each_process_hashes_its_own_way_and_says_so(env, clock, caplog):
+def test_without_a_key_each_process_hashes_its_own_way_and_says_so(caplog, make_app):
     with caplog.at_level(logging.WARNING, logger="wallet_proxy.logs"):
-        create_app({**env, "TESTING": True, "CLOCK": clock})
+        make_app()
     assert "WALLET_PROXY_LOG_HASH_KEY is not set" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="wallet_proxy.logs"):
-        create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY})
+        make_app(WALLET_PROXY_LOG_HASH_KEY=HASH_KEY)
     assert "WALLET_PROXY_LOG_HASH_KEY" not in caplog.text
     assert UserIds(None)("demo-alice") != UserIds(None)("demo-alice")
 

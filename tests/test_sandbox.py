@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import wait_until
+from tests.helpers import CI_ALLOWANCE, wait_until
 from wallet_proxy.sandbox import (
     DEMO_CONNECT_AUTH,
     DEMO_CORE_API_KEY,
@@ -443,7 +443,7 @@ def test_external_tag_path_is_recorded(server):
         60,
     )
     assert call["status"] == 200
-    assert abs(call["at"] - time.time()) < 5
+    assert abs(call["at"] - time.time()) < CI_ALLOWANCE
 
 
 @pytest.mark.parametrize(
@@ -479,7 +479,7 @@ def test_stop_cuts_held_calls_and_closes_the_port():
         wait_until(lambda: sandbox.stats()["in_flight"] == 1, timeout=2)
         started = time.monotonic()
         sandbox.stop()
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < CI_ALLOWANCE  # at once, not when the hang ends
         with pytest.raises(requests.ConnectionError):
             pending.result(timeout=2)
     with pytest.raises(requests.ConnectionError):
