@@ -8,7 +8,7 @@ PORT ?= 8000
 BIND ?= 127.0.0.1:$(PORT)
 SANDBOX_PORT ?= 8001
 
-.PHONY: run test lint format bench system-deps clean
+.PHONY: run test test-quick lint format bench system-deps clean
 
 # Installing says one line and then nothing unless something goes wrong, so that what
 # `make run` prints first is the demo's banner.
@@ -39,6 +39,12 @@ system-deps:
 
 test: system-deps $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The loop while working: every test but those marked slow (gunicorn, containers, nginx,
+# several processes) or browser (setup.cfg). `make test`, what CI and the README run,
+# runs them all.
+test-quick: system-deps $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -4,7 +4,10 @@ The helpers behind them live in tests/helpers.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import pytest
+from flask import Flask
 
 from tests.helpers import API_KEY, OTHER_KEY, Clock, LiveServer, RedisServer
 from tests.triggers_helpers import BrazeServer
@@ -61,9 +64,11 @@ def braze(braze_server):
 
 
 @pytest.fixture
-def env(sandbox) -> dict:
-    """The settings a real deployment would have, pointed at the running sandbox."""
+def env(sandbox, tmp_path) -> dict:
+    """The settings a real deployment would have, pointed at the running sandbox, with a
+    data folder of the test's own (SQLite stores without Redis)."""
     return {
+        "WALLET_PROXY_DATA_DIR": str(tmp_path / "data"),
         "SESSIONM_CONNECT_URL": sandbox.url,
         "SESSIONM_CONNECT_AUTH": DEMO_CONNECT_AUTH,
         "SESSIONM_RETAILER_ID": DEMO_RETAILER_ID,
@@ -76,10 +81,26 @@ def env(sandbox) -> dict:
 
 
 @pytest.fixture
-def app(env, clock):
-    app = create_app({**env, "TESTING": True, "CLOCK": clock})
-    yield app
-    close_app(app)
+def make_app(env, clock) -> Iterator[Callable[..., Flask]]:
+    """The one app factory of the tests: `env` (as the module defines it), TESTING, the
+    clock moved by hand, and any settings on top by name, read as the environment's text
+    is: `make_app(WALLET_PROXY_DEADLINE=0.5)`, or a test switch such as `FAST_HITS=False`.
+    Every app it made is closed after the test."""
+    made: list[Flask] = []
+
+    def make(**settings: object) -> Flask:
+        app = create_app({**env, "TESTING": True, "CLOCK": clock, **settings})
+        made.append(app)
+        return app
+
+    yield make
+    for app in reversed(made):
+        close_app(app)
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

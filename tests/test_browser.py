@@ -22,7 +22,7 @@ import requests
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.security import generate_password_hash
 
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, UNHURRIED
 
 pytestmark = pytest.mark.browser
 
@@ -48,9 +48,7 @@ def env(env, sandbox, tmp_path):
         "WALLET_PROXY_DATA_DIR": str(tmp_path / "data"),
         "WALLET_PROXY_IMAGE_HOSTS": sandbox.url,
         "WALLET_PROXY_CULTURES": "en-US,es-ES",
-        # Not a test of the deadline: demo-carol's 3 SessionM pages on a loaded machine.
-        "WALLET_PROXY_DEADLINE": "10",
-        "WALLET_PROXY_UPSTREAM_TIMEOUT": "10",
+        **UNHURRIED,
     }
 
 

@@ -23,8 +23,15 @@ import pytest
 import redis
 import requests
 
-from tests.helpers import API_KEY, GunicornInstance, LiveServer, free_port, wait_until
-from wallet_proxy import create_app
+from tests.helpers import (
+    API_KEY,
+    CI_ALLOWANCE,
+    CI_RATE_FACTOR,
+    GunicornInstance,
+    LiveServer,
+    free_port,
+    wait_until,
+)
 from wallet_proxy.budget import (
     REDIS_STALLED,
     Claim,
@@ -186,7 +193,9 @@ def test_a_pause_holds_every_priority_back():
 def test_threads_waking_late_do_not_go_out_in_a_bunch():
     # 28 renders book 1.5 s of queue at 20/s (paced: 18.3/s); the threads of the first 21
     # all wake at the same moment, 1 s on (a busy machine): checking in as they go, no
-    # second sees more than 22 of them go, and none is lost.
+    # second sees more than 22 of them go, and none is lost. Each may wait for the queue and
+    # what a loaded machine adds to starting 28 threads and booking.
+    queue = 28 / PACED
     budget = LocalBudget(20, SHARES)
     started = time.monotonic()
     woken = threading.Semaphore(21)
@@ -202,7 +211,7 @@ def test_threads_waking_late_do_not_go_out_in_a_bunch():
     budget.sleep = late_for_some
 
     def render(_: int) -> None:
-        assert admitted(budget, Claim(Priority.WAITING, started + 1.6))
+        assert admitted(budget, Claim(Priority.WAITING, started + queue + CI_ALLOWANCE))
         with lock:
             sent.append(time.monotonic())
 
@@ -369,13 +378,14 @@ def test_redis_down_without_a_report_uses_the_fleet_size_setting(redis_server, r
 # --- over HTTP ---------------------------------------------------------------------
 
 
-def budget_app(env, clock, **settings):
-    config = {**env, "CLOCK": clock, "WALLET_PROXY_SESSIONM_RATE": "20"}
-    return create_app({**config, **{k: str(v) for k, v in settings.items()}})
+@pytest.fixture
+def budget_app(make_app):
+    """The app factory with a SessionM budget: 20 calls a second unless a test says."""
+    return lambda **settings: make_app(**{"WALLET_PROXY_SESSIONM_RATE": 20, **settings})
 
 
-def test_a_render_without_budget_gets_503_with_retry_after_not_a_call(env, clock, sandbox):
-    app = budget_app(env, clock, WALLET_PROXY_SESSIONM_RATE=1, WALLET_PROXY_DEADLINE=1)
+def test_a_render_without_budget_gets_503_with_retry_after_not_a_call(sandbox, budget_app):
+    app = budget_app(WALLET_PROXY_SESSIONM_RATE=1, WALLET_PROXY_DEADLINE=1)
     sandbox.configure(latency=0.05)
     with LiveServer(app) as server, ThreadPoolExecutor(8) as pool:
         responses = list(
@@ -396,8 +406,10 @@ def test_a_render_without_budget_gets_503_with_retry_after_not_a_call(env, clock
     assert sandbox.stats()["calls"] == len(served)
 
 
-def test_a_stale_copy_is_served_and_its_refresh_skipped_while_budget_is_short(env, clock, sandbox):
-    app = budget_app(env, clock, WALLET_PROXY_SESSIONM_RATE=0.5)
+def test_a_stale_copy_is_served_and_its_refresh_skipped_while_budget_is_short(
+    clock, sandbox, budget_app
+):
+    app = budget_app(WALLET_PROXY_SESSIONM_RATE=0.5)
     client = app.test_client()
     assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200
     assert sandbox.stats()["calls"] == 1  # the budget's next slot is 2 s away
@@ -415,11 +427,9 @@ def test_a_stale_copy_is_served_and_its_refresh_skipped_while_budget_is_short(en
     assert sandbox.stats()["calls"] == 2
 
 
-def test_sessionms_429_pauses_the_other_instance_too(env, clock, sandbox, redis_url):
+def test_sessionms_429_pauses_the_other_instance_too(sandbox, redis_url, budget_app):
     apps = [
         budget_app(
-            env,
-            clock,
             WALLET_PROXY_REDIS_URL=redis_url,
             WALLET_PROXY_DEADLINE=0.5,
             WALLET_PROXY_BREAKER_THRESHOLD=100,
@@ -447,8 +457,8 @@ def test_sessionms_429_pauses_the_other_instance_too(env, clock, sandbox, redis_
     assert sandbox.stats()["calls"] == 2
 
 
-def test_a_429_without_retry_after_pauses_for_5_seconds(env, clock, sandbox):
-    app = budget_app(env, clock, WALLET_PROXY_DEADLINE=0.5)
+def test_a_429_without_retry_after_pauses_for_5_seconds(sandbox, budget_app):
+    app = budget_app(WALLET_PROXY_DEADLINE=0.5)
     sandbox.configure(status=429, retry_after=None)
     client = app.test_client()
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 503
@@ -459,10 +469,8 @@ def test_a_429_without_retry_after_pauses_for_5_seconds(env, clock, sandbox):
     assert sandbox.stats()["calls"] == 1
 
 
-def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock, sandbox):
+def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(sandbox, budget_app):
     app = budget_app(
-        env,
-        clock,
         SESSIONM_CORE_URL=sandbox.url,
         SESSIONM_CORE_API_KEY=DEMO_CORE_API_KEY,
         SESSIONM_CORE_API_SECRET=DEMO_CORE_API_SECRET,
@@ -491,16 +499,16 @@ def test_the_tags_relay_refuses_with_retry_after_and_releases_the_key(env, clock
 
 
 def test_without_redis_the_budget_is_per_process_and_start_up_says_so(
-    env, clock, caplog, fresh_warnings
+    caplog, budget_app, fresh_warnings
 ):
     with caplog.at_level(logging.WARNING):
-        budget_app(env, clock, WALLET_PROXY_FLEET_SIZE=4)
+        budget_app(WALLET_PROXY_FLEET_SIZE=4)
     assert "per process without WALLET_PROXY_REDIS_URL" in caplog.text
     assert "5 requests/s" in caplog.text  # 20 / 4
 
 
-def test_rate_zero_is_no_budget(env, clock):
-    app = budget_app(env, clock, WALLET_PROXY_SESSIONM_RATE=0, WALLET_PROXY_SESSIONM_CORE_RATE=0)
+def test_rate_zero_is_no_budget(budget_app):
+    app = budget_app(WALLET_PROXY_SESSIONM_RATE=0, WALLET_PROXY_SESSIONM_CORE_RATE=0)
     assert services(app).connect_budget.rate == 0
     assert services(app).core_budget.rate == 0
 
@@ -619,7 +627,7 @@ def test_one_budget_across_two_gunicorn_masters(redis_url):
     # under SessionM's own limit of 40.
     granted = redis.Redis.from_url(redis_url).get("wallet-proxy:budget:{connect}:peak")
     assert PACED - 1 <= int(granted) <= 1.1 * rate
-    assert stats["busiest_second"] <= 1.5 * rate
+    assert stats["busiest_second"] <= CI_RATE_FACTOR * rate
     assert stats["rate_limited"] == 0
     assert stats["calls"] >= 2 * rate  # the budget is used, not just refused
     statuses = [a.status_code for a in answers]

@@ -58,6 +58,8 @@ def test_good_settings_and_defaults():
         ({"WALLET_PROXY_DEADLINE": "nan"}, "WALLET_PROXY_DEADLINE"),
         ({"WALLET_PROXY_UPSTREAM_CONCURRENCY": "1.5"}, "WALLET_PROXY_UPSTREAM_CONCURRENCY"),
         ({"WALLET_PROXY_REDIS_URL": "localhost:6379"}, "WALLET_PROXY_REDIS_URL"),
+        ({"WALLET_PROXY_CACHE_REDIS_URL": "redis://cache:6379/0"}, "WALLET_PROXY_REDIS_URL"),
+        ({"WALLET_PROXY_CACHE_MAX_BYTES": "64MB"}, "WALLET_PROXY_CACHE_MAX_BYTES"),
         ({"WALLET_PROXY_STAFF_USERS": "ann:plaintext"}, "WALLET_PROXY_STAFF_USERS"),
         ({"WALLET_PROXY_STAFF_USERS": "ann:md5$salt$abc"}, "WALLET_PROXY_STAFF_USERS"),
         ({"WALLET_PROXY_STAFF_USERS": "ann:scrypt:1$a$b"}, "WALLET_PROXY_SECRET_KEY"),
@@ -240,6 +242,55 @@ def test_check_config_pings_redis(redis_url):
         "Error: WALLET_PROXY_REDIS_URL: Redis does not answer PING (ConnectionError: "
     )
     assert "redis-secret-pw" not in result.stdout + result.stderr
+
+
+def test_check_config_says_what_the_settings_let_a_worker_hold():
+    """Issue 19 item 1: the memory formula of docs/operations.md, for these settings."""
+    small = run("wallet_proxy.cli", "check-config", env=GOOD)
+    larger = run(
+        "wallet_proxy.cli",
+        "check-config",
+        env={**GOOD, "WALLET_PROXY_CACHE_MAX_BYTES": str(2**30)},
+    )
+    worker = re.compile(r"memory: at most about ([\d,]+) MiB a worker, ([\d,]+) MiB with 2 work")
+    numbers = [
+        [int(n.replace(",", "")) for n in worker.search(result.stdout).groups()]
+        for result in (small, larger)
+    ]
+    assert numbers[1][0] - numbers[0][0] == pytest.approx(1.1 * (1024 - 64), abs=1)
+    assert numbers[0][1] > 2 * numbers[0][0]
+
+
+@pytest.mark.slow
+def test_check_config_warns_when_wallets_can_fill_the_outboxs_redis(redis_url, tmp_path):
+    triggers = {
+        **GOOD,
+        **TRIGGERS,
+        "WALLET_PROXY_REDIS_URL": redis_url,
+        "WALLET_PROXY_DATA_DIR": str(tmp_path),
+    }
+    shared = run("wallet_proxy.cli", "check-config", env=triggers)
+    assert "warning: the wallet cache shares WALLET_PROXY_REDIS_URL with the outbox" in (
+        shared.stderr
+    )
+    own = run(
+        "wallet_proxy.cli",
+        "check-config",
+        env={**triggers, "WALLET_PROXY_CACHE_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/1"},
+    )
+    assert own.returncode == 0, own.stderr
+    assert "warning" not in own.stderr
+    assert "cache: Redis of its own (reachable)" in own.stdout
+    nobody_home = f"redis://127.0.0.1:{free_port()}/0"
+    unreachable = run(
+        "wallet_proxy.cli",
+        "check-config",
+        env={**triggers, "WALLET_PROXY_CACHE_REDIS_URL": nobody_home},
+    )
+    assert unreachable.returncode == 1
+    assert "Error: WALLET_PROXY_CACHE_REDIS_URL: Redis does not answer PING" in (
+        unreachable.stderr
+    )
 
 
 @pytest.fixture

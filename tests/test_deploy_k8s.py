@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import wallet_proxy.gunicorn_config
 from wallet_proxy.cli import main
 from wallet_proxy.config import Settings
+from wallet_proxy.memory import MB, instance_peak_bytes
 from wallet_proxy.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +119,38 @@ def test_redis_is_one_persistent_replica_that_never_evicts():
     assert "managed Redis" in (K8S / "redis.yaml").read_text()
     url = found[("ConfigMap", "wallet-proxy")]["data"]["WALLET_PROXY_REDIS_URL"]
     assert url.startswith("redis://wallet-proxy-redis:6379/")
+
+
+def test_the_cache_has_a_redis_of_its_own_that_evicts():
+    """Issue 19 item 1: large wallets fill the cache's Redis, never the outbox's."""
+    found = resources()
+    conf = found[("ConfigMap", "wallet-proxy-cache")]["data"]["redis.conf"].splitlines()
+    assert "maxmemory-policy allkeys-lru" in conf
+    assert 'save ""' in conf and "appendonly no" in conf
+    assert found[("Deployment", "wallet-proxy-cache")]["spec"]["replicas"] == 1
+    service = found[("Service", "wallet-proxy-cache")]
+    data = found[("ConfigMap", "wallet-proxy")]["data"]
+    assert data["WALLET_PROXY_CACHE_REDIS_URL"].startswith(
+        f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/"
+    )
+
+
+def mebibytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def test_the_memory_formula_holds_under_the_pods_limit():
+    """docs/operations.md's peak for the ConfigMap's settings, every worker at its peak at
+    once, fits the container's memory limit."""
+    found = resources()
+    env = {
+        **found[("ConfigMap", "wallet-proxy")]["data"],
+        **found[("Secret", "wallet-proxy")]["stringData"],
+    }
+    (container,) = pod_of(found, "Deployment", "wallet-proxy")["containers"]
+    limit = mebibytes(container["resources"]["limits"]["memory"]) * MB
+    assert instance_peak_bytes(Settings.from_env(env)) <= limit
 
 
 def test_configmap_and_secret_template_make_a_valid_configuration():

@@ -26,7 +26,7 @@ import requests
 from gunicorn.config import Config
 
 import wallet_proxy.gunicorn_config
-from tests.helpers import API_KEY, GunicornInstance, free_port, wait_until
+from tests.helpers import API_KEY, CI_ALLOWANCE, GunicornInstance, free_port, wait_until
 from wallet_proxy.sandbox import SandboxServer
 
 pytestmark = pytest.mark.slow
@@ -199,7 +199,7 @@ def test_slow_clients_do_not_starve_normal_requests(front):
         f"nginx dropped {attack.dropped}"
     )
     assert statuses == [200] * len(statuses)
-    assert p95 < 0.5
+    assert p95 < CI_ALLOWANCE  # not starved: the attack held threads for 36 s
     assert attack.most_open == 300
     # client_header_timeout (5 s) closed the attackers' connections: they had to reconnect.
     assert attack.dropped >= 300

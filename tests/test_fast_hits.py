@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.helpers import API_KEY
-from wallet_proxy import create_app, request_log
+from wallet_proxy import request_log
 from wallet_proxy.factory import close_app
 from wallet_proxy.fast_hits import FastHits
 
@@ -65,10 +65,8 @@ def call(wsgi, env: dict) -> tuple[str, list[tuple[str, str]], bytes]:
 
 
 @pytest.fixture
-def deployed(env, clock):
-    app = create_app({**env, "CLOCK": clock})
-    yield app
-    close_app(app)
+def deployed(make_app):
+    return make_app()
 
 
 def test_both_paths_answer_every_case_alike(deployed):
@@ -99,10 +97,10 @@ def test_a_fresh_hit_skips_the_view_and_anything_else_reaches_it(deployed, monke
     assert len(views) == 2
 
 
-def test_the_request_lines_of_both_paths_agree(env, clock, tmp_path):
+def test_the_request_lines_of_both_paths_agree(tmp_path, make_app):
     out = tmp_path / "lines"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
-    app = create_app({**env, "CLOCK": clock})
+    app = make_app()
     try:
         app.wsgi_app.log.fd = fd  # the app's request lines, to a file of this test
         env_hit = environ("/v1/wallets/demo-alice", "culture=es-ES", AUTH)

@@ -11,17 +11,12 @@ import pytest
 import requests
 
 from tests.helpers import API_KEY, LiveServer, wait_until
-from wallet_proxy import create_app
 from wallet_proxy.answers import render_uncached
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.container import services
 from wallet_proxy.sessionm import GET_USER_OFFERS
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def make_app(env, clock, **settings):
-    return create_app({**env, "CLOCK": clock, **{k: str(v) for k, v in settings.items()}})
 
 
 def get(app, user_id="demo-alice", **params):
@@ -43,10 +38,8 @@ def error_of(response, status: int) -> str:
 # --- 3. Trickled headers: the slot is freed at the limit ------------------------------
 
 
-def test_trickling_sessionm_holds_the_slots_only_until_the_upstream_timeout(env, clock, sandbox):
+def test_trickling_sessionm_holds_the_slots_only_until_the_upstream_timeout(sandbox, make_app):
     app = make_app(
-        env,
-        clock,
         WALLET_PROXY_UPSTREAM_CONCURRENCY=16,
         WALLET_PROXY_DEADLINE=1,
         WALLET_PROXY_UPSTREAM_TIMEOUT=2,
@@ -69,10 +62,8 @@ def test_trickling_sessionm_holds_the_slots_only_until_the_upstream_timeout(env,
     assert [r.status_code for r in others] == [200] * 16
 
 
-def test_trickling_sessionm_opens_the_breaker(env, clock, sandbox):
+def test_trickling_sessionm_opens_the_breaker(sandbox, make_app):
     app = make_app(
-        env,
-        clock,
         WALLET_PROXY_DEADLINE=0.5,
         WALLET_PROXY_UPSTREAM_TIMEOUT=1,
         WALLET_PROXY_BREAKER_THRESHOLD=3,
@@ -88,8 +79,8 @@ def test_trickling_sessionm_opens_the_breaker(env, clock, sandbox):
 # --- 4. Wallets too large for us: refused, not cached, the refusal remembered ---------
 
 
-def test_a_wallet_over_the_offer_cap_is_refused_from_its_first_page(env, clock, sandbox):
-    app = make_app(env, clock, WALLET_PROXY_NEGATIVE_TTL=30)
+def test_a_wallet_over_the_offer_cap_is_refused_from_its_first_page(clock, sandbox, make_app):
+    app = make_app(WALLET_PROXY_NEGATIVE_TTL=30)
     sandbox.configure(generated_offers=10_001)
     assert "more than 10,000 offers" in error_of(get(app, "user-big"), 502)
     assert sandbox.stats()["calls"] == 1  # total_records on the first page told
@@ -100,10 +91,8 @@ def test_a_wallet_over_the_offer_cap_is_refused_from_its_first_page(env, clock, 
     assert sandbox.stats()["calls"] == 2
 
 
-def test_a_wallet_over_the_byte_cap_is_refused_and_not_cached(env, clock, sandbox):
+def test_a_wallet_over_the_byte_cap_is_refused_and_not_cached(sandbox, make_app):
     app = make_app(
-        env,
-        clock,
         WALLET_PROXY_MAX_WALLET_BYTES=600_000,
         WALLET_PROXY_DEADLINE=5,  # pages of a thousand offers, on a busy test machine
         WALLET_PROXY_UPSTREAM_TIMEOUT=5,
@@ -116,8 +105,8 @@ def test_a_wallet_over_the_byte_cap_is_refused_and_not_cached(env, clock, sandbo
     assert entry is not None and entry.wallet is None and entry.refused
 
 
-def test_a_refused_wallet_is_served_from_its_stale_copy_meanwhile(env, clock, sandbox):
-    app = make_app(env, clock, WALLET_PROXY_NEGATIVE_TTL=30)
+def test_a_refused_wallet_is_served_from_its_stale_copy_meanwhile(clock, sandbox, make_app):
+    app = make_app(WALLET_PROXY_NEGATIVE_TTL=30)
     service = services(app).wallet_service
     assert get(app, "user-grows").status_code == 200
     clock.advance(seconds=61)
@@ -133,8 +122,8 @@ def test_a_refused_wallet_is_served_from_its_stale_copy_meanwhile(env, clock, sa
     wait_until(lambda: sandbox.stats()["calls"] == 3, timeout=5)  # asked again, once
 
 
-def test_a_refusal_is_shared_across_instances(env, clock, sandbox, redis_url):
-    one, two = (make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url) for _ in range(2))
+def test_a_refusal_is_shared_across_instances(sandbox, redis_url, make_app):
+    one, two = (make_app(WALLET_PROXY_REDIS_URL=redis_url) for _ in range(2))
     sandbox.configure(generated_offers=10_001)
     message = error_of(get(one, "user-big"), 502)
     assert error_of(get(two, "user-big"), 502) == message
@@ -144,8 +133,8 @@ def test_a_refusal_is_shared_across_instances(env, clock, sandbox, redis_url):
 # --- 5. Braze's 1 MB: the answer is cut to fit -----------------------------------------
 
 
-def test_an_answer_that_would_be_a_megabyte_and_a_half_is_cut_to_fit(env, clock, sandbox):
-    app = make_app(env, clock, WALLET_PROXY_DEADLINE=5, WALLET_PROXY_UPSTREAM_TIMEOUT=5)
+def test_an_answer_that_would_be_a_megabyte_and_a_half_is_cut_to_fit(clock, sandbox, make_app):
+    app = make_app(WALLET_PROXY_DEADLINE=5, WALLET_PROXY_UPSTREAM_TIMEOUT=5)
     sandbox.configure(generated_offers=4400)
     response = get(app, "user-many")
     body = response.get_json()
@@ -164,8 +153,8 @@ def test_an_answer_that_would_be_a_megabyte_and_a_half_is_cut_to_fit(env, clock,
     assert (len(limited["offers"]), limited["offers_truncated"]) == (5, False)
 
 
-def test_the_answer_limit_is_a_setting(env, clock, sandbox):
-    app = make_app(env, clock, WALLET_PROXY_MAX_ANSWER_BYTES=10_000)
+def test_the_answer_limit_is_a_setting(sandbox, make_app):
+    app = make_app(WALLET_PROXY_MAX_ANSWER_BYTES=10_000)
     response = get(app, "demo-carol")
     assert len(response.data) <= 10_000
     assert response.get_json()["offers_truncated"] is True
@@ -175,8 +164,8 @@ def test_the_answer_limit_is_a_setting(env, clock, sandbox):
 # --- 6. Dates that exist in SessionM's time zone but not in UTC ------------------------
 
 
-def test_offers_with_impossible_dates_are_dropped_and_the_wallet_answered(env, clock, sandbox):
-    app = make_app(env, clock)
+def test_offers_with_impossible_dates_are_dropped_and_the_wallet_answered(sandbox, make_app):
+    app = make_app()
     sandbox.configure(
         extra_offers=[
             {"id": "early", "name": "Early", "expiration_date": "0001-01-01T00:00:00+01:00"},
@@ -197,10 +186,10 @@ def test_offers_with_impossible_dates_are_dropped_and_the_wallet_answered(env, c
     assert services(app).wallet_service.guard.breaker.failures == 0
 
 
-def test_a_lone_surrogate_in_an_offer_is_answered_not_a_500(env, clock, requests_mock):
+def test_a_lone_surrogate_in_an_offer_is_answered_not_a_500(requests_mock, make_app):
     """JSON may escape half a UTF-16 pair, which no UTF-8 answer can carry."""
     url = "https://connect.example.test"
-    app = make_app({**env, "SESSIONM_CONNECT_URL": url}, clock)
+    app = make_app(SESSIONM_CONNECT_URL=url)
     offer = r'{"id": "a", "name": "Caf\udce9"}'
     requests_mock.post(
         url + GET_USER_OFFERS, text=f'{{"status": "ok", "payload": {{"user_offers": [{offer}]}}}}'
@@ -213,15 +202,15 @@ def test_a_lone_surrogate_in_an_offer_is_answered_not_a_500(env, clock, requests
 # --- 7. JSON nested a million deep -----------------------------------------------------
 
 
-def test_json_nested_a_million_deep_is_a_502(env, clock, sandbox):
+def test_json_nested_a_million_deep_is_a_502(sandbox, make_app):
     sandbox.configure(deep=True)
-    assert error_of(get(make_app(env, clock)), 502)
+    assert error_of(get(make_app()), 502)
 
 
 def test_json_nested_a_million_deep_is_marked_for_the_other_processes(
-    env, clock, sandbox, redis_url
+    sandbox, redis_url, make_app
 ):
-    app = make_app(env, clock, WALLET_PROXY_REDIS_URL=redis_url)
+    app = make_app(WALLET_PROXY_REDIS_URL=redis_url)
     sandbox.configure(deep=True)
     error_of(get(app), 502)
     service = services(app).wallet_service

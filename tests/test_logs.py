@@ -19,10 +19,9 @@ from prometheus_client import REGISTRY
 from werkzeug.security import generate_password_hash
 
 from tests.helpers import API_KEY, OTHER_KEY, GunicornInstance
-from wallet_proxy import create_app, request_log
+from wallet_proxy import request_log
 from wallet_proxy.cli import DEMO_TRIGGER, main
 from wallet_proxy.container import services
-from wallet_proxy.factory import close_app
 from wallet_proxy.logs import JsonLines, UserIds, json_handler
 from wallet_proxy.sandbox import (
     DEMO_BRAZE_API_KEY,
@@ -94,10 +93,8 @@ def test_an_odd_request_id_is_replaced(client, capfd, given):
     assert request_lines(written(capfd))[-1]["request_id"] != given
 
 
-def test_user_ids_are_hmacs_that_log_id_computes(env, clock, capfd):
-    app = create_app(
-        {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY}
-    )
+def test_user_ids_are_hmacs_that_log_id_computes(capfd, make_app):
+    app = make_app(WALLET_PROXY_LOG_HASH_KEY=HASH_KEY)
     written(capfd)
     app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
     output = written(capfd)
@@ -111,8 +108,8 @@ def test_user_ids_are_hmacs_that_log_id_computes(env, clock, capfd):
     assert re.fullmatch(r"[0-9a-f]{16}", line["user"])
 
 
-def test_user_ids_as_they_are_when_asked(env, clock, capfd):
-    app = create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_USER_IDS": "true"})
+def test_user_ids_as_they_are_when_asked(capfd, make_app):
+    app = make_app(WALLET_PROXY_LOG_USER_IDS="true")
     written(capfd)
     app.test_client().get("/v1/wallets/demo-alice", headers=AUTH)
     (line,) = request_lines(written(capfd))
@@ -120,14 +117,14 @@ def test_user_ids_as_they_are_when_asked(env, clock, capfd):
 
 
 def test_without_a_key_each_process_hashes_its_own_way_and_says_so(
-    env, clock, caplog, fresh_warnings
+    caplog, make_app, fresh_warnings
 ):
     with caplog.at_level(logging.WARNING, logger="wallet_proxy.logs"):
-        create_app({**env, "TESTING": True, "CLOCK": clock})
+        make_app()
     assert "WALLET_PROXY_LOG_HASH_KEY is not set" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="wallet_proxy.logs"):
-        create_app({**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY})
+        make_app(WALLET_PROXY_LOG_HASH_KEY=HASH_KEY)
     assert "WALLET_PROXY_LOG_HASH_KEY" not in caplog.text
     assert UserIds(None)("demo-alice") != UserIds(None)("demo-alice")
 
@@ -135,51 +132,33 @@ def test_without_a_key_each_process_hashes_its_own_way_and_says_so(
 PRODUCTION_WARNINGS = (
     "WALLET_PROXY_LOG_HASH_KEY is not set",
     "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL",
-    "Idempotency-Key replay of the direct tags relay is per process",
 )
+# What both warnings are about: a budget without Redis, no hash key.
+WITHOUT_REDIS = {"WALLET_PROXY_SESSIONM_RATE": "50"}
 
 
-@pytest.fixture
-def without_redis(env, sandbox, clock) -> dict:
-    """Settings all three warnings are about: a budget and Core's direct relay, no Redis,
-    no hash key."""
-    return {
-        **env,
-        "WALLET_PROXY_TAGS_MODE": "direct",
-        "SESSIONM_CORE_URL": sandbox.url,
-        "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
-        "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
-        "WALLET_PROXY_SESSIONM_RATE": "50",
-        "TESTING": True,
-        "CLOCK": clock,
-    }
-
-
-def test_the_settings_warnings_are_written_once_per_process(without_redis, caplog, fresh_warnings):
+def test_the_settings_warnings_are_written_once_per_process(make_app, caplog, fresh_warnings):
     """A command or a test builds several apps from the same settings: one warning each."""
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
-            close_app(create_app(without_redis))
+            make_app(**WITHOUT_REDIS)
     for warning in PRODUCTION_WARNINGS:
         assert caplog.text.count(warning) == 1, warning
 
 
-def test_a_fleet_of_one_process_has_nothing_to_warn_about_redis(
-    without_redis, caplog, fresh_warnings
-):
+def test_a_fleet_of_one_process_has_nothing_to_warn_about_redis(make_app, caplog, fresh_warnings):
     """The demo's case: its one worker is the fleet (WALLET_PROXY_FLEET_SIZE=1)."""
     alone = {
-        **without_redis,
+        **WITHOUT_REDIS,
         "WALLET_PROXY_FLEET_SIZE": "1",
         "WALLET_PROXY_LOG_HASH_KEY": HASH_KEY,
     }
     with caplog.at_level(logging.WARNING):
-        close_app(create_app(alone))
+        make_app(**alone)
     assert not [warning for warning in PRODUCTION_WARNINGS if warning in caplog.text]
     with caplog.at_level(logging.WARNING):
-        close_app(create_app({**alone, "WALLET_PROXY_FLEET_SIZE": "2"}))
+        make_app(**{**alone, "WALLET_PROXY_FLEET_SIZE": "2"})
     assert "The SessionM budgets are per process" in caplog.text
-    assert "Idempotency-Key replay of the direct tags relay is per process" in caplog.text
 
 
 def test_log_id_needs_the_key():

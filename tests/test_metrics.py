@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from tests.helpers import (
     free_port,
     wait_until,
 )
-from wallet_proxy import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-token-for-tests-0001"
@@ -57,31 +57,22 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return total(after, name, **labels) - total(before, name, **labels)
 
 
-def metered(env, clock, **settings) -> FlaskClient:
-    """A client of an app with the metrics token, and `settings` on top of `env`'s."""
-    return create_app(
-        {
-            **env,
-            "TESTING": True,
-            "CLOCK": clock,
-            "WALLET_PROXY_METRICS_TOKEN": TOKEN,
-            **{name: str(value) for name, value in settings.items()},
-        }
-    ).test_client()
+@pytest.fixture
+def metered(make_app) -> Callable[..., FlaskClient]:
+    """Clients of apps with the metrics token, and any settings on top."""
+    return lambda **settings: make_app(WALLET_PROXY_METRICS_TOKEN=TOKEN, **settings).test_client()
 
 
 @pytest.fixture
-def app(env, clock):
-    return create_app(
-        {**env, "TESTING": True, "CLOCK": clock, "WALLET_PROXY_METRICS_TOKEN": TOKEN}
-    )
+def app(make_app):
+    return make_app(WALLET_PROXY_METRICS_TOKEN=TOKEN)
 
 
 @pytest.fixture
-def budgeted(env, clock):
+def budgeted(metered):
     """A client of an app with the SessionM budget at its default, as deployed: its
     metrics are there to be scraped too."""
-    return metered(env, clock, WALLET_PROXY_SESSIONM_RATE="50")
+    return metered(WALLET_PROXY_SESSIONM_RATE="50")
 
 
 def scrape(client) -> Samples:
@@ -90,8 +81,8 @@ def scrape(client) -> Samples:
     return parse(response.get_data(as_text=True))
 
 
-def test_no_token_configured_no_metrics(env, clock):
-    client = create_app({**env, "TESTING": True, "CLOCK": clock}).test_client()
+def test_no_token_configured_no_metrics(make_app):
+    client = make_app().test_client()
     response = client.get("/metrics", headers=SCRAPE)
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
@@ -195,10 +186,8 @@ def test_lookups_counted_by_what_the_cache_held(client, sandbox, clock):
     assert delta(before, scrape(client), timed, api="get_user_offers") == 3
 
 
-def test_outcomes_and_the_breaker_state(env, clock, sandbox):
-    client = metered(
-        env, clock, WALLET_PROXY_BREAKER_THRESHOLD="1", WALLET_PROXY_BREAKER_COOLDOWN="0.2"
-    )
+def test_outcomes_and_the_breaker_state(sandbox, metered):
+    client = metered(WALLET_PROXY_BREAKER_THRESHOLD="1", WALLET_PROXY_BREAKER_COOLDOWN="0.2")
     before = scrape(client)
     sandbox.configure(status=500)
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 502
@@ -237,19 +226,17 @@ def test_waiters_counted_while_they_wait(app, client, sandbox):
     assert total(scrape(client), "wallet_proxy_singleflight_waiters") == 0
 
 
-def test_redis_errors_counted(env, clock, sandbox):
+def test_redis_errors_counted(sandbox, metered):
     nobody_there = f"redis://127.0.0.1:{free_port()}/0"
-    client = metered(env, clock, WALLET_PROXY_REDIS_URL=nobody_there)
+    client = metered(WALLET_PROXY_REDIS_URL=nobody_there)
     before = scrape(client)
     assert client.get("/v1/wallets/demo-alice", headers=AUTH).status_code == 200
     assert delta(before, scrape(client), "wallet_proxy_redis_errors_total") >= 1
 
 
-def test_budget_waits_refusals_and_pauses_counted(env, clock, sandbox):
+def test_budget_waits_refusals_and_pauses_counted(sandbox, metered):
     # One request, then the next in 5 s.
-    client = metered(
-        env, clock, WALLET_PROXY_SESSIONM_RATE=0.2, WALLET_PROXY_BREAKER_THRESHOLD=100
-    )
+    client = metered(WALLET_PROXY_SESSIONM_RATE=0.2, WALLET_PROXY_BREAKER_THRESHOLD=100)
     before = scrape(client)
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 200
     assert client.get("/v1/wallets/user-2", headers=AUTH).status_code == 503
@@ -262,8 +249,8 @@ def test_budget_waits_refusals_and_pauses_counted(env, clock, sandbox):
     assert delta(before, after, "wallet_proxy_sessionm_budget_pauses_total") == 0
 
 
-def test_a_429_counted_as_a_pause(env, clock, sandbox):
-    client = metered(env, clock, WALLET_PROXY_DEADLINE="0.5", WALLET_PROXY_SESSIONM_RATE="20")
+def test_a_429_counted_as_a_pause(sandbox, metered):
+    client = metered(WALLET_PROXY_DEADLINE="0.5", WALLET_PROXY_SESSIONM_RATE="20")
     before = scrape(client)
     sandbox.configure(status=429, retry_after=3)
     assert client.get("/v1/wallets/user-1", headers=AUTH).status_code == 503

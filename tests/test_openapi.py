@@ -23,12 +23,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.helpers import API_KEY, LiveServer
+from tests.helpers import API_KEY, UNHURRIED, LiveServer
 from tests.test_docs import table_rows
-from wallet_proxy import create_app
 from wallet_proxy.cli import DEMO_TRIGGER
 from wallet_proxy.errors import InvalidRequest
-from wallet_proxy.factory import close_app
 from wallet_proxy.openapi import ROUTES, ErrorAnswer, TagsAnswer, TagsQueued, WalletAnswer
 from wallet_proxy.rules import WalletQuerySchema, load_tags, parse_wallet_query
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY, DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
@@ -125,8 +123,9 @@ def test_every_status_has_the_error_shape(client):
         "/v1/wallets/user-12",
     ],
 )
-def test_real_wallet_answers_match_the_answer_schema(live_server, path):
-    response = requests.get(live_server.url + path, headers=AUTH, timeout=10)
+def test_real_wallet_answers_match_the_answer_schema(make_app, path):
+    with LiveServer(make_app(**UNHURRIED)) as server:
+        response = requests.get(server.url + path, headers=AUTH, timeout=20)
     assert response.status_code == 200
     WalletAnswer().load(response.json())  # raises on a missing, extra or mistyped key
 
@@ -198,24 +197,19 @@ def test_the_query_schema_states_the_query_rules(query):
 @pytest.mark.parametrize(
     ("mode", "status", "schema"), [("queued", 202, TagsQueued), ("direct", 200, TagsAnswer)]
 )
-def test_tags_answers_match_the_schema(env, sandbox, tmp_path, mode, status, schema):
-    app = create_app(
-        {
-            **env,
-            "TESTING": True,
-            "SESSIONM_CORE_URL": sandbox.url,
-            "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
-            "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
-            "WALLET_PROXY_TAGS_MODE": mode,
-            "WALLET_PROXY_DATA_DIR": str(tmp_path),
-        }
+def test_tags_answers_match_the_schema(sandbox, tmp_path, mode, status, schema, make_app):
+    app = make_app(
+        SESSIONM_CORE_URL=sandbox.url,
+        SESSIONM_CORE_API_KEY=DEMO_CORE_API_KEY,
+        SESSIONM_CORE_API_SECRET=DEMO_CORE_API_SECRET,
+        WALLET_PROXY_TAGS_MODE=mode,
+        WALLET_PROXY_DATA_DIR=str(tmp_path),
     )
     client = app.test_client()
     for body in ({"tags": ["a"]}, {"tags": ["a", "b"], "ttl": 60}):
         response = client.post("/v1/external-users/ext-1/tags", json=body, headers=AUTH)
         assert response.status_code == status
         schema().load(response.get_json())
-    close_app(app)
 
 
 def test_a_whole_ttl_written_with_a_point_is_a_whole_number():
@@ -227,26 +221,20 @@ def test_a_whole_ttl_written_with_a_point_is_a_whole_number():
 
 
 @pytest.fixture
-def contract_url(env, sandbox, tmp_path):
+def contract_url(sandbox, tmp_path, make_app):
     """The app as deployed with every route on (Connect, Core and Braze all on the
     sandbox), over HTTP."""
-    app = create_app(
-        {
-            **env,
-            "SESSIONM_CORE_URL": sandbox.url,
-            "SESSIONM_CORE_API_KEY": DEMO_CORE_API_KEY,
-            "SESSIONM_CORE_API_SECRET": DEMO_CORE_API_SECRET,
-            "BRAZE_REST_URL": sandbox.url,
-            "BRAZE_REST_API_KEY": DEMO_BRAZE_API_KEY,
-            "WALLET_PROXY_TRIGGER_KEYS": TRIGGER_KEY,
-            "WALLET_PROXY_DATA_DIR": str(tmp_path),
-        }
+    app = make_app(
+        SESSIONM_CORE_URL=sandbox.url,
+        SESSIONM_CORE_API_KEY=DEMO_CORE_API_KEY,
+        SESSIONM_CORE_API_SECRET=DEMO_CORE_API_SECRET,
+        BRAZE_REST_URL=sandbox.url,
+        BRAZE_REST_API_KEY=DEMO_BRAZE_API_KEY,
+        WALLET_PROXY_TRIGGER_KEYS=TRIGGER_KEY,
+        WALLET_PROXY_DATA_DIR=str(tmp_path),
     )
-    try:
-        with LiveServer(app) as server:
-            yield server.url
-    finally:
-        close_app(app)  # its deliverer, started by the first request, too
+    with LiveServer(app) as server:
+        yield server.url
 
 
 KNOWN_IDS = ("demo-alice", "demo-bob", "user-7", "ext-3")

@@ -1,6 +1,9 @@
-"""The shared store behind staff sessions and history: one contract, Redis and SQLite."""
+"""The shared store behind staff sessions, history, login counts and Idempotency-Key
+records: one contract, Redis and SQLite."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -37,6 +40,41 @@ def test_values_expire(store, clock):
     clock.advance(seconds=1)  # SQLite's expiry follows the app's clock, Redis's its own
     wait_until(lambda: store.get("short") is None, timeout=5)
     assert store.get("long") == "y"
+
+
+def test_a_value_is_added_only_where_none_is_and_deleted_only_while_unchanged(store, clock):
+    assert store.add("k", "first", ttl=60) is None
+    assert store.add("k", "second", ttl=60) == "first"
+    store.delete_if("k", "second")
+    assert store.get("k") == "first"
+    store.delete_if("k", "first")
+    assert store.add("k", "third", ttl=0.2) is None
+    clock.advance(seconds=1)
+    wait_until(lambda: store.add("k", "fourth", ttl=60) is None, timeout=5)  # "third" expired
+    assert store.get("k") == "fourth"
+
+
+def test_of_many_adding_at_once_one_wins(tmp_path, clock):
+    """Workers are processes: each opens the SQLite file itself."""
+    path = tmp_path / "shared.sqlite3"
+    stores = [SqliteSharedStore(path, unix_time=lambda: clock().timestamp()) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda n: stores[n].add("k", f"v{n}", ttl=60), range(8)))
+    (winner,) = [n for n, value in enumerate(found) if value is None]
+    assert set(found) == {None, f"v{winner}"}
+
+
+def test_counters_count_expire_a_window_after_their_last_count_and_can_be_deleted(store, clock):
+    assert store.counted("c") == (0, 0.0)
+    assert [store.count("c", ttl=60) for _ in range(3)] == [1, 2, 3]
+    count, left = store.counted("c")
+    assert count == 3 and 59 <= left <= 60
+    store.delete("c")
+    assert store.counted("c") == (0, 0.0)
+    store.count("short", ttl=0.2)
+    clock.advance(seconds=1)
+    wait_until(lambda: store.counted("short") == (0, 0.0), timeout=5)
+    assert store.count("short", ttl=60) == 1  # a new count, not the expired one's 2
 
 
 def test_logs_keep_the_newest_items_of_their_window(store, clock):
@@ -80,6 +118,10 @@ def test_an_unreachable_store_says_so(tmp_path, clock):
         lambda: unreachable.get("k"),
         lambda: unreachable.put("k", "v", ttl=1),
         lambda: unreachable.append("k", "v", keep=1, ttl=1),
+        lambda: unreachable.add("k", "v", ttl=1),
+        lambda: unreachable.delete_if("k", "v"),
+        lambda: unreachable.count("k", ttl=1),
+        lambda: unreachable.counted("k"),
     ):
         with pytest.raises(StoreUnavailable):
             call()

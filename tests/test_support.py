@@ -129,12 +129,10 @@ def test_logout_is_a_post_with_csrf(staff_client):
     assert staff_client.get("/support/").status_code == 303
 
 
-def test_a_new_password_ends_old_sessions(env, clock, staff_client):
+def test_a_new_password_ends_old_sessions(staff_client, make_app):
     cookie = staff_client.get_cookie("session").value
     for pw_hash, status in ((PW_HASH, 200), (generate_password_hash("new", "pbkdf2"), 303)):
-        other = create_app(
-            {**env, "WALLET_PROXY_STAFF_USERS": f"{STAFF}:{pw_hash}", "TESTING": True}
-        ).test_client()
+        other = make_app(WALLET_PROXY_STAFF_USERS=f"{STAFF}:{pw_hash}").test_client()
         other.set_cookie("session", cookie)
         assert other.get("/support/").status_code == status
 
@@ -218,9 +216,9 @@ def test_json_panel_shows_what_braze_gets(staff_client, auth, user_id, culture):
     assert (raw.mimetype, raw.data) == ("application/json", api.data)
 
 
-def test_connected_content_snippet_uses_this_services_url(env, clock):
+def test_connected_content_snippet_uses_this_services_url(make_app):
     base, login = "https://wallet-proxy.internal.example", basic(STAFF, PASSWORD)
-    app = create_app({**env, "WALLET_PROXY_PUBLIC_URL": base, "TESTING": True, "CLOCK": clock})
+    app = make_app(WALLET_PROXY_PUBLIC_URL=base)
     client = app.test_client()
     default = client.get("/support/wallets/demo-alice", headers=login).text
     spanish = client.get("/support/wallets/demo-alice?culture=es-ES", headers=login).text
@@ -334,8 +332,8 @@ def test_unknown_customer_is_a_404_page(staff_client):
     ("knobs", "status"),
     [({"garbage": True}, 502), ({"status": 429}, 503), ({"latency": 1.0}, 504)],
 )
-def test_sessionm_trouble_is_a_friendly_page(env, clock, sandbox, knobs, status):
-    app = create_app({**env, "WALLET_PROXY_DEADLINE": "0.2", "TESTING": True, "CLOCK": clock})
+def test_sessionm_trouble_is_a_friendly_page(sandbox, knobs, status, make_app):
+    app = make_app(WALLET_PROXY_DEADLINE=0.2)
     client = app.test_client()
     log_in(client)
     sandbox.configure(**knobs)
@@ -416,14 +414,14 @@ def test_age_text():
     ]
 
 
-def test_hash_password_prompts_twice_without_echo(env, clock):
+def test_hash_password_prompts_twice_without_echo(make_app):
     runner = CliRunner()
     result = runner.invoke(cli.main, ["hash-password"], input="s3cret-pass\ns3cret-pass\n")
     assert result.exit_code == 0, result.output
     assert "s3cret-pass" not in result.output
     pw_hash = result.output.strip().splitlines()[-1]
     assert check_password_hash(pw_hash, "s3cret-pass")
-    app = create_app({**env, "WALLET_PROXY_STAFF_USERS": f"ops:{pw_hash}", "TESTING": True})
+    app = make_app(WALLET_PROXY_STAFF_USERS=f"ops:{pw_hash}")
     assert (
         app.test_client().get("/support/", headers=basic("ops", "s3cret-pass")).status_code == 200
     )

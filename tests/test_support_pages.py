@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import OFFER_WITH_UNKNOWN_EXPIRY
+from tests.helpers import OFFER_WITH_UNKNOWN_EXPIRY, UNHURRIED
 from tests.staff import (
     PASSWORD,
     STAFF,
@@ -24,34 +24,29 @@ from tests.staff import (
     staff_env,
     token_in,
 )
-from wallet_proxy import create_app
 from wallet_proxy.attributes.written import WrittenStoreError
 from wallet_proxy.cli import main
 from wallet_proxy.config import ConfigError, Settings
 from wallet_proxy.container import services
+from wallet_proxy.errors import StoreUnavailable
 from wallet_proxy.sandbox import DEMO_BRAZE_API_KEY
 from wallet_proxy.support import listing
 from wallet_proxy.support.history import KEEP, SAME_VISIT_SECONDS
 from wallet_proxy.support.state import EXTENSION as support_state_key
+from wallet_proxy.support.state import support_state
 
 ALICE, CAROL = "/support/wallets/demo-alice", "/support/wallets/demo-carol"
 
 
 @pytest.fixture
 def env(env, tmp_path):
-    # Not a test of the deadline: demo-carol's 3 SessionM pages on a loaded machine.
-    slow_ok = {"WALLET_PROXY_DEADLINE": "10", "WALLET_PROXY_UPSTREAM_TIMEOUT": "10"}
-    return staff_env({**env, **slow_ok}, tmp_path / "data")
+    return staff_env({**env, **UNHURRIED}, tmp_path / "data")
 
 
 @pytest.fixture
 def staff_client(client):
     assert log_in(client).status_code == 303
     return client
-
-
-def make_app(env, clock, **settings):
-    return create_app({**env, **settings, "TESTING": True, "CLOCK": clock})
 
 
 def lookup_box(page: str) -> str:
@@ -150,8 +145,8 @@ def test_the_page_says_how_long_braze_may_keep_showing_this_copy(staff_client, c
 # Cultures
 
 
-def test_culture_switcher_lists_the_configured_cultures(env, clock):
-    client = make_app(env, clock, WALLET_PROXY_CULTURES="es-ES, fr-FR").test_client()
+def test_culture_switcher_lists_the_configured_cultures(make_app):
+    client = make_app(WALLET_PROXY_CULTURES="es-ES, fr-FR").test_client()
     log_in(client)
     page = client.get(f"{ALICE}?q=coffee").text
     switcher = element(page, r'<nav class="cultures" aria-label="Culture">(.*?)</nav>')
@@ -179,13 +174,13 @@ def test_cultures_setting(env):
         Settings.from_env({**env, "WALLET_PROXY_CULTURES": "en-US,english"})
 
 
-def test_cultures_are_one_spelling_in_settings_pages_and_switch(env, clock, sandbox):
+def test_cultures_are_one_spelling_in_settings_pages_and_switch(env, sandbox, make_app):
     """`es_ES` (Braze's locale), `ES-es` and `es-es` are es-ES wherever a culture is read."""
     settings = Settings.from_env(
         {**env, "WALLET_PROXY_DEFAULT_CULTURE": "EN_us", "WALLET_PROXY_CULTURES": "es_ES, ES-es"}
     )
     assert (settings.default_culture, settings.cultures) == ("en-US", ("en-US", "es-ES"))
-    client = make_app(env, clock, WALLET_PROXY_CULTURES="es_ES").test_client()
+    client = make_app(WALLET_PROXY_CULTURES="es_ES").test_client()
     log_in(client)
     assert client.get("/support/?user_id=demo-alice&culture=ES_es").location == (
         f"{ALICE}?culture=es-ES"
@@ -424,21 +419,33 @@ def test_history_keeps_the_last_twenty_for_seven_days(staff_client, clock):
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_history_is_shared_by_every_worker(env, clock, store, request):
+def test_history_is_shared_by_every_worker(clock, store, request, make_app):
     settings = {}
     if store == "redis":
         settings["WALLET_PROXY_REDIS_URL"] = request.getfixturevalue("redis_url")
-    first, second = make_app(env, clock, **settings), make_app(env, clock, **settings)
+    first, second = make_app(**settings), make_app(**settings)
     first.test_client().get(ALICE, headers=basic(STAFF, PASSWORD))
     clock.advance(seconds=SAME_VISIT_SECONDS)
     page = second.test_client().get(ALICE, headers=basic(STAFF, PASSWORD)).text
     assert len(history(page)) == 2
 
 
-def test_the_page_works_without_its_history(env, clock):
-    """Basic auth needs no session; a Redis that is down takes only the history away."""
-    app = make_app(env, clock, WALLET_PROXY_REDIS_URL="redis://127.0.0.1:9/0")
+def test_the_page_works_without_its_history(make_app, monkeypatch):
+    """The history is a nicety: a store that fails it takes only the history away."""
+    app = make_app()
+
+    def unavailable(*args, **kwargs):
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(support_state(app).staff_history.store, "recent", unavailable)
     response = app.test_client().get(ALICE, headers=basic(STAFF, PASSWORD))
     assert response.status_code == 200
     assert "Staff activity: unavailable right now" in response.text
     assert 'id="available-points">1,250<' in response.text
+
+
+def test_a_login_that_cannot_be_counted_is_refused(make_app):
+    """Failed logins are counted in the shared store: without it nobody is let in (503),
+    rather than guesses let through uncounted."""
+    app = make_app(WALLET_PROXY_REDIS_URL="redis://127.0.0.1:9/0")
+    assert_page(app.test_client().get(ALICE, headers=basic(STAFF, PASSWORD)), 503)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import API_KEY, GunicornInstance, wait_until
+from tests.helpers import API_KEY, GunicornInstance, retrying_session, wait_until
 from wallet_proxy.sandbox import DEMO_CORE_API_KEY, DEMO_CORE_API_SECRET
 from wallet_proxy.tags.model import STALE_APPLYING, TAGS
 from wallet_proxy.triggers.model import QUEUED, SENDING, SENT, UNKNOWN
@@ -37,9 +37,11 @@ def service(sandbox_url: str, data_dir: Path) -> GunicornInstance:
     ).start()
 
 
-def post(instance: GunicornInstance, n: int) -> requests.Response:
-    """Webhook n: a counter tag for customer user-k-n, with the send's Idempotency-Key."""
-    return requests.post(
+def post(session: requests.Session, instance: GunicornInstance, n: int) -> requests.Response:
+    """Webhook n: a counter tag for customer user-k-n, with the send's Idempotency-Key: a
+    post the session sends again after a reset is answered as a repeat, never applied
+    twice."""
+    return session.post(
         f"{instance.url}/v1/users/user-k-{n}/tags",
         json={"tags": ["visits"]},
         headers={"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "dispatch-1"},
@@ -48,8 +50,8 @@ def post(instance: GunicornInstance, n: int) -> requests.Response:
 
 
 def post_all(instance: GunicornInstance) -> list[requests.Response]:
-    with ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda n: post(instance, n), range(WEBHOOKS)))
+    with retrying_session() as session, ThreadPoolExecutor(16) as pool:
+        return list(pool.map(lambda n: post(session, instance, n), range(WEBHOOKS)))
 
 
 def queue(data_dir: Path) -> SqliteOutbox:

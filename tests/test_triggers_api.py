@@ -98,8 +98,7 @@ def test_other_keys_are_refused(server, trigger_app, headers):
     assert outbox(trigger_app).counts()[QUEUED] == 0
 
 
-def test_not_configured_without_braze(env, clock, tmp_path):
-    app = create_app({**env, "TESTING": True, "CLOCK": clock})
+def test_not_configured_without_braze(app):
     with LiveServer(app) as live:
         answer = post(live)
     assert answer.status_code == 503

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import GunicornInstance, wait_until
+from tests.helpers import GunicornInstance, retrying_session, wait_until
 from wallet_proxy.triggers.model import QUEUED, SENDING, SENT, UNKNOWN
 from wallet_proxy.triggers.sqlite_outbox import FILE_NAME, SqliteOutbox
 
@@ -22,6 +22,7 @@ from .triggers_helpers import BRAZE_KEY
 pytestmark = pytest.mark.slow
 TRIGGER_KEY = "sessionm-trigger-key-1"
 AUTH = {"Authorization": f"Bearer {TRIGGER_KEY}"}
+HELD_AFTER = 300  # messages Braze takes before it holds its answers
 
 
 def service(sandbox_url: str, data_dir: Path, workers: int = 2) -> GunicornInstance:
@@ -44,13 +45,18 @@ def kill_9(instance: GunicornInstance) -> None:
     instance.process.wait(timeout=10)
 
 
-def post(instance: GunicornInstance, n: int) -> requests.Response:
+def post(session: requests.Session, instance: GunicornInstance, n: int) -> requests.Response:
+    """Trigger n, with its own Idempotency-Key: a post the session sends again after a reset
+    is answered as a repeat (the same trigger id), never stored twice."""
     body = {
         "braze_campaign_id": "camp-kill",
         "customer": {"external_id": f"k-{n:04}"},
         "offer": {"offer_id": str(n), "title": "10 % off"},
     }
-    return requests.post(f"{instance.url}/v1/braze/triggers", json=body, headers=AUTH, timeout=10)
+    headers = {**AUTH, "Idempotency-Key": f"trigger-{n}"}
+    return session.post(
+        f"{instance.url}/v1/braze/triggers", json=body, headers=headers, timeout=10
+    )
 
 
 def waiting(data_dir: Path) -> int:
@@ -71,20 +77,28 @@ def owners(data_dir: Path) -> set[str]:
 def test_kill_9_between_accepting_and_delivering_loses_nothing_sends_nothing_twice(
     sandbox, tmp_path
 ):
+    # The kill comes at a point the test chooses, not one it races for: Braze refuses
+    # (503, retry in 1 s) until all 1000 are accepted, then takes HELD_AFTER messages and
+    # holds the answer to the next call, which it has acted on. So at the kill some
+    # triggers are sent, one call is in flight (Braze has it, the deliverer doesn't know)
+    # and the rest are queued. The kill follows the hold within moments, far inside the
+    # client's 10 s answer timeout, so the call in flight is still `sending`.
     data_dir = tmp_path / "data"
-    sandbox.braze.configure({"latency": 0.2})  # delivery is under way when the kill comes
+    sandbox.braze.configure({"status": 503, "retry_after": 1})
     running = service(sandbox.url, data_dir)
     try:
-        with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(lambda n: post(running, n), range(1000)))
+        with retrying_session() as session, ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda n: post(session, running, n), range(1000)))
         assert [a.status_code for a in answers] == [202] * 1000
         ids = {a.json()["trigger_id"]: n for n, a in zip(range(1000), answers, strict=True)}
         assert len(ids) == 1000
+        sandbox.braze.configure({"status": None, "retry_after": None, "hold_after": HELD_AFTER})
+        wait_until(lambda: sandbox.braze.stats()["braze_held"] == 1, timeout=60)
         delivered_before = len(sandbox.braze.stats()["braze_messages"])
     finally:
         kill_9(running)
     assert delivered_before < 1000, "everything was delivered before the kill"
-    sandbox.braze.configure({"latency": 0})
+    sandbox.braze.configure({"hold_after": None})
     restarted = service(sandbox.url, data_dir)
     try:
         wait_until(lambda: waiting(data_dir) == 0, timeout=60)
@@ -105,24 +119,30 @@ def test_kill_9_between_accepting_and_delivering_loses_nothing_sends_nothing_twi
             assert got[str(n)] == 1, f"trigger {n} is marked sent but Braze never got it"
         else:
             assert got[str(n)] <= 1 and "Braze may or may not have it" in record.reason
-    print(f"\nkill -9 after {delivered_before} of 1000 delivered: {dict(states)}")
+    replayed = sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers)
+    print(
+        f"\nkill -9 after {delivered_before} of 1000 delivered: {dict(states)}; "
+        f"{replayed} posts answered as repeats after a retry"
+    )
 
 
 def test_one_deliverer_per_instance_and_a_dead_one_is_replaced(sandbox, tmp_path):
     data_dir = tmp_path / "data"
     running = service(sandbox.url, data_dir, workers=3)
+    session = retrying_session()
     try:
-        assert all(post(running, n).status_code == 202 for n in range(40))
+        assert all(post(session, running, n).status_code == 202 for n in range(40))
         wait_until(lambda: waiting(data_dir) == 0, timeout=20)
         (first,) = owners(data_dir)  # three workers, one deliverer
         pid = int(first.split(":")[1])
         assert pid in running.worker_pids()  # a worker, not the master
         os.kill(pid, signal.SIGKILL)
-        assert all(post(running, n).status_code == 202 for n in range(40, 80))
+        assert all(post(session, running, n).status_code == 202 for n in range(40, 80))
         wait_until(lambda: waiting(data_dir) == 0, timeout=20)
         second = owners(data_dir) - {first}
         assert len(second) == 1 and int(next(iter(second)).split(":")[1]) != pid
     finally:
+        session.close()
         running.stop()
     got = Counter(m["properties"]["offer_id"] for m in sandbox.braze.stats()["braze_messages"])
     assert sorted(got) == sorted(str(n) for n in range(80)) and set(got.values()) == {1}

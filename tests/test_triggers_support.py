@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 
 import pytest
-from werkzeug.security import generate_password_hash
 
-from wallet_proxy import create_app
+from tests.staff import PASSWORD, STAFF, basic, staff_env
 from wallet_proxy.braze_users import (
     BRAZE_ID,
     DEFAULT_PRIORITIZATION,
@@ -24,25 +22,20 @@ from wallet_proxy.triggers.setup import triggers_of
 
 from .triggers_helpers import BRAZE_KEY, trigger
 
-STAFF, PASSWORD = "agent", "correct horse battery"
-PW_HASH = generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000")
-BASIC = {"Authorization": "Basic " + base64.b64encode(f"{STAFF}:{PASSWORD}".encode()).decode()}
+BASIC = basic(STAFF, PASSWORD)
 
 
 @pytest.fixture
-def staff_app(env, sandbox, tmp_path, clock):
-    return create_app(
-        {
-            **env,
-            "WALLET_PROXY_STAFF_USERS": f"{STAFF}:{PW_HASH}",
-            "WALLET_PROXY_SECRET_KEY": "support-test-secret-key-0123456789",
-            "BRAZE_REST_URL": sandbox.url,
-            "BRAZE_REST_API_KEY": BRAZE_KEY,
-            "WALLET_PROXY_TRIGGER_KEYS": "sessionm-trigger-key",
-            "WALLET_PROXY_DATA_DIR": str(tmp_path),
-            "TESTING": True,
-            "CLOCK": clock,
-        }
+def env(env, tmp_path):
+    return staff_env(env, tmp_path)
+
+
+@pytest.fixture
+def staff_app(sandbox, make_app):
+    return make_app(
+        BRAZE_REST_URL=sandbox.url,
+        BRAZE_REST_API_KEY=BRAZE_KEY,
+        WALLET_PROXY_TRIGGER_KEYS="sessionm-trigger-key",
     )
 
 
@@ -105,15 +98,7 @@ def test_pages_escape_what_sessionm_sent(staff_app):
     assert "<script>x</script>" not in page and "&lt;script&gt;" in page
 
 
-def test_without_braze_the_page_says_so(env):
-    app = create_app(
-        {
-            **env,
-            "WALLET_PROXY_STAFF_USERS": f"{STAFF}:{PW_HASH}",
-            "WALLET_PROXY_SECRET_KEY": "support-test-secret-key-0123456789",
-            "TESTING": True,
-        }
-    )
+def test_without_braze_the_page_says_so(app):
     page = app.test_client().get("/support/triggers", headers=BASIC)
     assert page.status_code == 503 and "not configured" in page.text
 

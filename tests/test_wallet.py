@@ -146,13 +146,6 @@ def test_round_trips_through_a_dict():
     assert Wallet.from_dict(original.to_dict()) == original
 
 
-def test_a_cached_wallet_from_before_the_expiry_mark_still_loads():
-    """Entries in a shared Redis written before `no_expiry_field` existed."""
-    data = wallet(offer("a")).to_dict()
-    del data["offers"][0]["no_expiry_field"]
-    assert Wallet.from_dict(data).offers[0].no_expiry_field is False
-
-
 def test_an_answer_is_cut_to_its_size_limit_from_the_latest_expiring_end():
     from wallet_proxy.answers import render_uncached
     from wallet_proxy.wallet_service import HIT, Lookup

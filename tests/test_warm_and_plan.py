@@ -12,9 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers import API_KEY
-from wallet_proxy import create_app
 from wallet_proxy.bulk.commands import warm_all
-from wallet_proxy.bulk.csvinput import read_table, wallet_ids
 from wallet_proxy.bulk.durations import parse_duration, spoken
 from wallet_proxy.bulk.plan import (
     CPU_PER_HIT_US,
@@ -41,21 +39,14 @@ def segment(tmp_path: Path, users: list[str]) -> Path:
 
 
 @pytest.fixture
-def warm_app(env, clock, redis_url):
-    return create_app(
-        {
-            **env,
-            "CLOCK": clock,
-            "WALLET_PROXY_REDIS_URL": redis_url,
-            "WALLET_PROXY_SESSIONM_RATE": "50",
-        }
-    )
+def warm_app(make_app, redis_url):
+    return make_app(WALLET_PROXY_REDIS_URL=redis_url, WALLET_PROXY_SESSIONM_RATE=50)
 
 
 def warm(app, tmp_path, fresh_for: float, users=USERS, rate=50.0):
-    records = wallet_ids(read_table(segment(tmp_path, users), None))
     service = services(app).wallet_service
-    return warm_all(service, records, "en-US", fresh_for=fresh_for, concurrency=4, rate=rate)
+    ids = list(enumerate(users, start=2))  # (line, id), as in a file with a header
+    return warm_all(service, ids, len(ids), "en-US", fresh_for=fresh_for, concurrency=4, rate=rate)
 
 
 def cache_states(app) -> set[str]:
@@ -91,15 +82,8 @@ def test_warmed_wallets_stay_fresh_for_fresh_for_and_a_rerun_skips_them(
     assert cache_states(warm_app) == {"STALE"}
 
 
-def test_warm_takes_only_its_share_of_the_budget(env, clock, sandbox, redis_url, tmp_path):
-    app = create_app(
-        {
-            **env,
-            "CLOCK": clock,
-            "WALLET_PROXY_REDIS_URL": redis_url,
-            "WALLET_PROXY_SESSIONM_RATE": "10",
-        }
-    )
+def test_warm_takes_only_its_share_of_the_budget(sandbox, redis_url, tmp_path, make_app):
+    app = make_app(WALLET_PROXY_REDIS_URL=redis_url, WALLET_PROXY_SESSIONM_RATE=10)
     run = warm(app, tmp_path, 3600, users=[f"user-share-{n}" for n in range(24)], rate=1000)
     assert run.warmed == 24
     # 80 % of 10 requests/s, whatever its own --rate and concurrency say.

@@ -22,6 +22,10 @@ class BrazeServer(SandboxServer):
     def messages(self) -> list[dict]:
         return self.braze.stats()["braze_messages"]
 
+    def held(self) -> int:
+        """Calls the `hold_after` knob holds now."""
+        return self.braze.stats()["braze_held"]
+
 
 def trigger(
     recipient: str | BrazeUser | None = "cust-1",

@@ -19,7 +19,7 @@ import click
 import redis
 from werkzeug.security import generate_password_hash
 
-from . import preflight
+from . import memory, preflight
 from . import sandbox as sandbox_module
 from .budget import UNLIMITED
 from .bulk.commands import tags_group, warm_command
@@ -45,8 +45,8 @@ DEMO_METRICS_TOKEN = "demo-metrics-token-not-secret"  # noqa: S105 - public demo
 DEMO_LOG_HASH_KEY = "demo-log-hash-key-not-secret"
 # demo-alice's offers have Spanish texts: the support pages offer both.
 DEMO_CULTURES = "en-US,es-ES"
-# One process, so that the cache, single-flight, Idempotency-Key replay and the login
-# throttle behave as they do in one process (a deployment shares them through Redis).
+# One process, so that the cache and single-flight behave as they do in one process (a
+# deployment shares them through Redis).
 DEMO_WORKERS, DEMO_THREADS = 1, 64
 # What `check-config --probe --user` prints of SessionM's offer field names.
 MAX_FIELDS_SHOWN, MAX_FIELD_NAME = 100, 64
@@ -102,11 +102,16 @@ def check_config(probe: bool, user_id: str | None) -> None:
         raise click.ClickException(ConfigError.listing([*verdict.problems, *beyond]).report())
     failures = [str(problem) for problem in beyond]
     cache = "in-process"
-    if settings.redis_url:
-        problem = _redis_problem(settings.redis_url)
-        cache = "Redis (reachable)" if problem is None else "Redis (NOT reachable)"
-        if problem:
-            failures.append(f"WALLET_PROXY_REDIS_URL: {problem}")
+    for variable, url in (
+        ("WALLET_PROXY_REDIS_URL", settings.redis_url),
+        ("WALLET_PROXY_CACHE_REDIS_URL", settings.cache_redis_url),
+    ):
+        if url:
+            problem = _redis_problem(url)
+            own = " of its own" if variable == "WALLET_PROXY_CACHE_REDIS_URL" else ""
+            cache = f"Redis{own} ({'reachable' if problem is None else 'NOT reachable'})"
+            if problem:
+                failures.append(f"{variable}: {problem}")
     click.echo("configuration OK" if not failures else "configuration read, but:")
     click.echo(f"  SessionM Connect: {settings.sessionm_connect_url}")
     core = settings.sessionm_core_url or "not configured (the tags routes answer 503)"
@@ -122,6 +127,14 @@ def check_config(probe: bool, user_id: str | None) -> None:
             f"  Braze triggers: {settings.braze_rest_url}; {len(settings.trigger_keys)} "
             f"SessionM keys; outbox: {store}"
         )
+    worker, instance = (
+        peak(settings) / memory.MB
+        for peak in (memory.worker_peak_bytes, memory.instance_peak_bytes)
+    )
+    click.echo(
+        f"  memory: at most about {worker:,.0f} MiB a worker, {instance:,.0f} MiB with "
+        f"{settings.web_concurrency} workers (docs/operations.md#memory)"
+    )
     for needs in preflight.braze_permissions(settings):
         click.echo(f"  {needs}")
     if uses := preflight.data_dir_uses(settings):
@@ -463,8 +476,8 @@ def _print_demo(bind: str, env: Mapping[str, str], ignored: Sequence[str] = ()) 
     click.echo(
         "\nwallet-proxy demo: the SessionM sandbox stands in for SessionM at "
         f"{env['SESSIONM_CONNECT_URL']}\n"
-        f"  {DEMO_WORKERS} worker process with {DEMO_THREADS} threads: the cache, "
-        "single-flight and Idempotency-Key replay\n"
+        f"  {DEMO_WORKERS} worker process with {DEMO_THREADS} threads: the cache and "
+        "single-flight\n"
         "  behave as in one process (a deployment runs a worker per core, sharing them "
         "through Redis).\n"
     )

@@ -151,10 +151,13 @@ class Settings:
     breaker_cooldown: float = _setting(
         "WALLET_PROXY_BREAKER_COOLDOWN", "number", 10.0, low=0.1, high=600
     )
-    cache_max_entries: int = _setting(
-        "WALLET_PROXY_CACHE_MAX_ENTRIES", "integer", 100_000, low=1, high=10**8
+    cache_max_bytes: int = _setting(
+        "WALLET_PROXY_CACHE_MAX_BYTES", "integer", 64 * 1024 * 1024, low=1_000_000, high=10**12
     )
     redis_url: str | None = _setting("WALLET_PROXY_REDIS_URL", "redis_url", None, secret=True)
+    cache_redis_url: str | None = _setting(
+        "WALLET_PROXY_CACHE_REDIS_URL", "redis_url", None, secret=True
+    )
     staff_users: Mapping[str, str] = _setting(
         "WALLET_PROXY_STAFF_USERS", "staff_users", factory=dict, secret=True
     )
@@ -307,6 +310,10 @@ class Settings:
         if self.upstream_timeout < self.deadline:
             yield ConfigError(
                 "WALLET_PROXY_UPSTREAM_TIMEOUT", "must be at least WALLET_PROXY_DEADLINE"
+            )
+        if self.cache_redis_url and not self.redis_url:
+            yield ConfigError(
+                "WALLET_PROXY_REDIS_URL", "required when WALLET_PROXY_CACHE_REDIS_URL is set"
             )
         if self.staff_users and not self.secret_key:
             yield ConfigError(

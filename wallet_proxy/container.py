@@ -32,11 +32,15 @@ from .budget import UNLIMITED, Budget, Fleet, LocalBudget, Priority, SharedBudge
 from .cache import MemoryCache, RedisCache, WalletCache
 from .config import Settings
 from .coordination import Alone, Coordination, RedisCoordination
-from .idempotency import Idempotency, MemoryStore, RedisStore
+from .idempotency import DATABASE as IDEMPOTENCY_DATABASE
+from .idempotency import REDIS_PREFIX as IDEMPOTENCY_PREFIX
+from .idempotency import Idempotency
 from .logs import warn_once
+from .memory import Trimmer, limit_arenas
 from .redis_clients import RENDER, RedisHealth, connect
 from .sessionm import connect_client
 from .sessionm_core import CoreClient, core_client
+from .stores import shared_store
 from .upstream import CircuitBreaker, UpstreamGuard
 from .wallet_service import WalletService
 
@@ -47,6 +51,9 @@ EXTENSION = "wallet_proxy"
 # margin, then it is abandoned.
 LEASE_MARGIN = 30.0
 FLEET_STOP_WAIT = 1.0
+# The share of WALLET_PROXY_CACHE_MAX_BYTES for rendered answers (answers.py); the rest is
+# for the wallets themselves (cache.MemoryCache).
+ANSWERS_SHARE = 0.125
 
 Clock = Callable[[], datetime]  # an aware UTC datetime; tests move it by hand
 
@@ -62,7 +69,7 @@ class Services:
     core: CoreClient | None  # None: SessionM Core is not configured
     connect_budget: Budget  # requests/s to SessionM Connect, for the whole fleet
     core_budget: Budget  # the same for Core
-    idempotency: Idempotency
+    idempotency: Idempotency | None  # None: no direct tags relay (no Core, or queued tags)
     _closers: list[Callable[[], object]] = field(default_factory=list)
     _loops: list[Loop] = field(default_factory=list)
     _readiness: list[Callable[[], Mapping[str, str]]] = field(default_factory=list)
@@ -135,15 +142,13 @@ def register(app: Flask, found: Services) -> None:
 
 def shared_redis(settings: Settings) -> tuple[redis.Redis | None, RedisHealth | None]:
     """The render profile's client of WALLET_PROXY_REDIS_URL and its health, or (None, None)."""
-    if not settings.redis_url:
+    return _render_client(settings.redis_url)
+
+
+def _render_client(url: str | None) -> tuple[redis.Redis | None, RedisHealth | None]:
+    if not url:
         return None, None
-    return connect(settings.redis_url, RENDER), RedisHealth(on_failure=metrics.redis_error)
-
-
-def one_process(settings: Settings) -> bool:
-    """WALLET_PROXY_FLEET_SIZE=1: the whole fleet is this one process (the demo), so what is
-    kept per process without Redis is kept for the fleet."""
-    return settings.fleet_size == 1
+    return connect(url, RENDER), RedisHealth(on_failure=metrics.redis_error)
 
 
 def sessionm_budgets(
@@ -163,7 +168,9 @@ def sessionm_budgets(
     made: Callable[[str, float], Budget]
     if shared is None or health is None:
         processes = settings.fleet_size or 1
-        if any(rates.values()) and not one_process(settings):
+        # WALLET_PROXY_FLEET_SIZE=1 (the demo): this process is the fleet, its budget the
+        # fleet's.
+        if any(rates.values()) and settings.fleet_size != 1:
             warn_once(
                 log,
                 "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL: each "
@@ -191,6 +198,32 @@ def sessionm_budgets(
     return budgets["connect"], budgets["core"]
 
 
+def wallet_cache(
+    settings: Settings,
+    max_bytes: int,
+    unix_time: Callable[[], float],
+    shared: tuple[redis.Redis | None, RedisHealth | None],
+    closers: list[Callable[[], object]],
+) -> tuple[WalletCache, Coordination]:
+    """The wallet cache, of at most `max_bytes` in this process, and how processes sharing
+    it take turns: in Redis when there is one, the cache's own (WALLET_PROXY_CACHE_REDIS_URL,
+    one that evicts what it must, so that wallets never fill the Redis of the outbox and the
+    budget) or else the shared one."""
+    limit_arenas()
+    trimmer = Trimmer()
+    closers.append(trimmer.close)
+    memory = MemoryCache(max_bytes=max_bytes, unix_time=unix_time, trimmer=trimmer)
+    client, health = _render_client(settings.cache_redis_url)
+    if client is not None:
+        closers.append(client.close)
+    else:
+        client, health = shared
+    if client is None or health is None:
+        return memory, Alone()
+    cache = RedisCache(client, local=memory, health=health, unix_time=unix_time)
+    return cache, RedisCoordination(client, health=health)
+
+
 def build_services(settings: Settings, clock: Clock) -> Services:
     """Every shared service of one app, wired together; the only place that does it."""
     closers: list[Callable[[], object]] = []
@@ -198,14 +231,19 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     def unix_time() -> float:
         return clock().timestamp()
 
-    memory = MemoryCache(maxsize=settings.cache_max_entries, unix_time=unix_time)
-    cache: WalletCache = memory
-    coordination: Coordination = Alone()
     shared, health = shared_redis(settings)
-    if shared is not None and health is not None:
+    if shared is not None:
         closers.append(shared.close)
-        cache = RedisCache(shared, local=memory, health=health, unix_time=unix_time)
-        coordination = RedisCoordination(shared, health=health)
+    idempotency = None
+    if settings.core_configured and not settings.tags_queued:  # queued: the outbox dedupes
+        store = shared_store(
+            settings, shared, unix_time, database=IDEMPOTENCY_DATABASE, prefix=IDEMPOTENCY_PREFIX
+        )
+        idempotency = Idempotency(store, lease=settings.core_timeout + LEASE_MARGIN)
+    answers_bytes = int(settings.cache_max_bytes * ANSWERS_SHARE)
+    cache, coordination = wallet_cache(
+        settings, settings.cache_max_bytes - answers_bytes, unix_time, (shared, health), closers
+    )
     connect_budget, core_budget = sessionm_budgets(settings, shared, health, closers)
     breaker = CircuitBreaker(
         threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown
@@ -231,31 +269,16 @@ def build_services(settings: Settings, clock: Clock) -> Services:
     core = core_client(settings, core_budget)
     if core is not None:
         closers.append(core.close)
-    if (
-        shared is None
-        and settings.core_configured
-        and not settings.tags_queued
-        and not one_process(settings)
-    ):
-        warn_once(
-            log,
-            "Idempotency-Key replay of the direct tags relay is per process without "
-            "WALLET_PROXY_REDIS_URL: with several workers, a retried counter-tag call may "
-            "be applied twice",
-        )
     return Services(
         settings=settings,
         clock=clock,
         wallet_service=wallet_service,
-        answers=AnswerMemo(max_bytes=settings.max_answer_bytes),
+        answers=AnswerMemo(max_bytes=answers_bytes, max_answer_bytes=settings.max_answer_bytes),
         redis=shared,
         redis_health=health,
         core=core,
         connect_budget=connect_budget,
         core_budget=core_budget,
-        idempotency=Idempotency(
-            RedisStore(shared) if shared is not None else MemoryStore(),
-            lease=settings.core_timeout + LEASE_MARGIN,
-        ),
+        idempotency=idempotency,
         _closers=closers,
     )

@@ -18,8 +18,10 @@ What is kept is decided by what SessionM can have done, which the error's class 
 
 The pending record lives for the whole 24 hours for a counter tag (if this process
 dies mid-call nobody can know whether SessionM applied it) and for a short lease with
-a `ttl`. Records live in Redis when the service has it (every instance sees them),
-else in this process.
+a `ttl`. Records live in a store every worker shares (stores.py): Redis when the service
+has it (every instance sees them), else `idempotency.sqlite3` in the data folder (every
+worker of the instance sees them), so a retry that lands on another worker is replayed.
+A claim the store can't make is refused (503), never risked.
 """
 
 from __future__ import annotations
@@ -29,29 +31,28 @@ import json
 import logging
 import re
 import secrets
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from cachetools import TLRUCache
 
 from .errors import (
     IdempotencyConflict,
     IdempotencyInProgress,
     IdempotencyUnavailable,
     NotApplied,
+    StoreUnavailable,
     UpstreamServerError,
     UpstreamUnavailable,
     WalletProxyError,
     error_body,
 )
+from .stores import SharedStore
 
 log = logging.getLogger(__name__)
 
 WINDOW = 24 * 3600
 KEY_RE = re.compile(r"^[\x20-\x7e]{1,255}$")
-MEMORY_ENTRIES = 100_000
+DATABASE = "idempotency.sqlite3"  # in the data folder, without Redis
+REDIS_PREFIX = "wallet-proxy:idempotency"
 
 
 @dataclass(frozen=True)
@@ -80,80 +81,10 @@ def scope_digest(scope: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(scope).encode()).hexdigest()
 
 
-def _record_key(scope: tuple[str, ...]) -> str:
-    return f"wallet-proxy:idempotency:{scope_digest(scope)}"
-
-
-class MemoryStore:
-    """Records in this process (lost on restart): the fallback without Redis."""
-
-    def __init__(self, maxsize: int = MEMORY_ENTRIES, timer: Callable[[], float] = time.monotonic):
-        self._records: TLRUCache = TLRUCache(
-            maxsize=maxsize, ttu=lambda _key, value, now: now + value[1], timer=timer
-        )
-        self._lock = threading.Lock()
-
-    def claim(self, key: str, record: dict, ttl: float) -> dict | None:
-        with self._lock:
-            found = self._records.get(key)
-            if found is not None:
-                return found[0]
-            self._records[key] = (record, ttl)
-            return None
-
-    def put(self, key: str, record: dict, ttl: float) -> None:
-        with self._lock:
-            self._records[key] = (record, ttl)
-
-    def release(self, key: str, token: str) -> None:
-        with self._lock:
-            found = self._records.get(key)
-            if found is not None and found[0].get("token") == token:
-                del self._records[key]
-
-
-_RELEASE = """
-local value = redis.call('GET', KEYS[1])
-if value and cjson.decode(value)['token'] == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-class RedisStore:
-    """Records in the service's Redis, so a retry landing on another instance is seen."""
-
-    def __init__(self, client):
-        self._client = client
-        self._release = client.register_script(_RELEASE)
-
-    def claim(self, key: str, record: dict, ttl: float) -> dict | None:
-        import redis
-
-        try:
-            for _ in range(3):  # the found record may expire between SET NX and GET
-                if self._client.set(key, json.dumps(record), nx=True, ex=max(1, int(ttl))):
-                    return None
-                found = self._client.get(key)
-                if found is not None:
-                    return json.loads(found)
-        except redis.RedisError as exc:
-            log.warning("idempotency store unreachable: %s", type(exc).__name__)
-            raise IdempotencyUnavailable() from None
-        raise IdempotencyUnavailable()
-
-    def put(self, key: str, record: dict, ttl: float) -> None:
-        self._client.set(key, json.dumps(record), ex=max(1, int(ttl)))
-
-    def release(self, key: str, token: str) -> None:
-        self._release(keys=[key], args=[token])
-
-
 class Idempotency:
     """Runs a relay call at most once per (scope, Idempotency-Key) within WINDOW."""
 
-    def __init__(self, store: MemoryStore | RedisStore, *, lease: float):
+    def __init__(self, store: SharedStore, *, lease: float):
         self.store = store
         self.lease = lease
 
@@ -161,11 +92,16 @@ class Idempotency:
         self, scope: tuple[str, ...], body: dict, call: Callable[[], Answer], *, resend_safe: bool
     ) -> tuple[Answer, bool]:
         """(answer, replayed). `resend_safe`: SessionM applying the body twice is harmless."""
-        key = _record_key(scope)
-        token = secrets.token_hex(16)
-        pending = {"state": "pending", "fingerprint": fingerprint(body), "token": token}
-        found = self.store.claim(key, pending, self.lease if resend_safe else WINDOW)
-        if found is not None:
+        key = scope_digest(scope)
+        pending = {"state": "pending", "fingerprint": fingerprint(body)}
+        claim = json.dumps({**pending, "token": secrets.token_hex(16)})
+        try:
+            text = self.store.add(key, claim, ttl=self.lease if resend_safe else WINDOW)
+        except StoreUnavailable:
+            log.warning("idempotency store unreachable")
+            raise IdempotencyUnavailable() from None
+        if text is not None:
+            found = json.loads(text)
             if found["fingerprint"] != pending["fingerprint"]:
                 raise IdempotencyConflict()
             if found["state"] == "pending":
@@ -176,14 +112,14 @@ class Idempotency:
             answer = call()
         except WalletProxyError as error:
             if changed_nothing(error) or (resend_safe and not isinstance(error, NotApplied)):
-                self._quietly(self.store.release, key, token)
+                self._quietly(self.store.delete_if, key, claim)
             else:
                 self._keep(key, pending, Answer.of_error(error))
             raise
         except BaseException:
             # A bug of ours, not an answer from SessionM: whether it was applied is unknown.
             if resend_safe:
-                self._quietly(self.store.release, key, token)
+                self._quietly(self.store.delete_if, key, claim)
             raise
         self._keep(key, pending, answer)
         return answer, False
@@ -198,13 +134,13 @@ class Idempotency:
                 "retry_after": answer.retry_after,
             },
         }
-        self._quietly(self.store.put, key, record, WINDOW)
+        self._quietly(self.store.put, key, json.dumps(record), ttl=WINDOW)
 
     @staticmethod
-    def _quietly(action: Callable, *args) -> None:
+    def _quietly(action: Callable, *args, **kwargs) -> None:
         """The answer goes out even if the store fails now; the pending record stays."""
         try:
-            action(*args)
+            action(*args, **kwargs)
         except Exception as exc:
             log.warning("idempotency store update failed: %s", type(exc).__name__)
 

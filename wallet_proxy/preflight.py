@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .attributes.written import DATABASE as ATTRIBUTES_DATABASE
 from .config import ConfigError, Settings, declared_variables
+from .idempotency import DATABASE as IDEMPOTENCY_DATABASE
 from .stores import DATABASE
 from .tags.running import LOCK_FILE as TAGS_LOCK_FILE
 from .triggers.running import LOCK_FILE
@@ -50,6 +51,8 @@ def data_dir_uses(settings: Settings) -> list[str]:
         uses.append("the tags worker's lock" if settings.redis_url else "the queued tags' outbox")
     if settings.staff_users and not settings.redis_url:
         uses.append("the staff sessions")
+    if settings.core_configured and not settings.tags_queued and not settings.redis_url:
+        uses.append("the Idempotency-Key records")
     if (settings.triggers_configured or settings.staff_users) and not settings.redis_url:
         uses.append("the attributes last written to Braze profiles")
     return uses
@@ -73,7 +76,7 @@ def _data_files() -> list[str]:
         TAGS_LOCK_FILE,
         *(
             f"{db}{end}"
-            for db in (DATABASE, FILE_NAME, ATTRIBUTES_DATABASE)
+            for db in (DATABASE, IDEMPOTENCY_DATABASE, FILE_NAME, ATTRIBUTES_DATABASE)
             for end in ("", "-wal", "-shm")
         ),
     ]
@@ -122,16 +125,27 @@ def braze_permissions(settings: Settings) -> list[str]:
 
 def warnings(settings: Settings | None) -> list[str]:
     """What may go wrong with settings that pass: an answer given at the deadline that may
-    reach Braze after its 2 s."""
-    if settings is None or BRAZE_TIMEOUT - settings.deadline >= NETWORK_ROOM:
+    reach Braze after its 2 s; wallets that may fill the outbox's Redis."""
+    if settings is None:
         return []
-    room = BRAZE_TIMEOUT - settings.deadline
-    return [
-        f"WALLET_PROXY_DEADLINE={settings.deadline:g} leaves {max(room, 0):g} s of Braze's "
-        f"{BRAZE_TIMEOUT:g} s for the way to Braze and back: an answer given at the deadline "
-        f"may arrive too late, and Braze leaves its content out; keep it at "
-        f"{BRAZE_TIMEOUT - NETWORK_ROOM:g} or less"
-    ]
+    found = []
+    if BRAZE_TIMEOUT - settings.deadline < NETWORK_ROOM:
+        room = BRAZE_TIMEOUT - settings.deadline
+        found.append(
+            f"WALLET_PROXY_DEADLINE={settings.deadline:g} leaves {max(room, 0):g} s of Braze's "
+            f"{BRAZE_TIMEOUT:g} s for the way to Braze and back: an answer given at the "
+            f"deadline may arrive too late, and Braze leaves its content out; keep it at "
+            f"{BRAZE_TIMEOUT - NETWORK_ROOM:g} or less"
+        )
+    outbox = settings.triggers_configured or settings.tags_queued
+    if outbox and settings.redis_url and not settings.cache_redis_url:
+        found.append(
+            "the wallet cache shares WALLET_PROXY_REDIS_URL with the outbox (triggers, queued "
+            "tags): large wallets can fill that Redis, and with noeviction (as the outbox "
+            "needs) new triggers and webhooks are then refused; give the cache a Redis of its "
+            "own that evicts (maxmemory-policy allkeys-lru) in WALLET_PROXY_CACHE_REDIS_URL"
+        )
+    return found
 
 
 def placeholders(env: Mapping[str, str]) -> Iterator[ConfigError]:

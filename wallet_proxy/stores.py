@@ -1,11 +1,13 @@
 """Small records every worker shares: Redis when configured, else a SQLite file.
 
-Staff sessions (which ones are still signed in) and the per-customer history of
-staff actions must be the same in every gunicorn worker and survive a restart,
-which per-process memory is not. `SharedStore` is what both need: values that
-expire, and short logs that keep the newest few items for a while. Redis holds
-them when the service has it (every instance sees them); otherwise a SQLite file
-in WALLET_PROXY_DATA_DIR does (every worker of one instance sees it).
+Staff sessions (which ones are still signed in), the per-customer history of staff
+actions, the failed logins counted against password guessing and the Idempotency-Key
+records of the tags relay must be the same in every gunicorn worker and survive a
+restart, which per-process memory is not. `SharedStore` is what they need: values that
+expire (set, or added only where none is), counters that expire, and short logs that
+keep the newest few items for a while. Redis holds them when the service has it (every
+instance sees them); otherwise a SQLite file in WALLET_PROXY_DATA_DIR does (every worker
+of one instance sees it), one file per use.
 
 A failing store raises `StoreUnavailable`: callers decide whether that blocks
 (a session that can't be checked is not trusted) or not (history is a nicety).
@@ -30,7 +32,8 @@ from .files import private_database
 if TYPE_CHECKING:
     from .config import Settings
 
-DATABASE = "support.sqlite3"
+DATABASE = "support.sqlite3"  # the support pages' file; other uses name their own
+PREFIX = "wallet-proxy:support"  # the same, for Redis names
 # Seconds a writer waits for another process's write to finish before giving up.
 SQLITE_BUSY_TIMEOUT = 2.0
 
@@ -42,7 +45,27 @@ class SharedStore(Protocol):
 
     def get(self, key: str) -> str | None: ...
 
-    def delete(self, key: str) -> None: ...
+    def add(self, key: str, value: str, *, ttl: float) -> str | None:
+        """Store `value` unless `key` holds one already: None once stored, else the value
+        that is there (one step: of two workers adding at once, one wins)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete the value or counter at `key`."""
+        ...
+
+    def delete_if(self, key: str, value: str) -> None:
+        """Delete `key` only while it still holds `value`."""
+        ...
+
+    def count(self, key: str, *, ttl: float) -> int:
+        """One more in the counter at `key`, which lasts `ttl` seconds from its last count;
+        the count now."""
+        ...
+
+    def counted(self, key: str) -> tuple[int, float]:
+        """The counter at `key` and the seconds it has left; (0, 0.0) when there is none."""
+        ...
 
     def append(self, key: str, item: str, *, keep: int, ttl: float) -> None:
         """Add `item` to the log at `key`; keep its newest `keep` items of the last `ttl` s."""
@@ -53,35 +76,76 @@ class SharedStore(Protocol):
         ...
 
 
+_ADD = """
+local found = redis.call('GET', KEYS[1])
+if found then return found end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class RedisSharedStore:
-    """Values are strings with an expiry; logs are sorted sets scored by time."""
+    """Values and counters are strings with an expiry; logs are sorted sets scored by time."""
 
     def __init__(
         self,
         client: redis.Redis,
         *,
         unix_time: Callable[[], float],
-        prefix: str = "wallet-proxy:support",
+        prefix: str = PREFIX,
     ):
         self.client = client
         self.unix_time = unix_time
         self.prefix = prefix
+        self._add = client.register_script(_ADD)
+        self._delete_if = client.register_script(_DELETE_IF)
 
     def _name(self, key: str) -> str:
         return f"{self.prefix}:{key}"
 
     def put(self, key: str, value: str, *, ttl: float) -> None:
         with _redis_errors():
-            self.client.set(self._name(key), value, px=max(1, int(ttl * 1000)))
+            self.client.set(self._name(key), value, px=_milliseconds(ttl))
 
     def get(self, key: str) -> str | None:
         with _redis_errors():
             value = self.client.get(self._name(key))
         return None if value is None else _text(value)
 
+    def add(self, key: str, value: str, *, ttl: float) -> str | None:
+        with _redis_errors():
+            found = self._add(keys=[self._name(key)], args=[value, _milliseconds(ttl)])
+        return None if found is None else _text(found)
+
     def delete(self, key: str) -> None:
         with _redis_errors():
             self.client.delete(self._name(key))
+
+    def delete_if(self, key: str, value: str) -> None:
+        with _redis_errors():
+            self._delete_if(keys=[self._name(key)], args=[value])
+
+    def count(self, key: str, *, ttl: float) -> int:
+        with _redis_errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(self._name(key))
+            pipe.pexpire(self._name(key), _milliseconds(ttl))
+            count, _ = pipe.execute()
+        return int(count)
+
+    def counted(self, key: str) -> tuple[int, float]:
+        with _redis_errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(self._name(key))
+            pipe.pttl(self._name(key))
+            count, left = pipe.execute()
+        if count is None:
+            return 0, 0.0
+        return int(count), max(left, 0) / 1000  # 0: it expires within the millisecond
 
     def append(self, key: str, item: str, *, keep: int, ttl: float) -> None:
         now, name = self.unix_time(), self._name(key)
@@ -99,6 +163,10 @@ class RedisSharedStore:
         with _redis_errors():
             members = self.client.zrevrangebyscore(self._name(key), "+inf", self.unix_time() - ttl)
         return [_text(member).partition(" ")[2] for member in members]
+
+
+def _milliseconds(ttl: float) -> int:
+    return max(1, int(ttl * 1000))
 
 
 def _text(value: object) -> str:
@@ -130,6 +198,9 @@ class SqliteSharedStore:
                 CREATE TABLE IF NOT EXISTS value (
                     key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL
                 );
+                CREATE TABLE IF NOT EXISTS counter (
+                    key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL
+                );
                 CREATE TABLE IF NOT EXISTS log (
                     id INTEGER PRIMARY KEY AUTOINCREMENT,
                     key TEXT NOT NULL, item TEXT NOT NULL, at REAL NOT NULL
@@ -137,6 +208,7 @@ class SqliteSharedStore:
                 CREATE INDEX IF NOT EXISTS log_by_key ON log (key, at);
                 CREATE INDEX IF NOT EXISTS log_by_age ON log (at);
                 CREATE INDEX IF NOT EXISTS value_by_expiry ON value (expires);
+                CREATE INDEX IF NOT EXISTS counter_by_expiry ON counter (expires);
                 """
             )
 
@@ -172,9 +244,50 @@ class SqliteSharedStore:
             ).fetchone()
         return row[0] if row else None
 
+    def add(self, key: str, value: str, *, ttl: float) -> str | None:
+        now = self.unix_time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM value WHERE expires <= ?", (now,))
+            found = db.execute("SELECT value FROM value WHERE key = ?", (key,)).fetchone()
+            if found is None:
+                db.execute(
+                    "INSERT INTO value (key, value, expires) VALUES (?, ?, ?)",
+                    (key, value, now + ttl),
+                )
+            db.execute("COMMIT")
+        return None if found is None else found[0]
+
     def delete(self, key: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM value WHERE key = ?", (key,))
+            db.execute("DELETE FROM counter WHERE key = ?", (key,))
+
+    def delete_if(self, key: str, value: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM value WHERE key = ? AND value = ?", (key, value))
+
+    def count(self, key: str, *, ttl: float) -> int:
+        now = self.unix_time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM counter WHERE expires <= ?", (now,))
+            db.execute(
+                "INSERT INTO counter (key, count, expires) VALUES (?, 1, ?) "
+                "ON CONFLICT (key) DO UPDATE SET count = count + 1, expires = excluded.expires",
+                (key, now + ttl),
+            )
+            (count,) = db.execute("SELECT count FROM counter WHERE key = ?", (key,)).fetchone()
+            db.execute("COMMIT")
+        return int(count)
+
+    def counted(self, key: str) -> tuple[int, float]:
+        now = self.unix_time()
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT count, expires FROM counter WHERE key = ? AND expires > ?", (key, now)
+            ).fetchone()
+        return (0, 0.0) if row is None else (int(row[0]), row[1] - now)
 
     def append(self, key: str, item: str, *, keep: int, ttl: float) -> None:
         now = self.unix_time()
@@ -200,17 +313,23 @@ class SqliteSharedStore:
 
 
 def shared_store(
-    settings: Settings, client: redis.Redis | None, unix_time: Callable[[], float]
+    settings: Settings,
+    client: redis.Redis | None,
+    unix_time: Callable[[], float],
+    *,
+    database: str = DATABASE,
+    prefix: str = PREFIX,
 ) -> SharedStore:
-    """Redis when the service has it, else the data folder's SQLite file (created here)."""
+    """Redis when the service has it (names under `prefix`), else the data folder's SQLite
+    file `database` (created here)."""
     if client is not None:
-        return RedisSharedStore(client, unix_time=unix_time)
+        return RedisSharedStore(client, unix_time=unix_time, prefix=prefix)
     folder = Path(settings.data_dir)
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError
-        return SqliteSharedStore(folder / DATABASE, unix_time=unix_time)
+        return SqliteSharedStore(folder / database, unix_time=unix_time)
     except (OSError, StoreUnavailable):
         raise ConfigError(
             "WALLET_PROXY_DATA_DIR", "can't create or write the folder (or its SQLite file)"

@@ -273,35 +273,41 @@ class WalletService:
     def _fetch(self, fetch: _Fetch, flight: Flight[Entry]) -> Entry:
         claim = Claim(fetch.priority, fetch.deadline.budget_until)
 
-        def call() -> Wallet:
+        def call() -> Entry:
             flight.calling = True
-            return self.client.fetch_wallet(
+            wallet = self.client.fetch_wallet(
                 fetch.key.user_id,
                 fetch.key.culture,
                 deadline=fetch.deadline.fetch_by,
                 claim=claim,
             )
+            # Stored before the slot is let go: a wallet's memory while it is parsed and
+            # stored (for Redis, its JSON too) is what the slots bound (docs/operations.md).
+            entry = self._fetched(wallet, fetch)
+            self.cache.put(fetch.key, entry)
+            return entry
 
         # The budget comes first: waiting for it holds no concurrency slot, and a refusal
         # (UpstreamBusy, with the queue's Retry-After) never reaches the breaker.
         self.budget.acquire(claim)
         share = self.refresh_share if fetch.priority is Priority.REFRESH else 1.0
         try:
-            wallet = self.guard.call(call, wait_until=fetch.deadline.slot_until, share=share)
+            return self.guard.call(call, wait_until=fetch.deadline.slot_until, share=share)
         except UserNotFound:
             now = self._now()
             entry = Entry(None, now, now + self.negative_ttl, now + self.negative_ttl)
         except WalletTooLarge as error:
             entry = self._refusal(fetch.key, error)
-        else:
-            now = self._now()
-            if fetch.fresh_for is not None:
-                fresh_until = now + fetch.fresh_for
-            else:
-                fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
-            entry = Entry(wallet, now, fresh_until, fresh_until + self.stale_ttl)
         self.cache.put(fetch.key, entry)
         return entry
+
+    def _fetched(self, wallet: Wallet, fetch: _Fetch) -> Entry:
+        now = self._now()
+        if fetch.fresh_for is not None:
+            fresh_until = now + fetch.fresh_for
+        else:
+            fresh_until = now + self.cache_ttl * (1 - JITTER * self.rng())
+        return Entry(wallet, now, fresh_until, fresh_until + self.stale_ttl)
 
     def _refusal(self, key: WalletKey, error: WalletTooLarge) -> Entry:
         """A refused wallet, remembered like a not-found so renders don't download it

@@ -32,6 +32,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,9 +48,8 @@ from ..rules import CULTURE_RULE, MAX_TTL, TAG_RE, TAG_RULE, canonical_culture
 from ..sessionm_core import CoreClient, core_client, maybe_applied
 from ..wallet_service import BULK_PATIENCE, WalletService
 from .csvinput import (
-    MAX_PROBLEMS,
     BadInput,
-    Record,
+    FirstLines,
     Table,
     TagRow,
     read_table,
@@ -67,12 +67,15 @@ from .runner import (
     pause_before_retry,
     run_parallel,
 )
+from .scratch import Row, Scratch
 from .sidecars import check_replaceable, replace_with
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 MIN_FRESH_FOR, MAX_FRESH_FOR = 60.0, 4 * 3600.0
 WARM_SKIP = 0.9  # warm skips a wallet already fresh for this share of --fresh-for
 FAILED, UNKNOWN = "failed", "unknown"  # row outcomes besides ACCEPTED
+SKIP, MARK, SEND = "skip", "mark", "send"  # what a run does with a row, besides UNKNOWN
+DRY_RUN_EXAMPLES = 5
 
 
 def sidecar(path: Path, suffix: str) -> Path:
@@ -121,22 +124,41 @@ def load_settings(*needs: Part) -> Settings:
 
 @dataclass
 class ImportRun:
-    """Counters and failures of one `tags import` run, shared by the workers."""
+    """Counters of one `tags import` run, shared by the workers; the failed rows themselves
+    are in the run's Scratch."""
 
+    scratch: Scratch
     done: int = 0
     marked: int = 0
-    failed: list[tuple[TagRow, str]] = field(default_factory=list)
-    unknown: list[tuple[TagRow, str]] = field(default_factory=list)
+    failed: int = 0
+    unknown: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, outcome: str, row: TagRow, reason: str = "") -> None:
         with self.lock:
             if outcome == ACCEPTED:
                 self.done += 1
-            elif outcome == UNKNOWN:
-                self.unknown.append((row, reason))
+                return
+            if outcome == UNKNOWN:
+                self.unknown += 1
             else:
-                self.failed.append((row, reason))
+                self.failed += 1
+        self.scratch.fail(row.line, reason, unknown=outcome == UNKNOWN)
+
+
+def _planned(scratch: Scratch, unknown_policy: str) -> Iterator[tuple[str, Row]]:
+    """What the run does with each row of the file, in line order, by the last event of its
+    key in the journal: SKIP, UNKNOWN (report it), MARK (as done) or SEND."""
+    for row, state in scratch.rows():
+        _, _, _, ttl, _ = row
+        if state == ACCEPTED:
+            yield SKIP, row
+        elif state == SENDING and ttl is None and unknown_policy == "report":
+            yield UNKNOWN, row
+        elif state == SENDING and ttl is None and unknown_policy == "mark-done":
+            yield MARK, row
+        else:
+            yield SEND, row
 
 
 @click.group("tags")
@@ -200,58 +222,68 @@ def import_tags(
     for tag in tags:
         if not TAG_RE.match(tag):
             raise click.BadParameter(f"{tag!r} must be {TAG_RULE}", param_hint="--tag")
-    table = read_table(file, id_column)
-    id_type = id_type or ("external" if table.external_ids else "user")
-    rows = tag_rows(table, tags, ttl, external=id_type == "external")
-    journal_file = sidecar(file, ".journal")
-    if dry_run:
-        _import_dry_run(table, rows, read_journal(journal_file)[0], id_type)
-        return
-    settings = load_settings(CORE)
-    _, budget = sessionm_budgets(settings, *shared_redis(settings), closers=[])
-    client = core_client(
-        settings,
-        budget,
-        pool_size=concurrency,
-        connect_timeout=min(3.0, timeout),
-        read_timeout=timeout,
-    )
-    assert client is not None, "load_settings(CORE) requires every Core setting"
-    check_replaceable(sidecar(file, ".failed.csv"))
-    started = time.monotonic()
-    journal = Journal(journal_file)
-    run = ImportRun()
-    stop = threading.Event()
-    try:
-        to_send, skipped = [], 0
-        for row in rows:
-            state = journal.states.get(row.key)
-            if state == ACCEPTED:
-                skipped += 1
-            elif state == SENDING and row.ttl is None and unknown_policy == "report":
-                run.add(UNKNOWN, row, "sent by an earlier run that never learnt the outcome")
-            elif state == SENDING and row.ttl is None and unknown_policy == "mark-done":
-                journal.record(ACCEPTED, row)
-                run.marked += 1
-            else:
-                to_send.append(row)
-        if skipped:
-            click.echo(f"skipping {skipped} rows already done ({journal_file})", err=True)
-        limiter = RateLimiter(rate)
-        progress = Progress("tags import", len(to_send))
+    with Scratch() as scratch:
+        table = read_table(file, id_column)
+        id_type = id_type or ("external" if table.external_ids else "user")
+        external = id_type == "external"
+        count = tag_rows(table, tags, ttl, external=external, scratch=scratch)
+        journal_file = sidecar(file, ".journal")
+        if dry_run:
+            read_journal(journal_file, scratch)
+            _import_dry_run(table, count, scratch, id_type)
+            return
+        settings = load_settings(CORE)
+        _, budget = sessionm_budgets(settings, *shared_redis(settings), closers=[])
+        client = core_client(
+            settings,
+            budget,
+            pool_size=concurrency,
+            connect_timeout=min(3.0, timeout),
+            read_timeout=timeout,
+        )
+        assert client is not None, "load_settings(CORE) requires every Core setting"
+        check_replaceable(sidecar(file, ".failed.csv"))
+        started = time.monotonic()
+        journal = Journal(journal_file, scratch)
+        run = ImportRun(scratch)
+        stop = threading.Event()
+        try:
+            to_send, skipped = 0, 0
+            for todo, kept in _planned(scratch, unknown_policy):
+                if todo == SKIP:
+                    skipped += 1
+                elif todo == SEND:
+                    to_send += 1
+                elif todo == UNKNOWN:
+                    row = TagRow.kept(kept, external=external)
+                    run.add(UNKNOWN, row, "sent by an earlier run that never learnt the outcome")
+                else:
+                    journal.record(ACCEPTED, TagRow.kept(kept, external=external))
+                    run.marked += 1
+            if skipped:
+                click.echo(f"skipping {skipped} rows already done ({journal_file})", err=True)
+            limiter = RateLimiter(rate)
+            progress = Progress("tags import", to_send)
 
-        def handle(row: TagRow) -> None:
-            outcome, reason = _send_row(row, client, budget, journal, limiter, stop, timeout)
-            if outcome is not None:
-                run.add(outcome, row, reason)
-                progress.advance()
+            def handle(row: TagRow) -> None:
+                outcome, reason = _send_row(row, client, budget, journal, limiter, stop, timeout)
+                if outcome is not None:
+                    run.add(outcome, row, reason)
+                    progress.advance()
 
-        run_parallel(to_send, handle, concurrency, stop)
-        progress.close()
-    finally:
-        journal.close()
-    _write_failed(file, table.id_name, run)
-    interrupted = progress.done < len(to_send)
+            # What to send is read again, as the rows were when the run began (a row
+            # marked done above is still "sending" in the run's Scratch: MARK, not SEND).
+            sending = (
+                TagRow.kept(kept, external=external)
+                for todo, kept in _planned(scratch, unknown_policy)
+                if todo == SEND
+            )
+            run_parallel(sending, handle, concurrency, stop)
+            progress.close()
+        finally:
+            journal.close()
+        _write_failed(file, table.id_name, run)
+    interrupted = progress.done < to_send
     click.echo(_import_summary(run, skipped, time.monotonic() - started), err=True)
     _explain_and_exit(file, run, interrupted)
 
@@ -295,22 +327,26 @@ def _send_row(
     raise AssertionError("unreachable")
 
 
-def _import_dry_run(
-    table: Table, rows: list[TagRow], states: dict[tuple, str], id_type: str
-) -> None:
-    done = sum(states.get(row.key) == ACCEPTED for row in rows)
-    unknown = sum(states.get(row.key) == SENDING and row.ttl is None for row in rows)
+def _import_dry_run(table: Table, count: int, scratch: Scratch, id_type: str) -> None:
+    done = unknown = 0
+    examples: list[TagRow] = []
+    for kept, state in scratch.rows():
+        _, _, _, ttl, _ = kept
+        done += state == ACCEPTED
+        unknown += state == SENDING and ttl is None
+        if state is None and len(examples) < DRY_RUN_EXAMPLES:
+            examples.append(TagRow.kept(kept, external=id_type == "external"))
     users = "external/users" if id_type == "external" else "users"
     click.echo(
-        f"{table.path} is valid: {len(rows)} rows, ids from column {table.id_name!r} "
+        f"{table.path} is valid: {count} rows, ids from column {table.id_name!r} "
         f"as SessionM {id_type} ids (--id-type to change)."
     )
     click.echo(f"Already done (journal): {done}; outcome unknown: {unknown}.")
     click.echo(
-        f"Would send {len(rows) - done - unknown} calls: "
+        f"Would send {count - done - unknown} calls: "
         f"POST $SESSIONM_CORE_URL/priv/v1/apps/<core key>/{users}/<id>/tags, e.g.:"
     )
-    for row in [row for row in rows if states.get(row.key) is None][:5]:
+    for row in examples:
         body = {"tags": list(row.tags), **({"ttl": row.ttl} if row.ttl is not None else {})}
         kind = "counter" if row.ttl is None else f"expires after {row.ttl} s"
         click.echo(f"  line {row.line}: {row.id} {json.dumps(body)} ({kind})")
@@ -320,19 +356,16 @@ def _import_dry_run(
 def _write_failed(file: Path, id_name: str, run: ImportRun) -> None:
     """FILE.failed.csv lists this run's failures; it is itself importable once fixed."""
     target = sidecar(file, ".failed.csv")
-    failures = sorted(
-        [(row, reason) for row, reason in run.failed]
-        + [(row, f"outcome unknown: {reason}") for row, reason in run.unknown],
-        key=lambda item: item[0].line,
-    )
-    if not failures:
+    if not run.failed and not run.unknown:
         target.unlink(missing_ok=True)
         return
 
     def write(handle: TextIO) -> None:
         writer = csv.writer(handle)
         writer.writerow(inert([id_name, "tags", "ttl", *FAILED_FILE_LAST_COLUMNS]))
-        for row, reason in failures:
+        for kept, reason, unknown in run.scratch.failures():
+            row = TagRow.kept(kept, external=False)
+            reason = f"outcome unknown: {reason}" if unknown else reason
             ttl = "" if row.ttl is None else row.ttl
             writer.writerow(inert([row.id, ";".join(row.tags), ttl, row.line, reason]))
 
@@ -346,8 +379,8 @@ def _import_summary(run: ImportRun, skipped: int, seconds: float) -> str:
     parts = [
         f"done {run.done}",
         f"skipped {skipped}",
-        f"failed {len(run.failed)}",
-        f"unknown {len(run.unknown)}",
+        f"failed {run.failed}",
+        f"unknown {run.unknown}",
     ]
     if run.marked:
         parts.append(f"marked done {run.marked}")
@@ -359,13 +392,13 @@ def _explain_and_exit(file: Path, run: ImportRun, interrupted: bool) -> None:
     failed_file = sidecar(file, ".failed.csv")
     if run.unknown:
         click.echo(
-            f"{len(run.unknown)} counter rows may or may not have reached SessionM "
+            f"{run.unknown} counter rows may or may not have reached SessionM "
             f"(listed in {failed_file}). Check those customers' tags in SessionM, then run "
             "again with --unknown resend (not applied) or --unknown mark-done (applied).",
             err=True,
         )
     if run.failed:
-        click.echo(f"{len(run.failed)} rows failed; reasons in {failed_file}.", err=True)
+        click.echo(f"{run.failed} rows failed; reasons in {failed_file}.", err=True)
     if interrupted:
         click.echo("Interrupted: run the same command again to do the rest.", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -411,30 +444,33 @@ def warm_command(
         culture = canonical_culture(culture)  # as the API spells it, so the cache keys match
         if culture is None:
             raise click.BadParameter(f"must look {CULTURE_RULE}", param_hint="--culture")
-    records = wallet_ids(read_table(file, id_column))
-    if dry_run:
+    with Scratch() as scratch:
+        count = wallet_ids(read_table(file, id_column), scratch)
+        if dry_run:
+            click.echo(
+                f"{file} is valid: {count} user ids. Would fetch each wallet "
+                f"(culture {culture or 'default'}) into the shared cache, fresh for "
+                f"{spoken(fresh_for)}. Nothing was fetched."
+            )
+            return
+        settings = load_settings(CONNECT, SHARED_CACHE)
+        service = build_services(settings, lambda: datetime.now(UTC)).wallet_service
+        if settings.sessionm_rate:  # what the budget lets warm have, as `plan` counts it
+            rate = min(rate, paced_rate(settings.sessionm_rate) * settings.bulk_share)
         click.echo(
-            f"{file} is valid: {len(records)} user ids. Would fetch each wallet "
-            f"(culture {culture or 'default'}) into the shared cache, fresh for "
-            f"{spoken(fresh_for)}. Nothing was fetched."
+            f"warm: {count:,} wallets at up to {rate:g}/s, fresh for {spoken(fresh_for)}",
+            err=True,
         )
-        return
-    settings = load_settings(CONNECT, SHARED_CACHE)
-    service = build_services(settings, lambda: datetime.now(UTC)).wallet_service
-    if settings.sessionm_rate:  # what the budget lets warm have, as `plan` counts it
-        rate = min(rate, paced_rate(settings.sessionm_rate) * settings.bulk_share)
-    click.echo(
-        f"warm: {len(records):,} wallets at up to {rate:g}/s, fresh for {spoken(fresh_for)}",
-        err=True,
-    )
-    counts = warm_all(
-        service,
-        records,
-        culture or settings.default_culture,
-        fresh_for=fresh_for,
-        concurrency=concurrency,
-        rate=rate,
-    )
+        ids = ((line, user_id) for (line, user_id, *_), _ in scratch.rows())
+        counts = warm_all(
+            service,
+            ids,
+            count,
+            culture or settings.default_culture,
+            fresh_for=fresh_for,
+            concurrency=concurrency,
+            rate=rate,
+        )
     if counts.interrupted:
         click.echo("Interrupted: run the same command again to do the rest.", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -451,7 +487,7 @@ class WarmRun:
     failed: int = 0
     skipped: int = 0  # already fresh for long enough
     interrupted: bool = False
-    failures: list[str] = field(default_factory=list)
+    failures: FirstLines = field(default_factory=FirstLines)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def summary(self) -> str:
@@ -463,39 +499,42 @@ class WarmRun:
 
 def warm_all(
     service: WalletService,
-    records: list[Record],
+    ids: Iterable[tuple[int, str]],
+    count: int,
     culture: str,
     *,
     fresh_for: float,
     concurrency: int,
     rate: float,
 ) -> WarmRun:
-    """Warm every record's wallet; progress and the summary go to stderr."""
+    """Warm the wallet of each (line, user id) of `ids`, `count` of them; progress and the
+    summary go to stderr."""
     started = time.monotonic()
     run = WarmRun()
     stop = threading.Event()
     limiter = RateLimiter(rate)
-    progress = Progress("warm", len(records))
+    progress = Progress("warm", count)
 
-    def handle(record: Record) -> None:
-        outcome, reason = _warm_one(service, record.id, culture, fresh_for, limiter, stop)
+    def handle(line_and_id: tuple[int, str]) -> None:
+        line, user_id = line_and_id
+        outcome, reason = _warm_one(service, user_id, culture, fresh_for, limiter, stop)
         if outcome is None:
             return
         with run.lock:
             setattr(run, outcome, getattr(run, outcome) + 1)
             if reason:
-                run.failures.append(f"line {record.line}: {record.id}: {reason}")
+                run.failures.add(line, f"{user_id}: {reason}")
         progress.advance()
 
-    run_parallel(records, handle, concurrency, stop)
+    run_parallel(ids, handle, concurrency, stop)
     progress.close()
     seconds = time.monotonic() - started
     click.echo(
         f"warm: {run.summary()} in {seconds:.1f} s ({progress.done / seconds:.1f}/s)", err=True
     )
-    for failure in sorted(run.failures)[:MAX_PROBLEMS]:
+    for failure in run.failures.messages():
         click.echo(f"  {failure}", err=True)
-    run.interrupted = progress.done < len(records)
+    run.interrupted = progress.done < count
     return run
 
 

@@ -1,8 +1,14 @@
-"""Reading and validating a CSV of customers: the whole file is checked before anything is sent."""
+"""Reading and validating a CSV of customers, a row at a time.
+
+The whole file is checked before anything is sent, and every problem of it reported at
+once; the rows are kept in the run's Scratch (scratch.py), not in memory, so that a file
+of millions of rows takes no more memory than one of ten.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -13,6 +19,7 @@ import click
 from ..errors import InvalidRequest
 from ..rules import check_customer_id, check_user_id, load_tags
 from .formulas import restored, written_inert
+from .scratch import Row, Scratch
 
 MAX_LINE_BYTES = 64 * 1024
 MAX_PROBLEMS = 20
@@ -39,12 +46,14 @@ class Record:
 
 @dataclass(frozen=True)
 class Table:
-    """A CSV whose structure and ids are valid: header, id column, unique non-empty ids."""
+    """A CSV's header and id column; `records` reads its rows."""
 
     path: Path
     header: list[str]
+    header_line: int
     id_index: int
-    records: list[Record]
+    # Written by formulas.inert (FILE.failed.csv, or a copy): its cells are read restored.
+    inert: bool
 
     @property
     def id_name(self) -> str:
@@ -60,28 +69,52 @@ class Table:
         return names.index(name) if name in names else None
 
 
-class Problems:
-    """Every problem of a file, reported at once (the first MAX_PROBLEMS), so one fix-up
-    pass is enough."""
+class FirstLines:
+    """Messages about lines: those of the first `size` lines, and how many there were."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.found: list[str] = []
+    def __init__(self, size: int = MAX_PROBLEMS):
+        self.size = size
         self.count = 0
+        self._kept: list[tuple[int, int, str]] = []
 
     def add(self, line: int, message: str) -> None:
         self.count += 1
-        if len(self.found) < MAX_PROBLEMS:
-            self.found.append(f"line {line}: {message}")
+        self._kept.append((line, self.count, message))
+        if len(self._kept) > self.size:
+            self._kept.remove(max(self._kept))
+
+    def also(self, count: int) -> None:
+        """`count` more messages, about lines after any that `add` had."""
+        self.count += count
+
+    def messages(self) -> list[str]:
+        return [f"line {line}: {message}" for line, _, message in sorted(self._kept)]
+
+
+class Problems:
+    """Every problem of a file, reported at once (the first MAX_PROBLEMS lines'), so one
+    fix-up pass is enough."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.found = FirstLines()
+
+    @property
+    def count(self) -> int:
+        return self.found.count
+
+    def add(self, line: int, message: str) -> None:
+        self.found.add(line, message)
 
     def fail(self, line: int, message: str) -> BadInput:
         self.add(line, message)
         return self.error()
 
     def error(self) -> BadInput:
-        more = self.count - len(self.found)
+        shown = self.found.messages()
+        more = self.count - len(shown)
         lines = [f"{self.path} is not valid; nothing was sent:"]
-        lines += [f"  {problem}" for problem in self.found]
+        lines += [f"  {problem}" for problem in shown]
         if more:
             lines.append(f"  ... and {more} more problem{'s' if more > 1 else ''}")
         return BadInput("\n".join(lines))
@@ -92,35 +125,53 @@ class Problems:
 
 
 def read_table(path: Path, id_column: str | None) -> Table:
-    """Decode (UTF-8, BOM allowed), parse strictly, pick the id column, check the ids."""
+    """Decode (UTF-8, BOM allowed), parse strictly, and pick the id column of the header."""
     problems = Problems(path)
+    for line, cells in _rows(path, problems):
+        inert = written_inert(cells)  # FILE.failed.csv: its cells as they were before writing
+        header = restored(cells) if inert else cells
+        names = [cell.strip().lower() for cell in header]
+        return Table(path, header, line, _id_index(names, id_column, problems), inert)
+    raise problems.fail(1, "the file is empty; expected a header line then one row per id")
+
+
+def records(table: Table, problems: Problems) -> Iterator[Record]:
+    """Each row after the header with as many fields as the header and an id; every other
+    row is a problem."""
+    rows = _rows(table.path, problems)
+    next(rows)  # the header
+    for line, cells in rows:
+        if table.inert:
+            cells = restored(cells)
+        if len(cells) != len(table.header):
+            problems.add(line, f"{len(cells)} fields where the header has {len(table.header)}")
+            continue
+        user_id = cells[table.id_index].strip()
+        if not user_id:
+            problems.add(line, f"empty id in column {table.header[table.id_index]!r}")
+            continue
+        yield Record(line, cells, user_id)
+
+
+def _kept(table: Table, problems: Problems, scratch: Scratch, rows: Iterable[Row]) -> int:
+    """`rows` kept in `scratch`, then checked together: ids on two lines, or no row at
+    all. Raises with every problem of the file; else the number of rows."""
+    count = scratch.add_rows(rows)
+    repeated, total = scratch.duplicates(MAX_PROBLEMS)
+    for line, user_id, first in repeated:
+        problems.add(line, f"id {user_id!r} is already on line {first}")
+    problems.found.also(total - len(repeated))
+    if not count and not problems.count:
+        problems.add(table.header_line, "a header but no rows")
+    problems.check()
+    return count
+
+
+def _rows(path: Path, problems: Problems) -> Iterator[tuple[int, list[str]]]:
+    """(line, cells) of every row that isn't blank, as the file is read."""
     with path.open("rb") as handle:
         reader = csv.reader(_decoded_lines(handle, problems), strict=True)
-        rows = _parse(reader, problems)
-    if not rows:
-        raise problems.fail(1, "the file is empty; expected a header line then one row per id")
-    (header_line, header), *body = rows
-    if written_inert(header):  # FILE.failed.csv: its cells as they were before writing
-        header, body = restored(header), [(line, restored(cells)) for line, cells in body]
-    id_index = _id_index([cell.strip().lower() for cell in header], id_column, problems)
-    records: list[Record] = []
-    first_seen: dict[str, int] = {}
-    for line, cells in body:
-        if len(cells) != len(header):
-            problems.add(line, f"{len(cells)} fields where the header has {len(header)}")
-            continue
-        user_id = cells[id_index].strip()
-        if not user_id:
-            problems.add(line, f"empty id in column {header[id_index]!r}")
-        elif user_id in first_seen:
-            problems.add(line, f"id {user_id!r} is already on line {first_seen[user_id]}")
-        else:
-            first_seen[user_id] = line
-            records.append(Record(line, cells, user_id))
-    if not body:
-        problems.add(header_line, "a header but no rows")
-    problems.check()
-    return Table(path, header, id_index, records)
+        yield from _parse(reader, problems)
 
 
 def _decoded_lines(handle, problems: Problems) -> Iterator[str]:
@@ -142,20 +193,19 @@ def _decoded_lines(handle, problems: Problems) -> Iterator[str]:
             ) from None
 
 
-def _parse(reader, problems: Problems) -> list[tuple[int, list[str]]]:
-    rows: list[tuple[int, list[str]]] = []
+def _parse(reader, problems: Problems) -> Iterator[tuple[int, list[str]]]:
     while True:
         line = reader.line_num + 1
         try:
             cells = next(reader)
         except StopIteration:
-            return rows
+            return
         except csv.Error as exc:
             raise problems.fail(reader.line_num, f"not valid CSV ({exc})") from None
         if cells and any(cell.strip() for cell in cells):
             if sum(len(cell) for cell in cells) > MAX_LINE_BYTES:
                 raise problems.fail(line, f"a row longer than {MAX_LINE_BYTES // 1024} KiB")
-            rows.append((line, cells))
+            yield line, cells
 
 
 def _id_index(names: list[str], id_column: str | None, problems: Problems) -> int:
@@ -183,23 +233,40 @@ class TagRow:
         """What is sent, which is what the journal remembers."""
         return tag_key("external" if self.external else "user", self.id, self.tags, self.ttl)
 
+    @classmethod
+    def kept(cls, row: Row, *, external: bool) -> TagRow:
+        """The row as `tag_rows` kept it in the run's Scratch."""
+        line, user_id, tags, ttl, _ = row
+        return cls(line, user_id, tuple(json.loads(tags or "[]")), ttl, external)
+
 
 def tag_key(id_type: str, user_id: str, tags: Iterable[str], ttl: int | None) -> tuple:
     """A row's journal key: the same tags in another order are the same call."""
     return (id_type, user_id, tuple(sorted(tags)), ttl)
 
 
+def key_text(key: tuple) -> str:
+    """A journal key as the run's Scratch holds it."""
+    return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+
+
 def tag_rows(
-    table: Table, tags: tuple[str, ...], ttl: int | None, *, external: bool
-) -> list[TagRow]:
-    """Each record's tags and ttl, from the options or else the `tags`/`ttl` columns."""
+    table: Table,
+    tags: tuple[str, ...],
+    ttl: int | None,
+    *,
+    external: bool,
+    scratch: Scratch,
+) -> int:
+    """Each record's tags and ttl, from the options or else the `tags`/`ttl` columns, kept
+    in `scratch`; the number of rows. Raises with every problem of the file."""
     problems = Problems(table.path)
     tags_index = None if tags else table.column("tags")
     ttl_index = None if ttl is not None else table.column("ttl")
     if not tags and tags_index is None:
         raise problems.fail(1, "no tags column: give --tag or add a 'tags' column")
-    rows = []
-    for record in table.records:
+
+    def checked(record: Record) -> Row:
         row_tags = (
             list(tags)
             if tags_index is None
@@ -216,13 +283,16 @@ def tag_rows(
             loaded = load_tags(body)
         except InvalidRequest as error:
             problems.add(record.line, error.message)
-            continue
-        rows.append(TagRow(record.line, record.id, tuple(loaded["tags"]), loaded["ttl"], external))
-    problems.check()
-    return rows
+            return record.line, record.id, None, None, None  # kept for the duplicate check
+        row = TagRow(record.line, record.id, tuple(loaded["tags"]), loaded["ttl"], external)
+        return row.line, row.id, json.dumps(row.tags), row.ttl, key_text(row.key)
+
+    return _kept(table, problems, scratch, map(checked, records(table, problems)))
 
 
-def wallet_ids(table: Table) -> list[Record]:
+def wallet_ids(table: Table, scratch: Scratch) -> int:
+    """Each record's id, checked as the wallet endpoint checks it, kept in `scratch`; the
+    number of ids. Raises with every problem of the file."""
     if table.external_ids:
         raise BadInput(
             f"{table.path}: the ids would come from column {table.id_name!r}, but wallets are "
@@ -230,10 +300,12 @@ def wallet_ids(table: Table) -> list[Record]:
             "column with --id-column, e.g. --id-column user_id"
         )
     problems = Problems(table.path)
-    for record in table.records:
+
+    def checked(record: Record) -> Row:
         try:
             check_user_id(record.id)  # the wallet endpoint's own rule for ids
         except InvalidRequest as error:
             problems.add(record.line, f"{record.id[:64]!r}: {error.message}")
-    problems.check()
-    return table.records
+        return record.line, record.id, None, None, None
+
+    return _kept(table, problems, scratch, map(checked, records(table, problems)))

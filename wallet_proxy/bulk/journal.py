@@ -1,5 +1,9 @@
 """The bulk journals (`tags import`'s FILE.journal, `attributes sync`'s FILE.sync.journal): one
-fsync'd JSON line per event, per row sent."""
+fsync'd JSON line per event, per row sent.
+
+A journal is read a chunk at a time into the run's Scratch (scratch.py), where each row is
+looked up: a journal of millions of lines takes no more memory than one of ten.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,20 @@ import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from ..files import make_private
-from .csvinput import BadInput, tag_key
+from .csvinput import BadInput, key_text, tag_key
+from .scratch import Scratch
 from .sidecars import open_no_follow
 
 SENDING, ACCEPTED, NOT_APPLIED = "sending", "accepted", "not_applied"
 EVENTS = (SENDING, ACCEPTED, NOT_APPLIED)
+CHUNK = 1 << 20
+MAX_LINE = 1 << 20  # a journal line is a few hundred bytes: longer is damage
 
 
 class Journaled(Protocol):
@@ -29,42 +37,56 @@ class Journaled(Protocol):
     def key(self) -> tuple: ...
 
 
-def read_journal(path: Path) -> tuple[dict[tuple, str], int]:
-    """(last event per row key, bytes of whole lines): a torn last line is ignored."""
+def read_journal(path: Path, scratch: Scratch) -> None:
+    """The last event of each row key into `scratch` (nothing if there is no journal)."""
     if not os.path.lexists(path):
-        return {}, 0
+        return
     fd = open_no_follow(path, os.O_RDONLY)
     try:
-        return _parse(path, _read_all(fd))
+        _load(path, fd, scratch)
     finally:
         os.close(fd)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks, offset = [], 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
+def _load(path: Path, fd: int, scratch: Scratch) -> int:
+    """Each whole line's (key, event) into `scratch`; the bytes of the whole lines (a last
+    line torn by a kill mid-write is left out)."""
+    whole = 0
+
+    def states() -> Iterator[tuple[str, str]]:
+        nonlocal whole
+        number, offset, rest = 0, 0, b""
+        while chunk := os.pread(fd, CHUNK, offset):
+            offset += len(chunk)
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                number += 1
+                whole += len(line) + 1
+                yield _state(path, number, line)
+            if len(rest) > MAX_LINE:
+                raise _damaged(path, number + 1)
+
+    scratch.add_journal(states())
+    return whole
 
 
-def _parse(path: Path, data: bytes) -> tuple[dict[tuple, str], int]:
-    states: dict[tuple, str] = {}
-    whole = data.rfind(b"\n") + 1
-    for number, line in enumerate(data[:whole].split(b"\n")[:-1], 1):
-        try:
-            entry = json.loads(line)
-            # Tags sorted: journals written before the key ignored their order read the same.
-            key = tag_key(entry["id_type"], entry["id"], entry["tags"], entry["ttl"])
-            if entry["event"] not in EVENTS:
-                raise ValueError(entry["event"])
-        except (ValueError, KeyError, TypeError):
-            raise BadInput(
-                f"{path} line {number} is not a journal record; the journal is damaged. "
-                "Move it away only if you know which rows SessionM already has."
-            ) from None
-        states[key] = entry["event"]
-    return states, whole
+def _state(path: Path, number: int, line: bytes) -> tuple[str, str]:
+    try:
+        entry = json.loads(line)
+        # Tags sorted: journals written before the key ignored their order read the same.
+        key = tag_key(entry["id_type"], entry["id"], entry["tags"], entry["ttl"])
+        if entry["event"] not in EVENTS:
+            raise ValueError(entry["event"])
+    except (ValueError, KeyError, TypeError):
+        raise _damaged(path, number) from None
+    return key_text(key), entry["event"]
+
+
+def _damaged(path: Path, number: int) -> BadInput:
+    return BadInput(
+        f"{path} line {number} is not a journal record; the journal is damaged. "
+        "Move it away only if you know which rows SessionM already has."
+    )
 
 
 class Journal:
@@ -74,7 +96,8 @@ class Journal:
     so concurrency doesn't turn into a queue of fsyncs.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, scratch: Scratch):
+        """Opens and locks the journal, its states read into `scratch`."""
         self.path = path
         created = not os.path.lexists(path)
         self._fd = open_no_follow(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
@@ -84,7 +107,7 @@ class Journal:
             os.close(self._fd)
             raise BadInput(f"another run is using {path}; wait for it to finish") from None
         try:
-            self.states, whole = _parse(path, _read_all(self._fd))
+            whole = _load(path, self._fd, scratch)
         except BadInput:
             os.close(self._fd)
             raise
@@ -115,7 +138,6 @@ class Journal:
             os.write(self._fd, (line + "\n").encode())
             self._written += 1
             mine = self._written
-            self.states[row.key] = event
         with self._sync_lock:
             if self._synced < mine:
                 upto = self._written

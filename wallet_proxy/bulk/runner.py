@@ -142,7 +142,8 @@ def _clock_time(seconds: float) -> str:
 def run_parallel(
     items: Iterable, handle: Callable, concurrency: int, stop: threading.Event
 ) -> None:
-    """`handle(item)` for each item on `concurrency` threads, until done or `stop` is set.
+    """`handle(item)` for each item on `concurrency` threads, until done or `stop` is set;
+    `items` is read as the threads ask, so it may be read from disk as it goes.
 
     Ctrl-C and SIGTERM set `stop`: calls in flight finish and are journaled, so an
     interrupted run leaves nothing in doubt.

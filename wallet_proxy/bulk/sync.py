@@ -7,7 +7,8 @@ left fresh costs no SessionM call), else SessionM at the budget's bulk share. It
 attributes (attributes/values.py) are compared with what was last written to that profile
 (attributes/written.py), and only what changed goes to Braze, in `/users/track` requests
 of WALLET_PROXY_BRAZE_TRACK_BATCH objects started at most WALLET_PROXY_BRAZE_TRACK_RATE a
-second. The rows are read and sent as a stream: what is held at once is a batch per
+second. The rows are checked, then kept in the run's Scratch (scratch.py) with their
+journal states, and read back as they are sent: what is held at once is a batch per
 worker, whatever the file's length.
 
 A request Braze did not take goes again, as writing the same values twice only
@@ -71,7 +72,17 @@ from .commands import (
     rate_option,
     sidecar,
 )
-from .csvinput import EXTERNAL_ID_COLUMN, BadInput, Problems, Record, Table, read_table, tag_key
+from .csvinput import (
+    EXTERNAL_ID_COLUMN,
+    BadInput,
+    Problems,
+    Record,
+    Table,
+    key_text,
+    read_table,
+    records,
+    tag_key,
+)
 from .durations import spoken
 from .formulas import FAILED_FILE_LAST_COLUMNS, inert
 from .journal import ACCEPTED, Journal, read_journal
@@ -83,6 +94,7 @@ from .runner import (
     pause_before_retry,
     run_parallel,
 )
+from .scratch import Scratch
 from .sidecars import check_replaceable, replace_with
 
 JOURNAL, FAILED_FILE = ".sync.journal", ".sync.failed.csv"
@@ -111,20 +123,24 @@ class SyncRow:
 
 @dataclass(frozen=True)
 class SyncFile:
-    """A checked file: where the ids are, and how many rows it has."""
+    """A checked file: where the ids are, how many rows it has, and the run's Scratch that
+    keeps them."""
 
     table: Table
     user_index: int | None  # the SessionM user-id column; None: the external id serves both
     count: int
+    scratch: Scratch
 
     @property
     def user_column(self) -> str:
         return self.table.header[self.user_index] if self.user_index is not None else ""
 
-    def rows(self) -> Iterator[SyncRow]:
-        """The rows, read as they are sent."""
-        for record in self.table.records:
-            yield _row(record, self.table.id_index, self.user_index)
+    def rows(self) -> Iterator[tuple[SyncRow, str | None]]:
+        """The rows in line order, read back as they are sent, each with the last event of
+        its profile in the journal."""
+        for (line, external_id, user_id, _, _), state in self.scratch.rows():
+            user = check_braze_user(EXTERNAL_ID, external_id)  # checked: it passes
+            yield SyncRow(line, user, user_id or external_id), state
 
 
 def _row(record: Record, id_index: int, user_index: int | None) -> SyncRow:
@@ -139,8 +155,11 @@ def _row(record: Record, id_index: int, user_index: int | None) -> SyncRow:
     return SyncRow(record.line, user, user_id)
 
 
-def sync_file(path: Path, id_column: str | None, user_id_column: str | None) -> SyncFile:
-    """The file, checked whole before anything is sent: every bad id listed at once."""
+def sync_file(
+    path: Path, id_column: str | None, user_id_column: str | None, scratch: Scratch
+) -> SyncFile:
+    """The file, checked whole before anything is sent (every bad id listed at once), its
+    rows kept in `scratch`."""
     table = read_table(path, id_column or EXTERNAL_ID_COLUMN)
     wanted = user_id_column or USER_ID_COLUMN
     user_index = table.column(wanted.strip().lower())
@@ -150,15 +169,19 @@ def sync_file(path: Path, id_column: str | None, user_id_column: str | None) -> 
     if user_index == table.id_index:
         user_index = None
     problems = Problems(path)
-    count = 0
-    for record in table.records:
+
+    def checked(record: Record) -> tuple[int, str, str | None, None, str]:
         try:
-            _row(record, table.id_index, user_index)
+            row = _row(record, table.id_index, user_index)
         except InvalidRequest as error:
             problems.add(record.line, error.message)
-        count += 1
+            return record.line, "", None, None, ""
+        user_id = None if user_index is None else row.sessionm_user_id
+        return row.line, row.user.id, user_id, None, key_text(row.key)
+
+    count = scratch.add_rows(map(checked, records(table, problems)))
     problems.check()
-    return SyncFile(table, user_index, count)
+    return SyncFile(table, user_index, count, scratch)
 
 
 # --- one run -------------------------------------------------------------------------
@@ -297,8 +320,9 @@ class Sync:
         self.stop = stop
         self.run = SyncRun()
 
-    def handle(self, row: SyncRow) -> None:
-        if self.journal.states.get(row.key) == ACCEPTED:
+    def handle(self, row_and_state: tuple[SyncRow, str | None]) -> None:
+        row, state = row_and_state
+        if state == ACCEPTED:
             self._done(row, skipped=1)
             return
         try:
@@ -479,59 +503,61 @@ def sync_command(
     Progress is journaled in FILE.sync.journal: run the same command again to finish an
     interrupted sync. Rows that fail go to FILE.sync.failed.csv with the reason.
     """
-    sync = sync_file(file, id_column, user_id_column)
-    journal_file = sidecar(file, JOURNAL)
-    if dry_run:
-        _dry_run(sync, read_journal(journal_file)[0], load_settings(), full, stamp)
-        return
-    settings = load_settings(CONNECT, BRAZE_TRACK)
-    assert settings.braze_rest_url and settings.track_api_key, "BRAZE_TRACK requires them"
-    check_replaceable(sidecar(file, FAILED_FILE))
-    started = time.monotonic()
-    with contextlib.ExitStack() as closing:
-        services = build_services(settings, lambda: datetime.now(UTC))
-        closing.callback(services.close)
-        try:
-            store = written_store(services.redis, settings.data_dir, services.unix_time)
-        except WrittenStoreError as error:
-            raise BadInput(
-                f"WALLET_PROXY_DATA_DIR: can't keep what is written to Braze there ({error})"
-            ) from None
-        client = TrackClient(
-            settings.braze_rest_url, settings.track_api_key, pool_size=concurrency
-        )
-        closing.callback(client.close)
-        journal = Journal(journal_file)
-        closing.callback(journal.close)  # after the unlink below: the lock is held till then
-        spool = closing.enter_context(
-            tempfile.TemporaryFile("w+", newline="", encoding="utf-8", dir=file.parent)
-        )
-        failures = Failures(spool)
-        stop = threading.Event()
-        worker = Sync(
-            service=services.wallet_service,
-            culture=settings.default_culture,
-            store=store,
-            client=client,
-            journal=journal,
-            failures=failures,
-            progress=Progress("attributes sync", sync.count),
-            batch_size=settings.braze_track_batch,
-            track_rate=settings.braze_track_rate,
-            sessionm_rate=_sessionm_rate(settings, rate),
-            full=full,
-            stamp=stamp,
-            stop=stop,
-        )
-        run_parallel(sync.rows(), worker.handle, concurrency, stop)
-        worker.finish()
-        worker.progress.close()
-        complete = worker.progress.done == sync.count
-        if complete:  # the next run starts afresh
-            journal_file.unlink(missing_ok=True)
-        _write_failures(failures, sidecar(file, FAILED_FILE), sync)
-    click.echo(worker.run.summary(time.monotonic() - started), err=True)
-    _explain_and_exit(file, worker.run, complete)
+    with Scratch() as scratch:
+        sync = sync_file(file, id_column, user_id_column, scratch)
+        journal_file = sidecar(file, JOURNAL)
+        if dry_run:
+            read_journal(journal_file, scratch)
+            _dry_run(sync, load_settings(), full, stamp)
+            return
+        settings = load_settings(CONNECT, BRAZE_TRACK)
+        assert settings.braze_rest_url and settings.track_api_key, "BRAZE_TRACK requires them"
+        check_replaceable(sidecar(file, FAILED_FILE))
+        started = time.monotonic()
+        with contextlib.ExitStack() as closing:
+            services = build_services(settings, lambda: datetime.now(UTC))
+            closing.callback(services.close)
+            try:
+                store = written_store(services.redis, settings.data_dir, services.unix_time)
+            except WrittenStoreError as error:
+                raise BadInput(
+                    f"WALLET_PROXY_DATA_DIR: can't keep what is written to Braze there ({error})"
+                ) from None
+            client = TrackClient(
+                settings.braze_rest_url, settings.track_api_key, pool_size=concurrency
+            )
+            closing.callback(client.close)
+            journal = Journal(journal_file, scratch)
+            closing.callback(journal.close)  # after the unlink below: the lock is held till then
+            spool = closing.enter_context(
+                tempfile.TemporaryFile("w+", newline="", encoding="utf-8", dir=file.parent)
+            )
+            failures = Failures(spool)
+            stop = threading.Event()
+            worker = Sync(
+                service=services.wallet_service,
+                culture=settings.default_culture,
+                store=store,
+                client=client,
+                journal=journal,
+                failures=failures,
+                progress=Progress("attributes sync", sync.count),
+                batch_size=settings.braze_track_batch,
+                track_rate=settings.braze_track_rate,
+                sessionm_rate=_sessionm_rate(settings, rate),
+                full=full,
+                stamp=stamp,
+                stop=stop,
+            )
+            run_parallel(sync.rows(), worker.handle, concurrency, stop)
+            worker.finish()
+            worker.progress.close()
+            complete = worker.progress.done == sync.count
+            if complete:  # the next run starts afresh
+                journal_file.unlink(missing_ok=True)
+            _write_failures(failures, sidecar(file, FAILED_FILE), sync)
+        click.echo(worker.run.summary(time.monotonic() - started), err=True)
+        _explain_and_exit(file, worker.run, complete)
 
 
 def _sessionm_rate(settings: Settings, rate: float) -> float:
@@ -562,11 +588,9 @@ def _explain_and_exit(file: Path, run: SyncRun, complete: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
-def _dry_run(
-    sync: SyncFile, states: dict[tuple, str], settings: Settings, full: bool, stamp: bool
-) -> None:
-    rows = list(itertools.islice(sync.rows(), SHOWN))
-    done = sum(states.get(row.key) == ACCEPTED for row in sync.rows())
+def _dry_run(sync: SyncFile, settings: Settings, full: bool, stamp: bool) -> None:
+    rows = [row for row, _ in itertools.islice(sync.rows(), SHOWN)]
+    done = sum(state == ACCEPTED for _, state in sync.rows())
     left = sync.count - done
     users = (
         f"SessionM user ids from column {sync.user_column!r}"

@@ -17,9 +17,11 @@ Its knobs are its own (`/_sandbox/braze/config`), so Braze can fail while Sessio
 answers: `status` forces an answer with the body Braze (or the gateway in front of it)
 gives (for the next `times` calls, or until changed), with `retry_after` on a 429 or a
 5xx; `latency` slows each answer (a timeout for our client) and `drop` cuts the
-connection, both after Braze has acted on the call; `maintenance` answers 202 `queued`;
-`paused` lists campaign and Canvas ids answered 201 with Braze's `notice` and not sent;
-`reject` lists recipients (any identifier) Braze refuses with a 400; `remaining` sets
+connection, both after Braze has acted on the call; `hold_after` holds every answer, also
+after acting, once Braze has that many messages, until it is set back to null (a test
+kills the caller at a point it chose); `maintenance` answers 202 `queued`; `paused` lists
+campaign and Canvas ids answered 201 with Braze's `notice` and not sent; `reject` lists
+recipients (any identifier) Braze refuses with a 400; `remaining` sets
 X-RateLimit-Remaining (0 asks callers to wait for the reset); `max_objects` caps the
 objects of a `/users/track` request in total.
 """
@@ -53,6 +55,7 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "retry_after": None,
     "latency": 0.0,
     "drop": False,
+    "hold_after": None,
     "maintenance": False,
     "paused": [],
     "reject": [],
@@ -98,7 +101,11 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{name} must be true or false")
         if name == "status" and value is not None and not _whole(value, 100, 599):
             raise ValueError("status must be an HTTP status (100-599) or null")
-        if name in ("times", "remaining") and value is not None and not _whole(value, 0, 10**9):
+        if (
+            name in ("times", "remaining", "hold_after")
+            and value is not None
+            and not _whole(value, 0, 10**9)
+        ):
             raise ValueError(f"{name} must be a whole number or null")
         if name == "track_limit" and not _whole(value, 1, 10**6):
             raise ValueError("track_limit must be requests per track_window, 1 or more")
@@ -223,32 +230,37 @@ def deduplicated(recipients: list[dict]) -> list[dict]:
 
 
 class Braze:
-    """The trigger endpoints and /users/track; stats are `braze_calls` (each call) and
-    `braze_messages`; `profiles()` what /users/track was told.
+    """The trigger endpoints and /users/track; stats are `braze_calls` (each call),
+    `braze_messages` and `braze_held` (the calls `hold_after` holds now); `profiles()` what
+    /users/track was told.
 
-    Cleared with the rest of the sandbox by `/_sandbox/reset`.
+    Cleared with the rest of the sandbox by `/_sandbox/reset`, which also lets held calls go.
     """
 
     def __init__(self, api_key: str = DEMO_BRAZE_API_KEY) -> None:
         self.api_key = api_key
         self._lock = threading.Lock()  # its own: the knobs and history are Braze's alone
+        self._changed = threading.Condition(self._lock)
         self._closing = threading.Event()
         self._profiles = Profiles()
+        self._held = 0  # not history: those calls are still waiting
         self.clear()
 
     def clear(self) -> None:
-        with self._lock:
+        with self._changed:
             self._knobs = dict(DEFAULT_KNOBS)
             self._calls: list[dict[str, Any]] = []
             self._messages: list[dict[str, Any]] = []
             self._used = 0
             self._track_window, self._track_used = 0.0, 0
+            self._changed.notify_all()
         self._profiles.clear()
 
     def configure(self, knobs: dict[str, Any]) -> dict[str, Any]:
         checked = check_knobs(knobs)
-        with self._lock:
+        with self._changed:
             self._knobs.update(checked)
+            self._changed.notify_all()
             return dict(self._knobs)
 
     def stats(self) -> dict[str, Any]:
@@ -256,6 +268,7 @@ class Braze:
             return {
                 "braze_calls": [dict(call) for call in self._calls],
                 "braze_messages": [dict(message) for message in self._messages],
+                "braze_held": self._held,
             }
 
     def profiles(self) -> dict[str, dict[str, Any]]:
@@ -307,11 +320,16 @@ class Braze:
                     self._knobs["times"] = knobs["times"] - 1
             self._calls.append(call)
             limit, used, reset = self._count(kind, knobs, now)
+            before = len(self._messages)
         over = used > limit
         status, mimetype, answer = self._produce(kind, body, knobs, forced, now, call, over)
         call["status"] = status
-        # Slow or cut off after Braze has acted: the caller can't know it was delivered.
-        if (knobs["latency"] and self._closing.wait(knobs["latency"])) or knobs["drop"]:
+        # Slow, held or cut off after Braze has acted: the caller can't know it was delivered.
+        if (
+            (knobs["latency"] and self._closing.wait(knobs["latency"]))
+            or not self._hold(before)
+            or knobs["drop"]
+        ):
             call["status"] = "dropped"
             _cut(request.environ.get("werkzeug.socket"))
             return Response(status=500)
@@ -341,6 +359,24 @@ class Braze:
             self._track_window, self._track_used = start, 0
         self._track_used += 1
         return knobs["track_limit"], self._track_used, math.ceil(start + window)
+
+    def _hold(self, before: int) -> bool:
+        """Wait while `hold_after` is at most the messages Braze had before this call, in
+        short slices; False if the server stopped meanwhile."""
+        with self._changed:
+            if not self._holding(before):
+                return True
+            self._held += 1
+            try:
+                while self._holding(before) and not self._closing.is_set():
+                    self._changed.wait(0.05)
+            finally:
+                self._held -= 1
+        return not self._closing.is_set()
+
+    def _holding(self, before: int) -> bool:
+        limit = self._knobs["hold_after"]
+        return limit is not None and before >= limit
 
     def _produce(
         self,

@@ -66,6 +66,7 @@ class Connect:
                     authorization,
                     body,
                     generated_offers=knobs["generated_offers"],
+                    offer_padding=knobs["offer_padding"],
                     extra_offers=knobs["extra_offers"],
                 ),
                 arrived=lambda: self._count(user_id, culture),
@@ -84,12 +85,14 @@ class Connect:
         body: Any,
         *,
         generated_offers: int = GENERATED_OFFERS,
+        offer_padding: int = 0,
         extra_offers: Sequence[dict[str, Any]] = (),
     ) -> tuple[int, dict[str, Any]]:
         """get_user_offers, with SessionM's habit of errors inside HTTP 200.
 
-        `generated_offers` is the size of every `user-*` wallet; `extra_offers` (raw, as
-        SessionM might send them) come first in every wallet.
+        `generated_offers` is the size of every `user-*` wallet, `offer_padding` characters
+        more in each of their descriptions; `extra_offers` (raw, as SessionM might send
+        them) come first in every wallet.
         """
         if authorization != f"Basic {self.auth}":
             return 401, error("INVALID_API_KEY", "Authorization does not match the Connect key")
@@ -99,7 +102,7 @@ class Connect:
         if body.get("retailer_id") != self.retailer_id:
             return 200, error("ACCESS_DENIED", "this key has no access to that retailer_id")
         user_id = body["user_id"]
-        wallet = wallet_for(user_id, generated_offers)
+        wallet = wallet_for(user_id, generated_offers, offer_padding)
         if wallet is None:
             return 200, error("user_not_found", f"no user with id {user_id}")
         # Texts exist in English and Spanish; any other culture gets English, as SessionM

@@ -234,16 +234,23 @@ _WALLETS = {
     ),
 }
 GENERATED_OFFERS = 3  # the default of the `generated_offers` knob
+_FILLER = " Terms and conditions apply, see the store for details."
 
 
-def _generated(count: int) -> Wallet:
+def _generated(count: int, padding: int = 0) -> Wallet:
     """Any `user-*` id has this wallet (3 offers unless the `generated_offers` knob says
     otherwise), so load tests and benchmarks can use as many distinct customers as they like
-    (each still a separate SessionM call and cache key)."""
+    (each still a separate SessionM call and cache key). `padding` characters more in each
+    offer's description make large wallets of few offers (the `offer_padding` knob)."""
+    filler = (_FILLER * (padding // len(_FILLER) + 1))[:padding]
+
+    def offer(n: int, now: datetime, es: bool) -> Offer:
+        made = _carol_offer(n, now, es)
+        return {**made, "description": made["description"] + filler} if filler else made
 
     def page(now: datetime, es: bool, skip: int, take: int) -> tuple[list[Offer], int]:
         stop = min(skip + take, count)
-        return [_carol_offer(n, now, es) for n in range(skip + 1, stop + 1)], count
+        return [offer(n, now, es) for n in range(skip + 1, stop + 1)], count
 
     return Wallet(
         f"any user-* id: 120 points, {count:,} live offers (for load tests)",
@@ -264,8 +271,12 @@ def customer_exists(user_id: str) -> bool:
     return user_id in _WALLETS or user_id.startswith(("user-", "ext-"))
 
 
-def wallet_for(user_id: str, generated_offers: int = GENERATED_OFFERS) -> Wallet | None:
+def wallet_for(
+    user_id: str, generated_offers: int = GENERATED_OFFERS, offer_padding: int = 0
+) -> Wallet | None:
     """The Connect wallet of a seeded or generated (`user-*`) customer."""
     if user_id in _WALLETS:
         return _WALLETS[user_id]
-    return _generated(generated_offers) if user_id.startswith("user-") else None
+    if user_id.startswith("user-"):
+        return _generated(generated_offers, offer_padding)
+    return None

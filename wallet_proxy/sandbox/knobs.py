@@ -18,10 +18,12 @@ DEFAULT_KNOBS: dict[str, Any] = {
     "trickle_headers": 0.0,
     "deep": False,
     "generated_offers": 3,
+    "offer_padding": 0,
     "extra_offers": [],
 }
 _KNOB_LIMIT_SECONDS = 3600.0
 MAX_GENERATED_OFFERS = 100_000
+MAX_OFFER_PADDING = 1_000_000
 MAX_EXTRA_OFFERS = 100
 
 
@@ -49,6 +51,9 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(
                     f"generated_offers must be a whole number 0-{MAX_GENERATED_OFFERS}"
                 )
+        elif name == "offer_padding":
+            if not (is_int(value) and 0 <= value <= MAX_OFFER_PADDING):
+                raise ValueError(f"offer_padding must be a whole number 0-{MAX_OFFER_PADDING}")
         elif name == "extra_offers":
             if not (
                 isinstance(value, list)

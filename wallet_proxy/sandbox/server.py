@@ -115,7 +115,8 @@ class SandboxServer:
             self.stop()
 
     def stop(self) -> None:
-        """Stop and close the port; calls held by `hang`, `latency` or `trickle` are cut off."""
+        """Stop and close the port; calls held by `hang`, `latency`, `trickle` or Braze's
+        `hold_after` are cut off."""
         self._sandbox.close()
         if self._loop.running:
             self._loop.stop(timeout=30)

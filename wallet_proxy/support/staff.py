@@ -75,8 +75,10 @@ def check_credentials(name: str, password: str) -> bool:
     is throttled (right password or not) or while the process hashes enough already.
     """
     found = support_state()
+    throttle = found.login_throttle
+    assert throttle is not None  # the pages exist only with staff accounts, and so does this
     address = request.remote_addr or ""
-    found.login_throttle.check(name, address)
+    throttle.check(name, address)
     users = staff_users()
     known = users.get(name)
     if known is None:
@@ -86,7 +88,7 @@ def check_credentials(name: str, password: str) -> bool:
         valid = False
     else:
         valid = found.hash_slots.run(lambda: check_password_hash(known, password))
-    found.login_throttle.record(name, address, success=valid)
+    throttle.record(name, address, success=valid)
     return valid
 
 

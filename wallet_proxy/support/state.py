@@ -1,9 +1,10 @@
 """What the support pages keep for themselves, built by their `init_app` and closed with the app.
 
-Staff sessions and the history of who looked at whom live in a store every worker shares
-(stores.py): Redis when the service has it, else a SQLite file in the data folder; so do
-the attributes last written to each Braze profile (attributes/written.py), which the
-wallet page shows. The login throttle and the password-hash slots are this process's own.
+Staff sessions, the history of who looked at whom and the failed logins counted against
+guessing live in a store every worker shares (stores.py): Redis when the service has it,
+else a SQLite file in the data folder; so do the attributes last written to each Braze
+profile (attributes/written.py), which the wallet page shows. The password-hash slots
+are this process's own.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ EXTENSION = "wallet_proxy.support"
 
 @dataclass(frozen=True, slots=True)
 class SupportState:
-    login_throttle: LoginThrottle
     hash_slots: HashSlots
     # None without staff accounts (then there are no pages either).
+    login_throttle: LoginThrottle | None
     staff_sessions: StaffSessions | None
     staff_history: StaffHistory | None
     written: WrittenStore | None  # what was last written to Braze profiles
@@ -45,10 +46,8 @@ def build_state(found: Services) -> SupportState:
                 "WALLET_PROXY_DATA_DIR", f"can't read the attributes written to Braze: {error}"
             ) from None
     state = SupportState(
-        login_throttle=LoginThrottle(
-            timer=found.unix_time, staff_names=settings.staff_users.keys()
-        ),
         hash_slots=HashSlots(),
+        login_throttle=LoginThrottle(store) if store is not None else None,
         staff_sessions=StaffSessions(store) if store is not None else None,
         staff_history=StaffHistory(store, found.clock) if store is not None else None,
         written=written,

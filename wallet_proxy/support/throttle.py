@@ -12,24 +12,27 @@ guessing passwords is also a way to exhaust a worker's memory and CPU. Three bou
 - at once: at most `HASH_SLOTS` hashes run in a process; a check beyond them is
   refused (429) without hashing, however many addresses the guesses come from.
 
-Counts are per process, like the rest of the login state before a session exists.
-The configured staff names are counted in a table of their own, which holds nothing
-else, so no flood of other names can push a locked name out of memory; other names
-and addresses share bounded tables where a flood only evicts the flooder's entries.
+The failures are counted in the store every worker shares (stores.py: Redis, else the
+support pages' SQLite file), so the limits hold for the instance (with Redis, for every
+instance), not per worker. A count is a counter that expires a window after its last
+failure; names and addresses are kept as digests (a name field may hold a password typed
+in the wrong box). Nothing is evicted to make room, so no flood of other names pushes a
+locked name out; the counts themselves are bounded by the hashing: a failure is counted
+only once its password was hashed, at most `HASH_SLOTS` at once per worker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Collection, MutableMapping
-
-from cachetools import LRUCache
+from collections.abc import Callable
 
 from ..background import Pool
 from ..errors import TooManyAttempts
+from ..stores import SharedStore
 
 NAME_FAILURES = 10
 # Higher than a name's: agents behind one address (without trusted hops) share it.
@@ -37,73 +40,49 @@ ADDRESS_FAILURES = 50
 WINDOW = 15 * 60
 HASH_SLOTS = 2
 HASH_NICENESS = 10  # CPU weight about a tenth of a request thread's
-# Other names and addresses remembered per process; a flood past this evicts its own.
-TABLE_SIZE = 10_000
-_NAME_LENGTH = 64  # longer names are counted by their start: they are no staff name anyway
-
-Failures = tuple[int, float]  # (count, time of the last failure)
 
 
 class LoginThrottle:
     def __init__(
         self,
+        store: SharedStore,
         *,
-        timer: Callable[[], float],
-        staff_names: Collection[str],
         name_limit: int = NAME_FAILURES,
         address_limit: int = ADDRESS_FAILURES,
         window: float = WINDOW,
     ):
-        self.timer = timer
+        self.store = store
         self.name_limit = name_limit
         self.address_limit = address_limit
         self.window = window
-        self._staff_names = frozenset(staff_names)
-        self._staff: dict[str, Failures] = {}  # only ever the configured names
-        self._names: LRUCache[str, Failures] = LRUCache(maxsize=TABLE_SIZE)
-        self._addresses: LRUCache[str, Failures] = LRUCache(maxsize=TABLE_SIZE)
-        self._lock = threading.Lock()
 
     def check(self, name: str, address: str) -> None:
         """TooManyAttempts while the address or the name is locked."""
-        with self._lock:
-            by_address = self._wait(self._addresses, address, self.address_limit)
-            by_name = self._wait(*self._table(name), self.name_limit)
+        by_address = self._wait(_key("address", address), self.address_limit)
         if by_address:
             raise TooManyAttempts(
                 "Too many failed logins from this address; wait a while before trying again.",
                 retry_after=by_address,
             )
+        by_name = self._wait(_key("name", name), self.name_limit)
         if by_name:
             raise TooManyAttempts(retry_after=by_name)
 
     def record(self, name: str, address: str, *, success: bool) -> None:
-        with self._lock:
-            names, key = self._table(name)
-            if success:
-                names.pop(key, None)
-                return
-            now = self.timer()
-            for table, counted in ((names, key), (self._addresses, address)):
-                table[counted] = (self._count(table, counted, now) + 1, now)
+        if success:
+            self.store.delete(_key("name", name))
+            return
+        for counted in (_key("name", name), _key("address", address)):
+            self.store.count(counted, ttl=self.window)
 
-    def _table(self, name: str) -> tuple[MutableMapping[str, Failures], str]:
-        if name in self._staff_names:
-            return self._staff, name
-        return self._names, name[:_NAME_LENGTH]
-
-    def _count(self, table: MutableMapping[str, Failures], key: str, now: float) -> int:
-        """Failures still counting: a window without one starts the count again."""
-        count, last = table.get(key, (0, 0.0))
-        return count if now - last < self.window else 0
-
-    def _wait(self, table: MutableMapping[str, Failures], key: str, limit: int) -> int:
+    def _wait(self, key: str, limit: int) -> int:
         """Seconds before `key` may try again; 0 when it may now."""
-        now = self.timer()
-        if self._count(table, key, now) < limit:
-            return 0
-        _, last = table[key]
-        return max(1, math.ceil(last + self.window - now))
+        count, left = self.store.counted(key)
+        return max(1, math.ceil(left)) if count >= limit else 0
+
+
+def _key(kind: str, value: str) -> str:
+    return f"login-{kind}:{hashlib.sha256(value.encode()).hexdigest()[:32]}"
 
 
 class HashSlots:

@@ -36,4 +36,5 @@ def relay(found: Services, tagging: Tagging, idempotency_key: str | None) -> tup
     if idempotency_key is None:
         return call(), False
     scope, body = tagging.key_scope(idempotency_key), tagging.body()
+    assert found.idempotency is not None  # the direct relay's, built with Core
     return found.idempotency.run(scope, body, call, resend_safe=tagging.ttl is not None)
