@@ -28,7 +28,12 @@ OUR_PREFIXES = ("SESSIONM_", "WALLET_PROXY_", "BRAZE_")
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(OUR_PREFIXES)}
+    """The environment of a person's shell: none of our settings, and not inside a make (as
+    `make test` runs the suite, where a `make run` would be a sub-make saying `make[1]:`)."""
+    nested = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(OUR_PREFIXES) and k not in nested
+    }
 
 
 # --- hash-password -----------------------------------------------------------------------
