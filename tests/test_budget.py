@@ -504,7 +504,22 @@ def test_without_redis_the_budget_is_per_process_and_start_up_says_so(
     with caplog.at_level(logging.WARNING):
         budget_app(WALLET_PROXY_FLEET_SIZE=4)
     assert "per process without WALLET_PROXY_REDIS_URL" in caplog.text
-    assert "5 requests/s" in caplog.text  # 20 / 4
+    assert "5 requests/s to Connect" in caplog.text  # 20 / 4
+
+
+def test_the_per_process_warning_names_only_the_budgets_that_are_set(
+    caplog, budget_app, fresh_warnings
+):
+    """A rate of 0 is no budget: the warning doesn't say a process may send 0 requests/s."""
+    with caplog.at_level(logging.WARNING):
+        budget_app(
+            WALLET_PROXY_FLEET_SIZE=2,
+            WALLET_PROXY_SESSIONM_RATE=0,
+            WALLET_PROXY_SESSIONM_CORE_RATE=50,
+        )
+    [warning] = [r.getMessage() for r in caplog.records if "per process" in r.getMessage()]
+    assert "may send 25 requests/s to Core (the rates" in warning
+    assert "Connect" not in warning
 
 
 def test_rate_zero_is_no_budget(budget_app):

@@ -171,13 +171,17 @@ def sessionm_budgets(
         # WALLET_PROXY_FLEET_SIZE=1 (the demo): this process is the fleet, its budget the
         # fleet's.
         if any(rates.values()) and settings.fleet_size != 1:
+            per_process = ", ".join(
+                f"{rate / processes:g} requests/s to {api.capitalize()}"
+                for api, rate in rates.items()
+                if rate
+            )
             warn_once(
                 log,
                 "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL: each "
-                "process may send %g requests/s to Connect and %g to Core (the rates / "
-                "WALLET_PROXY_FLEET_SIZE), however many processes run",
-                rates["connect"] / processes,
-                rates["core"] / processes,
+                "process may send %s (the rates / WALLET_PROXY_FLEET_SIZE), however many "
+                "processes run",
+                per_process,
             )
 
         def made(name: str, rate: float) -> Budget:
