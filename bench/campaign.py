@@ -1,4 +1,4 @@
-"""Benchmark 5: a campaign send against SessionM's budget, as Braze would make it.
+"""Benchmark 7: a campaign send against SessionM's budget, as Braze would make it.
 
 N recipients (default 2,000) through two service instances (separate gunicorn masters,
 2 workers each) sharing one redis-server, with a SessionM sandbox that answers in

@@ -1,4 +1,4 @@
-"""Benchmark 5: password guessing as a weapon against memory and /healthz.
+"""Benchmark 6: password guessing as a weapon against memory and /healthz.
 
 128 parallel wrong logins to /support/ (HTTP Basic, a new name every time) against
 gunicorn with the deploy config (2 gthread workers x 64 threads) and real scrypt

@@ -1,4 +1,4 @@
-"""Benchmark 8: hits of many distinct warmed customers from a shared Redis, against a bare
+"""Benchmark 10: hits of many distinct warmed customers from a shared Redis, against a bare
 Flask view that reads the same bytes from the same Redis with redis-py (goal: ratio >= 1.0).
 
 10,000 customers are warmed into Redis (`wallet-proxy warm`), then wrk asks for them in
