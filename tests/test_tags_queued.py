@@ -478,6 +478,36 @@ def test_resend_unknown_sends_again(settled, worker, queued_app, sandbox, clock)
     assert counts(sandbox, "user-unknown") == {"visits": 1}  # the 500 had applied nothing
 
 
+def test_stalled_tags_are_reported_by_readyz_and_the_cli(
+    queued_env, relay, queued_app, clock, monkeypatch
+):
+    """Tags waiting over a minute with no tags worker seen as long: /readyz says so and stays
+    200 (every instance shares the cause), `tags status` says so and exits 1."""
+    for name, value in queued_env.items():
+        monkeypatch.setenv(name, value)
+
+    def ready():
+        answer = queued_app.test_client().get("/readyz")
+        return answer.status_code, answer.get_json()
+
+    assert ready()[1]["checks"]["tags"] == "ok"
+    clock.advance(minutes=-2)
+    assert post(relay).status_code == 202  # accepted two minutes ago, no worker ever
+    clock.advance(minutes=2)
+    status, body = ready()
+    assert (status, body["status"], body["checks"]["tags"]) == (200, "degraded", "stalled")
+    stalled = CliRunner().invoke(main, ["tags", "status"])
+    assert stalled.exit_code == 1, stalled.output
+    assert "tags worker: none has run yet" in stalled.output
+    assert "Error: tags are stalled" in stalled.output
+
+    queued_tags_of(queued_app).queue.beat(now=clock().timestamp())  # a worker shows life
+    assert ready()[1]["checks"]["tags"] == "ok"
+    alive = cli("status")
+    assert alive.exit_code == 0, alive.output
+    assert "tags worker: last seen" in alive.output and "stalled" not in alive.output
+
+
 def test_the_cli_says_when_the_tags_are_not_queued(queued_env, monkeypatch):
     for name, value in {**queued_env, "WALLET_PROXY_TAGS_MODE": "direct"}.items():
         monkeypatch.setenv(name, value)

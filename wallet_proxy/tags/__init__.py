@@ -17,6 +17,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ..container import Services
+from ..triggers import liveness
 from ..triggers.running import STOP_WAIT
 from ..triggers.setup import shared_outbox
 from . import running
@@ -25,8 +26,9 @@ from .views import bp
 
 
 def init_app(app: Flask, found: Services) -> None:
-    """The route; in queued mode the outbox's tags queue behind it and this process's offer
-    to be the instance's tags worker (a loop of the app, running.py), stopped with it."""
+    """The route; in queued mode the outbox's tags queue behind it, this process's offer to
+    be the instance's tags worker (a loop of the app, running.py), stopped with it, and its
+    liveness in /readyz."""
     queued = None
     if found.settings.tags_queued:
         queued = build_queued_tags(found, shared_outbox(app, found))
@@ -35,4 +37,5 @@ def init_app(app: Flask, found: Services) -> None:
         worker = running.worker_loop(app)
         app.extensions[running.EXTENSION] = worker
         found.serve_with(worker, stop_wait=STOP_WAIT)
+        found.add_readiness(liveness.readiness(queued.queue, found.unix_time))
     app.register_blueprint(bp)

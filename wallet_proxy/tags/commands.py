@@ -43,8 +43,16 @@ def _described(record: Record[Tagging]) -> str:
 
 @click.command("status")
 def tags_status() -> None:
-    """Queued webhooks' tags by state, the oldest waiting, and those needing a decision."""
-    show_status(_queue(), describe=_described, check_in="SessionM", word=state_word)
+    """Queued webhooks' tags by state, the oldest waiting, the tags worker's last sign of
+    life, and those needing a decision. Exits 1 when the tags are stalled (no worker runs)."""
+    show_status(
+        _queue(),
+        describe=_described,
+        check_in="SessionM",
+        word=state_word,
+        worker="tags worker",
+        meanwhile="`wallet-proxy serve` runs one in each instance",
+    )
 
 
 @click.command("requeue")

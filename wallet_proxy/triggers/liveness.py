@@ -1,5 +1,5 @@
-"""Whether triggers are going out: how long the oldest has waited, and when a deliverer last
-showed life (its heartbeat in the outbox).
+"""Whether a queue's items are going out (the triggers, the queued tags): how long the oldest
+has waited, and when its worker last showed life (its heartbeat in the outbox).
 
 A running deliverer notes the time in the outbox every 10 s (upkeep.py, the loop of every
 queue's worker), whichever process runs it, `triggers deliver` included. Triggers that
@@ -50,14 +50,16 @@ def delivery(outbox: Outbox, now: float) -> Delivery:
 
 
 def readiness(outbox: Outbox, unix_time: Callable[[], float]) -> Callable[[], dict[str, str]]:
-    """The `triggers` check of /readyz: `ok`, `stalled`, or the outbox can't be read."""
+    """The check of /readyz named after the queue (`triggers`, `tags`): `ok`, `stalled`, or
+    the outbox can't be read."""
+    name = outbox.queue.name
 
     def check() -> dict[str, str]:
         try:
             stalled = delivery(outbox, unix_time()).stalled
         except OutboxError:
-            return {"triggers": "outbox unreadable"}
-        return {"triggers": STALLED if stalled else "ok"}
+            return {name: "outbox unreadable"}
+        return {name: STALLED if stalled else "ok"}
 
     return check
 
