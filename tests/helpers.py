@@ -71,6 +71,14 @@ class Clock:
         self.now += timedelta(**delta)
 
 
+def at_a_terminal() -> None:
+    """A `preexec_fn` for a process a test will Ctrl-C: SIGINT and SIGQUIT as a terminal's
+    foreground job has them. A shell starts background jobs with both ignored, and a child
+    inherits that: a test run started with `&` would see Ctrl-C ignored, not handled."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def wait_until(condition, *, timeout: float) -> None:
     """Poll `condition` until it holds; fail the test if `timeout` seconds pass first."""
     deadline = time.monotonic() + timeout

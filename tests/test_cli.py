@@ -19,7 +19,7 @@ import pytest
 import requests
 from werkzeug.security import check_password_hash
 
-from tests.helpers import free_port, wait_until
+from tests.helpers import at_a_terminal, free_port, wait_until
 from wallet_proxy import gunicorn_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +229,7 @@ def test_make_run_port_and_sandbox_port_move_the_demo(tmp_path):
             stderr=subprocess.STDOUT,
             env=clean_env(),
             start_new_session=True,
+            preexec_fn=at_a_terminal,
         )
     demo, sandbox = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
     try:
@@ -293,6 +294,7 @@ class Demo:
                 env=clean_env(),
                 cwd=log.parent,
                 start_new_session=True,
+                preexec_fn=at_a_terminal,
             )
 
     def __enter__(self) -> Demo:

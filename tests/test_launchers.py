@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import API_KEY, free_port, wait_until
+from tests.helpers import API_KEY, at_a_terminal, free_port, wait_until
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 
 from .triggers_helpers import BRAZE_KEY
@@ -90,7 +90,13 @@ def launch(command: list[str], env: dict[str, str], tmp_path: Path, url: str) ->
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, start_new_session=True
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=at_a_terminal,
         )
     return Launched(process, url, out, err)
 
