@@ -507,19 +507,40 @@ def test_without_redis_the_budget_is_per_process_and_start_up_says_so(
     assert "5 requests/s to Connect" in caplog.text  # 20 / 4
 
 
-def test_the_per_process_warning_names_only_the_budgets_that_are_set(
-    caplog, budget_app, fresh_warnings
-):
-    """A rate of 0 is no budget: the warning doesn't say a process may send 0 requests/s."""
+def per_process_warning(caplog, make) -> str:
     with caplog.at_level(logging.WARNING):
-        budget_app(
+        make()
+    [warning] = [r.getMessage() for r in caplog.records if "per process" in r.getMessage()]
+    return warning
+
+
+def test_the_per_process_warning_leaves_out_a_rate_of_0(
+    caplog, budget_app, fresh_warnings, sandbox
+):
+    """A rate of 0 is no budget, not "may send 0 requests/s"."""
+    warning = per_process_warning(
+        caplog,
+        lambda: budget_app(
             WALLET_PROXY_FLEET_SIZE=2,
             WALLET_PROXY_SESSIONM_RATE=0,
             WALLET_PROXY_SESSIONM_CORE_RATE=50,
-        )
-    [warning] = [r.getMessage() for r in caplog.records if "per process" in r.getMessage()]
+            SESSIONM_CORE_URL=sandbox.url,
+            SESSIONM_CORE_API_KEY=DEMO_CORE_API_KEY,
+            SESSIONM_CORE_API_SECRET=DEMO_CORE_API_SECRET,
+        ),
+    )
     assert "may send 25 requests/s to Core (the rates" in warning
     assert "Connect" not in warning
+
+
+def test_the_per_process_warning_leaves_out_core_when_it_is_not_configured(
+    caplog, budget_app, fresh_warnings
+):
+    warning = per_process_warning(
+        caplog, lambda: budget_app(WALLET_PROXY_FLEET_SIZE=2, WALLET_PROXY_SESSIONM_CORE_RATE=50)
+    )
+    assert "may send 10 requests/s to Connect (the rates" in warning
+    assert "Core" not in warning
 
 
 def test_rate_zero_is_no_budget(budget_app):

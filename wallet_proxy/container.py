@@ -168,14 +168,17 @@ def sessionm_budgets(
     made: Callable[[str, float], Budget]
     if shared is None or health is None:
         processes = settings.fleet_size or 1
+        # Core's budget is used only with Core configured (the tags relay).
+        used = {
+            "Connect": rates["connect"],
+            "Core": rates["core"] if settings.core_configured else 0,
+        }
+        per_process = ", ".join(
+            f"{rate / processes:g} requests/s to {api}" for api, rate in used.items() if rate
+        )
         # WALLET_PROXY_FLEET_SIZE=1 (the demo): this process is the fleet, its budget the
         # fleet's.
-        if any(rates.values()) and settings.fleet_size != 1:
-            per_process = ", ".join(
-                f"{rate / processes:g} requests/s to {api.capitalize()}"
-                for api, rate in rates.items()
-                if rate
-            )
+        if per_process and settings.fleet_size != 1:
             warn_once(
                 log,
                 "The SessionM budgets are per process without WALLET_PROXY_REDIS_URL: each "
