@@ -508,6 +508,7 @@ def test_without_redis_the_budget_is_per_process_and_start_up_says_so(
 
 
 def per_process_warning(caplog, make) -> str:
+    """The one warning about per-process budgets that building an app (`make`) writes."""
     with caplog.at_level(logging.WARNING):
         make()
     [warning] = [r.getMessage() for r in caplog.records if "per process" in r.getMessage()]
