@@ -22,8 +22,9 @@ from common import gunicorn, sandbox_configure, sandbox_process, sandbox_stats, 
 from wallet_proxy.sandbox import DEMO_CONNECT_AUTH, DEMO_RETAILER_ID
 from wallet_proxy.sessionm import GET_USER_OFFERS, PAGE_SIZE
 
-# Each wrk thread walks its own range of user ids, so no two requests share a user.
-DISTINCT_USERS = """
+# Each wrk thread walks its own range of user ids (a random prefix, then a counter), so
+# no two requests share a user; `call(id)` makes the request for one.
+EACH_USER_ONCE = """
 local counter = 0
 local prefix = ""
 setup = function(thread)
@@ -31,24 +32,19 @@ setup = function(thread)
 end
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/v1/wallets/user-" .. prefix .. "-" .. counter)
+  return call(prefix .. "-" .. counter)
 end
 """
-
+DISTINCT_USERS = (
+    'call = function(id) return wrk.format("GET", "/v1/wallets/user-" .. id) end\n'
+    + EACH_USER_ONCE
+)
 # The same calls the service makes (one user per call, the service's body and headers),
 # straight to the stand-in.
-DIRECT_CALLS = """
-local counter = 0
-local prefix = ""
-setup = function(thread)
-  thread:set("prefix", tostring(math.random(1, 1000000000)))
-end
-request = function()
-  counter = counter + 1
-  local body = string.format(BODY, prefix .. "-" .. counter)
-  return wrk.format("POST", PATH, HEADERS, body)
-end
-"""
+DIRECT_CALLS = (
+    'call = function(id) return wrk.format("POST", PATH, HEADERS, string.format(BODY, id)) end\n'
+    + EACH_USER_ONCE
+)
 DIRECT = "SessionM directly (no proxy), same concurrency"
 
 
